@@ -1,0 +1,171 @@
+//! What a Valkey request is, read straight from its bytes.
+//!
+//! [`RequestView`] finds the command name and argument count of a request without building
+//! a frame, so per-message work such as counting and filtering stays cheap.
+//! [`classify`] sorts commands into the query types that QueryTypeFilter filters on.
+
+use super::framing::parse_len;
+
+/// The kinds of query a filter can allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueryType {
+    /// Reads data, or changes only connection state (PING, AUTH, SELECT, MULTI, ...).
+    Read,
+    /// Changes data without returning what was there.
+    Write,
+    /// Reads and changes data in one command (INCR, GETDEL, LPOP, ...).
+    ReadWrite,
+    /// Changes what the keyspace is rather than a value (FLUSHALL, FUNCTION LOAD, ...).
+    SchemaChange,
+    /// Publishes or subscribes.
+    PubSubMessage,
+}
+
+/// The command name and argument count of one request message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestView<'a> {
+    /// The command name as sent (any case).
+    pub name: &'a [u8],
+    /// Number of arguments after the name.
+    pub argc: usize,
+}
+
+impl<'a> RequestView<'a> {
+    /// Reads a whole request message; `None` if it is not a command (empty, or not an array
+    /// of bulk strings).
+    pub fn new(raw: &'a [u8]) -> Option<Self> {
+        if raw.first() == Some(&b'*') {
+            let (count, rest) = line(raw.get(1..)?)?;
+            let count = usize::try_from(parse_len(count).ok()?).ok()?;
+            let rest = rest.strip_prefix(b"$")?;
+            let (len, rest) = line(rest)?;
+            let len = usize::try_from(parse_len(len).ok()?).ok()?;
+            Some(RequestView { name: rest.get(..len)?, argc: count.checked_sub(1)? })
+        } else {
+            let mut words = raw.split(|c| c.is_ascii_whitespace()).filter(|w| !w.is_empty());
+            let name = words.next()?;
+            Some(RequestView { name, argc: words.count() })
+        }
+    }
+
+    /// The name upper-cased into `buf`, or `None` when longer than `buf`.
+    pub fn upper<'b>(&self, buf: &'b mut [u8; 32]) -> Option<&'b [u8]> {
+        let out = buf.get_mut(..self.name.len())?;
+        out.copy_from_slice(self.name);
+        out.make_ascii_uppercase();
+        Some(out)
+    }
+
+    /// True when the command name equals `upper` (given in upper case), ignoring case.
+    pub fn is(&self, upper: &str) -> bool {
+        self.name.eq_ignore_ascii_case(upper.as_bytes())
+    }
+}
+
+fn line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = memchr::memchr(b'\r', buf)?;
+    Some((buf.get(..end)?, buf.get(end + 2..)?))
+}
+
+/// The arguments of a request as byte slices (the name excluded). Allocates: for the rare
+/// commands whose arguments matter to the proxy.
+pub fn request_args(raw: &[u8]) -> Vec<&[u8]> {
+    let mut args = Vec::new();
+    if raw.first() == Some(&b'*') {
+        let Some((_, mut rest)) = line(raw) else { return args };
+        while let Some(r) = rest.strip_prefix(b"$") {
+            let Some((len, r)) = line(r) else { break };
+            let Some(len) = parse_len(len).ok().and_then(|l| usize::try_from(l).ok()) else { break };
+            let Some(arg) = r.get(..len) else { break };
+            args.push(arg);
+            rest = r.get(len + 2..).unwrap_or_default();
+        }
+    } else {
+        args.extend(raw.split(|c| c.is_ascii_whitespace()).filter(|w| !w.is_empty()));
+    }
+    if !args.is_empty() {
+        args.remove(0);
+    }
+    args
+}
+
+/// Classifies an upper-cased command name. Unknown commands are [`QueryType::Write`], the
+/// conservative choice: a deny list of writes also stops commands the proxy cannot name.
+pub fn classify(upper: &[u8]) -> QueryType {
+    use QueryType::*;
+    match upper {
+        // Reads of data.
+        b"GET" | b"MGET" | b"GETRANGE" | b"SUBSTR" | b"STRLEN" | b"EXISTS" | b"TYPE" | b"TTL" | b"PTTL"
+        | b"EXPIRETIME" | b"PEXPIRETIME" | b"KEYS" | b"SCAN" | b"RANDOMKEY" | b"DBSIZE" | b"DUMP"
+        | b"OBJECT" | b"LCS" | b"GETBIT" | b"BITCOUNT" | b"BITPOS" | b"BITFIELD_RO" | b"HGET" | b"HMGET"
+        | b"HGETALL" | b"HKEYS" | b"HVALS" | b"HLEN" | b"HEXISTS" | b"HSTRLEN" | b"HSCAN" | b"HRANDFIELD"
+        | b"LRANGE" | b"LLEN" | b"LINDEX" | b"LPOS" | b"SMEMBERS" | b"SISMEMBER" | b"SMISMEMBER"
+        | b"SCARD" | b"SRANDMEMBER" | b"SSCAN" | b"SINTER" | b"SINTERCARD" | b"SUNION" | b"SDIFF"
+        | b"ZRANGE" | b"ZRANGEBYSCORE" | b"ZREVRANGEBYSCORE" | b"ZRANGEBYLEX" | b"ZREVRANGEBYLEX"
+        | b"ZREVRANGE" | b"ZRANK" | b"ZREVRANK" | b"ZSCORE" | b"ZMSCORE" | b"ZCARD" | b"ZCOUNT"
+        | b"ZLEXCOUNT" | b"ZSCAN" | b"ZRANDMEMBER" | b"ZINTER" | b"ZUNION" | b"ZDIFF" | b"ZINTERCARD"
+        | b"PFCOUNT" | b"GEOPOS" | b"GEODIST" | b"GEOHASH" | b"GEORADIUS_RO" | b"GEORADIUSBYMEMBER_RO"
+        | b"GEOSEARCH" | b"XRANGE" | b"XREVRANGE" | b"XLEN" | b"XREAD" | b"XINFO" | b"XPENDING"
+        | b"TOUCH" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL_RO" | b"SORT_RO" => Read,
+        // Connection, server-information and transaction control: they change no data.
+        b"PING" | b"ECHO" | b"AUTH" | b"HELLO" | b"SELECT" | b"QUIT" | b"RESET" | b"CLIENT" | b"COMMAND"
+        | b"INFO" | b"TIME" | b"LASTSAVE" | b"ROLE" | b"LOLWUT" | b"MULTI" | b"EXEC" | b"DISCARD"
+        | b"WATCH" | b"UNWATCH" | b"READONLY" | b"READWRITE" | b"CLUSTER" | b"WAIT" | b"WAITAOF"
+        | b"MEMORY" | b"LATENCY" | b"SLOWLOG" | b"ACL" | b"CONFIG" | b"MONITOR" => Read,
+        // Writes that return no previous value.
+        b"SET" | b"SETNX" | b"SETEX" | b"PSETEX" | b"MSET" | b"MSETNX" | b"APPEND" | b"DEL" | b"UNLINK"
+        | b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"PERSIST" | b"RENAME" | b"RENAMENX"
+        | b"RESTORE" | b"COPY" | b"MOVE" | b"SETRANGE" | b"SETBIT" | b"HSET" | b"HSETNX" | b"HMSET" | b"HDEL"
+        | b"LPUSH" | b"RPUSH" | b"LPUSHX" | b"RPUSHX" | b"LINSERT" | b"LSET" | b"LREM" | b"LTRIM" | b"SADD"
+        | b"SREM" | b"SINTERSTORE" | b"SUNIONSTORE" | b"SDIFFSTORE" | b"ZADD" | b"ZREM"
+        | b"ZREMRANGEBYSCORE" | b"ZREMRANGEBYRANK" | b"ZREMRANGEBYLEX" | b"ZINTERSTORE" | b"ZUNIONSTORE"
+        | b"ZDIFFSTORE" | b"ZRANGESTORE" | b"PFADD" | b"PFMERGE" | b"GEOADD" | b"GEOSEARCHSTORE" | b"XADD"
+        | b"XDEL" | b"XTRIM" | b"XACK" | b"XGROUP" | b"XSETID" | b"BITOP" => Write,
+        // Reads and writes at once.
+        b"GETSET" | b"GETDEL" | b"GETEX" | b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY" | b"INCRBYFLOAT"
+        | b"HINCRBY" | b"HINCRBYFLOAT" | b"ZINCRBY" | b"LPOP" | b"RPOP" | b"BLPOP" | b"BRPOP" | b"LMPOP"
+        | b"BLMPOP" | b"RPOPLPUSH" | b"BRPOPLPUSH" | b"LMOVE" | b"BLMOVE" | b"SPOP" | b"SMOVE" | b"ZPOPMIN"
+        | b"ZPOPMAX" | b"BZPOPMIN" | b"BZPOPMAX" | b"ZMPOP" | b"BZMPOP" | b"BITFIELD" | b"SORT"
+        | b"XREADGROUP" | b"XCLAIM" | b"XAUTOCLAIM" | b"EVAL" | b"EVALSHA" | b"FCALL" | b"GEORADIUS"
+        | b"GEORADIUSBYMEMBER" => ReadWrite,
+        // The shape of the keyspace, scripts and functions.
+        b"FLUSHALL" | b"FLUSHDB" | b"SWAPDB" | b"FUNCTION" | b"SCRIPT" | b"MODULE" => SchemaChange,
+        b"PUBLISH" | b"SPUBLISH" | b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE"
+        | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" | b"PUBSUB" => PubSubMessage,
+        _ => Write,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_of_array_and_inline() {
+        let v = RequestView::new(b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\n").unwrap();
+        assert_eq!((v.name, v.argc), (&b"set"[..], 2));
+        assert!(v.is("SET"));
+        let v = RequestView::new(b"PING\r\n").unwrap();
+        assert_eq!((v.name, v.argc), (&b"PING"[..], 0));
+        assert_eq!(RequestView::new(b"*0\r\n"), None);
+        assert_eq!(RequestView::new(b"*1\r\n:1\r\n"), None);
+    }
+
+    #[test]
+    fn args() {
+        assert_eq!(request_args(b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$2\r\nbc\r\n"), vec![&b"a"[..], b"bc"]);
+        assert_eq!(request_args(b"subscribe a b\r\n"), vec![&b"a"[..], b"b"]);
+    }
+
+    #[test]
+    fn classification() {
+        let mut buf = [0u8; 32];
+        let name = RequestView::new(b"*1\r\n$4\r\nincr\r\n").unwrap();
+        assert_eq!(classify(name.upper(&mut buf).unwrap()), QueryType::ReadWrite);
+        assert_eq!(classify(b"GET"), QueryType::Read);
+        assert_eq!(classify(b"SET"), QueryType::Write);
+        assert_eq!(classify(b"FLUSHALL"), QueryType::SchemaChange);
+        assert_eq!(classify(b"PUBLISH"), QueryType::PubSubMessage);
+        assert_eq!(classify(b"NOSUCHCOMMAND"), QueryType::Write);
+    }
+}
