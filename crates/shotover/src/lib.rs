@@ -1,1 +1,25 @@
+//! The shotover proxy library, and the public API for custom transforms.
+//!
+//! Layout:
+//! - [`message`]: [`message::Message`]: raw bytes, a lazily parsed frame, ids, the modified flag.
+//! - [`chain`]: the transform API ([`chain::Transform`], [`chain::TransformConfig`],
+//!   [`chain::TransformBuilder`], [`chain::ChainState`]) and the chain that runs it.
+//! - [`config`]: config.yaml and topology.yaml, parsed then validated with YAML paths.
+//! - [`sources`]: accept loops and per-connection loops.
+//! - [`sinks`]: upstream connections used by sink transforms.
+//! - [`transforms`]: one module per built-in transform, and their registry.
+//! - [`observability`]: per-core metrics summed on scrape, `/metrics` and `/filter`.
+//! - [`runner`]: startup, the worker cores, and graceful shutdown.
+//!
+//! Start at [`runner::run`] for the process, or [`chain`] to write a transform.
 
+pub mod chain;
+pub mod config;
+pub mod io;
+pub mod logging;
+pub mod message;
+pub mod observability;
+pub mod runner;
+pub mod sinks;
+pub mod sources;
+pub mod transforms;

@@ -67,22 +67,41 @@ fn line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((buf.get(..end)?, buf.get(end + 2..)?))
 }
 
-/// The arguments of a request as byte slices (the name excluded). Allocates: for the rare
-/// commands whose arguments matter to the proxy.
-pub fn request_args(raw: &[u8]) -> Vec<&[u8]> {
-    let mut args = Vec::new();
-    if raw.first() == Some(&b'*') {
-        let Some((_, mut rest)) = line(raw) else { return args };
-        while let Some(r) = rest.strip_prefix(b"$") {
-            let Some((len, r)) = line(r) else { break };
-            let Some(len) = parse_len(len).ok().and_then(|l| usize::try_from(l).ok()) else { break };
-            let Some(arg) = r.get(..len) else { break };
-            args.push(arg);
-            rest = r.get(len + 2..).unwrap_or_default();
+/// The leading string elements of an array (`*`) or push (`>`) message, or the words of an
+/// inline request; stops at the first element that is not a bulk or simple string.
+/// Allocates: for the rare messages whose contents matter to the proxy.
+pub fn array_strings(raw: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    match raw.first() {
+        Some(b'*' | b'>') => {
+            let Some((_, mut rest)) = line(raw) else { return out };
+            loop {
+                match rest.first() {
+                    Some(b'$') => {
+                        let Some((len, r)) = line(&rest[1..]) else { break };
+                        let Some(len) = parse_len(len).ok().and_then(|l| usize::try_from(l).ok()) else { break };
+                        let Some(item) = r.get(..len) else { break };
+                        out.push(item);
+                        rest = r.get(len + 2..).unwrap_or_default();
+                    }
+                    Some(b'+') => {
+                        let Some((item, r)) = line(&rest[1..]) else { break };
+                        out.push(item);
+                        rest = r;
+                    }
+                    _ => break,
+                }
+            }
         }
-    } else {
-        args.extend(raw.split(|c| c.is_ascii_whitespace()).filter(|w| !w.is_empty()));
+        Some(_) => out.extend(raw.split(|c| c.is_ascii_whitespace()).filter(|w| !w.is_empty())),
+        None => {}
     }
+    out
+}
+
+/// The arguments of a request (its name excluded); see [`array_strings`].
+pub fn request_args(raw: &[u8]) -> Vec<&[u8]> {
+    let mut args = array_strings(raw);
     if !args.is_empty() {
         args.remove(0);
     }
@@ -155,6 +174,8 @@ mod tests {
     fn args() {
         assert_eq!(request_args(b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$2\r\nbc\r\n"), vec![&b"a"[..], b"bc"]);
         assert_eq!(request_args(b"subscribe a b\r\n"), vec![&b"a"[..], b"b"]);
+        assert_eq!(array_strings(b">3\r\n+message\r\n$1\r\nc\r\n:1\r\n"), vec![&b"message"[..], b"c"]);
+        assert_eq!(array_strings(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"), vec![&b"unsubscribe"[..]]);
     }
 
     #[test]

@@ -1,0 +1,190 @@
+//! The transform API and the chain that runs it.
+//!
+//! Order of the phases for one batch (requests down, responses up):
+//!
+//! ```text
+//! source ──requests──▶ T1.transform ──call_next_transform──▶ T2 … ──▶ sink (terminating)
+//! source ◀─responses── T1 returns  ◀────────────────────────  T2 … ◀── sink returns
+//! ```
+//!
+//! - A [`TransformConfig`] is the parsed YAML of one transform. It is shared by all cores.
+//! - [`TransformConfig::build`] runs once per worker core and returns a
+//!   [`TransformBuilder`], which owns what the core shares between connections.
+//! - [`TransformBuilder::build`] runs once per client connection and returns the
+//!   [`Transform`] that serves it. Nothing here is `Send`: a transform lives on one core.
+//! - [`Transform::transform`] gets the batch in [`ChainState::requests`], may change it,
+//!   calls [`ChainState::call_next_transform`] (unless it terminates the chain) and returns
+//!   exactly one response per request, in request order, then any unsolicited messages.
+//! - [`Transform::poll_pushed`] lets a sink say that its upstream sent something nobody
+//!   asked for (pub/sub messages). The source then runs the chain with an empty batch and
+//!   the sink returns those messages as responses.
+
+use crate::message::{Message, Protocol};
+use crate::observability::CoreMetrics;
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+use prometheus::{Histogram, IntCounter};
+use std::fmt::Debug;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// One transform's parsed configuration.
+pub trait TransformConfig: Debug + Send + Sync {
+    /// The name used in topology.yaml.
+    fn name(&self) -> &'static str;
+    /// True for transforms that answer requests themselves (sinks, NullSink, DebugReturner).
+    fn is_terminating(&self) -> bool;
+    /// The source protocols this transform can serve.
+    fn protocols(&self) -> &'static [Protocol];
+    /// Checks the configuration beyond what parsing checks; errors name the field.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Creates the per-core builder.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>>;
+}
+
+/// What a transform is built with on a worker core.
+pub struct BuildContext {
+    /// The name of the chain (its source's name), for metric labels.
+    pub chain_name: String,
+    /// The core's metrics.
+    pub metrics: CoreMetrics,
+}
+
+/// Builds the transform for each connection on one core.
+pub trait TransformBuilder {
+    fn build(&self) -> Box<dyn Transform>;
+}
+
+/// A transform serving one client connection.
+#[async_trait(?Send)]
+pub trait Transform {
+    /// The name used in topology.yaml, for metrics and logs.
+    fn name(&self) -> &'static str;
+
+    /// Handles one batch: see the module documentation for the contract.
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>>;
+
+    /// Ready when this transform has unsolicited messages to deliver. Polled while the
+    /// connection is idle; must not lose data when it returns `Pending`.
+    fn poll_pushed(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+/// An error that ends the client connection after its responses are written, for state the
+/// proxy cannot restore (for example subscriptions lost with their upstream connection).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CloseConnection(pub String);
+
+/// A transform with its metrics.
+struct Slot {
+    transform: Box<dyn Transform>,
+    total: IntCounter,
+    failures: IntCounter,
+    latency: Histogram,
+}
+
+/// The batch in flight and the transforms still to run.
+pub struct ChainState<'a> {
+    /// The requests, as the previous transform left them.
+    pub requests: Vec<Message>,
+    remaining: &'a mut [Slot],
+}
+
+impl ChainState<'_> {
+    /// Runs the rest of the chain on `self.requests` and returns its responses.
+    pub async fn call_next_transform(&mut self) -> Result<Vec<Message>> {
+        let remaining = std::mem::take(&mut self.remaining);
+        let Some((slot, rest)) = remaining.split_first_mut() else {
+            bail!("the chain ended without a terminating transform");
+        };
+        self.remaining = rest;
+        let start = Instant::now();
+        let result = slot.transform.transform(self).await;
+        slot.total.inc();
+        if result.is_err() {
+            slot.failures.inc();
+        }
+        slot.latency.observe(start.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// The per-core recipe for a chain: its name and one builder per transform.
+pub struct ChainBuilder {
+    name: Rc<str>,
+    builders: Vec<(&'static str, Box<dyn TransformBuilder>)>,
+    metrics: CoreMetrics,
+}
+
+impl ChainBuilder {
+    pub fn new(name: &str, configs: &[Box<dyn TransformConfig>], metrics: &CoreMetrics) -> Result<Self> {
+        let ctx = BuildContext { chain_name: name.to_string(), metrics: metrics.clone() };
+        let builders = configs.iter().map(|c| Ok((c.name(), c.build(&ctx)?))).collect::<Result<_>>()?;
+        Ok(ChainBuilder { name: name.into(), builders, metrics: metrics.clone() })
+    }
+
+    /// A chain instance for one connection.
+    pub fn build(&self) -> Chain {
+        let slots = self
+            .builders
+            .iter()
+            .map(|(name, b)| Slot {
+                transform: b.build(),
+                total: self.metrics.transform_total.with_label_values(&[name]),
+                failures: self.metrics.transform_failures.with_label_values(&[name]),
+                latency: self.metrics.transform_latency.with_label_values(&[name]),
+            })
+            .collect();
+        let name = &*self.name;
+        Chain {
+            slots,
+            total: self.metrics.chain_total.with_label_values(&[name]),
+            failures: self.metrics.chain_failures.with_label_values(&[name]),
+            latency: self.metrics.chain_latency.with_label_values(&[name]),
+            request_batch: self.metrics.chain_requests_batch.with_label_values(&[name]),
+            response_batch: self.metrics.chain_responses_batch.with_label_values(&[name]),
+        }
+    }
+}
+
+/// The transforms serving one connection.
+pub struct Chain {
+    slots: Vec<Slot>,
+    total: IntCounter,
+    failures: IntCounter,
+    latency: Histogram,
+    request_batch: Histogram,
+    response_batch: Histogram,
+}
+
+impl Chain {
+    /// Runs one batch through the whole chain.
+    pub async fn process(&mut self, requests: Vec<Message>) -> Result<Vec<Message>> {
+        let start = Instant::now();
+        self.request_batch.observe(requests.len() as f64);
+        let mut state = ChainState { requests, remaining: &mut self.slots };
+        let result = state.call_next_transform().await;
+        self.total.inc();
+        match &result {
+            Ok(responses) => self.response_batch.observe(responses.len() as f64),
+            Err(_) => self.failures.inc(),
+        }
+        self.latency.observe(start.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Ready when any transform has unsolicited messages to deliver.
+    pub fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for slot in &mut self.slots {
+            if slot.transform.poll_pushed(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}

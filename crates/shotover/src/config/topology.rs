@@ -1,0 +1,297 @@
+//! topology.yaml: the sources, and the chain of transforms behind each.
+//!
+//! ```yaml
+//! sources:
+//!   - Valkey:
+//!       name: "valkey"
+//!       listen_addr: "127.0.0.1:6379"
+//!       chain:
+//!         - QueryCounter:
+//!             name: "main"
+//!         - ValkeySinkSingle:
+//!             remote_address: "127.0.0.1:6380"
+//! ```
+//!
+//! Chains are read element by element through a [`TransformRegistry`], which maps a
+//! transform's name to its parser, so that custom builds can add their own transforms.
+
+use super::{from_value, join_path, read_yaml, ConfigError};
+use crate::chain::TransformConfig;
+use crate::message::Protocol;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Parses one transform's YAML body.
+pub type TransformParser = fn(&str, &str, Value) -> Result<Box<dyn TransformConfig>, ConfigError>;
+
+/// Known transforms by name.
+#[derive(Clone, Default)]
+pub struct TransformRegistry {
+    entries: Vec<(&'static str, TransformParser)>,
+}
+
+impl TransformRegistry {
+    /// An empty registry; see [`crate::transforms::registry`] for the built-in one.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds transform `name`, whose body deserializes into `C`.
+    pub fn register<C: TransformConfig + DeserializeOwned + 'static>(&mut self, name: &'static str) -> &mut Self {
+        fn parse<C: TransformConfig + DeserializeOwned + 'static>(
+            file: &str,
+            path: &str,
+            body: Value,
+        ) -> Result<Box<dyn TransformConfig>, ConfigError> {
+            Ok(Box::new(from_value::<C>(file, path, body)?))
+        }
+        self.entries.retain(|(n, _)| *n != name);
+        self.entries.push((name, parse::<C>));
+        self
+    }
+
+    fn get(&self, name: &str) -> Option<TransformParser> {
+        self.entries.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.entries.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Parses a chain (a YAML sequence) at `path`, checking its shape for `protocol`.
+    pub fn parse_chain(
+        &self,
+        file: &str,
+        path: &str,
+        value: Value,
+        protocol: Protocol,
+    ) -> Result<Vec<Box<dyn TransformConfig>>, ConfigError> {
+        let err = |path: String, reason: String| ConfigError { file: file.into(), path, reason };
+        let Value::Sequence(items) = value else {
+            return Err(err(path.into(), "a chain must be a list of transforms".into()));
+        };
+        let mut chain: Vec<Box<dyn TransformConfig>> = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            // `- NullSink` and `- NullSink: {...}` are both accepted.
+            let (name, body) = match item {
+                Value::String(name) => (name, Value::Mapping(Default::default())),
+                Value::Mapping(map) if map.len() == 1 => match map.into_iter().next() {
+                    Some((Value::String(name), Value::Null)) => (name, Value::Mapping(Default::default())),
+                    Some((Value::String(name), body)) => (name, body),
+                    _ => return Err(err(item_path, "a transform is named by a string".into())),
+                },
+                _ => {
+                    return Err(err(item_path, "expected a transform: a name, or a map with exactly one name as key".into()))
+                }
+            };
+            let Some(parse) = self.get(&name) else {
+                return Err(err(
+                    item_path,
+                    format!("unknown transform {name:?}; known transforms: {}", self.names().join(", ")),
+                ));
+            };
+            let transform_path = join_path(&item_path, &name);
+            let transform = parse(file, &transform_path, body)?;
+            if !transform.protocols().contains(&protocol) {
+                return Err(err(item_path, format!("{name} cannot be used in a {protocol} chain")));
+            }
+            transform.validate().map_err(|e| err(transform_path.clone(), format!("{e:#}")))?;
+            chain.push(transform);
+        }
+        let Some(last) = chain.len().checked_sub(1) else {
+            return Err(err(path.into(), "the chain is empty: it must end with a terminating transform".into()));
+        };
+        for (i, t) in chain.iter().enumerate() {
+            if t.is_terminating() && i != last {
+                return Err(err(
+                    format!("{path}[{i}]"),
+                    format!("{} is a terminating transform, so it must be the last in its chain", t.name()),
+                ));
+            }
+        }
+        if let Some(t) = chain.get(last).filter(|t| !t.is_terminating()) {
+            return Err(err(
+                format!("{path}[{last}]"),
+                format!(
+                    "{} is not a terminating transform: a chain must end with exactly one terminating transform (a sink, NullSink or DebugReturner)",
+                    t.name()
+                ),
+            ));
+        }
+        Ok(chain)
+    }
+}
+
+/// TLS settings of a source.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAcceptorConfig {
+    pub certificate_path: String,
+    pub private_key_path: String,
+    #[serde(default)]
+    pub certificate_authority_path: Option<String>,
+}
+
+/// The fields every source has, as written in YAML (the chain is parsed separately).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(default = "default_source_name")]
+    name: String,
+    listen_addr: String,
+    #[serde(default = "default_connection_limit")]
+    connection_limit: usize,
+    #[serde(default)]
+    hard_connection_limit: bool,
+    #[serde(default)]
+    tls: Option<TlsAcceptorConfig>,
+    #[serde(default)]
+    timeout: Option<u64>,
+    chain: Value,
+}
+
+fn default_source_name() -> String {
+    "valkey".into()
+}
+
+fn default_connection_limit() -> usize {
+    512
+}
+
+/// A Valkey source.
+#[derive(Debug)]
+pub struct ValkeySourceConfig {
+    /// Names the source in metrics and logs.
+    pub name: String,
+    /// Where to listen.
+    pub listen_addr: SocketAddr,
+    /// Concurrent connections accepted, over all cores. Default 512.
+    pub connection_limit: usize,
+    /// At the limit: true drops new connections, false leaves them waiting. Default false.
+    pub hard_connection_limit: bool,
+    /// Seconds after which an idle client connection is closed. Default: never.
+    pub timeout: Option<u64>,
+    /// The transforms, first to last.
+    pub chain: Vec<Box<dyn TransformConfig>>,
+}
+
+/// One source.
+#[derive(Debug)]
+pub enum SourceConfig {
+    Valkey(ValkeySourceConfig),
+}
+
+impl SourceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Valkey(s) => &s.name,
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        match self {
+            SourceConfig::Valkey(s) => s.listen_addr,
+        }
+    }
+}
+
+/// topology.yaml.
+#[derive(Debug)]
+pub struct Topology {
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Topology {
+    /// Reads and validates topology.yaml.
+    pub fn load(path: &Path, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
+        let file = path.display().to_string();
+        Topology::from_value(&file, read_yaml(path)?, registry)
+    }
+
+    /// Parses a topology held in a string (`file` names it in errors).
+    pub fn from_str(file: &str, text: &str, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
+        let value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            path: String::new(),
+            reason: format!("invalid YAML: {e}"),
+        })?;
+        Topology::from_value(file, value, registry)
+    }
+
+    fn from_value(file: &str, value: Value, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
+        let err = |path: &str, reason: String| ConfigError { file: file.into(), path: path.into(), reason };
+        let Value::Mapping(mut top) = value else {
+            return Err(err("", "expected a map with a `sources` list".into()));
+        };
+        let sources = top.remove("sources").ok_or_else(|| err("sources", "missing field `sources`".into()))?;
+        if let Some((key, _)) = top.into_iter().next() {
+            return Err(err("", format!("unknown field {:?}, expected `sources`", key.as_str().unwrap_or("?"))));
+        }
+        let Value::Sequence(items) = sources else {
+            return Err(err("sources", "expected a list of sources".into()));
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let path = format!("sources[{i}]");
+            let (kind, body) = match item {
+                Value::Mapping(map) if map.len() == 1 => match map.into_iter().next() {
+                    Some((Value::String(kind), body)) => (kind, body),
+                    _ => return Err(err(&path, "a source is a map with one key: Valkey, Cassandra or Kafka".into())),
+                },
+                _ => return Err(err(&path, "a source is a map with one key: Valkey, Cassandra or Kafka".into())),
+            };
+            let path = join_path(&path, &kind);
+            let source = match kind.as_str() {
+                "Valkey" => SourceConfig::Valkey(valkey_source(file, &path, body, registry)?),
+                "Cassandra" | "Kafka" => {
+                    return Err(err(&path, format!("{kind} sources are not available in this build yet")))
+                }
+                other => return Err(err(&path, format!("unknown source {other:?}: expected Valkey, Cassandra or Kafka"))),
+            };
+            if let Some(j) = out.iter().position(|s: &SourceConfig| s.listen_addr() == source.listen_addr()) {
+                return Err(err(
+                    &join_path(&path, "listen_addr"),
+                    format!("{} is already the listen_addr of sources[{j}]", source.listen_addr()),
+                ));
+            }
+            out.push(source);
+        }
+        if out.is_empty() {
+            return Err(err("sources", "no sources: there is nothing to listen on".into()));
+        }
+        Ok(Topology { sources: out })
+    }
+}
+
+fn valkey_source(file: &str, path: &str, body: Value, registry: &TransformRegistry) -> Result<ValkeySourceConfig, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError { file: file.into(), path: join_path(path, field), reason };
+    let raw: RawSource = from_value(file, path, body)?;
+    let listen_addr = raw
+        .listen_addr
+        .parse::<SocketAddr>()
+        .map_err(|e| err("listen_addr", format!("{:?} is not an IP:port address: {e}", raw.listen_addr)))?;
+    if raw.connection_limit == 0 {
+        return Err(err("connection_limit", "must be at least 1".into()));
+    }
+    if raw.tls.is_some() {
+        return Err(err("tls", "TLS on sources is not available in this build yet".into()));
+    }
+    if raw.timeout == Some(0) {
+        return Err(err("timeout", "must be at least 1 second; leave it out to never time out".into()));
+    }
+    let chain = registry.parse_chain(file, &join_path(path, "chain"), raw.chain, Protocol::Valkey)?;
+    Ok(ValkeySourceConfig {
+        name: raw.name,
+        listen_addr,
+        connection_limit: raw.connection_limit,
+        hard_connection_limit: raw.hard_connection_limit,
+        timeout: raw.timeout,
+        chain,
+    })
+}

@@ -1,0 +1,64 @@
+//! The observability HTTP server on the control core.
+//!
+//! - `GET /metrics`: Prometheus text, every core summed.
+//! - `PUT /filter` or `POST /filter`: the body is a new log filter (env_filter syntax).
+
+use super::MetricsHub;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tiny_http::{Header, Method, Response, Server};
+
+/// Changes the log filter; returns an error message for a bad filter.
+pub type FilterSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Binds the interface now (so a bad address is a startup error) and serves it on a thread
+/// of its own, the control core's.
+pub fn start(addr: SocketAddr, hub: Arc<MetricsHub>, set_filter: FilterSetter, control_cpu: Option<usize>) -> Result<()> {
+    let server = Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot serve the observability interface on {addr}"))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            if let Some(cpu) = control_cpu {
+                core_pin(cpu);
+            }
+            for mut request in server.incoming_requests() {
+                let response = match (request.method(), request.url()) {
+                    (Method::Get, "/metrics") => {
+                        let response = Response::from_string(hub.render());
+                        match Header::from_bytes("Content-Type", "text/plain; version=0.0.4") {
+                            Ok(header) => response.with_header(header),
+                            Err(()) => response,
+                        }
+                    }
+                    (Method::Put | Method::Post, "/filter") => {
+                        let mut body = String::new();
+                        match request.as_reader().read_to_string(&mut body) {
+                            Err(e) => Response::from_string(format!("cannot read body: {e}\n")).with_status_code(400),
+                            Ok(_) => match set_filter(body.trim()) {
+                                Ok(()) => {
+                                    tracing::info!("log filter set to {:?}", body.trim());
+                                    Response::from_string("log filter updated\n")
+                                }
+                                Err(e) => Response::from_string(format!("invalid filter: {e}\n")).with_status_code(400),
+                            },
+                        }
+                    }
+                    _ => Response::from_string("not found: try GET /metrics or PUT /filter\n").with_status_code(404),
+                };
+                if let Err(e) = request.respond(response) {
+                    tracing::debug!("observability client went away: {e}");
+                }
+            }
+        })
+        .context("cannot start the control thread")?;
+    Ok(())
+}
+
+fn core_pin(cpu: usize) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        tracing::warn!("cannot pin the control core to CPU {cpu}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The Valkey connection loop: read a batch, run the chain, write the batch.
+
+use super::ConnectionContext;
+use crate::chain::{Chain, CloseConnection};
+use crate::io::ReadBuffer;
+use crate::message::{Message, Protocol};
+use bytes::BytesMut;
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use shotover_protocols::valkey::framing::message_len;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Instant;
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Pushed,
+    Idle,
+    Shutdown,
+}
+
+/// Serves one client connection until it closes, idles out, or the core shuts down.
+pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionContext) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let mut read = ReadBuffer::default();
+    let mut out = BytesMut::new();
+    let idle_after = ctx.source.idle_timeout;
+    let mut idle_timer = idle_after.map(Timer::new);
+    let mut last_activity = Instant::now();
+    let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
+    loop {
+        let event = poll_fn(|cx| {
+            if ctx.shutdown.poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if let Poll::Ready(r) = read.poll_fill(&mut stream, cx) {
+                return Poll::Ready(Event::Read(r));
+            }
+            if chain.poll_pushed(cx).is_ready() {
+                return Poll::Ready(Event::Pushed);
+            }
+            match idle_timer.as_mut().map(|t| Pin::new(t).poll(cx)) {
+                Some(Poll::Ready(_)) => Poll::Ready(Event::Idle),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        let keep_open = match event {
+            Event::Read(Ok(0)) => false,
+            Event::Read(Err(e)) => {
+                tracing::debug!(connection = %ctx.id, %peer, "client read failed: {e}");
+                false
+            }
+            Event::Read(Ok(_)) => {
+                last_activity = Instant::now();
+                handle_input(&mut read, &mut chain, &mut out, &ctx, &peer).await
+            }
+            Event::Pushed => run_chain(&mut chain, Vec::new(), &mut out, &ctx).await,
+            Event::Idle => match (idle_after, idle_timer.as_mut()) {
+                (Some(after), Some(timer)) if last_activity.elapsed() < after => {
+                    timer.reset(after - last_activity.elapsed());
+                    true
+                }
+                _ => {
+                    tracing::debug!(connection = %ctx.id, %peer, "closing idle connection");
+                    false
+                }
+            },
+            Event::Shutdown => {
+                // Answer whatever the client already sent before closing.
+                if let Some(Ok(n)) = futures_lite::future::poll_once(read.fill(&mut stream)).await {
+                    if n > 0 {
+                        handle_input(&mut read, &mut chain, &mut out, &ctx, &peer).await;
+                    }
+                }
+                false
+            }
+        };
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
+                break;
+            }
+            out.clear();
+            sink_to_source.observe(last_activity.elapsed().as_secs_f64());
+        }
+        if !keep_open {
+            break;
+        }
+    }
+    let _ = stream.close().await;
+}
+
+/// Splits the buffered bytes into a batch of whole requests and runs it. A malformed
+/// request ends the connection after an error reply, as Valkey itself does.
+async fn handle_input(read: &mut ReadBuffer, chain: &mut Chain, out: &mut BytesMut, ctx: &ConnectionContext, peer: &str) -> bool {
+    let now = Instant::now();
+    let mut batch = Vec::new();
+    let mut malformed = None;
+    loop {
+        match message_len(&read.buf, true) {
+            Ok(Some(len)) => batch.push(Message::from_bytes(read.buf.split_to(len).freeze(), Protocol::Valkey, now)),
+            Ok(None) => break,
+            Err(e) => {
+                malformed = Some(e);
+                break;
+            }
+        }
+    }
+    let mut keep_open = batch.is_empty() || run_chain(chain, batch, out, ctx).await;
+    if let Some(e) = malformed {
+        tracing::warn!(connection = %ctx.id, %peer, "malformed request, closing the connection: {e}");
+        out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes());
+        keep_open = false;
+    }
+    keep_open
+}
+
+/// Runs one batch through the chain and encodes the responses into `out`. Every request
+/// gets a reply: on a chain failure each one gets an error. Returns false to close.
+async fn run_chain(chain: &mut Chain, batch: Vec<Message>, out: &mut BytesMut, ctx: &ConnectionContext) -> bool {
+    let count = batch.len();
+    match chain.process(batch).await {
+        Ok(responses) => {
+            for response in &responses {
+                if let Err(e) = response.encode_into(out) {
+                    tracing::error!(connection = %ctx.id, "cannot encode a response: {e}");
+                    out.extend_from_slice(b"-ERR shotover: cannot encode the response\r\n");
+                }
+            }
+            if responses.len() < count {
+                tracing::error!(connection = %ctx.id, "chain returned {} responses for {count} requests", responses.len());
+                for _ in responses.len()..count {
+                    out.extend_from_slice(b"-ERR shotover: no response from the chain\r\n");
+                }
+            }
+            true
+        }
+        Err(e) => {
+            let close = e.is::<CloseConnection>();
+            tracing::warn!(connection = %ctx.id, "chain failed{}: {e:#}", if close { ", closing the connection" } else { "" });
+            let line = format!("-ERR shotover: {}\r\n", format!("{e:#}").replace(['\r', '\n'], " "));
+            for _ in 0..count {
+                out.extend_from_slice(line.as_bytes());
+            }
+            !close
+        }
+    }
+}

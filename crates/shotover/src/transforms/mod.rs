@@ -1,0 +1,31 @@
+//! The built-in transforms, one file each. This module only registers them.
+//!
+//! | transform | terminating | file |
+//! |---|---|---|
+//! | ValkeySinkSingle | yes | [`valkey_sink_single`] |
+//! | NullSink | yes | [`null_sink`] |
+//! | DebugReturner | yes | [`debug_returner`] |
+//! | DebugPrinter | no | [`debug_printer`] |
+//! | QueryCounter | no | [`query_counter`] |
+//! | QueryTypeFilter | no | [`query_type_filter`] |
+
+pub mod debug_printer;
+pub mod debug_returner;
+pub mod null_sink;
+pub mod query_counter;
+pub mod query_type_filter;
+pub mod valkey_sink_single;
+
+use crate::config::topology::TransformRegistry;
+
+/// Every built-in transform, by its topology.yaml name.
+pub fn registry() -> TransformRegistry {
+    let mut r = TransformRegistry::new();
+    r.register::<valkey_sink_single::ValkeySinkSingleConfig>("ValkeySinkSingle")
+        .register::<null_sink::NullSinkConfig>("NullSink")
+        .register::<debug_returner::DebugReturnerConfig>("DebugReturner")
+        .register::<debug_printer::DebugPrinterConfig>("DebugPrinter")
+        .register::<query_counter::QueryCounterConfig>("QueryCounter")
+        .register::<query_type_filter::QueryTypeFilterConfig>("QueryTypeFilter");
+    r
+}

@@ -1,0 +1,52 @@
+//! NullSink: drops every request and answers each with an empty response (a Valkey null).
+//!
+//! ```yaml
+//! - NullSink
+//! ```
+
+use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::message::{Frame, Message, Protocol};
+use anyhow::Result;
+use async_trait::async_trait;
+use serde::Deserialize;
+use shotover_protocols::valkey::ValkeyFrame;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkConfig {}
+
+impl TransformConfig for NullSinkConfig {
+    fn name(&self) -> &'static str {
+        "NullSink"
+    }
+    fn is_terminating(&self) -> bool {
+        true
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Valkey]
+    }
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        Ok(Box::new(NullSinkBuilder))
+    }
+}
+
+struct NullSinkBuilder;
+
+impl TransformBuilder for NullSinkBuilder {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(NullSink)
+    }
+}
+
+pub struct NullSink;
+
+#[async_trait(?Send)]
+impl Transform for NullSink {
+    fn name(&self) -> &'static str {
+        "NullSink"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        Ok(state.requests.iter().map(|r| Message::response_to(r, Frame::Valkey(ValkeyFrame::Null))).collect())
+    }
+}

@@ -1,0 +1,418 @@
+//! ValkeySinkSingle: sends requests to one Valkey server over a connection of each client
+//! connection's own, so connection state (AUTH, SELECT, MULTI/EXEC, WATCH, subscriptions,
+//! blocking commands, CLIENT commands) behaves as on a direct connection.
+//!
+//! ```yaml
+//! - ValkeySinkSingle:
+//!     remote_address: "127.0.0.1:6379"
+//!     connect_timeout_ms: 3000
+//! ```
+//!
+//! The whole batch is written in one write and its replies are read back in order. Replies
+//! nobody asked for (pub/sub messages, MONITOR output, RESP3 pushes) are returned after the
+//! batch's responses, or through [`Transform::poll_pushed`] while the client is idle.
+//!
+//! When the upstream is down, each request gets `-ERR` and `failed_requests` counts it; the
+//! next batch reconnects and replays HELLO, AUTH, SELECT and CLIENT SETNAME so the client's
+//! session carries over. Subscriptions cannot be carried over, so a subscribed client's
+//! connection is closed instead.
+
+use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
+use crate::message::{Message, Protocol};
+use crate::sinks::valkey::ValkeyConnection;
+use anyhow::{anyhow, Context as _, Result};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use prometheus::{Histogram, IntCounter};
+use serde::Deserialize;
+use shotover_protocols::valkey::command::{array_strings, request_args, RequestView};
+use std::collections::{HashSet, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValkeySinkSingleConfig {
+    /// `host:port` of the Valkey server. Resolved once at startup.
+    pub remote_address: String,
+    /// Milliseconds to wait for a connection. Default 3000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// TLS to the server (not in this build yet).
+    #[serde(default)]
+    pub tls: Option<serde_yaml_ng::Value>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    3000
+}
+
+impl ValkeySinkSingleConfig {
+    fn resolve(&self) -> Result<SocketAddr> {
+        self.remote_address
+            .to_socket_addrs()
+            .with_context(|| format!("remote_address {:?} is not a reachable host:port", self.remote_address))?
+            .next()
+            .ok_or_else(|| anyhow!("remote_address {:?} resolves to no address", self.remote_address))
+    }
+}
+
+impl TransformConfig for ValkeySinkSingleConfig {
+    fn name(&self) -> &'static str {
+        "ValkeySinkSingle"
+    }
+    fn is_terminating(&self) -> bool {
+        true
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Valkey]
+    }
+    fn validate(&self) -> Result<()> {
+        if self.tls.is_some() {
+            return Err(anyhow!("tls: TLS to the upstream is not available in this build yet"));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(anyhow!("connect_timeout_ms: must be at least 1"));
+        }
+        self.resolve().map(|_| ())
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        Ok(Box::new(ValkeySinkSingleBuilder {
+            address: self.resolve()?,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkSingle", &ctx.chain_name]),
+            source_to_sink: ctx.metrics.source_to_sink_latency.with_label_values(&["ValkeySinkSingle"]),
+        }))
+    }
+}
+
+struct ValkeySinkSingleBuilder {
+    address: SocketAddr,
+    connect_timeout: Duration,
+    failed_requests: IntCounter,
+    source_to_sink: Histogram,
+}
+
+impl TransformBuilder for ValkeySinkSingleBuilder {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(ValkeySinkSingle {
+            address: self.address,
+            connect_timeout: self.connect_timeout,
+            connection: None,
+            write_buf: BytesMut::new(),
+            pushed: VecDeque::new(),
+            session: Vec::new(),
+            subscriptions: Subscriptions::default(),
+            monitor: false,
+            lost: None,
+            failed_requests: self.failed_requests.clone(),
+            source_to_sink: self.source_to_sink.clone(),
+        })
+    }
+}
+
+/// Channels, patterns and shard channels the upstream connection is subscribed to.
+#[derive(Default)]
+struct Subscriptions {
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard: HashSet<Bytes>,
+}
+
+impl Subscriptions {
+    fn any(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty())
+    }
+
+    /// Updates the sets from a (un)subscribe confirmation; ignores other messages.
+    fn track(&mut self, raw: &[u8]) {
+        let items = array_strings(raw);
+        let (Some(kind), name) = (items.first(), items.get(1)) else { return };
+        let name = || Bytes::copy_from_slice(name.copied().unwrap_or_default());
+        match kind.to_ascii_lowercase().as_slice() {
+            b"subscribe" => drop(self.channels.insert(name())),
+            b"psubscribe" => drop(self.patterns.insert(name())),
+            b"ssubscribe" => drop(self.shard.insert(name())),
+            b"unsubscribe" => drop(self.channels.remove(&name())),
+            b"punsubscribe" => drop(self.patterns.remove(&name())),
+            b"sunsubscribe" => drop(self.shard.remove(&name())),
+            _ => {}
+        }
+    }
+}
+
+/// Session commands replayed on a new upstream connection, in this order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SessionCommand {
+    Hello,
+    Auth,
+    Select,
+    SetName,
+}
+
+pub struct ValkeySinkSingle {
+    address: SocketAddr,
+    connect_timeout: Duration,
+    connection: Option<ValkeyConnection>,
+    write_buf: BytesMut,
+    /// Unsolicited messages waiting for delivery, in arrival order.
+    pushed: VecDeque<Message>,
+    /// The last successful session commands, as sent by the client.
+    session: Vec<(SessionCommand, Bytes)>,
+    subscriptions: Subscriptions,
+    /// After MONITOR every upstream message is unsolicited.
+    monitor: bool,
+    /// Set when the upstream connection was lost with state that cannot be restored.
+    lost: Option<String>,
+    failed_requests: IntCounter,
+    source_to_sink: Histogram,
+}
+
+/// What the sink does with one request.
+enum Plan {
+    Send,
+    /// Answered by the proxy without sending.
+    Answer(&'static str),
+}
+
+fn plan(request: &Message) -> Plan {
+    let Some(view) = request.valkey_request() else { return Plan::Send };
+    if view.is("CLIENT") {
+        let args = request.raw().map(|r| request_args(r)).unwrap_or_default();
+        let reply_mode = args.get(1).map(|m| m.to_ascii_uppercase());
+        if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"REPLY")) && reply_mode.as_deref() != Some(b"ON") {
+            // Without replies the proxy could not pair responses with requests.
+            return Plan::Answer("ERR CLIENT REPLY OFF and SKIP are not supported through shotover");
+        }
+    }
+    Plan::Send
+}
+
+fn is_error(raw: &[u8]) -> bool {
+    matches!(raw.first(), Some(b'-' | b'!'))
+}
+
+impl ValkeySinkSingle {
+    /// Replies the request at hand will produce; the first is its response, the rest are
+    /// delivered as unsolicited messages.
+    fn expected_replies(&self, view: &RequestView<'_>) -> usize {
+        let by_kind = |set: &HashSet<Bytes>| if view.argc > 0 { view.argc } else { set.len().max(1) };
+        if view.is("SUBSCRIBE") || view.is("PSUBSCRIBE") || view.is("SSUBSCRIBE") {
+            view.argc.max(1)
+        } else if view.is("UNSUBSCRIBE") {
+            by_kind(&self.subscriptions.channels)
+        } else if view.is("PUNSUBSCRIBE") {
+            by_kind(&self.subscriptions.patterns)
+        } else if view.is("SUNSUBSCRIBE") {
+            by_kind(&self.subscriptions.shard)
+        } else {
+            1
+        }
+    }
+
+    /// True for upstream messages that answer no request.
+    fn is_unsolicited(&self, raw: &[u8]) -> bool {
+        if self.monitor {
+            return true;
+        }
+        let kind_is = |kinds: &[&[u8]]| {
+            array_strings(raw).first().is_some_and(|k| kinds.iter().any(|want| k.eq_ignore_ascii_case(want)))
+        };
+        match raw.first() {
+            Some(b'>') => !kind_is(&[b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe"]),
+            Some(b'*') if self.subscriptions.any() => kind_is(&[b"message", b"pmessage", b"smessage"]),
+            _ => false,
+        }
+    }
+
+    fn remember_session(&mut self, view: &RequestView<'_>, raw: &Bytes) {
+        let kind = if view.is("HELLO") {
+            SessionCommand::Hello
+        } else if view.is("AUTH") {
+            SessionCommand::Auth
+        } else if view.is("SELECT") {
+            SessionCommand::Select
+        } else if view.is("CLIENT")
+            && request_args(raw).first().is_some_and(|a| a.eq_ignore_ascii_case(b"SETNAME"))
+        {
+            SessionCommand::SetName
+        } else if view.is("RESET") {
+            self.session.clear();
+            self.subscriptions = Subscriptions::default();
+            self.monitor = false;
+            return;
+        } else {
+            return;
+        };
+        self.session.retain(|(k, _)| *k != kind);
+        self.session.push((kind, raw.clone()));
+        self.session.sort_by_key(|(k, _)| *k);
+    }
+
+    /// Connects if needed, replaying the session on a new connection.
+    async fn connection(&mut self) -> Result<&mut ValkeyConnection> {
+        if self.connection.is_none() {
+            let mut conn = ValkeyConnection::connect(self.address, self.connect_timeout)
+                .await
+                .with_context(|| format!("cannot connect to upstream {}", self.address))?;
+            for (_, raw) in &self.session {
+                conn.write_all(raw).await.context("cannot restore the session on a new upstream connection")?;
+                let reply = conn.next().await.context("cannot restore the session on a new upstream connection")?;
+                if is_error(&reply) {
+                    return Err(anyhow!(
+                        "upstream refused to restore the session: {}",
+                        String::from_utf8_lossy(&reply).trim_end()
+                    ));
+                }
+            }
+            self.connection = Some(conn);
+        }
+        self.connection.as_mut().ok_or_else(|| anyhow!("no upstream connection"))
+    }
+
+    /// Drops a broken connection; remembers if that lost state the client relies on.
+    fn connection_lost(&mut self, reason: &str) {
+        self.connection = None;
+        if self.subscriptions.any() || self.monitor {
+            self.lost = Some(format!("upstream connection lost while subscribed or monitoring: {reason}"));
+        }
+    }
+
+    fn error_to(&self, request: &Message, reason: &str) -> Message {
+        self.failed_requests.inc();
+        Message::valkey_error_to(request, format!("ERR shotover: {reason}"))
+    }
+
+    /// Sends the batch and reads one response per request.
+    async fn send(&mut self, requests: Vec<Message>) -> Vec<Message> {
+        let plans: Vec<Plan> = requests.iter().map(plan).collect();
+        self.write_buf.clear();
+        for (request, plan) in requests.iter().zip(&plans) {
+            if matches!(plan, Plan::Send) {
+                if let Err(e) = request.encode_into(&mut self.write_buf) {
+                    tracing::warn!("cannot encode request: {e}");
+                }
+            }
+        }
+        let mut responses = Vec::with_capacity(requests.len());
+        let write_buf = std::mem::take(&mut self.write_buf);
+        let written = match self.connection().await {
+            Ok(conn) => conn.write_all(&write_buf).await.map_err(|e| format!("upstream write failed: {e}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        self.write_buf = write_buf;
+        if let Some(at) = requests.first().and_then(|r| r.received_at()) {
+            self.source_to_sink.observe(at.elapsed().as_secs_f64());
+        }
+        if let Err(reason) = written {
+            self.connection_lost(&reason);
+            return requests.iter().map(|r| self.error_to(r, &reason)).collect();
+        }
+        let mut failure: Option<String> = None;
+        for (request, plan) in requests.iter().zip(plans) {
+            if let Plan::Answer(text) = plan {
+                responses.push(Message::valkey_error_to(request, text));
+                continue;
+            }
+            if let Some(reason) = &failure {
+                responses.push(self.error_to(request, reason));
+                continue;
+            }
+            match self.read_replies(request).await {
+                Ok(response) => responses.push(response),
+                Err(reason) => {
+                    responses.push(self.error_to(request, &reason));
+                    self.connection_lost(&reason);
+                    failure = Some(reason);
+                }
+            }
+        }
+        responses
+    }
+
+    /// Reads the replies of one request: returns the first, queues the rest as unsolicited.
+    async fn read_replies(&mut self, request: &Message) -> Result<Message, String> {
+        let view = request.valkey_request();
+        let expected = view.as_ref().map(|v| self.expected_replies(v)).unwrap_or(1);
+        let mut response = None;
+        let mut received = 0;
+        while received < expected {
+            let conn = self.connection.as_mut().ok_or("upstream connection closed")?;
+            let raw = conn.next().await.map_err(|e| format!("upstream read failed: {e}"))?;
+            let now = Instant::now();
+            if self.is_unsolicited(&raw) {
+                self.pushed.push_back(Message::from_bytes(raw, Protocol::Valkey, now));
+                continue;
+            }
+            received += 1;
+            self.subscriptions.track(&raw);
+            let mut message = Message::from_bytes(raw, Protocol::Valkey, now);
+            message.set_request_id(request.id());
+            if response.is_none() {
+                response = Some(message);
+            } else {
+                self.pushed.push_back(message);
+            }
+        }
+        let response = response.ok_or("no reply")?;
+        if let (Some(view), Some(raw)) = (view, request.raw()) {
+            if !response.raw().is_some_and(|r| is_error(r)) {
+                if view.is("MONITOR") {
+                    self.monitor = true;
+                }
+                self.remember_session(&view, raw);
+            }
+        }
+        Ok(response)
+    }
+}
+
+#[async_trait(?Send)]
+impl Transform for ValkeySinkSingle {
+    fn name(&self) -> &'static str {
+        "ValkeySinkSingle"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        if let Some(reason) = self.lost.take() {
+            return Err(CloseConnection(reason).into());
+        }
+        let requests = std::mem::take(&mut state.requests);
+        let mut responses = if requests.is_empty() { Vec::new() } else { self.send(requests).await };
+        // If the upstream was lost while subscribed, this batch is still answered; `lost`
+        // makes poll_pushed ready at once and the next call closes the client connection.
+        responses.extend(self.pushed.drain(..));
+        Ok(responses)
+    }
+
+    fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.pushed.is_empty() || self.lost.is_some() {
+            return Poll::Ready(());
+        }
+        let Some(conn) = self.connection.as_mut() else { return Poll::Pending };
+        let mut error = None;
+        loop {
+            match conn.poll_next(cx) {
+                Poll::Ready(Ok(raw)) => {
+                    self.subscriptions.track(&raw);
+                    self.pushed.push_back(Message::from_bytes(raw, Protocol::Valkey, Instant::now()));
+                }
+                Poll::Ready(Err(e)) => {
+                    error = Some(e);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if let Some(e) = error {
+            // An idle connection that closes is simply reopened on the next request.
+            self.connection_lost(&e.to_string());
+        }
+        if self.pushed.is_empty() && self.lost.is_none() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
