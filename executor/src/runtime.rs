@@ -33,7 +33,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { worker_cpus: vec![None], io_memory: 512 * 1024, spin_before_park: Duration::ZERO }
+        RuntimeConfig { worker_cpus: vec![None], io_memory: 512 * 1024, spin_before_park: std::env::var("SHOTOVER_SPIN_US").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros).unwrap_or(Duration::ZERO) }
     }
 }
 
