@@ -33,7 +33,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { worker_cpus: vec![None], io_memory: 512 * 1024, spin_before_park: std::env::var("SHOTOVER_SPIN_US").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros).unwrap_or(Duration::ZERO) }
+        RuntimeConfig { worker_cpus: vec![None], io_memory: 512 * 1024, spin_before_park: Duration::ZERO }
     }
 }
 
@@ -164,7 +164,10 @@ pub fn wait_for_signal(give_up: impl Fn() -> bool) -> Option<&'static str> {
     }
 }
 
-fn sigtimedwait(set: &nix::sys::signal::SigSet, timeout: &nix::sys::time::TimeSpec) -> Option<nix::sys::signal::Signal> {
+fn sigtimedwait(
+    set: &nix::sys::signal::SigSet,
+    timeout: &nix::sys::time::TimeSpec,
+) -> Option<nix::sys::signal::Signal> {
     // SAFETY: sigtimedwait is given a valid signal set and timespec owned by the caller and a
     // null siginfo pointer, which the call permits; nix has no wrapper with a timeout.
     let signo = unsafe { nix::libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), timeout.as_ref()) };

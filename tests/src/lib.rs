@@ -1,1 +1,383 @@
+//! Helpers for the integration tests: real servers on free ports and the real binary.
+//!
+//! - [`free_port`]: a TCP port nobody listens on.
+//! - [`ValkeyServer`]: a throwaway `valkey-server`, killed on drop.
+//! - [`Shotover`]: the release `shotover-proxy` binary with a topology and config written
+//!   to a temp dir; its output is captured for assertions on log lines.
+//! - [`http_get`] and [`http_put`]: the observability interface without a client library.
+//!
+//! The release binary is built once per test run by `scripts/test`; set `SHOTOVER_BIN` to
+//! use another.
 
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A TCP port that was free a moment ago. Ports are handed out from a per-process
+/// counter offset by the pid so that parallel test processes rarely collide.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + ((std::process::id() * 37 + offset * 7) % 40000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on port {port} after {timeout:?}")
+}
+
+/// A per-test scratch directory under the target dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "shotover-it-{}-{}-{}",
+            name,
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cannot create a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A throwaway valkey-server.
+pub struct ValkeyServer {
+    pub port: u16,
+    child: Child,
+    args: Vec<String>,
+    _dir: TempDir,
+}
+
+impl ValkeyServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra arguments, e.g. `["--requirepass", "pw"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let dir = TempDir::new("valkey");
+        let mut args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(["--dir".to_string(), dir.0.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn_valkey(&args);
+        wait_for_port(port, Duration::from_secs(10)).expect("valkey-server did not start");
+        ValkeyServer { port, child, args, _dir: dir }
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_valkey(&self.args);
+        wait_for_port(self.port, Duration::from_secs(10)).expect("valkey-server did not restart");
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        connect(self.port)
+    }
+}
+
+fn spawn_valkey(args: &[String]) -> Child {
+    Command::new("valkey-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot run valkey-server: run scripts/install-deps")
+}
+
+impl Drop for ValkeyServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A redis-rs connection to 127.0.0.1:`port`.
+pub fn connect(port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("bad url");
+    client.get_connection_with_timeout(Duration::from_secs(5)).expect("cannot connect")
+}
+
+/// The path of the release binary.
+pub fn shotover_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("SHOTOVER_BIN") {
+        return bin.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("release").join("shotover-proxy");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p shotover-proxy` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running shotover-proxy process.
+pub struct Shotover {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    pub observability_port: u16,
+    pub dir: TempDir,
+}
+
+/// How to start shotover.
+pub struct ShotoverBuilder {
+    topology: String,
+    config: Option<String>,
+    args: Vec<String>,
+    wait_port: Option<u16>,
+}
+
+impl Shotover {
+    /// Shotover with `topology` (YAML text) and a default config with observability on a
+    /// free port. Waits until `listen_port` accepts connections.
+    pub fn builder(topology: &str) -> ShotoverBuilder {
+        ShotoverBuilder { topology: topology.to_string(), config: None, args: Vec::new(), wait_port: None }
+    }
+
+    pub fn start(topology: &str, listen_port: u16) -> Shotover {
+        Shotover::builder(topology).wait_for(listen_port).start().expect("shotover did not start")
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until its output contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.output().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.observability_port, "/metrics").unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM)?;
+        wait_exit(&mut self.child, timeout)
+    }
+}
+
+impl ShotoverBuilder {
+    /// Replaces the default config.yaml.
+    pub fn config(mut self, config: &str) -> Self {
+        self.config = Some(config.to_string());
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn wait_for(mut self, port: u16) -> Self {
+        self.wait_port = Some(port);
+        self
+    }
+
+    /// Starts the process; with `wait_for`, returns once that port accepts connections.
+    pub fn start(self) -> Result<Shotover> {
+        let dir = TempDir::new("shotover");
+        let observability_port = free_port();
+        let config = self.config.unwrap_or_else(|| {
+            format!("main_log_level: \"info\"\nobservability_interface: \"127.0.0.1:{observability_port}\"\n")
+        });
+        std::fs::write(dir.path("topology.yaml"), &self.topology)?;
+        std::fs::write(dir.path("config.yaml"), &config)?;
+        let mut child = Command::new(shotover_bin())
+            .arg("--topology-file")
+            .arg(dir.path("topology.yaml"))
+            .arg("--config-file")
+            .arg(dir.path("config.yaml"))
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run shotover-proxy")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut out) = output.lock() {
+                        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        let mut shotover = Shotover { child, output, observability_port, dir };
+        if let Some(port) = self.wait_port {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                if let Ok(Some(status)) = shotover.child.try_wait() {
+                    bail!("shotover exited with {status} before listening:\n{}", shotover.output());
+                }
+                if Instant::now() > deadline {
+                    bail!("shotover did not listen on {port}:\n{}", shotover.output());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(shotover)
+    }
+
+    /// Runs the process to completion (for startup errors): exit status and output.
+    pub fn run_to_exit(self, timeout: Duration) -> Result<(ExitStatus, String)> {
+        let mut shotover = self.start()?;
+        let status = wait_exit(&mut shotover.child, timeout)?;
+        std::thread::sleep(Duration::from_millis(50));
+        Ok((status, shotover.output()))
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Shotover {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 request; returns the body of a 2xx response.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn http_get(port: u16, path: &str) -> Result<String> {
+    let (status, body) = http(port, "GET", path, "")?;
+    if !(200..300).contains(&status) {
+        bail!("GET {path}: status {status}: {body}");
+    }
+    Ok(body)
+}
+
+pub fn http_put(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
+    http(port, "PUT", path, body)
+}
+
+/// The value of one Prometheus series (`name{labels}` exactly as rendered), or 0.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs a command line tool and returns (exit status, stdout + stderr).
+pub fn run_tool(program: &str, args: &[&str]) -> (ExitStatus, String) {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
+
+/// A topology with one Valkey source on `listen_port` and `chain` (YAML list items,
+/// indented by 8 spaces).
+pub fn valkey_topology(listen_port: u16, chain: &str) -> String {
+    format!(
+        "---\nsources:\n  - Valkey:\n      name: \"valkey\"\n      listen_addr: \"127.0.0.1:{listen_port}\"\n      chain:\n{chain}"
+    )
+}
+
+/// The chain item of a ValkeySinkSingle to `port`.
+pub fn sink_single(port: u16) -> String {
+    format!("        - ValkeySinkSingle:\n            remote_address: \"127.0.0.1:{port}\"\n            connect_timeout_ms: 1000\n")
+}

@@ -59,7 +59,11 @@ impl Default for ReadBuffer {
 
 impl ReadBuffer {
     /// Reads once from `stream` into the buffer. `Ready(Ok(0))` is end of stream.
-    pub fn poll_fill<S: AsyncRead + AsRawFd + Unpin>(&mut self, stream: &mut S, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    pub fn poll_fill<S: AsyncRead + AsRawFd + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
         let start = self.buf.len();
         self.buf.resize(start + self.chunk, 0);
         let result = if self.misses < SPIN_READS && core_is_busy() {

@@ -31,9 +31,15 @@ pub fn init(filter: &str, format: LogFormat) -> Result<FilterSetter> {
     let registry = tracing_subscriber::registry().with(filter_layer);
     let result = match format {
         LogFormat::Human => registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()).with_writer(std::io::stdout))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .with_writer(std::io::stdout),
+            )
             .try_init(),
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stdout)).try_init(),
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stdout)).try_init()
+        }
     };
     result.map_err(|e| anyhow!("cannot install the logger: {e}"))?;
     Ok(Arc::new(move |new: &str| {

@@ -74,18 +74,26 @@ pub fn array_strings(raw: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     match raw.first() {
         Some(b'*' | b'>') => {
-            let Some((_, mut rest)) = line(raw) else { return out };
+            let Some((_, mut rest)) = line(raw) else {
+                return out;
+            };
             loop {
                 match rest.first() {
                     Some(b'$') => {
-                        let Some((len, r)) = line(&rest[1..]) else { break };
-                        let Some(len) = parse_len(len).ok().and_then(|l| usize::try_from(l).ok()) else { break };
+                        let Some((len, r)) = line(&rest[1..]) else {
+                            break;
+                        };
+                        let Some(len) = parse_len(len).ok().and_then(|l| usize::try_from(l).ok()) else {
+                            break;
+                        };
                         let Some(item) = r.get(..len) else { break };
                         out.push(item);
                         rest = r.get(len + 2..).unwrap_or_default();
                     }
                     Some(b'+') => {
-                        let Some((item, r)) = line(&rest[1..]) else { break };
+                        let Some((item, r)) = line(&rest[1..]) else {
+                            break;
+                        };
                         out.push(item);
                         rest = r;
                     }
@@ -114,43 +122,113 @@ pub fn classify(upper: &[u8]) -> QueryType {
     use QueryType::*;
     match upper {
         // Reads of data.
-        b"GET" | b"MGET" | b"GETRANGE" | b"SUBSTR" | b"STRLEN" | b"EXISTS" | b"TYPE" | b"TTL" | b"PTTL"
-        | b"EXPIRETIME" | b"PEXPIRETIME" | b"KEYS" | b"SCAN" | b"RANDOMKEY" | b"DBSIZE" | b"DUMP"
-        | b"OBJECT" | b"LCS" | b"GETBIT" | b"BITCOUNT" | b"BITPOS" | b"BITFIELD_RO" | b"HGET" | b"HMGET"
-        | b"HGETALL" | b"HKEYS" | b"HVALS" | b"HLEN" | b"HEXISTS" | b"HSTRLEN" | b"HSCAN" | b"HRANDFIELD"
-        | b"LRANGE" | b"LLEN" | b"LINDEX" | b"LPOS" | b"SMEMBERS" | b"SISMEMBER" | b"SMISMEMBER"
-        | b"SCARD" | b"SRANDMEMBER" | b"SSCAN" | b"SINTER" | b"SINTERCARD" | b"SUNION" | b"SDIFF"
-        | b"ZRANGE" | b"ZRANGEBYSCORE" | b"ZREVRANGEBYSCORE" | b"ZRANGEBYLEX" | b"ZREVRANGEBYLEX"
-        | b"ZREVRANGE" | b"ZRANK" | b"ZREVRANK" | b"ZSCORE" | b"ZMSCORE" | b"ZCARD" | b"ZCOUNT"
-        | b"ZLEXCOUNT" | b"ZSCAN" | b"ZRANDMEMBER" | b"ZINTER" | b"ZUNION" | b"ZDIFF" | b"ZINTERCARD"
-        | b"PFCOUNT" | b"GEOPOS" | b"GEODIST" | b"GEOHASH" | b"GEORADIUS_RO" | b"GEORADIUSBYMEMBER_RO"
-        | b"GEOSEARCH" | b"XRANGE" | b"XREVRANGE" | b"XLEN" | b"XREAD" | b"XINFO" | b"XPENDING"
-        | b"TOUCH" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL_RO" | b"SORT_RO" => Read,
+        b"GET"
+        | b"MGET"
+        | b"GETRANGE"
+        | b"SUBSTR"
+        | b"STRLEN"
+        | b"EXISTS"
+        | b"TYPE"
+        | b"TTL"
+        | b"PTTL"
+        | b"EXPIRETIME"
+        | b"PEXPIRETIME"
+        | b"KEYS"
+        | b"SCAN"
+        | b"RANDOMKEY"
+        | b"DBSIZE"
+        | b"DUMP"
+        | b"OBJECT"
+        | b"LCS"
+        | b"GETBIT"
+        | b"BITCOUNT"
+        | b"BITPOS"
+        | b"BITFIELD_RO"
+        | b"HGET"
+        | b"HMGET"
+        | b"HGETALL"
+        | b"HKEYS"
+        | b"HVALS"
+        | b"HLEN"
+        | b"HEXISTS"
+        | b"HSTRLEN"
+        | b"HSCAN"
+        | b"HRANDFIELD"
+        | b"LRANGE"
+        | b"LLEN"
+        | b"LINDEX"
+        | b"LPOS"
+        | b"SMEMBERS"
+        | b"SISMEMBER"
+        | b"SMISMEMBER"
+        | b"SCARD"
+        | b"SRANDMEMBER"
+        | b"SSCAN"
+        | b"SINTER"
+        | b"SINTERCARD"
+        | b"SUNION"
+        | b"SDIFF"
+        | b"ZRANGE"
+        | b"ZRANGEBYSCORE"
+        | b"ZREVRANGEBYSCORE"
+        | b"ZRANGEBYLEX"
+        | b"ZREVRANGEBYLEX"
+        | b"ZREVRANGE"
+        | b"ZRANK"
+        | b"ZREVRANK"
+        | b"ZSCORE"
+        | b"ZMSCORE"
+        | b"ZCARD"
+        | b"ZCOUNT"
+        | b"ZLEXCOUNT"
+        | b"ZSCAN"
+        | b"ZRANDMEMBER"
+        | b"ZINTER"
+        | b"ZUNION"
+        | b"ZDIFF"
+        | b"ZINTERCARD"
+        | b"PFCOUNT"
+        | b"GEOPOS"
+        | b"GEODIST"
+        | b"GEOHASH"
+        | b"GEORADIUS_RO"
+        | b"GEORADIUSBYMEMBER_RO"
+        | b"GEOSEARCH"
+        | b"XRANGE"
+        | b"XREVRANGE"
+        | b"XLEN"
+        | b"XREAD"
+        | b"XINFO"
+        | b"XPENDING"
+        | b"TOUCH"
+        | b"EVAL_RO"
+        | b"EVALSHA_RO"
+        | b"FCALL_RO"
+        | b"SORT_RO" => Read,
         // Connection, server-information and transaction control: they change no data.
-        b"PING" | b"ECHO" | b"AUTH" | b"HELLO" | b"SELECT" | b"QUIT" | b"RESET" | b"CLIENT" | b"COMMAND"
-        | b"INFO" | b"TIME" | b"LASTSAVE" | b"ROLE" | b"LOLWUT" | b"MULTI" | b"EXEC" | b"DISCARD"
-        | b"WATCH" | b"UNWATCH" | b"READONLY" | b"READWRITE" | b"CLUSTER" | b"WAIT" | b"WAITAOF"
-        | b"MEMORY" | b"LATENCY" | b"SLOWLOG" | b"ACL" | b"CONFIG" | b"MONITOR" => Read,
+        b"PING" | b"ECHO" | b"AUTH" | b"HELLO" | b"SELECT" | b"QUIT" | b"RESET" | b"CLIENT" | b"COMMAND" | b"INFO"
+        | b"TIME" | b"LASTSAVE" | b"ROLE" | b"LOLWUT" | b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH"
+        | b"READONLY" | b"READWRITE" | b"CLUSTER" | b"WAIT" | b"WAITAOF" | b"MEMORY" | b"LATENCY" | b"SLOWLOG"
+        | b"ACL" | b"CONFIG" | b"MONITOR" => Read,
         // Writes that return no previous value.
-        b"SET" | b"SETNX" | b"SETEX" | b"PSETEX" | b"MSET" | b"MSETNX" | b"APPEND" | b"DEL" | b"UNLINK"
-        | b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"PERSIST" | b"RENAME" | b"RENAMENX"
-        | b"RESTORE" | b"COPY" | b"MOVE" | b"SETRANGE" | b"SETBIT" | b"HSET" | b"HSETNX" | b"HMSET" | b"HDEL"
-        | b"LPUSH" | b"RPUSH" | b"LPUSHX" | b"RPUSHX" | b"LINSERT" | b"LSET" | b"LREM" | b"LTRIM" | b"SADD"
-        | b"SREM" | b"SINTERSTORE" | b"SUNIONSTORE" | b"SDIFFSTORE" | b"ZADD" | b"ZREM"
-        | b"ZREMRANGEBYSCORE" | b"ZREMRANGEBYRANK" | b"ZREMRANGEBYLEX" | b"ZINTERSTORE" | b"ZUNIONSTORE"
-        | b"ZDIFFSTORE" | b"ZRANGESTORE" | b"PFADD" | b"PFMERGE" | b"GEOADD" | b"GEOSEARCHSTORE" | b"XADD"
-        | b"XDEL" | b"XTRIM" | b"XACK" | b"XGROUP" | b"XSETID" | b"BITOP" => Write,
+        b"SET" | b"SETNX" | b"SETEX" | b"PSETEX" | b"MSET" | b"MSETNX" | b"APPEND" | b"DEL" | b"UNLINK" | b"EXPIRE"
+        | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"PERSIST" | b"RENAME" | b"RENAMENX" | b"RESTORE" | b"COPY"
+        | b"MOVE" | b"SETRANGE" | b"SETBIT" | b"HSET" | b"HSETNX" | b"HMSET" | b"HDEL" | b"LPUSH" | b"RPUSH"
+        | b"LPUSHX" | b"RPUSHX" | b"LINSERT" | b"LSET" | b"LREM" | b"LTRIM" | b"SADD" | b"SREM" | b"SINTERSTORE"
+        | b"SUNIONSTORE" | b"SDIFFSTORE" | b"ZADD" | b"ZREM" | b"ZREMRANGEBYSCORE" | b"ZREMRANGEBYRANK"
+        | b"ZREMRANGEBYLEX" | b"ZINTERSTORE" | b"ZUNIONSTORE" | b"ZDIFFSTORE" | b"ZRANGESTORE" | b"PFADD"
+        | b"PFMERGE" | b"GEOADD" | b"GEOSEARCHSTORE" | b"XADD" | b"XDEL" | b"XTRIM" | b"XACK" | b"XGROUP"
+        | b"XSETID" | b"BITOP" => Write,
         // Reads and writes at once.
-        b"GETSET" | b"GETDEL" | b"GETEX" | b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY" | b"INCRBYFLOAT"
-        | b"HINCRBY" | b"HINCRBYFLOAT" | b"ZINCRBY" | b"LPOP" | b"RPOP" | b"BLPOP" | b"BRPOP" | b"LMPOP"
-        | b"BLMPOP" | b"RPOPLPUSH" | b"BRPOPLPUSH" | b"LMOVE" | b"BLMOVE" | b"SPOP" | b"SMOVE" | b"ZPOPMIN"
-        | b"ZPOPMAX" | b"BZPOPMIN" | b"BZPOPMAX" | b"ZMPOP" | b"BZMPOP" | b"BITFIELD" | b"SORT"
-        | b"XREADGROUP" | b"XCLAIM" | b"XAUTOCLAIM" | b"EVAL" | b"EVALSHA" | b"FCALL" | b"GEORADIUS"
-        | b"GEORADIUSBYMEMBER" => ReadWrite,
+        b"GETSET" | b"GETDEL" | b"GETEX" | b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY" | b"INCRBYFLOAT" | b"HINCRBY"
+        | b"HINCRBYFLOAT" | b"ZINCRBY" | b"LPOP" | b"RPOP" | b"BLPOP" | b"BRPOP" | b"LMPOP" | b"BLMPOP"
+        | b"RPOPLPUSH" | b"BRPOPLPUSH" | b"LMOVE" | b"BLMOVE" | b"SPOP" | b"SMOVE" | b"ZPOPMIN" | b"ZPOPMAX"
+        | b"BZPOPMIN" | b"BZPOPMAX" | b"ZMPOP" | b"BZMPOP" | b"BITFIELD" | b"SORT" | b"XREADGROUP" | b"XCLAIM"
+        | b"XAUTOCLAIM" | b"EVAL" | b"EVALSHA" | b"FCALL" | b"GEORADIUS" | b"GEORADIUSBYMEMBER" => ReadWrite,
         // The shape of the keyspace, scripts and functions.
         b"FLUSHALL" | b"FLUSHDB" | b"SWAPDB" | b"FUNCTION" | b"SCRIPT" | b"MODULE" => SchemaChange,
-        b"PUBLISH" | b"SPUBLISH" | b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE"
-        | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" | b"PUBSUB" => PubSubMessage,
+        b"PUBLISH" | b"SPUBLISH" | b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
+        | b"SUNSUBSCRIBE" | b"PUBSUB" => PubSubMessage,
         _ => Write,
     }
 }

@@ -32,7 +32,9 @@ pub fn parse(bytes: &Bytes) -> Result<(ValkeyFrame, RespVersion), ValkeyCodecErr
                 Err(_) => {}
             }
         }
-        Some(_) if framing::message_len(bytes, false).is_err() => return Ok((parse_inline(bytes)?, RespVersion::Resp2)),
+        Some(_) if framing::message_len(bytes, false).is_err() => {
+            return Ok((parse_inline(bytes)?, RespVersion::Resp2))
+        }
         _ => {}
     }
     match redis_protocol::resp3::decode::complete::decode_bytes(bytes) {
@@ -106,10 +108,9 @@ fn from_resp2(frame: Resp2Frame) -> ValkeyFrame {
         Resp2Frame::Error(data) => BytesFrame::SimpleError { data, attributes: None },
         Resp2Frame::Integer(data) => BytesFrame::Number { data, attributes: None },
         Resp2Frame::BulkString(data) => BytesFrame::BlobString { data, attributes: None },
-        Resp2Frame::Array(items) => BytesFrame::Array {
-            data: items.into_iter().map(from_resp2).collect(),
-            attributes: None,
-        },
+        Resp2Frame::Array(items) => {
+            BytesFrame::Array { data: items.into_iter().map(from_resp2).collect(), attributes: None }
+        }
         Resp2Frame::Null => BytesFrame::Null,
     }
 }
@@ -124,7 +125,9 @@ fn to_resp2(frame: &ValkeyFrame) -> Resp2Frame {
         BytesFrame::Number { data, .. } => Resp2Frame::Integer(*data),
         BytesFrame::Boolean { data, .. } => Resp2Frame::Integer(i64::from(*data)),
         BytesFrame::Double { data, .. } => Resp2Frame::BulkString(Bytes::from(data.to_string())),
-        BytesFrame::BigNumber { data, .. } | BytesFrame::BlobString { data, .. } => Resp2Frame::BulkString(data.clone()),
+        BytesFrame::BigNumber { data, .. } | BytesFrame::BlobString { data, .. } => {
+            Resp2Frame::BulkString(data.clone())
+        }
         BytesFrame::VerbatimString { data, .. } => Resp2Frame::BulkString(data.clone()),
         BytesFrame::Null => Resp2Frame::Null,
         BytesFrame::Array { data, .. } | BytesFrame::Push { data, .. } => {

@@ -3,8 +3,8 @@
 //! Both are parsed, then validated. Every error names the file, the YAML path (for example
 //! `sources[0].Valkey.chain[2]`) and what is wrong, and startup stops with exit code 1.
 //!
-//! - [`Config`]: config.yaml.
-//! - [`topology`]: topology.yaml, with the transform registry that custom builds extend.
+//! - [`Config`] reads config.yaml.
+//! - [`topology`] reads topology.yaml, with the transform registry that custom builds extend.
 
 pub mod topology;
 
@@ -46,7 +46,11 @@ pub(crate) fn join_path(base: &str, rest: &str) -> String {
 }
 
 /// Deserializes `value` as `T`, reporting errors at `base` + the path inside `value`.
-pub(crate) fn from_value<T: DeserializeOwned>(file: &str, base: &str, value: serde_yaml_ng::Value) -> Result<T, ConfigError> {
+pub(crate) fn from_value<T: DeserializeOwned>(
+    file: &str,
+    base: &str,
+    value: serde_yaml_ng::Value,
+) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
         file: file.into(),
         path: join_path(base, &e.path().to_string()),
@@ -62,7 +66,11 @@ pub(crate) fn read_yaml(path: &Path) -> Result<serde_yaml_ng::Value, ConfigError
         path: String::new(),
         reason: format!("cannot read the file: {e}"),
     })?;
-    serde_yaml_ng::from_str(&text).map_err(|e| ConfigError { file, path: String::new(), reason: format!("invalid YAML: {e}") })
+    serde_yaml_ng::from_str(&text).map_err(|e| ConfigError {
+        file,
+        path: String::new(),
+        reason: format!("invalid YAML: {e}"),
+    })
 }
 
 /// config.yaml: settings of the whole process.
@@ -110,7 +118,11 @@ impl Config {
             }
         }
         if let Err(e) = crate::logging::parse_filter(&config.main_log_level) {
-            return Err(ConfigError { file, path: "main_log_level".into(), reason: format!("invalid log filter: {e}") });
+            return Err(ConfigError {
+                file,
+                path: "main_log_level".into(),
+                reason: format!("invalid log filter: {e}"),
+            });
         }
         Ok(config)
     }

@@ -87,7 +87,10 @@ impl TransformRegistry {
                     _ => return Err(err(item_path, "a transform is named by a string".into())),
                 },
                 _ => {
-                    return Err(err(item_path, "expected a transform: a name, or a map with exactly one name as key".into()))
+                    return Err(err(
+                        item_path,
+                        "expected a transform: a name, or a map with exactly one name as key".into(),
+                    ))
                 }
             };
             let Some(parse) = self.get(&name) else {
@@ -252,7 +255,9 @@ impl Topology {
                 "Cassandra" | "Kafka" => {
                     return Err(err(&path, format!("{kind} sources are not available in this build yet")))
                 }
-                other => return Err(err(&path, format!("unknown source {other:?}: expected Valkey, Cassandra or Kafka"))),
+                other => {
+                    return Err(err(&path, format!("unknown source {other:?}: expected Valkey, Cassandra or Kafka")))
+                }
             };
             if let Some(j) = out.iter().position(|s: &SourceConfig| s.listen_addr() == source.listen_addr()) {
                 return Err(err(
@@ -269,7 +274,12 @@ impl Topology {
     }
 }
 
-fn valkey_source(file: &str, path: &str, body: Value, registry: &TransformRegistry) -> Result<ValkeySourceConfig, ConfigError> {
+fn valkey_source(
+    file: &str,
+    path: &str,
+    body: Value,
+    registry: &TransformRegistry,
+) -> Result<ValkeySourceConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError { file: file.into(), path: join_path(path, field), reason };
     let raw: RawSource = from_value(file, path, body)?;
     let listen_addr = raw

@@ -14,7 +14,12 @@ pub type FilterSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Binds the interface now (so a bad address is a startup error) and serves it on a thread
 /// of its own, the control core's.
-pub fn start(addr: SocketAddr, hub: Arc<MetricsHub>, set_filter: FilterSetter, control_cpu: Option<usize>) -> Result<()> {
+pub fn start(
+    addr: SocketAddr,
+    hub: Arc<MetricsHub>,
+    set_filter: FilterSetter,
+    control_cpu: Option<usize>,
+) -> Result<()> {
     let server = Server::http(addr)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot serve the observability interface on {addr}"))?;

@@ -2,15 +2,15 @@
 
 use prometheus::core::Collector;
 use prometheus::proto::{MetricFamily, MetricType};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 /// Latency buckets in seconds: 10 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
 /// Batch-size buckets, in messages.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
@@ -61,18 +61,74 @@ impl CoreMetrics {
         let r = registry;
         CoreMetrics {
             core,
-            transform_total: counter(r, "shotover_transform_total_count", "Times the transform was used", &["transform"]),
-            transform_failures: counter(r, "shotover_transform_failures_count", "Times the transform failed", &["transform"]),
-            transform_latency: histogram(r, "shotover_transform_latency_seconds", "Latency of a message batch through the transform", &["transform"], LATENCY_BUCKETS),
+            transform_total: counter(
+                r,
+                "shotover_transform_total_count",
+                "Times the transform was used",
+                &["transform"],
+            ),
+            transform_failures: counter(
+                r,
+                "shotover_transform_failures_count",
+                "Times the transform failed",
+                &["transform"],
+            ),
+            transform_latency: histogram(
+                r,
+                "shotover_transform_latency_seconds",
+                "Latency of a message batch through the transform",
+                &["transform"],
+                LATENCY_BUCKETS,
+            ),
             chain_total: counter(r, "shotover_chain_total_count", "Times the chain was used", &["chain"]),
             chain_failures: counter(r, "shotover_chain_failures_count", "Times the chain failed", &["chain"]),
-            chain_latency: histogram(r, "shotover_chain_latency_seconds", "Latency of running the chain", &["chain"], LATENCY_BUCKETS),
-            chain_requests_batch: histogram(r, "shotover_chain_requests_batch_size", "Requests in each batch passing through the chain", &["chain"], BATCH_BUCKETS),
-            chain_responses_batch: histogram(r, "shotover_chain_responses_batch_size", "Responses in each batch passing through the chain", &["chain"], BATCH_BUCKETS),
-            connections_opened: counter(r, "connections_opened", "Connections clients opened to the source", &["source", "core"]),
-            source_to_sink_latency: histogram(r, "shotover_source_to_sink_latency_seconds", "Time from reading a request from the client to writing it to the sink", &["sink"], LATENCY_BUCKETS),
-            sink_to_source_latency: histogram(r, "shotover_sink_to_source_latency_seconds", "Time from reading a response from the sink to writing it to the client", &["source"], LATENCY_BUCKETS),
-            failed_requests: counter(r, "failed_requests", "Requests a sink answered with an error because its upstream failed", &["transform", "chain"]),
+            chain_latency: histogram(
+                r,
+                "shotover_chain_latency_seconds",
+                "Latency of running the chain",
+                &["chain"],
+                LATENCY_BUCKETS,
+            ),
+            chain_requests_batch: histogram(
+                r,
+                "shotover_chain_requests_batch_size",
+                "Requests in each batch passing through the chain",
+                &["chain"],
+                BATCH_BUCKETS,
+            ),
+            chain_responses_batch: histogram(
+                r,
+                "shotover_chain_responses_batch_size",
+                "Responses in each batch passing through the chain",
+                &["chain"],
+                BATCH_BUCKETS,
+            ),
+            connections_opened: counter(
+                r,
+                "connections_opened",
+                "Connections clients opened to the source",
+                &["source", "core"],
+            ),
+            source_to_sink_latency: histogram(
+                r,
+                "shotover_source_to_sink_latency_seconds",
+                "Time from reading a request from the client to writing it to the sink",
+                &["sink"],
+                LATENCY_BUCKETS,
+            ),
+            sink_to_source_latency: histogram(
+                r,
+                "shotover_sink_to_source_latency_seconds",
+                "Time from reading a response from the sink to writing it to the client",
+                &["source"],
+                LATENCY_BUCKETS,
+            ),
+            failed_requests: counter(
+                r,
+                "failed_requests",
+                "Requests a sink answered with an error because its upstream failed",
+                &["transform", "chain"],
+            ),
             query_count: counter(r, "query_count", "Queries seen by QueryCounter", &["name", "query"]),
         }
     }
@@ -81,12 +137,19 @@ impl CoreMetrics {
 /// A gauge computed on the control core at scrape time.
 pub type GlobalGauge = Box<dyn Fn() -> Vec<(Vec<String>, i64)> + Send + Sync>;
 
+/// A gauge kept outside the cores: name, help, label names, values.
+struct ExternalGauge {
+    name: String,
+    help: String,
+    labels: Vec<String>,
+    values: GlobalGauge,
+}
+
 /// Where the control core finds every core's registry.
 #[derive(Default)]
 pub struct MetricsHub {
     cores: Mutex<Vec<Registry>>,
-    /// (name, help, label names, values): gauges kept outside the cores.
-    gauges: Mutex<Vec<(String, String, Vec<String>, GlobalGauge)>>,
+    gauges: Mutex<Vec<ExternalGauge>>,
 }
 
 impl MetricsHub {
@@ -106,7 +169,12 @@ impl MetricsHub {
     /// Adds a gauge whose values are computed at each scrape.
     pub fn add_gauge(&self, name: &str, help: &str, labels: &[&str], values: GlobalGauge) {
         if let Ok(mut gauges) = self.gauges.lock() {
-            gauges.push((name.into(), help.into(), labels.iter().map(|s| s.to_string()).collect(), values));
+            gauges.push(ExternalGauge {
+                name: name.into(),
+                help: help.into(),
+                labels: labels.iter().map(|s| s.to_string()).collect(),
+                values,
+            });
         }
     }
 
@@ -123,10 +191,12 @@ impl MetricsHub {
             }
         }
         if let Ok(gauges) = self.gauges.lock() {
-            for (name, help, labels, values) in gauges.iter() {
-                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-                let Ok(vec) = IntGaugeVec::new(Opts::new(name.as_str(), help.as_str()), &labels) else { continue };
-                for (label_values, value) in values() {
+            for gauge in gauges.iter() {
+                let labels: Vec<&str> = gauge.labels.iter().map(String::as_str).collect();
+                let Ok(vec) = IntGaugeVec::new(Opts::new(gauge.name.as_str(), gauge.help.as_str()), &labels) else {
+                    continue;
+                };
+                for (label_values, value) in (gauge.values)() {
                     let lv: Vec<&str> = label_values.iter().map(String::as_str).collect();
                     if let Ok(g) = vec.get_metric_with_label_values(&lv) {
                         g.set(value);

@@ -46,7 +46,10 @@ impl ValkeyConnection {
             }
             match self.read.poll_fill(&mut self.stream, cx) {
                 Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed the connection")))
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection",
+                    )))
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

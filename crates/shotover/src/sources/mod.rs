@@ -35,7 +35,9 @@ pub struct SourceShared {
 impl SourceShared {
     /// Takes a connection slot if one is free.
     fn try_reserve(&self) -> bool {
-        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.connection_limit).then_some(n + 1)).is_ok()
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.connection_limit).then_some(n + 1))
+            .is_ok()
     }
 }
 
@@ -98,9 +100,19 @@ pub async fn accept_loop(
             }
         };
         if !source.try_reserve() {
-            tracing::warn!(source = %source.name, limit = source.connection_limit, "connection limit reached: dropping a new connection");
-            drop(stream);
-            continue;
+            if source.hard_connection_limit {
+                tracing::warn!(source = %source.name, limit = source.connection_limit, "connection limit reached: dropping a new connection");
+                drop(stream);
+                continue;
+            }
+            // Another core took the last slot between our check and the accept: hold this
+            // connection until a slot frees up.
+            while !source.try_reserve() && !shutdown.is_triggered() {
+                glommio::timer::sleep(LIMIT_POLL).await;
+            }
+            if shutdown.is_triggered() {
+                break;
+            }
         }
         opened.inc();
         seq += 1;

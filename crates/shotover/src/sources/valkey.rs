@@ -12,7 +12,7 @@ use shotover_protocols::valkey::framing::message_len;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 enum Event {
     Read(std::io::Result<usize>),
@@ -21,19 +21,24 @@ enum Event {
     Shutdown,
 }
 
+/// After shutdown starts, a connection is closed once its client has been idle this long,
+/// so busy clients finish their work and no request that was read goes unanswered.
+pub const DRAIN_IDLE: Duration = Duration::from_millis(100);
+
 /// Serves one client connection until it closes, idles out, or the core shuts down.
 pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionContext) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let mut read = ReadBuffer::default();
     let mut out = BytesMut::new();
-    let idle_after = ctx.source.idle_timeout;
+    let mut idle_after = ctx.source.idle_timeout;
+    let mut draining = false;
     let mut idle_timer = idle_after.map(Timer::new);
     let mut last_activity = Instant::now();
     let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
     loop {
         let event = poll_fn(|cx| {
-            if ctx.shutdown.poll(cx).is_ready() {
+            if !draining && ctx.shutdown.poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
             if let Poll::Ready(r) = read.poll_fill(&mut stream, cx) {
@@ -70,13 +75,11 @@ pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionConte
                 }
             },
             Event::Shutdown => {
-                // Answer whatever the client already sent before closing.
-                if let Some(Ok(n)) = futures_lite::future::poll_once(read.fill(&mut stream)).await {
-                    if n > 0 {
-                        handle_input(&mut read, &mut chain, &mut out, &ctx, &peer).await;
-                    }
-                }
-                false
+                // Keep serving until the client pauses, then close.
+                draining = true;
+                idle_after = Some(idle_after.map_or(DRAIN_IDLE, |d| d.min(DRAIN_IDLE)));
+                idle_timer = Some(Timer::new(DRAIN_IDLE));
+                true
             }
         };
         if !out.is_empty() {
@@ -96,7 +99,13 @@ pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionConte
 
 /// Splits the buffered bytes into a batch of whole requests and runs it. A malformed
 /// request ends the connection after an error reply, as Valkey itself does.
-async fn handle_input(read: &mut ReadBuffer, chain: &mut Chain, out: &mut BytesMut, ctx: &ConnectionContext, peer: &str) -> bool {
+async fn handle_input(
+    read: &mut ReadBuffer,
+    chain: &mut Chain,
+    out: &mut BytesMut,
+    ctx: &ConnectionContext,
+    peer: &str,
+) -> bool {
     let now = Instant::now();
     let mut batch = Vec::new();
     let mut malformed = None;

@@ -16,12 +16,38 @@ use serde::Deserialize;
 use shotover_protocols::valkey;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawDebugReturner")]
 pub enum DebugReturnerConfig {
     /// Answer with this bulk string.
     Valkey(String),
     /// Fail every batch.
     Fail,
+}
+
+/// The YAML forms: `Fail`, or a map with one protocol key. (The YAML library reads enums
+/// only from `!Tag` syntax, so the guide's `Valkey: "42"` form is read here.)
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDebugReturner {
+    Name(String),
+    Map(std::collections::BTreeMap<String, String>),
+}
+
+impl TryFrom<RawDebugReturner> for DebugReturnerConfig {
+    type Error = String;
+    fn try_from(raw: RawDebugReturner) -> Result<Self, String> {
+        const EXPECTED: &str = "expected `Fail` or `Valkey: <response>`";
+        match raw {
+            RawDebugReturner::Name(name) if name == "Fail" => Ok(DebugReturnerConfig::Fail),
+            RawDebugReturner::Name(name) => Err(format!("unknown variant `{name}`, {EXPECTED}")),
+            RawDebugReturner::Map(map) if map.len() == 1 => match map.into_iter().next() {
+                Some((key, value)) if key == "Valkey" => Ok(DebugReturnerConfig::Valkey(value)),
+                Some((key, _)) => Err(format!("unknown variant `{key}`, {EXPECTED}")),
+                None => Err(EXPECTED.into()),
+            },
+            RawDebugReturner::Map(_) => Err(EXPECTED.into()),
+        }
+    }
 }
 
 impl TransformConfig for DebugReturnerConfig {

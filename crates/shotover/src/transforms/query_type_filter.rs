@@ -43,12 +43,33 @@ impl From<QueryType> for FilterQueryType {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawQueryTypeFilter")]
 pub enum QueryTypeFilterConfig {
     /// Only these types pass.
     AllowList(Vec<FilterQueryType>),
     /// These types are stopped.
     DenyList(Vec<FilterQueryType>),
+}
+
+/// The YAML form: exactly one of the two keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueryTypeFilter {
+    #[serde(rename = "AllowList")]
+    allow_list: Option<Vec<FilterQueryType>>,
+    #[serde(rename = "DenyList")]
+    deny_list: Option<Vec<FilterQueryType>>,
+}
+
+impl TryFrom<RawQueryTypeFilter> for QueryTypeFilterConfig {
+    type Error = &'static str;
+    fn try_from(raw: RawQueryTypeFilter) -> Result<Self, Self::Error> {
+        match (raw.allow_list, raw.deny_list) {
+            (Some(list), None) => Ok(QueryTypeFilterConfig::AllowList(list)),
+            (None, Some(list)) => Ok(QueryTypeFilterConfig::DenyList(list)),
+            _ => Err("give exactly one of AllowList and DenyList"),
+        }
+    }
 }
 
 impl TransformConfig for QueryTypeFilterConfig {

@@ -128,7 +128,9 @@ impl Subscriptions {
     /// Updates the sets from a (un)subscribe confirmation; ignores other messages.
     fn track(&mut self, raw: &[u8]) {
         let items = array_strings(raw);
-        let (Some(kind), name) = (items.first(), items.get(1)) else { return };
+        let (Some(kind), name) = (items.first(), items.get(1)) else {
+            return;
+        };
         let name = || Bytes::copy_from_slice(name.copied().unwrap_or_default());
         match kind.to_ascii_lowercase().as_slice() {
             b"subscribe" => drop(self.channels.insert(name())),
@@ -177,7 +179,9 @@ enum Plan {
 }
 
 fn plan(request: &Message) -> Plan {
-    let Some(view) = request.valkey_request() else { return Plan::Send };
+    let Some(view) = request.valkey_request() else {
+        return Plan::Send;
+    };
     if view.is("CLIENT") {
         let args = request.raw().map(|r| request_args(r)).unwrap_or_default();
         let reply_mode = args.get(1).map(|m| m.to_ascii_uppercase());
@@ -197,7 +201,13 @@ impl ValkeySinkSingle {
     /// Replies the request at hand will produce; the first is its response, the rest are
     /// delivered as unsolicited messages.
     fn expected_replies(&self, view: &RequestView<'_>) -> usize {
-        let by_kind = |set: &HashSet<Bytes>| if view.argc > 0 { view.argc } else { set.len().max(1) };
+        let by_kind = |set: &HashSet<Bytes>| {
+            if view.argc > 0 {
+                view.argc
+            } else {
+                set.len().max(1)
+            }
+        };
         if view.is("SUBSCRIBE") || view.is("PSUBSCRIBE") || view.is("SSUBSCRIBE") {
             view.argc.max(1)
         } else if view.is("UNSUBSCRIBE") {
@@ -220,7 +230,14 @@ impl ValkeySinkSingle {
             array_strings(raw).first().is_some_and(|k| kinds.iter().any(|want| k.eq_ignore_ascii_case(want)))
         };
         match raw.first() {
-            Some(b'>') => !kind_is(&[b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe"]),
+            Some(b'>') => !kind_is(&[
+                b"subscribe",
+                b"psubscribe",
+                b"ssubscribe",
+                b"unsubscribe",
+                b"punsubscribe",
+                b"sunsubscribe",
+            ]),
             Some(b'*') if self.subscriptions.any() => kind_is(&[b"message", b"pmessage", b"smessage"]),
             _ => false,
         }
@@ -233,9 +250,7 @@ impl ValkeySinkSingle {
             SessionCommand::Auth
         } else if view.is("SELECT") {
             SessionCommand::Select
-        } else if view.is("CLIENT")
-            && request_args(raw).first().is_some_and(|a| a.eq_ignore_ascii_case(b"SETNAME"))
-        {
+        } else if view.is("CLIENT") && request_args(raw).first().is_some_and(|a| a.eq_ignore_ascii_case(b"SETNAME")) {
             SessionCommand::SetName
         } else if view.is("RESET") {
             self.session.clear();
@@ -390,7 +405,9 @@ impl Transform for ValkeySinkSingle {
         if !self.pushed.is_empty() || self.lost.is_some() {
             return Poll::Ready(());
         }
-        let Some(conn) = self.connection.as_mut() else { return Poll::Pending };
+        let Some(conn) = self.connection.as_mut() else {
+            return Poll::Pending;
+        };
         let mut error = None;
         loop {
             match conn.poll_next(cx) {

@@ -1,0 +1,93 @@
+//! Upstream failures and bad client input: the protocol's error, then recovery.
+
+use crate::Setup;
+use redis::{Commands, RedisResult};
+use shotover_integration_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn failed_requests(s: &Shotover) -> f64 {
+    metric_value(&s.metrics(), "failed_requests{chain=\"valkey\",transform=\"ValkeySinkSingle\"}")
+}
+
+#[test]
+fn valkey_down_at_start_then_up() {
+    let valkey_port = free_port();
+    let port = free_port();
+    let shotover = Shotover::start(&valkey_topology(port, &sink_single(valkey_port)), port);
+    let mut c = connect(port);
+    let err: RedisResult<Option<String>> = c.get("k");
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("cannot connect to upstream"), "{err}");
+    // redis-rs also sent CLIENT SETINFO on connect: those failed too.
+    let failed = failed_requests(&shotover);
+    assert!(failed >= 1.0, "{failed}");
+
+    let _valkey = ValkeyServer::start_on(valkey_port, &[]);
+    let _: () = c.set("k", "v").unwrap();
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v");
+    assert_eq!(failed_requests(&shotover), failed, "no failures once the upstream is up");
+}
+
+#[test]
+fn valkey_killed_mid_run_then_back() {
+    let mut s = Setup::new();
+    let mut c = s.client();
+    let _: () = redis::cmd("SELECT").arg(2).query(&mut c).unwrap();
+    let _: () = c.set("k", "v").unwrap();
+    s.valkey.kill();
+    let err: RedisResult<Option<String>> = c.get("k");
+    assert!(err.is_err(), "a request to a dead upstream must get an error reply");
+    // Every request of a pipeline gets its own error reply.
+    let results: RedisResult<Vec<Option<String>>> = redis::pipe().get("a").get("b").query(&mut c);
+    assert!(results.is_err());
+    s.valkey.restart();
+    let _: () = c.set("k2", "v2").unwrap();
+    assert_eq!(c.get::<_, String>("k2").unwrap(), "v2");
+    // The session (SELECT 2) was restored on the new upstream connection.
+    let mut direct = s.valkey.client();
+    let _: () = redis::cmd("SELECT").arg(2).query(&mut direct).unwrap();
+    assert_eq!(direct.get::<_, String>("k2").unwrap(), "v2");
+    assert!(failed_requests(&s.shotover) >= 3.0);
+}
+
+#[test]
+fn malformed_resp_closes_only_that_connection() {
+    let s = Setup::new();
+    let mut good = s.client();
+    let _: () = good.set("before", "1").unwrap();
+
+    let mut bad = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A valid PING, then an array with a non-numeric length.
+    bad.write_all(b"*1\r\n$4\r\nPING\r\n*1\r\n$x\r\n").unwrap();
+    let mut reply = Vec::new();
+    bad.read_to_end(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("+PONG\r\n-ERR Protocol error"), "{reply:?}");
+
+    assert_eq!(good.get::<_, String>("before").unwrap(), "1");
+    let mut fresh = s.client();
+    let _: () = fresh.set("after", "2").unwrap();
+    assert!(s.shotover.wait_for_log("malformed request", Duration::from_secs(5)), "{}", s.shotover.output());
+    let line = s.shotover.output().lines().find(|l| l.contains("malformed request")).unwrap_or_default().to_string();
+    assert!(line.contains("WARN") && line.contains("connection="), "{line}");
+}
+
+#[test]
+fn garbage_bytes_and_huge_lengths_do_not_hurt_the_proxy() {
+    let s = Setup::new();
+    for payload in [&b"*99999999999999999999\r\n"[..], b"$-7\r\n", b"*1\r\n$1\r\nab\r\n", b"*1\r\n$?\r\n"] {
+        let mut bad = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        bad.write_all(payload).unwrap();
+        let mut reply = Vec::new();
+        let _ = bad.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.contains("-ERR"), "{payload:?} got {reply:?}");
+    }
+    let mut c = s.client();
+    let _: () = c.set("still", "alive").unwrap();
+    assert_eq!(c.get::<_, String>("still").unwrap(), "alive");
+}

@@ -1,0 +1,98 @@
+//! connection_limit, hard_connection_limit and the idle timeout.
+
+use redis::Commands;
+use shotover_integration_tests::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn topology(port: u16, valkey: u16, fields: &str) -> String {
+    format!(
+        "sources:\n  - Valkey:\n      name: \"valkey\"\n      listen_addr: \"127.0.0.1:{port}\"\n{fields}      chain:\n{}",
+        sink_single(valkey)
+    )
+}
+
+/// Sends PING on a raw connection; returns the reply, or None on close or timeout.
+fn ping(stream: &mut TcpStream, timeout: Duration) -> Option<String> {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.write_all(b"PING\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => None,
+        Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => None,
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn hard_connection_limit_drops_excess_connections() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let fields = "      connection_limit: 2\n      hard_connection_limit: true\n";
+    let shotover = Shotover::start(&topology(port, valkey.port, fields), port);
+    // The connection that waited for the port must have been accepted and closed before
+    // the test starts.
+    let available = || metric_value(&shotover.metrics(), "shotover_available_connections_count{source=\"valkey\"}");
+    let opened = || {
+        let m = shotover.metrics();
+        metric_value(&m, "connections_opened{core=\"0\",source=\"valkey\"}")
+            + metric_value(&m, "connections_opened{core=\"1\",source=\"valkey\"}")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (opened() < 1.0 || available() != 2.0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut a = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut b = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(ping(&mut a, Duration::from_secs(5)).as_deref(), Some("+PONG\r\n"), "{}", shotover.output());
+    assert_eq!(ping(&mut b, Duration::from_secs(5)).as_deref(), Some("+PONG\r\n"), "{}", shotover.output());
+    assert_eq!(available(), 0.0);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(ping(&mut c, Duration::from_secs(5)), None, "the third connection must be dropped");
+    drop(a);
+    while available() != 1.0 && std::time::Instant::now() < deadline + Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut d = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(ping(&mut d, Duration::from_secs(5)).as_deref(), Some("+PONG\r\n"));
+    assert!(shotover.output().contains("connection limit reached"));
+}
+
+#[test]
+fn soft_connection_limit_makes_excess_connections_wait() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let fields = "      connection_limit: 1\n      hard_connection_limit: false\n";
+    let _shotover = Shotover::start(&topology(port, valkey.port, fields), port);
+    let mut a = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(ping(&mut a, Duration::from_secs(5)).as_deref(), Some("+PONG\r\n"));
+    let mut b = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(ping(&mut b, Duration::from_millis(500)), None, "the second connection must wait");
+    drop(a);
+    // Its PING was already sent; the reply comes once the first connection is gone.
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = b.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+}
+
+#[test]
+fn idle_timeout_closes_idle_connections_only() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let _shotover = Shotover::start(&topology(port, valkey.port, "      timeout: 1\n"), port);
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(ping(&mut idle, Duration::from_secs(5)).as_deref(), Some("+PONG\r\n"));
+    let mut busy = connect(port);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(250));
+        let _: () = busy.set("k", "v").unwrap();
+    }
+    // 2.5 s later the idle one is closed, the busy one still works.
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(idle.read(&mut buf).unwrap_or(0), 0, "the idle connection must be closed");
+    assert_eq!(busy.get::<_, String>("k").unwrap(), "v");
+}

@@ -1,0 +1,35 @@
+//! Integration tests: real valkey-server, the real release binary, real clients
+//! (redis-rs, valkey-cli, valkey-benchmark). One crate, one binary, to build once.
+
+mod config_errors;
+mod failures;
+mod limits;
+mod observability;
+mod passthrough;
+mod shutdown;
+mod transforms;
+
+use shotover_integration_tests::*;
+
+/// A proxy on a free port in front of a fresh Valkey.
+pub struct Setup {
+    pub valkey: ValkeyServer,
+    pub shotover: Shotover,
+    pub port: u16,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Self::with_valkey(ValkeyServer::start())
+    }
+
+    pub fn with_valkey(valkey: ValkeyServer) -> Self {
+        let port = free_port();
+        let shotover = Shotover::start(&valkey_topology(port, &sink_single(valkey.port)), port);
+        Setup { valkey, shotover, port }
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        connect(self.port)
+    }
+}

@@ -1,0 +1,110 @@
+//! /metrics after known traffic, /filter while running, and work spread over cores.
+
+use shotover_integration_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Writes `requests` in one write and reads until `replies` replies (lines) arrived.
+fn raw_exchange(port: u16, requests: &str, replies: usize) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(requests.as_bytes()).unwrap();
+    let mut out = String::new();
+    let mut buf = [0u8; 4096];
+    while out.matches("\r\n").count() < replies {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {out:?}");
+        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    out
+}
+
+#[test]
+fn metrics_after_known_traffic() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let chain = format!("        - QueryCounter:\n            name: \"counted\"\n{}", sink_single(valkey.port));
+    let shotover = Shotover::start(&valkey_topology(port, &chain), port);
+    let sets = "SET a 1\r\n".repeat(10);
+    let out = raw_exchange(port, &sets, 10);
+    assert_eq!(out, "+OK\r\n".repeat(10));
+    let out = raw_exchange(port, &"GET a\r\n".repeat(5), 10);
+    assert_eq!(out, "$1\r\n1\r\n".repeat(5));
+
+    let m = shotover.metrics();
+    assert_eq!(metric_value(&m, "query_count{name=\"counted\",query=\"SET\"}"), 10.0, "{m}");
+    assert_eq!(metric_value(&m, "query_count{name=\"counted\",query=\"GET\"}"), 5.0, "{m}");
+    assert_eq!(metric_value(&m, "shotover_chain_requests_batch_size_sum{chain=\"valkey\"}"), 15.0, "{m}");
+    assert_eq!(metric_value(&m, "shotover_chain_responses_batch_size_sum{chain=\"valkey\"}"), 15.0, "{m}");
+    let batches = metric_value(&m, "shotover_chain_total_count{chain=\"valkey\"}");
+    assert!((2.0..=15.0).contains(&batches), "{batches}");
+    assert_eq!(metric_value(&m, "shotover_transform_total_count{transform=\"QueryCounter\"}"), batches);
+    assert_eq!(metric_value(&m, "shotover_transform_total_count{transform=\"ValkeySinkSingle\"}"), batches);
+    assert_eq!(metric_value(&m, "shotover_transform_latency_seconds_count{transform=\"ValkeySinkSingle\"}"), batches);
+    assert_eq!(metric_value(&m, "shotover_chain_failures_count{chain=\"valkey\"}"), 0.0);
+    assert_eq!(metric_value(&m, "shotover_source_to_sink_latency_seconds_count{sink=\"ValkeySinkSingle\"}"), batches);
+    assert_eq!(metric_value(&m, "shotover_sink_to_source_latency_seconds_count{source=\"valkey\"}"), batches);
+    assert_eq!(metric_value(&m, "failed_requests{chain=\"valkey\",transform=\"ValkeySinkSingle\"}"), 0.0);
+    assert_eq!(metric_value(&m, "shotover_available_connections_count{source=\"valkey\"}"), 512.0);
+    let opened: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("connections_opened{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // Two test connections plus the one that waited for the port.
+    assert_eq!(opened, 3.0, "{m}");
+    assert!(m.contains("# TYPE shotover_chain_latency_seconds histogram"), "{m}");
+}
+
+#[test]
+fn filter_changes_logging_while_running() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let chain = format!("        - DebugPrinter\n{}", sink_single(valkey.port));
+    let shotover = Shotover::start(&valkey_topology(port, &chain), port);
+    raw_exchange(port, "SET first 1\r\n", 1);
+    assert!(shotover.wait_for_log("first", Duration::from_secs(5)), "{}", shotover.output());
+
+    let (status, body) = http_put(shotover.observability_port, "/filter", "warn").unwrap();
+    assert_eq!(status, 200, "{body}");
+    raw_exchange(port, "SET second 1\r\n", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!shotover.output().contains("second"), "{}", shotover.output());
+
+    let (status, _) = http_put(shotover.observability_port, "/filter", "info, shotover=info").unwrap();
+    assert_eq!(status, 200);
+    raw_exchange(port, "SET third 1\r\n", 1);
+    assert!(shotover.wait_for_log("third", Duration::from_secs(5)), "{}", shotover.output());
+
+    let (status, body) = http_put(shotover.observability_port, "/filter", "shotover=loud").unwrap();
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn two_worker_cores_both_serve_connections() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus < 2 {
+        eprintln!("skipped: needs 2 CPUs");
+        return;
+    }
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let shotover = Shotover::builder(&valkey_topology(port, &sink_single(valkey.port)))
+        .arg("--worker-cores")
+        .arg("0-1")
+        .wait_for(port)
+        .start()
+        .unwrap();
+    for i in 0..40 {
+        let out = raw_exchange(port, &format!("SET k{i} {i}\r\n"), 1);
+        assert_eq!(out, "+OK\r\n");
+    }
+    let m = shotover.metrics();
+    let core0 = metric_value(&m, "connections_opened{core=\"0\",source=\"valkey\"}");
+    let core1 = metric_value(&m, "connections_opened{core=\"1\",source=\"valkey\"}");
+    assert!(core0 > 0.0 && core1 > 0.0, "connections per core: {core0} and {core1}");
+    // 40 checks plus the one wait_for connection.
+    assert_eq!(core0 + core1, 41.0);
+    assert!(shotover.output().contains("2 worker cores"));
+}
