@@ -305,3 +305,141 @@ fn valkey_source(
         chain,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{BuildContext, TransformBuilder};
+    use crate::transforms::registry;
+
+    fn load(text: &str) -> Result<Topology, ConfigError> {
+        Topology::from_str("topology.yaml", text, &registry())
+    }
+
+    /// The user guide's first topology example, as printed there.
+    #[test]
+    fn guide_example_two_sources_loads() {
+        let text = r#"
+# This example listens on two different localhost ports and routes messages to a single valkey instance on localhost.
+---
+# The list of sources
+sources:
+  - Valkey:
+      name: "valkey"
+      listen_addr: "127.0.0.1:1000"
+      chain:
+        - QueryCounter:
+            name: "Main chain"
+        - ValkeySinkSingle:
+            remote_address: "127.0.0.1:6379"
+            connect_timeout_ms: 3000
+
+  - Valkey:
+      name: "valkey"
+      listen_addr: "127.0.0.1:1001"
+      chain:
+        - ValkeySinkSingle:
+            remote_address: "127.0.0.1:6379"
+            connect_timeout_ms: 3000
+"#;
+        let topology = load(text).unwrap();
+        assert_eq!(topology.sources.len(), 2);
+        let SourceConfig::Valkey(first) = &topology.sources[0];
+        assert_eq!(first.connection_limit, 512);
+        assert!(!first.hard_connection_limit);
+        assert_eq!(first.timeout, None);
+        assert_eq!(first.chain.len(), 2);
+    }
+
+    /// The guide's Valkey source block and transform snippets, with its chain filled in.
+    #[test]
+    fn guide_source_and_transform_snippets_load() {
+        let text = r#"
+sources:
+  - Valkey:
+      # The address to listen from
+      listen_addr: "127.0.0.1:6379"
+      connection_limit: 512
+      hard_connection_limit: false
+      # timeout: 60
+      chain:
+        - DebugPrinter
+        - QueryCounter:
+            # this name will be logged with the query count
+            name: "DR chain"
+        - QueryTypeFilter:
+            # only allow read messages through with an allow list
+            AllowList: [Read]
+        - QueryTypeFilter:
+            DenyList: [Write, ReadWrite, SchemaChange, PubSubMessage]
+        - ValkeySinkSingle:
+            # The IP address and port of the upstream valkey node/service.
+            remote_address: "127.0.0.1:6379"
+            connect_timeout_ms: 3000
+  - Valkey:
+      listen_addr: "127.0.0.1:6380"
+      timeout: 60
+      chain:
+        - NullSink
+  - Valkey:
+      listen_addr: "127.0.0.1:6381"
+      chain:
+        - DebugReturner:
+            Valkey: "42"
+  - Valkey:
+      listen_addr: "127.0.0.1:6382"
+      chain:
+        - DebugReturner:
+            Fail
+"#;
+        let topology = load(text).unwrap();
+        assert_eq!(topology.sources.len(), 4);
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct CassandraOnly {}
+
+    impl TransformConfig for CassandraOnly {
+        fn name(&self) -> &'static str {
+            "CassandraOnly"
+        }
+        fn is_terminating(&self) -> bool {
+            true
+        }
+        fn protocols(&self) -> &'static [Protocol] {
+            &[Protocol::Cassandra]
+        }
+        fn build(&self, _: &BuildContext) -> anyhow::Result<Box<dyn TransformBuilder>> {
+            anyhow::bail!("not for tests")
+        }
+    }
+
+    #[test]
+    fn wrong_protocol_transform_is_an_error() {
+        let mut r = registry();
+        r.register::<CassandraOnly>("CassandraOnly");
+        let text = "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.1:1\"\n      chain:\n        - CassandraOnly\n";
+        let err = Topology::from_str("t.yaml", text, &r).unwrap_err();
+        assert_eq!(err.path, "sources[0].Valkey.chain[0]");
+        assert_eq!(err.reason, "CassandraOnly cannot be used in a Valkey chain");
+        assert_eq!(
+            err.to_string(),
+            "t.yaml: sources[0].Valkey.chain[0]: CassandraOnly cannot be used in a Valkey chain"
+        );
+    }
+
+    #[test]
+    fn errors_carry_the_yaml_path_of_nested_fields() {
+        let text = "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.1:1\"\n      chain:\n        - ValkeySinkSingle:\n            remote_address: \"127.0.0.1:1\"\n            connect_timeout_ms: soon\n";
+        let err = load(text).unwrap_err();
+        assert_eq!(err.path, "sources[0].Valkey.chain[0].ValkeySinkSingle.connect_timeout_ms");
+        assert!(err.reason.contains("invalid type"), "{}", err.reason);
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let err = Topology::load(Path::new("/nonexistent/topology.yaml"), &registry()).unwrap_err();
+        assert_eq!(err.file, "/nonexistent/topology.yaml");
+        assert!(err.reason.starts_with("cannot read the file"));
+    }
+}
