@@ -121,6 +121,11 @@ impl Workers {
         ok
     }
 
+    /// True once every worker thread has ended.
+    pub fn all_finished(&self) -> bool {
+        self.running.load(Ordering::Acquire) == 0
+    }
+
     /// True once any worker thread has ended (for example after a panic).
     pub fn any_finished(&self) -> bool {
         self.running.load(Ordering::Acquire) < self.handles.len()

@@ -212,7 +212,17 @@ impl Shotover {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM)?;
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
+        wait_exit(&mut self.child, timeout)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)?;
+        Ok(())
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         wait_exit(&mut self.child, timeout)
     }
 }
@@ -380,4 +390,18 @@ pub fn valkey_topology(listen_port: u16, chain: &str) -> String {
 /// The chain item of a ValkeySinkSingle to `port`.
 pub fn sink_single(port: u16) -> String {
     format!("        - ValkeySinkSingle:\n            remote_address: \"127.0.0.1:{port}\"\n            connect_timeout_ms: 1000\n")
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

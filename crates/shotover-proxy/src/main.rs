@@ -27,7 +27,7 @@ struct Cli {
     /// CPUs that run worker cores, e.g. `0`, `0-3` or `0,2`. Default: every available CPU.
     #[arg(long)]
     worker_cores: Option<String>,
-    /// CPU for the control core (metrics, signals). Default: unpinned.
+    /// CPU for the control thread, which serves the observability interface. Default: unpinned.
     #[arg(long)]
     control_core: Option<usize>,
 }

@@ -15,15 +15,15 @@
 use bytes::BytesMut;
 use futures_lite::io::AsyncRead;
 use nix::sys::socket::{recv, MsgFlags};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-const MIN_READ: usize = 4 * 1024;
-const MAX_READ: usize = 256 * 1024;
+/// Bytes read by one call: the size of the per-core scratch buffer.
+const READ_SIZE: usize = 64 * 1024;
 /// Empty non-blocking reads a connection makes before it arms a readiness wait.
 pub const SPIN_READS: u32 = 256;
 /// A core counts as busy when any of its sockets received data this recently.
@@ -32,6 +32,9 @@ pub const BUSY_WINDOW: Duration = Duration::from_micros(200);
 thread_local! {
     /// When a socket on this core last received data.
     static LAST_DATA: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Every read lands here first and is then appended to its connection's buffer, so
+    /// no buffer is zero-filled before a read that may find nothing.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
 }
 
 fn core_is_busy() -> bool {
@@ -42,19 +45,21 @@ fn data_arrived() {
     LAST_DATA.with(|t| t.set(Some(Instant::now())));
 }
 
-/// A socket's receive buffer with a read size that adapts to the traffic.
-pub struct ReadBuffer {
-    pub buf: BytesMut,
-    /// Bytes zeroed and offered to each read; doubles when a read fills it.
-    chunk: usize,
-    /// Consecutive empty non-blocking reads since data last arrived.
-    misses: u32,
+/// Whether a read may busy-poll while the core is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Data is expected soon (a reply, or a client between requests): spin while busy.
+    Spin,
+    /// Data is not expected (pushed messages): wait for readiness without spinning.
+    Wait,
 }
 
-impl Default for ReadBuffer {
-    fn default() -> Self {
-        ReadBuffer { buf: BytesMut::with_capacity(MIN_READ), chunk: MIN_READ, misses: 0 }
-    }
+/// A socket's receive buffer.
+#[derive(Default)]
+pub struct ReadBuffer {
+    pub buf: BytesMut,
+    /// Consecutive empty non-blocking reads since data last arrived.
+    misses: u32,
 }
 
 impl ReadBuffer {
@@ -63,40 +68,35 @@ impl ReadBuffer {
         &mut self,
         stream: &mut S,
         cx: &mut Context<'_>,
+        mode: ReadMode,
     ) -> Poll<io::Result<usize>> {
-        let start = self.buf.len();
-        self.buf.resize(start + self.chunk, 0);
-        let result = if self.misses < SPIN_READS && core_is_busy() {
-            match recv(stream.as_raw_fd(), &mut self.buf[start..], MsgFlags::MSG_DONTWAIT) {
-                Ok(n) => Poll::Ready(Ok(n)),
-                Err(nix::errno::Errno::EAGAIN) => {
-                    self.misses += 1;
-                    // Yield: run the core's other tasks, then try again.
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let result = if mode == ReadMode::Spin && self.misses < SPIN_READS && core_is_busy() {
+                match recv(stream.as_raw_fd(), &mut scratch[..], MsgFlags::MSG_DONTWAIT) {
+                    Ok(n) => Poll::Ready(Ok(n)),
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        self.misses += 1;
+                        // Yield: run the core's other tasks, then try again.
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(e.into())),
                 }
-                Err(e) => Poll::Ready(Err(e.into())),
-            }
-        } else {
-            Pin::new(stream).poll_read(cx, &mut self.buf[start..])
-        };
-        let n = match &result {
-            Poll::Ready(Ok(n)) => {
+            } else {
+                Pin::new(stream).poll_read(cx, &mut scratch[..])
+            };
+            if let Poll::Ready(Ok(n)) = result {
                 self.misses = 0;
                 data_arrived();
-                *n
+                self.buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
             }
-            _ => 0,
-        };
-        self.buf.truncate(start + n);
-        if n == self.chunk && self.chunk < MAX_READ {
-            self.chunk *= 2;
-        }
-        result
+            result
+        })
     }
 
     /// Reads once, waiting for data.
-    pub async fn fill<S: AsyncRead + AsRawFd + Unpin>(&mut self, stream: &mut S) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(stream, cx)).await
+    pub async fn fill<S: AsyncRead + AsRawFd + Unpin>(&mut self, stream: &mut S, mode: ReadMode) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(stream, cx, mode)).await
     }
 }

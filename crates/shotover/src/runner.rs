@@ -107,13 +107,16 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
         "How many more connections the source accepts before new ones are rejected or wait",
         &["source"],
         Box::new(move || {
-            gauge_sources
-                .iter()
-                .map(|s| {
-                    let open = s.open.load(Ordering::Acquire);
-                    (vec![s.name.clone()], s.connection_limit.saturating_sub(open) as i64)
-                })
-                .collect()
+            // Sources may share a name (the guide's own example does): their values add up.
+            let mut by_name: Vec<(Vec<String>, i64)> = Vec::new();
+            for s in &gauge_sources {
+                let available = s.connection_limit.saturating_sub(s.open.load(Ordering::Acquire)) as i64;
+                match by_name.iter_mut().find(|(name, _)| name.first() == Some(&s.name)) {
+                    Some((_, total)) => *total += available,
+                    None => by_name.push((vec![s.name.clone()], available)),
+                }
+            }
+            by_name
         }),
     );
     if let Some(addr) = &config.observability_interface {
@@ -139,6 +142,11 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     match signal {
         Some(name) => {
             tracing::info!("received {name}: no longer accepting, draining connections");
+            // A second signal while draining means "stop now".
+            if let Some(again) = runtime::wait_for_signal(|| workers.all_finished()) {
+                tracing::warn!("received {again} while draining: exiting without waiting for connections");
+                return Ok(1);
+            }
             let clean = workers.join();
             tracing::info!("shotover stopped");
             Ok(if clean { 0 } else { 1 })

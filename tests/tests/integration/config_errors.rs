@@ -36,7 +36,7 @@ fn bad_topologies_exit_1_with_path_and_reason() {
         ),
         (
             source("      listen_addr: \"127.0.0.1\"\n", SINK),
-            vec!["sources[0].Valkey.listen_addr", "is not an IP:port address"],
+            vec!["sources[0].Valkey.listen_addr", "is not an IP:port or host:port address"],
         ),
         (source("      listen_addr: \"localhost:99999\"\n", SINK), vec!["sources[0].Valkey.listen_addr"]),
         (

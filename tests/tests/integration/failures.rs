@@ -91,3 +91,31 @@ fn garbage_bytes_and_huge_lengths_do_not_hurt_the_proxy() {
     let _: () = c.set("still", "alive").unwrap();
     assert_eq!(c.get::<_, String>("still").unwrap(), "alive");
 }
+
+#[test]
+fn session_with_auth_then_hello_3_survives_an_upstream_restart() {
+    let mut s = Setup::with_valkey(ValkeyServer::start_with(&["--requirepass", "secret"]));
+    let url = format!("redis://127.0.0.1:{}/", s.port);
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("AUTH").arg("secret").query(&mut c).unwrap();
+    let hello: redis::Value = redis::cmd("HELLO").arg(3).query(&mut c).unwrap();
+    assert!(matches!(hello, redis::Value::Map(_)), "{hello:?}");
+    s.valkey.restart();
+    // The first request after the restart may fail; afterwards the session (AUTH, then
+    // HELLO 3) is back: replies are RESP3 maps again.
+    let _ = redis::cmd("PING").query::<redis::Value>(&mut c);
+    let _: () = redis::cmd("HSET").arg("h").arg("f").arg("v").query(&mut c).unwrap();
+    let map: redis::Value = redis::cmd("HGETALL").arg("h").query(&mut c).unwrap();
+    assert!(matches!(map, redis::Value::Map(_)), "expected a RESP3 map: {map:?}");
+}
+
+#[test]
+fn upstream_closing_an_idle_connection_is_invisible_to_the_client() {
+    // Valkey closes clients idle for 1 s; the proxy reconnects before sending.
+    let s = Setup::with_valkey(ValkeyServer::start_with(&["--timeout", "1"]));
+    let mut c = s.client();
+    let _: () = c.set("k", "v").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v");
+    assert_eq!(failed_requests(&s.shotover), 0.0);
+}

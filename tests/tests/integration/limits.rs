@@ -96,3 +96,26 @@ fn idle_timeout_closes_idle_connections_only() {
     assert_eq!(idle.read(&mut buf).unwrap_or(0), 0, "the idle connection must be closed");
     assert_eq!(busy.get::<_, String>("k").unwrap(), "v");
 }
+
+#[test]
+fn idle_timeout_counts_messages_pushed_to_a_subscriber() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let _shotover = Shotover::start(&topology(port, valkey.port, "      timeout: 1\n"), port);
+    let mut sub = connect(port);
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe("tick").unwrap();
+    pubsub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let publisher = std::thread::spawn(move || {
+        let mut c = connect(port);
+        for i in 0..8 {
+            std::thread::sleep(Duration::from_millis(300));
+            let _: i64 = c.publish("tick", i).unwrap();
+        }
+    });
+    for i in 0..8 {
+        let msg = pubsub.get_message().expect("the subscriber was disconnected");
+        assert_eq!(msg.get_payload::<i64>().unwrap(), i);
+    }
+    publisher.join().unwrap();
+}

@@ -32,6 +32,9 @@ fn metrics_after_known_traffic() {
     let out = raw_exchange(port, &"GET a\r\n".repeat(5), 10);
     assert_eq!(out, "$1\r\n1\r\n".repeat(5));
 
+    // Both test connections are closed; wait until the proxy has seen that.
+    let available = || metric_value(&shotover.metrics(), "shotover_available_connections_count{source=\"valkey\"}");
+    assert!(wait_until(Duration::from_secs(5), || available() == 512.0), "{}", shotover.metrics());
     let m = shotover.metrics();
     assert_eq!(metric_value(&m, "query_count{name=\"counted\",query=\"SET\"}"), 10.0, "{m}");
     assert_eq!(metric_value(&m, "query_count{name=\"counted\",query=\"GET\"}"), 5.0, "{m}");
@@ -46,7 +49,6 @@ fn metrics_after_known_traffic() {
     assert_eq!(metric_value(&m, "shotover_source_to_sink_latency_seconds_count{sink=\"ValkeySinkSingle\"}"), batches);
     assert_eq!(metric_value(&m, "shotover_sink_to_source_latency_seconds_count{source=\"valkey\"}"), batches);
     assert_eq!(metric_value(&m, "failed_requests{chain=\"valkey\",transform=\"ValkeySinkSingle\"}"), 0.0);
-    assert_eq!(metric_value(&m, "shotover_available_connections_count{source=\"valkey\"}"), 512.0);
     let opened: f64 = m
         .lines()
         .filter(|l| l.starts_with("connections_opened{"))

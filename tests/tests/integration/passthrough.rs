@@ -235,3 +235,33 @@ fn valkey_cli_and_inline_commands() {
     assert!(status.success(), "{out}");
     assert!(out.contains("PING_INLINE") && out.contains("\"GET\""), "{out}");
 }
+
+#[test]
+fn monitor_streams_commands_and_reset_ends_it() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    let mut monitor = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    monitor.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    monitor.write_all(b"MONITOR\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = monitor.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"+OK\r\n");
+    let mut other = s.client();
+    let _: () = other.set("watched-key", "1").unwrap();
+    let mut seen = String::new();
+    while !seen.contains("watched-key") {
+        let n = monitor.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    monitor.write_all(b"RESET\r\n").unwrap();
+    let mut tail = String::new();
+    while !tail.contains("+RESET\r\n") {
+        let n = monitor.read(&mut buf).unwrap();
+        assert!(n > 0);
+        tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    monitor.write_all(b"PING\r\n").unwrap();
+    let n = monitor.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+}

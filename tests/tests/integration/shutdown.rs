@@ -1,5 +1,6 @@
 //! SIGTERM: stop accepting, answer every request of the connected clients, exit 0.
 
+use nix::sys::signal::Signal;
 use redis::Commands;
 use shotover_integration_tests::*;
 use std::net::TcpStream;
@@ -37,7 +38,7 @@ fn sigterm_during_load_answers_every_request_and_exits_0() {
         .collect();
     std::thread::sleep(Duration::from_millis(700));
     let before = answered.load(Ordering::Relaxed);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shotover.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    shotover.signal(Signal::SIGTERM).unwrap();
     // Connected clients keep being served while the proxy drains...
     std::thread::sleep(Duration::from_millis(500));
     assert!(shotover.output().contains("received SIGTERM"), "{}", shotover.output());
@@ -49,7 +50,7 @@ fn sigterm_during_load_answers_every_request_and_exits_0() {
     }
     assert!(answered.load(Ordering::Relaxed) > before, "clients were served during the drain");
     let started = Instant::now();
-    let status = shotover.terminate(Duration::from_secs(15)).unwrap_or_else(|_| {
+    let status = shotover.wait_exit(Duration::from_secs(15)).unwrap_or_else(|_| {
         panic!("shotover did not exit: {}", shotover.output());
     });
     assert_eq!(status.code(), Some(0), "{}", shotover.output());
@@ -57,4 +58,35 @@ fn sigterm_during_load_answers_every_request_and_exits_0() {
     assert!(shotover.output().contains("shotover stopped"));
     let mut direct = valkey.client();
     let _: () = direct.set("valkey", "fine").unwrap();
+}
+
+#[test]
+fn a_second_signal_while_draining_exits_at_once() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let mut shotover = Shotover::start(&valkey_topology(port, &sink_single(valkey.port)), port);
+    // A client that keeps its connection busy would hold the drain open for 10 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = connect(port);
+            while !stop.load(Ordering::Acquire) {
+                if c.set::<_, _, ()>("k", "v").is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    shotover.signal(Signal::SIGINT).unwrap();
+    assert!(shotover.wait_for_log("received SIGINT", Duration::from_secs(5)));
+    let started = Instant::now();
+    shotover.signal(Signal::SIGINT).unwrap();
+    let status = shotover.wait_exit(Duration::from_secs(5)).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(shotover.output().contains("while draining"), "{}", shotover.output());
+    stop.store(true, Ordering::Release);
+    busy.join().unwrap();
 }

@@ -119,8 +119,17 @@ pub fn request_args(raw: &[u8]) -> Vec<&[u8]> {
 /// Classifies an upper-cased command name. Unknown commands are [`QueryType::Write`], the
 /// conservative choice: a deny list of writes also stops commands the proxy cannot name.
 pub fn classify(upper: &[u8]) -> QueryType {
+    known_class(upper).unwrap_or(QueryType::Write)
+}
+
+/// True for the command names [`classify`] knows.
+pub fn is_known(upper: &[u8]) -> bool {
+    known_class(upper).is_some()
+}
+
+fn known_class(upper: &[u8]) -> Option<QueryType> {
     use QueryType::*;
-    match upper {
+    Some(match upper {
         // Reads of data.
         b"GET"
         | b"MGET"
@@ -206,10 +215,11 @@ pub fn classify(upper: &[u8]) -> QueryType {
         | b"FCALL_RO"
         | b"SORT_RO" => Read,
         // Connection, server-information and transaction control: they change no data.
+        // (Server administration such as CONFIG, ACL or SHUTDOWN is deliberately absent, so
+        // it counts as a write and an allow list of reads stops it.)
         b"PING" | b"ECHO" | b"AUTH" | b"HELLO" | b"SELECT" | b"QUIT" | b"RESET" | b"CLIENT" | b"COMMAND" | b"INFO"
         | b"TIME" | b"LASTSAVE" | b"ROLE" | b"LOLWUT" | b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH"
-        | b"READONLY" | b"READWRITE" | b"CLUSTER" | b"WAIT" | b"WAITAOF" | b"MEMORY" | b"LATENCY" | b"SLOWLOG"
-        | b"ACL" | b"CONFIG" | b"MONITOR" => Read,
+        | b"READONLY" | b"READWRITE" | b"WAIT" | b"WAITAOF" => Read,
         // Writes that return no previous value.
         b"SET" | b"SETNX" | b"SETEX" | b"PSETEX" | b"MSET" | b"MSETNX" | b"APPEND" | b"DEL" | b"UNLINK" | b"EXPIRE"
         | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"PERSIST" | b"RENAME" | b"RENAMENX" | b"RESTORE" | b"COPY"
@@ -229,8 +239,8 @@ pub fn classify(upper: &[u8]) -> QueryType {
         b"FLUSHALL" | b"FLUSHDB" | b"SWAPDB" | b"FUNCTION" | b"SCRIPT" | b"MODULE" => SchemaChange,
         b"PUBLISH" | b"SPUBLISH" | b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
         | b"SUNSUBSCRIBE" | b"PUBSUB" => PubSubMessage,
-        _ => Write,
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -266,5 +276,7 @@ mod tests {
         assert_eq!(classify(b"FLUSHALL"), QueryType::SchemaChange);
         assert_eq!(classify(b"PUBLISH"), QueryType::PubSubMessage);
         assert_eq!(classify(b"NOSUCHCOMMAND"), QueryType::Write);
+        assert_eq!(classify(b"CONFIG"), QueryType::Write);
+        assert!(is_known(b"GET") && !is_known(b"NOSUCHCOMMAND"));
     }
 }

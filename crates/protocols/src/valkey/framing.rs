@@ -16,65 +16,98 @@ pub const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
 /// Longest header line or inline request accepted, as Valkey's inline limit (64 KiB).
 pub const MAX_LINE_LEN: usize = 64 * 1024;
 
+/// Largest single message accepted while it is still arriving (Valkey's default
+/// `client-query-buffer-limit`, 1 GiB): a header that promises more is refused.
+pub const MAX_MESSAGE_LEN: usize = 1024 * 1024 * 1024;
+
 /// Length of the first whole message in `buf`.
 ///
 /// `Ok(None)` means more bytes are needed. `allow_inline` accepts the inline request form
 /// (`PING\r\n`), which clients may send and servers never do.
 pub fn message_len(buf: &[u8], allow_inline: bool) -> Result<Option<usize>, ValkeyCodecError> {
-    let mut pos = 0usize;
-    // Frames still to read before the message is complete.
-    let mut remaining: u64 = 1;
-    while remaining > 0 {
-        remaining -= 1;
-        let Some(&kind) = buf.get(pos) else {
-            return Ok(None);
-        };
-        let Some((line, next)) = read_line(buf, pos + 1)? else {
-            if kind_is_known(kind) || !allow_inline || pos != 0 {
+    Scanner::default().scan(buf, allow_inline)
+}
+
+/// [`message_len`] that remembers how far it got in an incomplete message, so a large
+/// message arriving over many reads is walked once, not once per read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scanner {
+    /// Offset of the first frame not yet walked.
+    pos: usize,
+    /// Frames still to walk before the message is complete; 0 means "start a new message".
+    remaining: u64,
+}
+
+impl Scanner {
+    /// Length of the first whole message in `buf`, which must start where it started at the
+    /// previous call until that call returned `Some` or an error.
+    pub fn scan(&mut self, buf: &[u8], allow_inline: bool) -> Result<Option<usize>, ValkeyCodecError> {
+        if self.remaining == 0 {
+            *self = Scanner { pos: 0, remaining: 1 };
+        }
+        let result = self.walk(buf, allow_inline);
+        if !matches!(result, Ok(None)) {
+            *self = Scanner::default();
+        } else if buf.len() > MAX_MESSAGE_LEN {
+            *self = Scanner::default();
+            return Err(ValkeyCodecError::TooLarge(buf.len()));
+        }
+        result
+    }
+
+    fn walk(&mut self, buf: &[u8], allow_inline: bool) -> Result<Option<usize>, ValkeyCodecError> {
+        while self.remaining > 0 {
+            let pos = self.pos;
+            let Some(&kind) = buf.get(pos) else {
                 return Ok(None);
-            }
-            return inline_len(buf);
-        };
-        match kind {
-            b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => pos = next,
-            b'$' | b'!' | b'=' => {
-                let len = parse_len(line)?;
-                if len == -1 && kind == b'$' {
-                    pos = next;
-                    continue;
-                }
-                if !(0..=MAX_BULK_LEN).contains(&len) {
-                    return Err(ValkeyCodecError::InvalidLength(lossy(line)));
-                }
-                // len is within 0..=MAX_BULK_LEN, so the cast is exact.
-                let end = next + len as usize;
-                if buf.len() < end + 2 {
+            };
+            let Some((line, next)) = read_line(buf, pos + 1)? else {
+                if kind_is_known(kind) || !allow_inline || pos != 0 {
                     return Ok(None);
                 }
-                if buf.get(end..end + 2) != Some(b"\r\n") {
-                    return Err(ValkeyCodecError::MissingCrlf);
+                return inline_len(buf);
+            };
+            match kind {
+                b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => self.pos = next,
+                b'$' | b'!' | b'=' => {
+                    let len = parse_len(line)?;
+                    if len == -1 && kind == b'$' {
+                        self.pos = next;
+                    } else {
+                        if !(0..=MAX_BULK_LEN).contains(&len) {
+                            return Err(ValkeyCodecError::InvalidLength(lossy(line)));
+                        }
+                        // len is within 0..=MAX_BULK_LEN, so the cast is exact.
+                        let end = next + len as usize;
+                        if buf.len() < end + 2 {
+                            return Ok(None);
+                        }
+                        if buf.get(end..end + 2) != Some(b"\r\n") {
+                            return Err(ValkeyCodecError::MissingCrlf);
+                        }
+                        self.pos = end + 2;
+                    }
                 }
-                pos = end + 2;
-            }
-            b'*' | b'~' | b'>' | b'%' | b'|' => {
-                let len = parse_len(line)?;
-                pos = next;
-                if len == -1 && kind == b'*' {
-                    continue;
+                b'*' | b'~' | b'>' | b'%' | b'|' => {
+                    let len = parse_len(line)?;
+                    self.pos = next;
+                    if !(len == -1 && kind == b'*') {
+                        let len = u64::try_from(len).map_err(|_| ValkeyCodecError::InvalidLength(lossy(line)))?;
+                        self.remaining += match kind {
+                            b'%' => len * 2,
+                            // An attribute map is followed by the value it describes.
+                            b'|' => len * 2 + 1,
+                            _ => len,
+                        };
+                    }
                 }
-                let len = u64::try_from(len).map_err(|_| ValkeyCodecError::InvalidLength(lossy(line)))?;
-                remaining += match kind {
-                    b'%' => len * 2,
-                    // An attribute map is followed by the value it describes.
-                    b'|' => len * 2 + 1,
-                    _ => len,
-                };
+                _ if pos == 0 && allow_inline => return inline_len(buf),
+                _ => return Err(ValkeyCodecError::InvalidType(kind as char)),
             }
-            _ if pos == 0 && allow_inline => return inline_len(buf),
-            _ => return Err(ValkeyCodecError::InvalidType(kind as char)),
+            self.remaining -= 1;
         }
+        Ok(Some(self.pos))
     }
-    Ok(Some(pos))
 }
 
 fn kind_is_known(kind: u8) -> bool {
@@ -189,6 +222,19 @@ mod tests {
         assert!(len(b"$99999999999999999999\r\n").is_err());
         let long = vec![b'a'; MAX_LINE_LEN + 10];
         assert!(len(&long).is_err());
+    }
+
+    #[test]
+    fn scanner_resumes_where_it_stopped() {
+        let msg = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n*1\r\n$4\r\nPING\r\n";
+        let whole = 31;
+        let mut scanner = Scanner::default();
+        for cut in 1..whole {
+            assert_eq!(scanner.scan(&msg[..cut], true), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(scanner.scan(msg, true), Ok(Some(whole)));
+        // It starts afresh for the next message.
+        assert_eq!(scanner.scan(&msg[whole..], true), Ok(Some(14)));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum ValkeyCodecError {
     MissingCrlf,
     #[error("Protocol error: line too long ({0} bytes without CRLF)")]
     LineTooLong(usize),
+    #[error("Protocol error: message of over {0} bytes is too large")]
+    TooLarge(usize),
     #[error("Protocol error: streamed RESP3 aggregates are not supported")]
     Streamed,
     #[error("Protocol error: unbalanced quotes in inline request")]

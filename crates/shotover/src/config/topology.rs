@@ -274,6 +274,18 @@ impl Topology {
     }
 }
 
+/// `IP:port`, or `host:port` resolved now (startup is the only time it is looked up).
+fn resolve_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(e) => Err(format!("{text:?} is not an IP:port or host:port address: {e}")),
+    }
+}
+
 fn valkey_source(
     file: &str,
     path: &str,
@@ -282,10 +294,7 @@ fn valkey_source(
 ) -> Result<ValkeySourceConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError { file: file.into(), path: join_path(path, field), reason };
     let raw: RawSource = from_value(file, path, body)?;
-    let listen_addr = raw
-        .listen_addr
-        .parse::<SocketAddr>()
-        .map_err(|e| err("listen_addr", format!("{:?} is not an IP:port address: {e}", raw.listen_addr)))?;
+    let listen_addr = resolve_listen_addr(&raw.listen_addr).map_err(|reason| err("listen_addr", reason))?;
     if raw.connection_limit == 0 {
         return Err(err("connection_limit", "must be at least 1".into()));
     }

@@ -30,7 +30,8 @@ pub fn start(
                 core_pin(cpu);
             }
             for mut request in server.incoming_requests() {
-                let response = match (request.method(), request.url()) {
+                let path = request.url().split('?').next().unwrap_or_default().to_string();
+                let response = match (request.method(), path.as_str()) {
                     (Method::Get, "/metrics") => {
                         let response = Response::from_string(hub.render());
                         match Header::from_bytes("Content-Type", "text/plain; version=0.0.4") {

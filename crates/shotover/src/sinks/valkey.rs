@@ -1,19 +1,27 @@
 //! One connection to a Valkey server.
 
-use crate::io::ReadBuffer;
+use crate::io::{ReadBuffer, ReadMode};
 use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
-use shotover_protocols::valkey::framing::message_len;
+use nix::sys::socket::{recv, MsgFlags};
+use shotover_protocols::valkey::framing::Scanner;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// After this long without traffic, check that the server has not closed the connection
+/// before sending on it (Valkey's `timeout` closes idle clients after whole seconds).
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// A TCP connection to Valkey that yields whole messages.
 pub struct ValkeyConnection {
     stream: TcpStream,
     read: ReadBuffer,
+    scanner: Scanner,
+    last_used: Instant,
 }
 
 impl ValkeyConnection {
@@ -21,17 +29,38 @@ impl ValkeyConnection {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
         let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
         stream.set_nodelay(true)?;
-        Ok(ValkeyConnection { stream, read: ReadBuffer::default() })
+        Ok(ValkeyConnection {
+            stream,
+            read: ReadBuffer::default(),
+            scanner: Scanner::default(),
+            last_used: Instant::now(),
+        })
     }
 
     /// Writes the whole buffer.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.last_used = Instant::now();
         self.stream.write_all(bytes).await
+    }
+
+    /// True if the server closed this connection while it sat idle, so that a request is
+    /// never sent into a connection that can only answer with end-of-stream. Costs one
+    /// non-blocking peek, and only after [`IDLE_CHECK_AFTER`] without traffic.
+    pub fn closed_while_idle(&self) -> bool {
+        if self.last_used.elapsed() < IDLE_CHECK_AFTER || !self.read.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match recv(self.stream.as_raw_fd(), &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => true,
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => false,
+            Err(_) => true,
+        }
     }
 
     /// The next whole message already buffered, if any.
     pub fn try_next(&mut self) -> io::Result<Option<Bytes>> {
-        match message_len(&self.read.buf, false) {
+        match self.scanner.scan(&self.read.buf, false) {
             Ok(Some(len)) => Ok(Some(self.read.buf.split_to(len).freeze())),
             Ok(None) => Ok(None),
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("upstream sent invalid RESP: {e}"))),
@@ -39,12 +68,13 @@ impl ValkeyConnection {
     }
 
     /// The next whole message, reading as needed. End of stream is an `UnexpectedEof` error.
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+    pub fn poll_next(&mut self, cx: &mut Context<'_>, mode: ReadMode) -> Poll<io::Result<Bytes>> {
         loop {
             if let Some(msg) = self.try_next()? {
+                self.last_used = Instant::now();
                 return Poll::Ready(Ok(msg));
             }
-            match self.read.poll_fill(&mut self.stream, cx) {
+            match self.read.poll_fill(&mut self.stream, cx, mode) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -58,8 +88,8 @@ impl ValkeyConnection {
         }
     }
 
-    /// Waits for the next whole message.
+    /// Waits for the next whole message (a reply is expected, so reads may spin).
     pub async fn next(&mut self) -> io::Result<Bytes> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
+        std::future::poll_fn(|cx| self.poll_next(cx, ReadMode::Spin)).await
     }
 }

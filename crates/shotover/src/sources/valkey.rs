@@ -2,17 +2,30 @@
 
 use super::ConnectionContext;
 use crate::chain::{Chain, CloseConnection};
-use crate::io::ReadBuffer;
+use crate::io::{ReadBuffer, ReadMode};
 use crate::message::{Message, Protocol};
 use bytes::BytesMut;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use shotover_protocols::valkey::framing::message_len;
+use shotover_protocols::valkey::command::{request_args, RequestView};
+use shotover_protocols::valkey::framing::Scanner;
+use shotover_protocols::valkey::RespVersion;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
+
+/// What the connection remembers between batches.
+struct ClientState {
+    read: ReadBuffer,
+    scanner: Scanner,
+    out: BytesMut,
+    /// The protocol the client negotiated with HELLO; replies made by the proxy use it.
+    resp: RespVersion,
+    /// When the sink read the first response of the batch being written.
+    sink_read_at: Option<Instant>,
+}
 
 enum Event {
     Read(std::io::Result<usize>),
@@ -29,8 +42,13 @@ pub const DRAIN_IDLE: Duration = Duration::from_millis(100);
 pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionContext) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_nodelay(true);
-    let mut read = ReadBuffer::default();
-    let mut out = BytesMut::new();
+    let mut state = ClientState {
+        read: ReadBuffer::default(),
+        scanner: Scanner::default(),
+        out: BytesMut::new(),
+        resp: RespVersion::Resp2,
+        sink_read_at: None,
+    };
     let mut idle_after = ctx.source.idle_timeout;
     let mut draining = false;
     let mut idle_timer = idle_after.map(Timer::new);
@@ -41,7 +59,7 @@ pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionConte
             if !draining && ctx.shutdown.poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
-            if let Poll::Ready(r) = read.poll_fill(&mut stream, cx) {
+            if let Poll::Ready(r) = state.read.poll_fill(&mut stream, cx, ReadMode::Spin) {
                 return Poll::Ready(Event::Read(r));
             }
             if chain.poll_pushed(cx).is_ready() {
@@ -61,9 +79,13 @@ pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionConte
             }
             Event::Read(Ok(_)) => {
                 last_activity = Instant::now();
-                handle_input(&mut read, &mut chain, &mut out, &ctx, &peer).await
+                handle_input(&mut state, &mut chain, &ctx, &peer).await
             }
-            Event::Pushed => run_chain(&mut chain, Vec::new(), &mut out, &ctx).await,
+            Event::Pushed => {
+                // Messages pushed to a subscriber count as activity, as they do for Valkey.
+                last_activity = Instant::now();
+                run_chain(&mut state, &mut chain, Vec::new(), &ctx).await
+            }
             Event::Idle => match (idle_after, idle_timer.as_mut()) {
                 (Some(after), Some(timer)) if last_activity.elapsed() < after => {
                     timer.reset(after - last_activity.elapsed());
@@ -82,13 +104,15 @@ pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionConte
                 true
             }
         };
-        if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
+        if !state.out.is_empty() {
+            if let Err(e) = stream.write_all(&state.out).await {
                 tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
                 break;
             }
-            out.clear();
-            sink_to_source.observe(last_activity.elapsed().as_secs_f64());
+            state.out.clear();
+            if let Some(at) = state.sink_read_at.take() {
+                sink_to_source.observe(at.elapsed().as_secs_f64());
+            }
         }
         if !keep_open {
             break;
@@ -99,19 +123,15 @@ pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionConte
 
 /// Splits the buffered bytes into a batch of whole requests and runs it. A malformed
 /// request ends the connection after an error reply, as Valkey itself does.
-async fn handle_input(
-    read: &mut ReadBuffer,
-    chain: &mut Chain,
-    out: &mut BytesMut,
-    ctx: &ConnectionContext,
-    peer: &str,
-) -> bool {
+async fn handle_input(state: &mut ClientState, chain: &mut Chain, ctx: &ConnectionContext, peer: &str) -> bool {
     let now = Instant::now();
     let mut batch = Vec::new();
     let mut malformed = None;
     loop {
-        match message_len(&read.buf, true) {
-            Ok(Some(len)) => batch.push(Message::from_bytes(read.buf.split_to(len).freeze(), Protocol::Valkey, now)),
+        match state.scanner.scan(&state.read.buf, true) {
+            Ok(Some(len)) => {
+                batch.push(Message::from_bytes(state.read.buf.split_to(len).freeze(), Protocol::Valkey, now))
+            }
             Ok(None) => break,
             Err(e) => {
                 malformed = Some(e);
@@ -119,31 +139,63 @@ async fn handle_input(
             }
         }
     }
-    let mut keep_open = batch.is_empty() || run_chain(chain, batch, out, ctx).await;
+    let mut keep_open = batch.is_empty() || run_chain(state, chain, batch, ctx).await;
     if let Some(e) = malformed {
         tracing::warn!(connection = %ctx.id, %peer, "malformed request, closing the connection: {e}");
-        out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes());
+        state.out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes());
         keep_open = false;
     }
     keep_open
 }
 
+/// The protocol a HELLO or RESET request switches to if it succeeds.
+fn protocol_switch(request: &Message) -> Option<RespVersion> {
+    let view = request.valkey_request()?;
+    if view.is("RESET") {
+        return Some(RespVersion::Resp2);
+    }
+    if !view.is("HELLO") || view.argc == 0 {
+        return None;
+    }
+    match request_args(request.raw()?).first().map(|v| v.as_ref()) {
+        Some(b"3") => Some(RespVersion::Resp3),
+        Some(b"2") => Some(RespVersion::Resp2),
+        _ => None,
+    }
+}
+
 /// Runs one batch through the chain and encodes the responses into `out`. Every request
 /// gets a reply: on a chain failure each one gets an error. Returns false to close.
-async fn run_chain(chain: &mut Chain, batch: Vec<Message>, out: &mut BytesMut, ctx: &ConnectionContext) -> bool {
+async fn run_chain(state: &mut ClientState, chain: &mut Chain, batch: Vec<Message>, ctx: &ConnectionContext) -> bool {
     let count = batch.len();
+    // Rare: only batches with HELLO or RESET pay for this.
+    let switches: Vec<(usize, RespVersion)> = batch
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.valkey_request().is_some_and(|v: RequestView<'_>| v.is("HELLO") || v.is("RESET")))
+        .filter_map(|(i, m)| Some((i, protocol_switch(m)?)))
+        .collect();
     match chain.process(batch).await {
-        Ok(responses) => {
-            for response in &responses {
-                if let Err(e) = response.encode_into(out) {
+        Ok(mut responses) => {
+            state.sink_read_at = responses.iter().find_map(|r| r.received_at());
+            for (i, version) in switches {
+                if responses.get(i).and_then(|r| r.raw()).is_some_and(|r| !matches!(r.first(), Some(b'-' | b'!'))) {
+                    state.resp = version;
+                }
+            }
+            for response in &mut responses {
+                if response.raw().is_none() {
+                    response.set_resp_version(state.resp);
+                }
+                if let Err(e) = response.encode_into(&mut state.out) {
                     tracing::error!(connection = %ctx.id, "cannot encode a response: {e}");
-                    out.extend_from_slice(b"-ERR shotover: cannot encode the response\r\n");
+                    state.out.extend_from_slice(b"-ERR shotover: cannot encode the response\r\n");
                 }
             }
             if responses.len() < count {
                 tracing::error!(connection = %ctx.id, "chain returned {} responses for {count} requests", responses.len());
                 for _ in responses.len()..count {
-                    out.extend_from_slice(b"-ERR shotover: no response from the chain\r\n");
+                    state.out.extend_from_slice(b"-ERR shotover: no response from the chain\r\n");
                 }
             }
             true
@@ -153,7 +205,7 @@ async fn run_chain(chain: &mut Chain, batch: Vec<Message>, out: &mut BytesMut, c
             tracing::warn!(connection = %ctx.id, "chain failed{}: {e:#}", if close { ", closing the connection" } else { "" });
             let line = format!("-ERR shotover: {}\r\n", format!("{e:#}").replace(['\r', '\n'], " "));
             for _ in 0..count {
-                out.extend_from_slice(line.as_bytes());
+                state.out.extend_from_slice(line.as_bytes());
             }
             !close
         }

@@ -11,6 +11,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec};
 use serde::Deserialize;
+use shotover_protocols::valkey::command::is_known;
 use std::collections::HashMap;
 
 #[derive(Debug, Deserialize)]
@@ -46,7 +47,7 @@ impl TransformBuilder for QueryCounterBuilder {
     }
 }
 
-/// Label for commands whose name is not a plausible command (keeps label cardinality bounded).
+/// Label for commands the proxy does not know (keeps label cardinality bounded).
 const OTHER: &str = "OTHER";
 
 pub struct QueryCounter {
@@ -62,11 +63,14 @@ impl QueryCounter {
             c.inc();
             return;
         }
-        let plausible = upper.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_' || *c == b'-');
-        let label = if plausible { std::str::from_utf8(upper).unwrap_or(OTHER) } else { OTHER };
+        // Only known commands get a label (and a cache entry) of their own, so neither the
+        // metric's series nor this cache can grow with what clients send.
+        let label = if is_known(upper) { std::str::from_utf8(upper).unwrap_or(OTHER) } else { OTHER };
         let counter = self.counter.with_label_values(&[self.name.as_str(), label]);
         counter.inc();
-        self.cache.insert(upper.to_vec(), counter);
+        if label != OTHER {
+            self.cache.insert(upper.to_vec(), counter);
+        }
     }
 }
 

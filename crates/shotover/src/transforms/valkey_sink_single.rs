@@ -18,6 +18,7 @@
 //! connection is closed instead.
 
 use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
+use crate::io::ReadMode;
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use anyhow::{anyhow, Context as _, Result};
@@ -105,6 +106,7 @@ impl TransformBuilder for ValkeySinkSingleBuilder {
             session: Vec::new(),
             subscriptions: Subscriptions::default(),
             monitor: false,
+            resp3: false,
             lost: None,
             failed_requests: self.failed_requests.clone(),
             source_to_sink: self.source_to_sink.clone(),
@@ -144,13 +146,25 @@ impl Subscriptions {
     }
 }
 
-/// Session commands replayed on a new upstream connection, in this order.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Session commands replayed on a new upstream connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum SessionCommand {
     Hello,
     Auth,
     Select,
     SetName,
+}
+
+impl SessionCommand {
+    /// Replay order: authentication first (HELLO and AUTH in the order the client sent
+    /// them, as HELLO may carry AUTH or need it), then what needs an authenticated session.
+    fn phase(self) -> u8 {
+        match self {
+            SessionCommand::Hello | SessionCommand::Auth => 0,
+            SessionCommand::Select => 1,
+            SessionCommand::SetName => 2,
+        }
+    }
 }
 
 pub struct ValkeySinkSingle {
@@ -165,6 +179,8 @@ pub struct ValkeySinkSingle {
     subscriptions: Subscriptions,
     /// After MONITOR every upstream message is unsolicited.
     monitor: bool,
+    /// After HELLO 3 the server may push messages at any time (client tracking).
+    resp3: bool,
     /// Set when the upstream connection was lost with state that cannot be restored.
     lost: Option<String>,
     failed_requests: IntCounter,
@@ -222,9 +238,11 @@ impl ValkeySinkSingle {
     }
 
     /// True for upstream messages that answer no request.
-    fn is_unsolicited(&self, raw: &[u8]) -> bool {
+    fn is_unsolicited(&self, raw: &[u8], request: Option<&RequestView<'_>>) -> bool {
         if self.monitor {
-            return true;
+            // MONITOR output is all simple strings; RESET (or QUIT) ends it with its reply.
+            let ends_monitor = request.is_some_and(|v| v.is("RESET") || v.is("QUIT"));
+            return !(ends_monitor && (raw == b"+RESET\r\n" || raw == b"+OK\r\n"));
         }
         let kind_is = |kinds: &[&[u8]]| {
             array_strings(raw).first().is_some_and(|k| kinds.iter().any(|want| k.eq_ignore_ascii_case(want)))
@@ -256,17 +274,29 @@ impl ValkeySinkSingle {
             self.session.clear();
             self.subscriptions = Subscriptions::default();
             self.monitor = false;
+            self.resp3 = false;
             return;
         } else {
             return;
         };
+        if kind == SessionCommand::Hello {
+            self.resp3 = request_args(raw).first().is_some_and(|v| *v == b"3");
+        }
         self.session.retain(|(k, _)| *k != kind);
         self.session.push((kind, raw.clone()));
-        self.session.sort_by_key(|(k, _)| *k);
+        // A stable sort keeps the client's order within a phase.
+        self.session.sort_by_key(|(k, _)| k.phase());
     }
 
     /// Connects if needed, replaying the session on a new connection.
     async fn connection(&mut self) -> Result<&mut ValkeyConnection> {
+        if self.connection.as_ref().is_some_and(|c| c.closed_while_idle()) {
+            tracing::debug!("upstream {} closed an idle connection; reconnecting", self.address);
+            self.connection_lost("closed while idle");
+            if let Some(reason) = &self.lost {
+                return Err(anyhow!(reason.clone()));
+            }
+        }
         if self.connection.is_none() {
             let mut conn = ValkeyConnection::connect(self.address, self.connect_timeout)
                 .await
@@ -356,7 +386,7 @@ impl ValkeySinkSingle {
             let conn = self.connection.as_mut().ok_or("upstream connection closed")?;
             let raw = conn.next().await.map_err(|e| format!("upstream read failed: {e}"))?;
             let now = Instant::now();
-            if self.is_unsolicited(&raw) {
+            if self.is_unsolicited(&raw, view.as_ref()) {
                 self.pushed.push_back(Message::from_bytes(raw, Protocol::Valkey, now));
                 continue;
             }
@@ -405,12 +435,17 @@ impl Transform for ValkeySinkSingle {
         if !self.pushed.is_empty() || self.lost.is_some() {
             return Poll::Ready(());
         }
+        // Only a subscribed, monitoring or RESP3 connection is sent anything unasked; waiting
+        // on any other would cost a wakeup per reply.
+        if !(self.subscriptions.any() || self.monitor || self.resp3) {
+            return Poll::Pending;
+        }
         let Some(conn) = self.connection.as_mut() else {
             return Poll::Pending;
         };
         let mut error = None;
         loop {
-            match conn.poll_next(cx) {
+            match conn.poll_next(cx, ReadMode::Wait) {
                 Poll::Ready(Ok(raw)) => {
                     self.subscriptions.track(&raw);
                     self.pushed.push_back(Message::from_bytes(raw, Protocol::Valkey, Instant::now()));
