@@ -11,13 +11,20 @@
 //! no data yields to the core's other tasks and tries again with a plain non-blocking
 //! `recv`, up to [`SPIN_READS`] times; only then, or when the core has gone quiet, does it
 //! arm a glommio readiness wait. An idle core therefore sleeps as before.
+//!
+//! Trying `recv` on every spinning socket costs a syscall each (measured: 7.5 empty reads
+//! per proxied request at `-c 50 -P 1`). So after its first empty try, a spinning socket
+//! asks the core's [`BusyPoller`] instead: one level-triggered `epoll_wait(0)` over every
+//! spinning socket of the core, refreshed at most every [`REFRESH_AFTER`], says which of
+//! them have data. An epoll readiness change only sets a flag: it sends no interrupt.
 
 use bytes::BytesMut;
 use futures_lite::io::AsyncRead;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{recv, MsgFlags};
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -28,10 +35,13 @@ const READ_SIZE: usize = 64 * 1024;
 pub const SPIN_READS: u32 = 256;
 /// A core counts as busy when any of its sockets received data this recently.
 pub const BUSY_WINDOW: Duration = Duration::from_micros(200);
+/// How old the busy poller's readiness list may be before it is asked again.
+pub const REFRESH_AFTER: Duration = Duration::from_micros(5);
 
 thread_local! {
     /// When a socket on this core last received data.
     static LAST_DATA: Cell<Option<Instant>> = const { Cell::new(None) };
+    static POLLER: RefCell<Option<BusyPoller>> = const { RefCell::new(None) };
     /// Every read lands here first and is then appended to its connection's buffer, so
     /// no buffer is zero-filled before a read that may find nothing.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
@@ -43,6 +53,74 @@ fn core_is_busy() -> bool {
 
 fn data_arrived() {
     LAST_DATA.with(|t| t.set(Some(Instant::now())));
+}
+
+/// Readiness of a core's spinning sockets, from one `epoll_wait(0)` for all of them.
+pub struct BusyPoller {
+    epoll: Epoll,
+    /// Bit `fd` is set when `fd` had data at the last refresh.
+    ready: Vec<u64>,
+    refreshed_at: Instant,
+    events: Vec<EpollEvent>,
+}
+
+impl BusyPoller {
+    fn new() -> Option<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).ok()?;
+        Some(BusyPoller {
+            epoll,
+            ready: Vec::new(),
+            refreshed_at: Instant::now(),
+            events: vec![EpollEvent::empty(); 256],
+        })
+    }
+
+    /// Adds `fd` (level-triggered). A closed fd leaves the set by itself.
+    fn register(&self, fd: RawFd) -> bool {
+        // SAFETY: `fd` belongs to a socket its caller holds open for the whole call; epoll
+        // keeps no borrow of it, only a kernel reference that closing the socket removes.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, fd as u64);
+        match self.epoll.add(borrowed, event) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => true,
+            Err(_) => false,
+        }
+    }
+
+    fn bit(fd: RawFd) -> (usize, u64) {
+        let fd = fd.max(0) as usize;
+        (fd / 64, 1u64 << (fd % 64))
+    }
+
+    fn is_ready(&self, fd: RawFd) -> bool {
+        let (word, mask) = Self::bit(fd);
+        self.ready.get(word).is_some_and(|w| w & mask != 0)
+    }
+
+    fn clear(&mut self, fd: RawFd) {
+        let (word, mask) = Self::bit(fd);
+        if let Some(w) = self.ready.get_mut(word) {
+            *w &= !mask;
+        }
+    }
+
+    fn refresh_if_stale(&mut self) {
+        if self.refreshed_at.elapsed() < REFRESH_AFTER {
+            return;
+        }
+        self.refreshed_at = Instant::now();
+        self.ready.iter_mut().for_each(|w| *w = 0);
+        let Ok(n) = self.epoll.wait(&mut self.events, EpollTimeout::ZERO) else { return };
+        for event in self.events.iter().take(n) {
+            let (word, mask) = Self::bit(event.data() as RawFd);
+            if self.ready.len() <= word {
+                self.ready.resize(word + 1, 0);
+            }
+            if let Some(w) = self.ready.get_mut(word) {
+                *w |= mask;
+            }
+        }
+    }
 }
 
 /// Whether a read may busy-poll while the core is busy.
@@ -60,6 +138,8 @@ pub struct ReadBuffer {
     pub buf: BytesMut,
     /// Consecutive empty non-blocking reads since data last arrived.
     misses: u32,
+    /// Whether the socket is in the core's busy poller.
+    registered: bool,
 }
 
 impl ReadBuffer {
@@ -72,8 +152,16 @@ impl ReadBuffer {
     ) -> Poll<io::Result<usize>> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
+            let fd = stream.as_raw_fd();
             let result = if mode == ReadMode::Spin && self.misses < SPIN_READS && core_is_busy() {
-                match recv(stream.as_raw_fd(), &mut scratch[..], MsgFlags::MSG_DONTWAIT) {
+                // The first try reads directly: data is often already there. Later tries
+                // read only when the busy poller saw data.
+                if self.misses > 0 && !self.poller_says_ready(fd) {
+                    self.misses += 1;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                match recv(fd, &mut scratch[..], MsgFlags::MSG_DONTWAIT) {
                     Ok(n) => Poll::Ready(Ok(n)),
                     Err(nix::errno::Errno::EAGAIN) => {
                         self.misses += 1;
@@ -92,6 +180,32 @@ impl ReadBuffer {
                 self.buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
             }
             result
+        })
+    }
+
+    /// Asks the core's busy poller whether `fd` has data, registering it on first use. If
+    /// no poller can be had, says "ready" so the caller simply tries `recv`.
+    fn poller_says_ready(&mut self, fd: RawFd) -> bool {
+        POLLER.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.is_none() {
+                *p = BusyPoller::new();
+            }
+            let Some(poller) = p.as_mut() else { return true };
+            if !self.registered {
+                self.registered = poller.register(fd);
+                if !self.registered {
+                    return true;
+                }
+            }
+            if !poller.is_ready(fd) {
+                poller.refresh_if_stale();
+            }
+            let ready = poller.is_ready(fd);
+            if ready {
+                poller.clear(fd);
+            }
+            ready
         })
     }
 
