@@ -110,3 +110,31 @@ fn two_worker_cores_both_serve_connections() {
     assert_eq!(core0 + core1, 41.0);
     assert!(shotover.output().contains("2 worker cores"));
 }
+
+#[test]
+fn connection_span_attaches_connection_details_to_log_lines() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let chain = format!("        - DebugPrinter\n{}", sink_single(valkey.port));
+    let config = "main_log_level: \"info, shotover::connection_span=debug\"\n";
+    let shotover = Shotover::builder(&valkey_topology(port, &chain)).config(config).wait_for(port).start().unwrap();
+    raw_exchange(port, "SET spanned 1\r\n", 1);
+    assert!(shotover.wait_for_log("spanned", Duration::from_secs(5)));
+    let line = shotover.output().lines().find(|l| l.contains("spanned")).unwrap_or_default().to_string();
+    assert!(line.contains("connection{id=") && line.contains("peer=127.0.0.1:"), "{line}");
+}
+
+#[test]
+fn json_log_format() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let shotover = Shotover::builder(&valkey_topology(port, &sink_single(valkey.port)))
+        .arg("--log-format")
+        .arg("json")
+        .wait_for(port)
+        .start()
+        .unwrap();
+    assert!(shotover.wait_for_log("shotover started", Duration::from_secs(5)));
+    let line = shotover.output().lines().find(|l| l.contains("shotover started")).unwrap_or_default().to_string();
+    assert!(line.starts_with('{') && line.contains("\"level\":\"INFO\""), "{line}");
+}

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long a core waits, after shutdown starts, for its connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,10 +126,17 @@ pub async fn accept_loop(
             metrics: metrics.clone(),
         };
         let chain = chain.build();
-        glommio::spawn_local(async move {
-            valkey::serve(stream, chain, ctx).await;
-            drop(slot);
-        })
+        // Disabled by default (it is a DEBUG span); `shotover::connection_span=debug` in the
+        // log filter attaches the connection id and peer to every event of the connection.
+        let span = tracing::debug_span!(target: "shotover::connection_span", "connection", id = %ctx.id,
+            peer = %stream.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+        glommio::spawn_local(
+            async move {
+                valkey::serve(stream, chain, ctx).await;
+                drop(slot);
+            }
+            .instrument(span),
+        )
         .detach();
     }
     drop(listener);
