@@ -405,3 +405,96 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A test CA with server and client certificates, made with openssl at test time.
+pub struct Certs {
+    pub dir: TempDir,
+}
+
+impl Certs {
+    /// Creates `ca.crt`, `server.crt` (for 127.0.0.1 and localhost), `client.crt`, and
+    /// `other-host.crt` (valid only for other.example), each with its `.key`.
+    pub fn generate() -> Certs {
+        let dir = TempDir::new("certs");
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&dir.0).output().expect("cannot run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=shotover-test-ca"]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        run(&ca);
+        for (name, san) in
+            [("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:client"), ("other-host", "DNS:other.example")]
+        {
+            let mut req = vec!["req"];
+            req.extend(ec);
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let crt = format!("{name}.crt");
+            let ext = format!("{name}.ext");
+            let subj = format!("/CN={name}");
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            run(&req);
+            std::fs::write(
+                dir.path(&ext),
+                format!("basicConstraints=CA:FALSE\nsubjectAltName={san}\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"),
+            )
+            .unwrap();
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Certs { dir }
+    }
+
+    /// The absolute path of one of the files.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path(file).display().to_string()
+    }
+}
+
+impl ValkeyServer {
+    /// A valkey-server that speaks only TLS, with certificate `<cert>.crt`; clients need no
+    /// certificate of their own.
+    pub fn start_tls(certs: &Certs, cert: &str) -> Self {
+        let port = free_port();
+        let crt = certs.path(&format!("{cert}.crt"));
+        let key = certs.path(&format!("{cert}.key"));
+        let ca = certs.path("ca.crt");
+        let dir = TempDir::new("valkey");
+        let mut args: Vec<String> =
+            ["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend([
+            "--dir".into(),
+            dir.0.display().to_string(),
+            "--tls-cert-file".into(),
+            crt,
+            "--tls-key-file".into(),
+            key,
+        ]);
+        args.extend(["--tls-ca-cert-file".into(), ca, "--tls-auth-clients".into(), "no".into()]);
+        let child = spawn_valkey(&args);
+        wait_for_port(port, Duration::from_secs(10)).expect("valkey-server (TLS) did not start");
+        ValkeyServer { port, child, args, _dir: dir }
+    }
+}

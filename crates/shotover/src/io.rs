@@ -19,7 +19,8 @@
 //! them have data. An epoll readiness change only sets a flag: it sends no interrupt.
 
 use bytes::BytesMut;
-use futures_lite::io::AsyncRead;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{recv, MsgFlags};
 use std::cell::{Cell, RefCell};
@@ -123,6 +124,69 @@ impl BusyPoller {
     }
 }
 
+/// A connection's socket: plain TCP, or TCP under TLS (either side).
+pub enum Stream {
+    Plain(TcpStream),
+    TlsServer(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    TlsClient(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The fd that busy polling may `recv` from directly; none under TLS, where every byte
+    /// must go through rustls.
+    fn spin_fd(&self) -> Option<RawFd> {
+        match self {
+            Stream::Plain(s) => Some(s.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::TlsServer(s) => s.get_ref().0,
+            Stream::TlsClient(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
 /// Whether a read may busy-poll while the core is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -144,16 +208,11 @@ pub struct ReadBuffer {
 
 impl ReadBuffer {
     /// Reads once from `stream` into the buffer. `Ready(Ok(0))` is end of stream.
-    pub fn poll_fill<S: AsyncRead + AsRawFd + Unpin>(
-        &mut self,
-        stream: &mut S,
-        cx: &mut Context<'_>,
-        mode: ReadMode,
-    ) -> Poll<io::Result<usize>> {
+    pub fn poll_fill(&mut self, stream: &mut Stream, cx: &mut Context<'_>, mode: ReadMode) -> Poll<io::Result<usize>> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let fd = stream.as_raw_fd();
-            let result = if mode == ReadMode::Spin && self.misses < SPIN_READS && core_is_busy() {
+            let spin_fd = stream.spin_fd().filter(|_| mode == ReadMode::Spin);
+            let result = if let Some(fd) = spin_fd.filter(|_| self.misses < SPIN_READS && core_is_busy()) {
                 // The first try reads directly: data is often already there. Later tries
                 // read only when the busy poller saw data.
                 if self.misses > 0 && !self.poller_says_ready(fd) {
@@ -210,7 +269,7 @@ impl ReadBuffer {
     }
 
     /// Reads once, waiting for data.
-    pub async fn fill<S: AsyncRead + AsRawFd + Unpin>(&mut self, stream: &mut S, mode: ReadMode) -> io::Result<usize> {
+    pub async fn fill(&mut self, stream: &mut Stream, mode: ReadMode) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(stream, cx, mode)).await
     }
 }

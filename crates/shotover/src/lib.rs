@@ -8,6 +8,7 @@
 //! - [`sources`]: accept loops and per-connection loops.
 //! - [`sinks`]: upstream connections used by sink transforms.
 //! - [`transforms`]: one module per built-in transform, and their registry.
+//! - [`tls`]: rustls acceptors and connectors built from the YAML `tls` blocks.
 //! - [`observability`]: per-core metrics summed on scrape, `/metrics` and `/filter`.
 //! - [`runner`]: startup, the worker cores, and graceful shutdown.
 //!
@@ -22,4 +23,5 @@ pub mod observability;
 pub mod runner;
 pub mod sinks;
 pub mod sources;
+pub mod tls;
 pub mod transforms;

@@ -96,6 +96,7 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
             connection_limit: v.connection_limit,
             hard_connection_limit: v.hard_connection_limit,
             idle_timeout: v.timeout.map(Duration::from_secs),
+            tls: v.tls.as_ref().map(|t| t.build()).transpose().with_context(|| format!("source {:?}: tls", v.name))?,
             open: AtomicUsize::new(0),
         }));
     }

@@ -7,6 +7,7 @@ mod limits;
 mod observability;
 mod passthrough;
 mod shutdown;
+mod tls;
 mod transforms;
 
 use shotover_integration_tests::*;

@@ -18,6 +18,7 @@
 use super::{from_value, join_path, read_yaml, ConfigError};
 use crate::chain::TransformConfig;
 use crate::message::Protocol;
+use crate::tls::TlsAcceptorConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -131,16 +132,6 @@ impl TransformRegistry {
     }
 }
 
-/// TLS settings of a source.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsAcceptorConfig {
-    pub certificate_path: String,
-    pub private_key_path: String,
-    #[serde(default)]
-    pub certificate_authority_path: Option<String>,
-}
-
 /// The fields every source has, as written in YAML (the chain is parsed separately).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +171,8 @@ pub struct ValkeySourceConfig {
     pub hard_connection_limit: bool,
     /// Seconds after which an idle client connection is closed. Default: never.
     pub timeout: Option<u64>,
+    /// TLS for clients. Default: plain TCP.
+    pub tls: Option<TlsAcceptorConfig>,
     /// The transforms, first to last.
     pub chain: Vec<Box<dyn TransformConfig>>,
 }
@@ -298,8 +291,8 @@ fn valkey_source(
     if raw.connection_limit == 0 {
         return Err(err("connection_limit", "must be at least 1".into()));
     }
-    if raw.tls.is_some() {
-        return Err(err("tls", "TLS on sources is not available in this build yet".into()));
+    if let Some(tls) = &raw.tls {
+        tls.build().map_err(|e| err("tls", format!("{e:#}")))?;
     }
     if raw.timeout == Some(0) {
         return Err(err("timeout", "must be at least 1 second; leave it out to never time out".into()));
@@ -311,6 +304,7 @@ fn valkey_source(
         connection_limit: raw.connection_limit,
         hard_connection_limit: raw.hard_connection_limit,
         timeout: raw.timeout,
+        tls: raw.tls,
         chain,
     })
 }

@@ -1,10 +1,12 @@
 //! One connection to a Valkey server.
 
-use crate::io::{ReadBuffer, ReadMode};
+use crate::io::{ReadBuffer, ReadMode, Stream};
 use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt;
+use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
+use rustls_pki_types::ServerName;
 use shotover_protocols::valkey::framing::Scanner;
 use std::io;
 use std::net::SocketAddr;
@@ -16,19 +18,40 @@ use std::time::{Duration, Instant};
 /// before sending on it (Valkey's `timeout` closes idle clients after whole seconds).
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
+/// What a sink needs to open TLS connections to its upstream.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
 /// A TCP connection to Valkey that yields whole messages.
 pub struct ValkeyConnection {
-    stream: TcpStream,
+    stream: Stream,
     read: ReadBuffer,
     scanner: Scanner,
     last_used: Instant,
 }
 
 impl ValkeyConnection {
-    /// Connects, giving up after `timeout`.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
-        stream.set_nodelay(true)?;
+    /// Connects (and completes the TLS handshake, with `tls`), giving up after `timeout`.
+    pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<Self> {
+        let tcp = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+                let timed_out = async {
+                    glommio::timer::sleep(timeout).await;
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+                };
+                let tls_stream = futures_lite::future::or(handshake, timed_out)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {addr} failed: {e}")))?;
+                Stream::TlsClient(Box::new(tls_stream))
+            }
+        };
         Ok(ValkeyConnection {
             stream,
             read: ReadBuffer::default(),
@@ -37,10 +60,11 @@ impl ValkeyConnection {
         })
     }
 
-    /// Writes the whole buffer.
+    /// Writes the whole buffer (and flushes it through TLS).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.last_used = Instant::now();
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// True if the server closed this connection while it sat idle, so that a request is
@@ -51,7 +75,7 @@ impl ValkeyConnection {
             return false;
         }
         let mut probe = [0u8; 1];
-        match recv(self.stream.as_raw_fd(), &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        match recv(self.stream.tcp().as_raw_fd(), &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
             Ok(0) => true,
             Ok(_) | Err(nix::errno::Errno::EAGAIN) => false,
             Err(_) => true,

@@ -29,6 +29,8 @@ pub struct SourceShared {
     pub connection_limit: usize,
     pub hard_connection_limit: bool,
     pub idle_timeout: Option<Duration>,
+    /// TLS for clients, when the source has a `tls` block.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
     /// Open connections over all cores.
     pub open: AtomicUsize,
 }

@@ -2,7 +2,7 @@
 
 use super::ConnectionContext;
 use crate::chain::{Chain, CloseConnection};
-use crate::io::{ReadBuffer, ReadMode};
+use crate::io::{ReadBuffer, ReadMode, Stream};
 use crate::message::{Message, Protocol};
 use bytes::BytesMut;
 use futures_lite::io::AsyncWriteExt;
@@ -38,10 +38,30 @@ enum Event {
 /// so busy clients finish their work and no request that was read goes unanswered.
 pub const DRAIN_IDLE: Duration = Duration::from_millis(100);
 
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes the TLS handshake when the source has TLS.
+async fn accept_tls(tcp: TcpStream, ctx: &ConnectionContext, peer: &str) -> Option<Stream> {
+    let Some(acceptor) = &ctx.source.tls else { return Some(Stream::Plain(tcp)) };
+    let timed_out = async {
+        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
+    };
+    match futures_lite::future::or(acceptor.accept(tcp), timed_out).await {
+        Ok(tls) => Some(Stream::TlsServer(Box::new(tls))),
+        Err(e) => {
+            tracing::warn!(connection = %ctx.id, %peer, "TLS handshake failed: {e}");
+            None
+        }
+    }
+}
+
 /// Serves one client connection until it closes, idles out, or the core shuts down.
-pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionContext) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let _ = stream.set_nodelay(true);
+pub async fn serve(tcp: TcpStream, mut chain: Chain, ctx: ConnectionContext) {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = tcp.set_nodelay(true);
+    let Some(mut stream) = accept_tls(tcp, &ctx, &peer).await else { return };
     let mut state = ClientState {
         read: ReadBuffer::default(),
         scanner: Scanner::default(),
@@ -105,7 +125,11 @@ pub async fn serve(mut stream: TcpStream, mut chain: Chain, ctx: ConnectionConte
             }
         };
         if !state.out.is_empty() {
-            if let Err(e) = stream.write_all(&state.out).await {
+            let written = match stream.write_all(&state.out).await {
+                Ok(()) => stream.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
                 break;
             }

@@ -20,7 +20,8 @@
 use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
 use crate::io::ReadMode;
 use crate::message::{Message, Protocol};
-use crate::sinks::valkey::ValkeyConnection;
+use crate::sinks::valkey::{UpstreamTls, ValkeyConnection};
+use crate::tls::{server_name, TlsConnectorConfig};
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -40,9 +41,9 @@ pub struct ValkeySinkSingleConfig {
     /// Milliseconds to wait for a connection. Default 3000.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// TLS to the server (not in this build yet).
+    /// TLS to the server. Absent: plain TCP.
     #[serde(default)]
-    pub tls: Option<serde_yaml_ng::Value>,
+    pub tls: Option<TlsConnectorConfig>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -59,6 +60,12 @@ impl ValkeySinkSingleConfig {
     }
 }
 
+/// The TLS server name for `host:port`: the host part.
+pub fn tls_server_name(address: &str) -> Result<rustls_pki_types::ServerName<'static>> {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    server_name(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
 impl TransformConfig for ValkeySinkSingleConfig {
     fn name(&self) -> &'static str {
         "ValkeySinkSingle"
@@ -70,8 +77,8 @@ impl TransformConfig for ValkeySinkSingleConfig {
         &[Protocol::Valkey]
     }
     fn validate(&self) -> Result<()> {
-        if self.tls.is_some() {
-            return Err(anyhow!("tls: TLS to the upstream is not available in this build yet"));
+        if let Some(tls) = &self.tls {
+            tls.build().context("tls")?;
         }
         if self.connect_timeout_ms == 0 {
             return Err(anyhow!("connect_timeout_ms: must be at least 1"));
@@ -79,7 +86,14 @@ impl TransformConfig for ValkeySinkSingleConfig {
         self.resolve().map(|_| ())
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        let tls = match &self.tls {
+            Some(tls) => {
+                Some(UpstreamTls { connector: tls.build()?, server_name: tls_server_name(&self.remote_address)? })
+            }
+            None => None,
+        };
         Ok(Box::new(ValkeySinkSingleBuilder {
+            tls,
             address: self.resolve()?,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkSingle", &ctx.chain_name]),
@@ -89,6 +103,7 @@ impl TransformConfig for ValkeySinkSingleConfig {
 }
 
 struct ValkeySinkSingleBuilder {
+    tls: Option<UpstreamTls>,
     address: SocketAddr,
     connect_timeout: Duration,
     failed_requests: IntCounter,
@@ -98,6 +113,7 @@ struct ValkeySinkSingleBuilder {
 impl TransformBuilder for ValkeySinkSingleBuilder {
     fn build(&self) -> Box<dyn Transform> {
         Box::new(ValkeySinkSingle {
+            tls: self.tls.clone(),
             address: self.address,
             connect_timeout: self.connect_timeout,
             connection: None,
@@ -168,6 +184,7 @@ impl SessionCommand {
 }
 
 pub struct ValkeySinkSingle {
+    tls: Option<UpstreamTls>,
     address: SocketAddr,
     connect_timeout: Duration,
     connection: Option<ValkeyConnection>,
@@ -298,7 +315,7 @@ impl ValkeySinkSingle {
             }
         }
         if self.connection.is_none() {
-            let mut conn = ValkeyConnection::connect(self.address, self.connect_timeout)
+            let mut conn = ValkeyConnection::connect(self.address, self.connect_timeout, self.tls.as_ref())
                 .await
                 .with_context(|| format!("cannot connect to upstream {}", self.address))?;
             for (_, raw) in &self.session {
