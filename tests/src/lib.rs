@@ -498,3 +498,55 @@ impl ValkeyServer {
         ValkeyServer { port, child, args, _dir: dir }
     }
 }
+
+/// A 6-node Valkey cluster (3 masters, 3 replicas) started by `scripts/valkey-cluster`.
+pub struct ValkeyCluster {
+    /// Node addresses, `ip:port`.
+    pub nodes: Vec<String>,
+    dir: TempDir,
+}
+
+impl ValkeyCluster {
+    /// Every node on `port` of its own IP, 127.0.0.1 to 127.0.0.6.
+    pub fn start_on_six_ips(port: u16) -> Self {
+        let ips: Vec<String> = (1..=6).map(|i| format!("127.0.0.{i}")).collect();
+        Self::start(port, &ips)
+    }
+
+    fn start(port: u16, ips: &[String]) -> Self {
+        let dir = TempDir::new("cluster");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let out = Command::new(root.join("scripts/valkey-cluster"))
+            .arg(&dir.0)
+            .arg(port.to_string())
+            .args(ips)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run scripts/valkey-cluster");
+        let nodes = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        // Built before the check, so that a failed start still stops the nodes it started.
+        let cluster = ValkeyCluster { nodes, dir };
+        if !out.status.success() {
+            let log = std::fs::read_to_string(cluster.dir.path("create.log")).unwrap_or_default();
+            panic!("cluster did not start: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+        }
+        cluster
+    }
+}
+
+/// A port P for a cluster node such that P and its cluster bus port P + 10000 are free.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 50000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Drop for ValkeyCluster {
+    fn drop(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let _ = Command::new(root.join("scripts/valkey-cluster-stop")).arg(&self.dir.0).status();
+    }
+}

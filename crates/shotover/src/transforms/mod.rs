@@ -8,12 +8,14 @@
 //! | DebugPrinter | no | [`debug_printer`] |
 //! | QueryCounter | no | [`query_counter`] |
 //! | QueryTypeFilter | no | [`query_type_filter`] |
+//! | ValkeyClusterPortsRewrite | no | [`valkey_cluster_ports_rewrite`] |
 
 pub mod debug_printer;
 pub mod debug_returner;
 pub mod null_sink;
 pub mod query_counter;
 pub mod query_type_filter;
+pub mod valkey_cluster_ports_rewrite;
 pub mod valkey_sink_single;
 
 use crate::config::topology::TransformRegistry;
@@ -26,6 +28,7 @@ pub fn registry() -> TransformRegistry {
         .register::<debug_returner::DebugReturnerConfig>("DebugReturner")
         .register::<debug_printer::DebugPrinterConfig>("DebugPrinter")
         .register::<query_counter::QueryCounterConfig>("QueryCounter")
-        .register::<query_type_filter::QueryTypeFilterConfig>("QueryTypeFilter");
+        .register::<query_type_filter::QueryTypeFilterConfig>("QueryTypeFilter")
+        .register::<valkey_cluster_ports_rewrite::ValkeyClusterPortsRewriteConfig>("ValkeyClusterPortsRewrite");
     r
 }
