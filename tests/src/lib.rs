@@ -168,6 +168,7 @@ pub struct Shotover {
 
 /// How to start shotover.
 pub struct ShotoverBuilder {
+    binary: Option<PathBuf>,
     topology: String,
     config: Option<String>,
     args: Vec<String>,
@@ -178,7 +179,13 @@ impl Shotover {
     /// Shotover with `topology` (YAML text) and a default config with observability on a
     /// free port. Waits until `listen_port` accepts connections.
     pub fn builder(topology: &str) -> ShotoverBuilder {
-        ShotoverBuilder { topology: topology.to_string(), config: None, args: Vec::new(), wait_port: None }
+        ShotoverBuilder {
+            binary: None,
+            topology: topology.to_string(),
+            config: None,
+            args: Vec::new(),
+            wait_port: None,
+        }
     }
 
     pub fn start(topology: &str, listen_port: u16) -> Shotover {
@@ -234,6 +241,12 @@ impl ShotoverBuilder {
         self
     }
 
+    /// Runs another build of the proxy (a custom build with extra transforms).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());
         self
@@ -253,7 +266,7 @@ impl ShotoverBuilder {
         });
         std::fs::write(dir.path("topology.yaml"), &self.topology)?;
         std::fs::write(dir.path("config.yaml"), &config)?;
-        let mut child = Command::new(shotover_bin())
+        let mut child = Command::new(self.binary.clone().unwrap_or_else(shotover_bin))
             .arg("--topology-file")
             .arg(dir.path("topology.yaml"))
             .arg("--config-file")

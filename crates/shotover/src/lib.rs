@@ -11,10 +11,12 @@
 //! - [`tls`]: rustls acceptors and connectors built from the YAML `tls` blocks.
 //! - [`observability`]: per-core metrics summed on scrape, `/metrics` and `/filter`.
 //! - [`runner`]: startup, the worker cores, and graceful shutdown.
+//! - [`cli`]: the command line, for `shotover-proxy` and custom builds with their own transforms.
 //!
 //! Start at [`runner::run`] for the process, or [`chain`] to write a transform.
 
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod io;
 pub mod logging;
@@ -25,3 +27,6 @@ pub mod sinks;
 pub mod sources;
 pub mod tls;
 pub mod transforms;
+
+/// The codecs, for custom transforms that inspect or build frames.
+pub use shotover_protocols as protocols;

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod config_errors;
+mod deployment;
 mod failures;
 mod limits;
 mod observability;

@@ -1,0 +1,68 @@
+//! ValkeyGetRewrite: an example custom transform. It replaces the value of every successful
+//! `GET` reply with a configured string, and passes everything else through.
+//!
+//! ```yaml
+//! - ValkeyGetRewrite:
+//!     result: "Rewritten value"
+//! ```
+
+use anyhow::Result;
+use async_trait::async_trait;
+use serde::Deserialize;
+use shotover::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use shotover::message::{Frame, Message, Protocol};
+use shotover::protocols::valkey::frame::bulk;
+
+/// The YAML of the transform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValkeyGetRewriteConfig {
+    /// The value every GET returns instead of the stored one.
+    pub result: String,
+}
+
+impl TransformConfig for ValkeyGetRewriteConfig {
+    fn name(&self) -> &'static str {
+        "ValkeyGetRewrite"
+    }
+    fn is_terminating(&self) -> bool {
+        false
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Valkey]
+    }
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl TransformBuilder for ValkeyGetRewriteConfig {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(ValkeyGetRewrite { result: self.result.clone() })
+    }
+}
+
+pub struct ValkeyGetRewrite {
+    result: String,
+}
+
+#[async_trait(?Send)]
+impl Transform for ValkeyGetRewrite {
+    fn name(&self) -> &'static str {
+        "ValkeyGetRewrite"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        // Which requests are GETs, read from the raw bytes without parsing them.
+        let gets: Vec<bool> = state.requests.iter().map(|r| r.valkey_request().is_some_and(|v| v.is("GET"))).collect();
+        let mut responses = state.call_next_transform().await?;
+        for (response, is_get) in responses.iter_mut().zip(gets) {
+            // Only bulk-string replies: a missing key (null) or an error stays as it is.
+            let is_value = response.raw().is_some_and(|raw| raw.first() == Some(&b'$') && !raw.starts_with(b"$-1"));
+            if is_get && is_value {
+                *response.frame_mut()? = Frame::Valkey(bulk(self.result.clone()));
+            }
+        }
+        Ok(responses)
+    }
+}
