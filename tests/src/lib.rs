@@ -24,7 +24,8 @@ pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     loop {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20000 + ((std::process::id() * 37 + offset * 7) % 40000) as u16;
+        // 30000-59999: cluster nodes use 11000-19999 and their bus ports 21000-29999.
+        let port = 30000 + ((std::process::id() * 37 + offset * 7) % 30000) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
             return port;
         }
@@ -549,11 +550,31 @@ impl ValkeyCluster {
 
 /// A port P for a cluster node such that P and its cluster bus port P + 10000 are free.
 pub fn free_cluster_port() -> u16 {
+    free_cluster_ports(1)
+}
+
+/// A port P in 11000-19999 such that P..P+count and their bus ports (+10000) are free.
+/// Ports are taken under a file lock shared by all test processes and stay reserved (by a
+/// marker file) so that clusters started in parallel never overlap.
+fn free_cluster_ports(count: u16) -> u16 {
+    let lock_path = std::env::temp_dir().join("shotover-it-cluster-ports.lock");
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).expect("lock file");
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).expect("flock");
+    let free =
+        |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok();
+    let start = 11000 + ((std::process::id() * 61) % 8900) as u16;
+    let mut port = start;
     loop {
-        let port = free_port();
-        if port < 50000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+        let marker = std::env::temp_dir().join(format!("shotover-it-cluster-port-{port}"));
+        let recently_taken = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(120));
+        if !recently_taken && (0..count).all(|i| free(port + i)) {
+            let _ = std::fs::write(&marker, b"");
             return port;
         }
+        port = if port + count >= 19990 { 11000 } else { port + count };
     }
 }
 
@@ -562,4 +583,16 @@ impl Drop for ValkeyCluster {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let _ = Command::new(root.join("scripts/valkey-cluster-stop")).arg(&self.dir.0).status();
     }
+}
+
+impl ValkeyCluster {
+    /// Every node on 127.0.0.1, ports `port` to `port + 5`.
+    pub fn start_on_one_ip(port: u16) -> Self {
+        Self::start(port, &["127.0.0.1".to_string()])
+    }
+}
+
+/// A port P such that P..P+5 and their cluster bus ports are free (a one-IP cluster).
+pub fn free_cluster_port_range() -> u16 {
+    free_cluster_ports(6)
 }

@@ -2,6 +2,7 @@
 //! (redis-rs, valkey-cli, valkey-benchmark). One crate, one binary, to build once.
 
 mod cluster;
+mod cluster_sink;
 mod config_errors;
 mod deployment;
 mod failures;

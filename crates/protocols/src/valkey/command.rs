@@ -280,3 +280,8 @@ mod tests {
         assert!(is_known(b"GET") && !is_known(b"NOSUCHCOMMAND"));
     }
 }
+
+/// The cluster slot of a key: CRC16 of the key, or of its `{hash tag}` when it has one.
+pub fn key_slot(key: &[u8]) -> u16 {
+    redis_protocol::redis_keyslot(key)
+}

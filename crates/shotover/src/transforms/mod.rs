@@ -3,6 +3,7 @@
 //! | transform | terminating | file |
 //! |---|---|---|
 //! | ValkeySinkSingle | yes | [`valkey_sink_single`] |
+//! | ValkeySinkCluster | yes | [`valkey_sink_cluster`] |
 //! | NullSink | yes | [`null_sink`] |
 //! | DebugReturner | yes | [`debug_returner`] |
 //! | DebugPrinter | no | [`debug_printer`] |
@@ -16,6 +17,7 @@ pub mod null_sink;
 pub mod query_counter;
 pub mod query_type_filter;
 pub mod valkey_cluster_ports_rewrite;
+pub mod valkey_sink_cluster;
 pub mod valkey_sink_single;
 
 use crate::config::topology::TransformRegistry;
@@ -29,6 +31,7 @@ pub fn registry() -> TransformRegistry {
         .register::<debug_printer::DebugPrinterConfig>("DebugPrinter")
         .register::<query_counter::QueryCounterConfig>("QueryCounter")
         .register::<query_type_filter::QueryTypeFilterConfig>("QueryTypeFilter")
-        .register::<valkey_cluster_ports_rewrite::ValkeyClusterPortsRewriteConfig>("ValkeyClusterPortsRewrite");
+        .register::<valkey_cluster_ports_rewrite::ValkeyClusterPortsRewriteConfig>("ValkeyClusterPortsRewrite")
+        .register::<valkey_sink_cluster::ValkeySinkClusterConfig>("ValkeySinkCluster");
     r
 }

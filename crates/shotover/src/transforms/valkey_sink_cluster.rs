@@ -1,0 +1,589 @@
+//! ValkeySinkCluster: a Valkey Cluster behind one address. Clients that know nothing of
+//! clusters see a single node (hiding mode); with `direct_connection`, commands without a key
+//! go to that node (handling mode).
+//!
+//! ```yaml
+//! - ValkeySinkCluster:
+//!     first_contact_points: ["127.0.0.1:2220", "127.0.0.1:2221"]
+//!     connect_timeout_ms: 3000
+//! ```
+//!
+//! How a batch runs: every request is planned into one or more sub-requests, each for the
+//! master of its key's slot (multi-key commands are split by slot, node-wide commands go to
+//! every master). All sub-requests for a node go out in one write, to all nodes before any
+//! reply is read, so the nodes work concurrently. Replies are merged back into one response
+//! per request, in request order. `MOVED` updates the slot map and retries; `ASK` retries once
+//! with `ASKING`; connection errors drop the connection and refresh the slot map.
+//!
+//! Not yet supported (clear error replies, never a hang): transactions, cluster-wide SCAN,
+//! pub/sub subscriptions and MONITOR.
+
+use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::message::{Message, Protocol};
+use crate::sinks::valkey::ValkeyConnection;
+use crate::sinks::valkey_cluster::{fetch, node_tls, slot, SlotMap};
+use crate::tls::TlsConnectorConfig;
+use anyhow::{anyhow, Context as _, Result};
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use prometheus::IntCounter;
+use serde::Deserialize;
+use shotover_protocols::valkey::command::array_strings;
+use shotover_protocols::valkey::frame::parse;
+use shotover_protocols::valkey::ValkeyFrame;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValkeySinkClusterConfig {
+    /// Nodes to ask for the cluster's slot map, in order.
+    pub first_contact_points: Vec<String>,
+    /// Handling mode: commands without a key go to this node. Also accepted as
+    /// `direct_destination`.
+    #[serde(default, alias = "direct_destination")]
+    pub direct_connection: Option<String>,
+    /// Connections per node. Default 1. (Each client connection currently has its own
+    /// connection to each node it uses.)
+    #[serde(default = "one")]
+    pub connection_count: usize,
+    /// Milliseconds to wait for a connection to a node. Default 3000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// TLS to the nodes. Absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsConnectorConfig>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    3000
+}
+
+fn resolve(address: &str) -> Result<SocketAddr> {
+    address
+        .to_socket_addrs()
+        .with_context(|| format!("{address:?} is not a reachable host:port"))?
+        .next()
+        .ok_or_else(|| anyhow!("{address:?} resolves to no address"))
+}
+
+impl TransformConfig for ValkeySinkClusterConfig {
+    fn name(&self) -> &'static str {
+        "ValkeySinkCluster"
+    }
+    fn is_terminating(&self) -> bool {
+        true
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Valkey]
+    }
+    fn validate(&self) -> Result<()> {
+        if self.first_contact_points.is_empty() {
+            return Err(anyhow!("first_contact_points: give at least one node"));
+        }
+        for (i, address) in self.first_contact_points.iter().enumerate() {
+            resolve(address).with_context(|| format!("first_contact_points[{i}]"))?;
+        }
+        if let Some(direct) = &self.direct_connection {
+            resolve(direct).context("direct_connection")?;
+        }
+        if self.connection_count == 0 {
+            return Err(anyhow!("connection_count: must be at least 1"));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(anyhow!("connect_timeout_ms: must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.build().context("tls")?;
+        }
+        Ok(())
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        let shared = Rc::new(Shared {
+            contact: self.first_contact_points.iter().map(|a| resolve(a)).collect::<Result<_>>()?,
+            direct: self.direct_connection.as_deref().map(resolve).transpose()?,
+            timeout: Duration::from_millis(self.connect_timeout_ms),
+            tls: self.tls.as_ref().map(|t| t.build()).transpose()?,
+            map: RefCell::new(SlotMap::default()),
+            failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkCluster", &ctx.chain_name]),
+        });
+        Ok(Box::new(ClusterBuilder(shared)))
+    }
+}
+
+/// What the connections of one core share: addresses, TLS and the slot map.
+struct Shared {
+    contact: Vec<SocketAddr>,
+    direct: Option<SocketAddr>,
+    timeout: Duration,
+    tls: Option<futures_rustls::TlsConnector>,
+    map: RefCell<SlotMap>,
+    failed_requests: IntCounter,
+}
+
+struct ClusterBuilder(Rc<Shared>);
+
+impl TransformBuilder for ClusterBuilder {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(ValkeySinkCluster { shared: self.0.clone(), conns: HashMap::new(), session: Vec::new() })
+    }
+}
+
+pub struct ValkeySinkCluster {
+    shared: Rc<Shared>,
+    conns: HashMap<SocketAddr, ValkeyConnection>,
+    /// HELLO and AUTH commands that succeeded, replayed on every new node connection so
+    /// that this client's credentials apply on every node it uses, and only for it.
+    session: Vec<Bytes>,
+}
+
+/// One request sent to one node.
+struct Sub {
+    node: SocketAddr,
+    raw: Bytes,
+    slot: Option<u16>,
+    reply: Result<Bytes, String>,
+}
+
+/// How the replies of a request's sub-requests become its response.
+enum Merge {
+    /// The one sub-request's reply.
+    Single,
+    /// Integers added up (DEL, EXISTS, UNLINK, TOUCH, DBSIZE).
+    Sum,
+    /// Arrays joined (KEYS).
+    Concat,
+    /// MGET: element `j` of the response is element `.1` of sub-request `.0`'s reply.
+    Mget(Vec<(usize, usize)>),
+    /// The first reply, unless any is an error (MSET, FLUSHALL, SCRIPT ...).
+    AllOk,
+    /// Answered by the proxy.
+    Error(String),
+}
+
+struct Plan {
+    subs: std::ops::Range<usize>,
+    merge: Merge,
+    session: bool,
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+fn command(parts: &[&[u8]]) -> Bytes {
+    let mut out = BytesMut::with_capacity(16 + parts.iter().map(|p| p.len() + 16).sum::<usize>());
+    out.put_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    for part in parts {
+        out.put_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.put_slice(part);
+        out.put_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
+fn is_error(raw: &[u8]) -> bool {
+    matches!(raw.first(), Some(b'-' | b'!'))
+}
+
+impl ValkeySinkCluster {
+    fn default_node(&self) -> Option<SocketAddr> {
+        let map = self.shared.map.borrow();
+        self.shared.direct.or_else(|| map.masters.first().copied()).or_else(|| self.shared.contact.first().copied())
+    }
+
+    fn node_for(&self, key: &[u8]) -> (Option<SocketAddr>, u16) {
+        let slot = slot(key);
+        (self.shared.map.borrow().master_of(slot), slot)
+    }
+
+    /// Splits one request into sub-requests (appended to `subs`).
+    fn plan(&self, request: &Message, subs: &mut Vec<Sub>) -> Plan {
+        let start = subs.len();
+        let Some(raw) = request.raw().cloned() else {
+            return Plan {
+                subs: start..start,
+                merge: Merge::Error("ERR shotover: cannot route a modified request".into()),
+                session: false,
+            };
+        };
+        let words = array_strings(&raw);
+        let name = words.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
+        let args = words.get(1..).unwrap_or_default();
+        let unsupported = |what: &str| Plan {
+            subs: start..start,
+            merge: Merge::Error(format!("ERR shotover: {what} is not supported by ValkeySinkCluster yet")),
+            session: false,
+        };
+        let push = |subs: &mut Vec<Sub>, node: Option<SocketAddr>, raw: Bytes, slot: Option<u16>| {
+            let reply = match node {
+                Some(_) => Err("not sent".to_string()),
+                None => Err("no node serves this slot".to_string()),
+            };
+            subs.push(Sub { node: node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), raw, slot, reply });
+        };
+        let merge = match name.as_slice() {
+            b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => return unsupported("a transaction"),
+            b"SCAN" => return unsupported("SCAN"),
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE"
+            | b"MONITOR" => return unsupported(&String::from_utf8_lossy(&name)),
+            b"MGET" if !args.is_empty() => {
+                let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
+                for (i, key) in args.iter().enumerate() {
+                    let s = slot(key);
+                    match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
+                        Some((_, keys)) => keys.push(i),
+                        None => by_slot.push((s, vec![i])),
+                    }
+                }
+                let mut positions = vec![(0, 0); args.len()];
+                for (group, (s, keys)) in by_slot.iter().enumerate() {
+                    let mut parts: Vec<&[u8]> = vec![b"MGET"];
+                    for (j, k) in keys.iter().enumerate() {
+                        parts.extend(args.get(*k).copied());
+                        if let Some(p) = positions.get_mut(*k) {
+                            *p = (start + group, j);
+                        }
+                    }
+                    let node = self.shared.map.borrow().master_of(*s);
+                    push(subs, node, command(&parts), Some(*s));
+                }
+                Merge::Mget(positions)
+            }
+            b"DEL" | b"EXISTS" | b"UNLINK" | b"TOUCH" if args.len() > 1 => {
+                let mut by_slot: Vec<(u16, Vec<&[u8]>)> = Vec::new();
+                for key in args {
+                    let s = slot(key);
+                    match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
+                        Some((_, keys)) => keys.push(key),
+                        None => by_slot.push((s, vec![key])),
+                    }
+                }
+                for (s, keys) in by_slot {
+                    let mut parts: Vec<&[u8]> = vec![&name];
+                    parts.extend(keys);
+                    let node = self.shared.map.borrow().master_of(s);
+                    push(subs, node, command(&parts), Some(s));
+                }
+                Merge::Sum
+            }
+            b"MSET" if args.len() >= 2 && args.len() % 2 == 0 => {
+                let mut by_slot: Vec<(u16, Vec<&[u8]>)> = Vec::new();
+                for pair in args.chunks(2) {
+                    let s = slot(pair[0]);
+                    match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
+                        Some((_, kv)) => kv.extend(pair),
+                        None => by_slot.push((s, pair.to_vec())),
+                    }
+                }
+                for (s, kv) in by_slot {
+                    let mut parts: Vec<&[u8]> = vec![b"MSET"];
+                    parts.extend(kv);
+                    let node = self.shared.map.borrow().master_of(s);
+                    push(subs, node, command(&parts), Some(s));
+                }
+                Merge::AllOk
+            }
+            b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"SCRIPT" => {
+                let masters = self.shared.map.borrow().masters.clone();
+                for node in masters {
+                    push(subs, Some(node), raw.clone(), None);
+                }
+                match name.as_slice() {
+                    b"DBSIZE" => Merge::Sum,
+                    b"KEYS" => Merge::Concat,
+                    _ => Merge::AllOk,
+                }
+            }
+            b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
+                let numkeys =
+                    args.get(1).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<usize>().ok());
+                match (numkeys, args.get(2)) {
+                    (Some(n), Some(key)) if n > 0 => {
+                        let (node, s) = self.node_for(key);
+                        push(subs, node, raw.clone(), Some(s));
+                    }
+                    _ => push(subs, self.default_node(), raw.clone(), None),
+                }
+                Merge::Single
+            }
+            b"AUTH" | b"HELLO" | b"PING" | b"ECHO" | b"INFO" | b"TIME" | b"COMMAND" | b"CLIENT" | b"CLUSTER"
+            | b"SELECT" | b"READONLY" | b"READWRITE" | b"RANDOMKEY" | b"LASTSAVE" | b"ROLE" => {
+                push(subs, self.default_node(), raw.clone(), None);
+                Merge::Single
+            }
+            _ => match args.first() {
+                Some(key) => {
+                    let (node, s) = self.node_for(key);
+                    push(subs, node, raw.clone(), Some(s));
+                    Merge::Single
+                }
+                None => {
+                    push(subs, self.default_node(), raw.clone(), None);
+                    Merge::Single
+                }
+            },
+        };
+        let session = matches!(name.as_slice(), b"AUTH" | b"HELLO");
+        Plan { subs: start..subs.len(), merge, session }
+    }
+
+    /// Connects to `node` if needed, replaying the client's session.
+    async fn connection(&mut self, node: SocketAddr) -> Result<&mut ValkeyConnection> {
+        if !self.conns.contains_key(&node) {
+            let tls = self.shared.tls.as_ref().map(|connector| node_tls(connector, node));
+            let mut conn = ValkeyConnection::connect(node, self.shared.timeout, tls.as_ref())
+                .await
+                .with_context(|| format!("cannot connect to cluster node {node}"))?;
+            for raw in &self.session {
+                conn.write_all(raw).await?;
+                let reply = conn.next().await?;
+                if is_error(&reply) {
+                    return Err(anyhow!(
+                        "node {node} refused the session: {}",
+                        String::from_utf8_lossy(&reply).trim_end()
+                    ));
+                }
+            }
+            self.conns.insert(node, conn);
+        }
+        self.conns.get_mut(&node).ok_or_else(|| anyhow!("no connection to {node}"))
+    }
+
+    /// Sends every pending sub-request: all writes first, then the replies node by node.
+    async fn run(&mut self, subs: &mut [Sub], pending: &[usize]) -> bool {
+        let mut nodes: Vec<SocketAddr> = Vec::new();
+        for &i in pending {
+            if let Some(sub) = subs.get(i) {
+                if sub.node.port() != 0 && !nodes.contains(&sub.node) {
+                    nodes.push(sub.node);
+                }
+            }
+        }
+        let mut broken = false;
+        let mut written = Vec::new();
+        for node in nodes {
+            let mut buf = BytesMut::new();
+            for &i in pending {
+                if let Some(sub) = subs.get(i).filter(|s| s.node == node) {
+                    buf.put_slice(&sub.raw);
+                }
+            }
+            let result = match self.connection(node).await {
+                Ok(conn) => conn.write_all(&buf).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => written.push(node),
+                Err(e) => {
+                    broken = true;
+                    self.conns.remove(&node);
+                    let reason = format!("{e:#}");
+                    for &i in pending {
+                        if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
+                            sub.reply = Err(reason.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for node in written {
+            for &i in pending {
+                if subs.get(i).is_none_or(|s| s.node != node) {
+                    continue;
+                }
+                let reply = match self.conns.get_mut(&node) {
+                    Some(conn) => conn.next().await.map_err(|e| format!("node {node}: {e}")),
+                    None => Err(format!("node {node}: connection lost")),
+                };
+                if reply.is_err() {
+                    broken = true;
+                    self.conns.remove(&node);
+                }
+                if let Some(sub) = subs.get_mut(i) {
+                    sub.reply = reply;
+                }
+            }
+        }
+        broken
+    }
+
+    /// Follows MOVED and ASK redirections, a few times at most.
+    async fn follow_redirections(&mut self, subs: &mut [Sub]) -> bool {
+        let mut moved = false;
+        for _ in 0..3 {
+            let mut pending = Vec::new();
+            for (i, sub) in subs.iter_mut().enumerate() {
+                let Ok(reply) = &sub.reply else { continue };
+                let text = String::from_utf8_lossy(reply);
+                let mut words = text.trim_end().split(' ');
+                let (kind, slot, addr) = (words.next(), words.next(), words.next());
+                let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) else { continue };
+                match kind {
+                    Some("-MOVED") => {
+                        if let Some(s) = slot.and_then(|s| s.parse::<u16>().ok()) {
+                            self.shared.map.borrow_mut().moved(s, addr);
+                        }
+                        moved = true;
+                        sub.node = addr;
+                        pending.push(i);
+                    }
+                    Some("-ASK") => {
+                        // ASKING applies to the next command only: send both together.
+                        let mut raw = BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
+                        raw.put_slice(&sub.raw);
+                        let asked = Sub { node: addr, raw: raw.freeze(), slot: sub.slot, reply: Err(String::new()) };
+                        let mut one = [asked];
+                        self.run(&mut one, &[0]).await;
+                        let [asked] = one;
+                        sub.reply = match asked.reply {
+                            Ok(ok) if ok.as_ref() == b"+OK\r\n" => match self.conns.get_mut(&addr) {
+                                Some(conn) => conn.next().await.map_err(|e| format!("node {addr}: {e}")),
+                                None => Err(format!("node {addr}: connection lost")),
+                            },
+                            other => other,
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            self.run(subs, &pending).await;
+        }
+        moved
+    }
+
+    async fn refresh_map(&mut self) {
+        let mut nodes = self.shared.map.borrow().masters.clone();
+        nodes.extend(self.shared.contact.iter().copied());
+        match fetch(&nodes, self.shared.timeout, self.shared.tls.as_ref(), &self.session).await {
+            Ok(map) => *self.shared.map.borrow_mut() = map,
+            Err(e) => tracing::warn!("cannot refresh the cluster slot map: {e:#}"),
+        }
+    }
+
+    fn merge(&self, request: &Message, plan: &Plan, subs: &[Sub]) -> Message {
+        let parts = subs.get(plan.subs.clone()).unwrap_or_default();
+        let error = |text: String| {
+            self.shared.failed_requests.inc();
+            Message::valkey_error_to(request, format!("ERR shotover: {text}"))
+        };
+        if let Merge::Error(text) = &plan.merge {
+            return Message::valkey_error_to(request, text.clone());
+        }
+        // A failed sub-request fails the request; a node's own error reply is passed on.
+        let mut replies = Vec::with_capacity(parts.len());
+        for sub in parts {
+            match &sub.reply {
+                Ok(raw) => replies.push(raw.clone()),
+                Err(reason) => return error(reason.clone()),
+            }
+        }
+        if let Some(err) = replies.iter().find(|r| is_error(r)).filter(|_| !matches!(plan.merge, Merge::Single)) {
+            return reply_message(request, err.clone());
+        }
+        match &plan.merge {
+            Merge::Single => match replies.into_iter().next() {
+                Some(raw) => reply_message(request, raw),
+                None => error("no reply".into()),
+            },
+            Merge::AllOk => match replies.into_iter().next() {
+                Some(raw) => reply_message(request, raw),
+                None => error("no node to send to".into()),
+            },
+            Merge::Sum => {
+                let total: i64 = replies.iter().filter_map(|r| parse(r).ok()).map(|(f, _)| number(&f)).sum();
+                reply_message(request, Bytes::from(format!(":{total}\r\n")))
+            }
+            Merge::Concat => {
+                let mut items = Vec::new();
+                for raw in &replies {
+                    if let Ok((ValkeyFrame::Array { data, .. }, _)) = parse(raw) {
+                        items.extend(data);
+                    }
+                }
+                frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
+            }
+            Merge::Mget(positions) => {
+                let arrays: Vec<Vec<ValkeyFrame>> = replies
+                    .iter()
+                    .map(|raw| match parse(raw) {
+                        Ok((ValkeyFrame::Array { data, .. }, _)) => data,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let items = positions
+                    .iter()
+                    .map(|(sub, j)| {
+                        arrays.get(sub - plan.subs.start).and_then(|a| a.get(*j)).cloned().unwrap_or(ValkeyFrame::Null)
+                    })
+                    .collect();
+                frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
+            }
+            Merge::Error(_) => error("unreachable".into()),
+        }
+    }
+}
+
+fn number(frame: &ValkeyFrame) -> i64 {
+    match frame {
+        ValkeyFrame::Number { data, .. } => *data,
+        _ => 0,
+    }
+}
+
+fn reply_message(request: &Message, raw: Bytes) -> Message {
+    let mut m = Message::from_bytes(raw, Protocol::Valkey, Instant::now());
+    m.set_request_id(request.id());
+    m
+}
+
+fn frame_message(request: &Message, frame: ValkeyFrame) -> Message {
+    Message::response_to(request, crate::message::Frame::Valkey(frame))
+}
+
+#[async_trait(?Send)]
+impl Transform for ValkeySinkCluster {
+    fn name(&self) -> &'static str {
+        "ValkeySinkCluster"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        let requests = std::mem::take(&mut state.requests);
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.shared.map.borrow().is_empty() {
+            self.refresh_map().await;
+        }
+        let mut subs = Vec::new();
+        let plans: Vec<Plan> = requests.iter().map(|r| self.plan(r, &mut subs)).collect();
+        let pending: Vec<usize> =
+            (0..subs.len()).filter(|&i| subs.get(i).is_some_and(|s| s.node.port() != 0)).collect();
+        let broken = self.run(&mut subs, &pending).await;
+        let moved = self.follow_redirections(&mut subs).await;
+        if broken || moved {
+            self.refresh_map().await;
+        }
+        let mut responses = Vec::with_capacity(requests.len());
+        for (request, plan) in requests.iter().zip(&plans) {
+            let response = self.merge(request, plan, &subs);
+            if plan.session && response.raw().is_some_and(|r| !is_error(r)) {
+                if let Some(raw) = request.raw() {
+                    self.session.push(raw.clone());
+                    // Other nodes learn the new session when they reconnect.
+                    let keep = subs.get(plan.subs.clone()).and_then(|s| s.first()).map(|s| s.node);
+                    self.conns.retain(|node, _| Some(*node) == keep);
+                }
+            }
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+}
