@@ -40,8 +40,8 @@ fn cross_slot_multi_key_and_node_wide_commands() {
     let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
     assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut c).unwrap(), 0);
     // Not supported yet: a clear error, never a hang.
-    let multi: RedisResult<Value> = redis::cmd("MULTI").query(&mut c);
-    assert!(multi.unwrap_err().to_string().contains("not supported by ValkeySinkCluster"));
+    let subscribe: RedisResult<Value> = redis::cmd("SUBSCRIBE").arg("ch").query(&mut c);
+    assert!(subscribe.unwrap_err().to_string().contains("not supported by ValkeySinkCluster"));
     assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
 }
 
@@ -99,4 +99,135 @@ fn moved_slots_are_followed() {
     let _: () = c.set("moving", "there").unwrap();
     assert_eq!(c.get::<_, String>("moving").unwrap(), "there");
     assert_eq!(target.get::<_, String>("moving").unwrap(), "there");
+}
+
+#[test]
+fn transactions_in_one_slot_and_a_clear_error_across_slots() {
+    let (_cluster, _shotover, port) = hiding_proxy();
+    let mut c = connect(port);
+    let (a, b): (i64, i64) =
+        redis::pipe().atomic().incr("{user7}.visits", 1).incr("{user7}.clicks", 5).query(&mut c).unwrap();
+    assert_eq!((a, b), (1, 5));
+    // WATCH: a change by another client aborts the transaction.
+    let mut other = connect(port);
+    let _: () = redis::cmd("WATCH").arg("{user7}.visits").query(&mut c).unwrap();
+    let _: () = other.set("{user7}.visits", 100).unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut c).unwrap();
+    let queued: String = redis::cmd("INCR").arg("{user7}.visits").query(&mut c).unwrap();
+    assert_eq!(queued, "QUEUED");
+    let exec: Value = redis::cmd("EXEC").query(&mut c).unwrap();
+    assert_eq!(exec, Value::Nil);
+    assert_eq!(c.get::<_, i64>("{user7}.visits").unwrap(), 100);
+    // Keys of two different nodes in one transaction: an error, then EXECABORT.
+    let _: () = redis::cmd("MULTI").query(&mut c).unwrap();
+    let mut saw_crossslot = false;
+    for i in 0..10 {
+        let r: RedisResult<String> = redis::cmd("SET").arg(format!("spread-{i}")).arg(1).query(&mut c);
+        saw_crossslot |= r.is_err_and(|e| e.to_string().to_lowercase().contains("crossslot"));
+    }
+    assert!(saw_crossslot);
+    let exec: RedisResult<Value> = redis::cmd("EXEC").query(&mut c);
+    assert!(exec.unwrap_err().to_string().to_lowercase().contains("execabort"));
+    assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+}
+
+#[test]
+fn scan_sees_every_key_of_the_cluster_exactly_once() {
+    let (_cluster, _shotover, port) = hiding_proxy();
+    let mut c = connect(port);
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        pipe.set(format!("scan-{i}"), i).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let mut cursor: u64 = 0;
+    let mut seen = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("scan-*").arg("COUNT").arg(50).query(&mut c).unwrap();
+        seen.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "no key twice");
+    assert_eq!(seen.len(), 300, "every key once");
+}
+
+#[test]
+fn acl_users_see_only_what_their_user_may_do() {
+    let (cluster, _shotover, port) = hiding_proxy();
+    for node in &cluster.nodes {
+        let (host, p) = node.rsplit_once(':').unwrap();
+        let mut n = redis::Client::open(format!("redis://{host}:{p}/")).unwrap().get_connection().unwrap();
+        for (user, pattern) in [("alice", "~alice:*"), ("bob", "~bob:*")] {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(user)
+                .arg("on")
+                .arg(">secret")
+                .arg(pattern)
+                .arg("+@all")
+                .query(&mut n)
+                .unwrap();
+        }
+    }
+    let mut alice = connect(port);
+    let mut bob = connect(port);
+    let _: () = redis::cmd("AUTH").arg("alice").arg("secret").query(&mut alice).unwrap();
+    let _: () = redis::cmd("AUTH").arg("bob").arg("secret").query(&mut bob).unwrap();
+    // A failed AUTH does not undo the successful one.
+    assert!(redis::cmd("AUTH").arg("bob").arg("wrong").query::<()>(&mut alice).is_err());
+    for i in 0..10 {
+        let _: () = alice.set(format!("alice:{i}"), i).unwrap();
+        let _: () = bob.set(format!("bob:{i}"), i).unwrap();
+        let denied: RedisResult<Option<String>> = alice.get(format!("bob:{i}"));
+        assert!(denied.unwrap_err().to_string().contains("NOPERM"));
+        let denied: RedisResult<()> = bob.set(format!("alice:{i}"), "x");
+        assert!(denied.unwrap_err().to_string().contains("NOPERM"));
+    }
+    // A third client, not authenticated, is the default user: it may do anything.
+    let mut anonymous = connect(port);
+    assert_eq!(anonymous.get::<_, i64>("alice:3").unwrap(), 3);
+}
+
+#[test]
+fn a_master_failover_recovers_without_restarting_the_proxy() {
+    let (cluster, _shotover, port) = hiding_proxy();
+    let mut c = connect(port);
+    for i in 0..30 {
+        let _: () = c.set(format!("fo-{i}"), i).unwrap();
+    }
+    // Kill the master of fo-0 (found from the first node's view of the cluster).
+    let first = &cluster.nodes[0];
+    let (host, p) = first.rsplit_once(':').unwrap();
+    let mut n = redis::Client::open(format!("redis://{host}:{p}/")).unwrap().get_connection().unwrap();
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg("fo-0").query(&mut n).unwrap();
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut n).unwrap();
+    let master_port = nodes
+        .lines()
+        .filter(|l| l.contains("master"))
+        .find(|l| {
+            l.split_whitespace().skip(8).any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                (a.parse::<i64>().unwrap_or(-1)..=b.parse::<i64>().unwrap_or(-1)).contains(&slot)
+            })
+        })
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|a| a.split('@').next())
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p.to_string())
+        .unwrap();
+    let _ = std::process::Command::new("valkey-cli").args(["-p", &master_port, "SHUTDOWN", "NOSAVE"]).output();
+    // Until a replica is promoted, requests to that master fail; afterwards they succeed
+    // through the same proxy, and so does every other key.
+    let recovered = wait_until(std::time::Duration::from_secs(40), || c.set::<_, _, ()>("fo-0", "again").is_ok());
+    assert!(recovered, "writes to the failed master's slots never recovered");
+    for i in 1..30 {
+        let _: () = c.set(format!("fo-{i}"), "after").unwrap();
+    }
 }

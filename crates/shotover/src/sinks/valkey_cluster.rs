@@ -9,9 +9,11 @@ use bytes::Bytes;
 use shotover_protocols::valkey::frame::parse;
 use shotover_protocols::valkey::ValkeyFrame;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const SLOTS: usize = 16384;
+/// The slot map is fetched again when it is this old, even without MOVED or errors.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 pub use shotover_protocols::valkey::command::key_slot as slot;
 
@@ -21,9 +23,15 @@ pub struct SlotMap {
     /// Index into `masters` per slot; `None` until known.
     slots: Vec<Option<u16>>,
     pub masters: Vec<SocketAddr>,
+    fetched_at: Option<Instant>,
 }
 
 impl SlotMap {
+    /// True when the map was fetched longer than [`REFRESH_EVERY`] ago.
+    pub fn is_stale(&self) -> bool {
+        self.fetched_at.is_some_and(|at| at.elapsed() > REFRESH_EVERY)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.masters.is_empty()
     }
@@ -58,7 +66,7 @@ impl SlotMap {
         let ValkeyFrame::Array { data: ranges, .. } = frame else {
             bail!("CLUSTER SLOTS did not answer with an array: {}", String::from_utf8_lossy(reply).trim_end());
         };
-        let mut map = SlotMap { slots: vec![None; SLOTS], masters: Vec::new() };
+        let mut map = SlotMap { slots: vec![None; SLOTS], masters: Vec::new(), fetched_at: Some(Instant::now()) };
         for range in ranges {
             let ValkeyFrame::Array { data: fields, .. } = range else { continue };
             let (Some(ValkeyFrame::Number { data: start, .. }), Some(ValkeyFrame::Number { data: end, .. })) =

@@ -132,7 +132,13 @@ struct ClusterBuilder(Rc<Shared>);
 
 impl TransformBuilder for ClusterBuilder {
     fn build(&self) -> Box<dyn Transform> {
-        Box::new(ValkeySinkCluster { shared: self.0.clone(), conns: HashMap::new(), session: Vec::new() })
+        Box::new(ValkeySinkCluster {
+            shared: self.0.clone(),
+            conns: HashMap::new(),
+            session: Vec::new(),
+            txn: None,
+            watch_node: None,
+        })
     }
 }
 
@@ -142,6 +148,22 @@ pub struct ValkeySinkCluster {
     /// HELLO and AUTH commands that succeeded, replayed on every new node connection so
     /// that this client's credentials apply on every node it uses, and only for it.
     session: Vec<Bytes>,
+    /// An open MULTI: commands go, in order, to the one node its keys live on.
+    txn: Option<Txn>,
+    /// The node of the keys under WATCH; a following MULTI must use it.
+    watch_node: Option<SocketAddr>,
+}
+
+/// A transaction in progress. It is opened on a node only with its first command, once the
+/// node is known from that command's key.
+struct Txn {
+    node: Option<SocketAddr>,
+    /// A command could not join the transaction: EXEC answers EXECABORT.
+    aborted: bool,
+}
+
+fn is_transaction_command(request: &Message) -> bool {
+    request.valkey_request().is_some_and(|v| v.is("MULTI") || v.is("WATCH"))
 }
 
 /// One request sent to one node.
@@ -164,6 +186,8 @@ enum Merge {
     Mget(Vec<(usize, usize)>),
     /// The first reply, unless any is an error (MSET, FLUSHALL, SCRIPT ...).
     AllOk,
+    /// SCAN on master `.0` of `.1`: the node's cursor is turned into a cluster-wide one.
+    Scan(usize, usize),
     /// Answered by the proxy.
     Error(String),
 }
@@ -227,8 +251,40 @@ impl ValkeySinkCluster {
             subs.push(Sub { node: node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), raw, slot, reply });
         };
         let merge = match name.as_slice() {
-            b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => return unsupported("a transaction"),
-            b"SCAN" => return unsupported("SCAN"),
+            b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
+                // Only reached when planning a batch without an open transaction.
+                return Plan {
+                    subs: start..start,
+                    merge: Merge::Error(format!("ERR {} without MULTI", String::from_utf8_lossy(&name))),
+                    session: false,
+                };
+            }
+            b"SCAN" => {
+                // Cluster cursor = node cursor << 8 | master index, masters in address order.
+                let cursor = args.first().and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok());
+                let Some(cursor) = cursor else {
+                    return Plan {
+                        subs: start..start,
+                        merge: Merge::Error("ERR invalid cursor".into()),
+                        session: false,
+                    };
+                };
+                let mut masters = self.shared.map.borrow().masters.clone();
+                masters.sort();
+                let index = (cursor & 0xff) as usize;
+                let Some(node) = masters.get(index).copied() else {
+                    return Plan {
+                        subs: start..start,
+                        merge: Merge::Error("ERR invalid cursor".into()),
+                        session: false,
+                    };
+                };
+                let node_cursor = (cursor >> 8).to_string();
+                let mut parts: Vec<&[u8]> = vec![b"SCAN", node_cursor.as_bytes()];
+                parts.extend(args.get(1..).unwrap_or_default());
+                push(subs, Some(node), command(&parts), None);
+                Merge::Scan(index, masters.len())
+            }
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE"
             | b"MONITOR" => return unsupported(&String::from_utf8_lossy(&name)),
             b"MGET" if !args.is_empty() => {
@@ -415,7 +471,11 @@ impl ValkeySinkCluster {
     /// Follows MOVED and ASK redirections, a few times at most.
     async fn follow_redirections(&mut self, subs: &mut [Sub]) -> bool {
         let mut moved = false;
-        for _ in 0..3 {
+        for round in 0..5 {
+            if round > 1 {
+                // A slot being moved can bounce between nodes for a moment: back off a little.
+                glommio::timer::sleep(Duration::from_millis(20 * round)).await;
+            }
             let mut pending = Vec::new();
             for (i, sub) in subs.iter_mut().enumerate() {
                 let Ok(reply) = &sub.reply else { continue };
@@ -457,6 +517,144 @@ impl ValkeySinkCluster {
             self.run(subs, &pending).await;
         }
         moved
+    }
+
+    /// Sends one command to one node and waits for its reply.
+    async fn send_one(&mut self, node: SocketAddr, raw: Bytes) -> Result<Bytes, String> {
+        let mut one = [Sub { node, raw, slot: None, reply: Err("not sent".into()) }];
+        if self.run(&mut one, &[0]).await {
+            self.refresh_map().await;
+        }
+        let [sub] = one;
+        sub.reply
+    }
+
+    /// The node a command's first key lives on, if it has one.
+    fn key_node(&self, request: &Message) -> Option<SocketAddr> {
+        let raw = request.raw()?;
+        let words = array_strings(raw);
+        let key = words.get(1)?;
+        self.shared.map.borrow().master_of(slot(key))
+    }
+
+    /// Runs one request while a transaction (or WATCH) is in progress.
+    async fn transaction_step(&mut self, request: &Message) -> Message {
+        let name = request.valkey_request().map(|v| v.name.to_ascii_uppercase()).unwrap_or_default();
+        let raw = request.raw().cloned().unwrap_or_default();
+        let shared = self.shared.clone();
+        let reply = |r: Result<Bytes, String>| match r {
+            Ok(raw) => reply_message(request, raw),
+            Err(e) => {
+                shared.failed_requests.inc();
+                Message::valkey_error_to(request, format!("ERR shotover: {e}"))
+            }
+        };
+        let local = |text: &'static [u8]| reply_message(request, Bytes::from_static(text));
+        match name.as_slice() {
+            b"WATCH" => {
+                let node = self.key_node(request);
+                match (node, self.watch_node) {
+                    (None, _) => local(b"-ERR shotover: WATCH needs a key whose slot is known\r\n"),
+                    (Some(n), Some(w)) if n != w => {
+                        local(b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+                    }
+                    (Some(n), _) => {
+                        self.watch_node = Some(n);
+                        reply(self.send_one(n, raw).await)
+                    }
+                }
+            }
+            b"UNWATCH" => match self.watch_node.take() {
+                Some(n) if self.txn.is_none() => reply(self.send_one(n, raw).await),
+                Some(n) => {
+                    self.watch_node = Some(n);
+                    self.txn_command(request, raw).await
+                }
+                None => local(b"+OK\r\n"),
+            },
+            b"MULTI" => {
+                if self.txn.is_some() {
+                    return local(b"-ERR MULTI calls can not be nested\r\n");
+                }
+                self.txn = Some(Txn { node: self.watch_node, aborted: false });
+                match self.watch_node {
+                    Some(n) => reply(self.send_one(n, raw).await),
+                    None => local(b"+OK\r\n"),
+                }
+            }
+            b"EXEC" | b"DISCARD" => {
+                let Some(txn) = self.txn.take() else {
+                    return Message::valkey_error_to(
+                        request,
+                        format!("ERR {} without MULTI", String::from_utf8_lossy(&name)),
+                    );
+                };
+                self.watch_node = None;
+                let exec = name.as_slice() == b"EXEC";
+                match (txn.node, txn.aborted) {
+                    (Some(n), true) => {
+                        let _ = self.send_one(n, Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")).await;
+                        local(if exec {
+                            b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                        } else {
+                            b"+OK\r\n"
+                        })
+                    }
+                    (Some(n), false) => reply(self.send_one(n, raw).await),
+                    (None, true) if exec => local(b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+                    (None, _) => local(if exec { b"*0\r\n" } else { b"+OK\r\n" }),
+                }
+            }
+            _ if self.txn.is_some() => self.txn_command(request, raw).await,
+            _ => {
+                let mut subs = Vec::new();
+                let plan = self.plan(request, &mut subs);
+                let pending: Vec<usize> =
+                    (0..subs.len()).filter(|&i| subs.get(i).is_some_and(|s| s.node.port() != 0)).collect();
+                let broken = self.run(&mut subs, &pending).await;
+                if self.follow_redirections(&mut subs).await || broken {
+                    self.refresh_map().await;
+                }
+                self.merge(request, &plan, &subs)
+            }
+        }
+    }
+
+    /// Queues a command in the open transaction, opening it on the command's node first.
+    async fn txn_command(&mut self, request: &Message, raw: Bytes) -> Message {
+        let target = self.key_node(request);
+        let pinned = self.txn.as_ref().and_then(|t| t.node);
+        let node = match (pinned, target) {
+            (Some(p), Some(t)) if p != t => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.aborted = true;
+                }
+                return Message::valkey_error_to(request, "CROSSSLOT Keys in request don't hash to the same slot");
+            }
+            (Some(p), _) => p,
+            (None, t) => {
+                let Some(node) = t.or_else(|| self.default_node()) else {
+                    return Message::valkey_error_to(request, "ERR shotover: no cluster node is known");
+                };
+                match self.send_one(node, Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")).await {
+                    Ok(ok) if !is_error(&ok) => {
+                        if let Some(txn) = self.txn.as_mut() {
+                            txn.node = Some(node);
+                        }
+                        node
+                    }
+                    Ok(err) => return reply_message(request, err),
+                    Err(e) => return Message::valkey_error_to(request, format!("ERR shotover: {e}")),
+                }
+            }
+        };
+        match self.send_one(node, raw).await {
+            Ok(raw) => reply_message(request, raw),
+            Err(e) => {
+                self.shared.failed_requests.inc();
+                Message::valkey_error_to(request, format!("ERR shotover: {e}"))
+            }
+        }
     }
 
     async fn refresh_map(&mut self) {
@@ -526,6 +724,25 @@ impl ValkeySinkCluster {
                     .collect();
                 frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
             }
+            Merge::Scan(index, masters) => {
+                let Some(Ok((ValkeyFrame::Array { data, .. }, _))) = replies.first().map(parse) else {
+                    return error("unexpected SCAN reply".into());
+                };
+                let next = match data.first() {
+                    Some(ValkeyFrame::BlobString { data, .. }) => {
+                        std::str::from_utf8(data).ok().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0)
+                    }
+                    _ => 0,
+                };
+                let cursor = match (next, index + 1 < *masters) {
+                    (0, true) => (*index + 1) as u64,
+                    (0, false) => 0,
+                    (n, _) => (n << 8) | *index as u64,
+                };
+                let keys = data.get(1).cloned().unwrap_or(ValkeyFrame::Array { data: Vec::new(), attributes: None });
+                let items = vec![shotover_protocols::valkey::frame::bulk(cursor.to_string()), keys];
+                frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
+            }
             Merge::Error(_) => error("unreachable".into()),
         }
     }
@@ -559,8 +776,16 @@ impl Transform for ValkeySinkCluster {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        if self.shared.map.borrow().is_empty() {
+        if self.shared.map.borrow().is_empty() || self.shared.map.borrow().is_stale() {
             self.refresh_map().await;
+        }
+        if self.txn.is_some() || self.watch_node.is_some() || requests.iter().any(is_transaction_command) {
+            // Transactions run one command at a time, pinned to the node of their keys.
+            let mut responses = Vec::with_capacity(requests.len());
+            for request in &requests {
+                responses.push(self.transaction_step(request).await);
+            }
+            return Ok(responses);
         }
         let mut subs = Vec::new();
         let plans: Vec<Plan> = requests.iter().map(|r| self.plan(r, &mut subs)).collect();
