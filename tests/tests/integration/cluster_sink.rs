@@ -231,3 +231,89 @@ fn a_master_failover_recovers_without_restarting_the_proxy() {
         let _: () = c.set(format!("fo-{i}"), "after").unwrap();
     }
 }
+
+#[test]
+fn resharding_during_traffic_shows_no_errors() {
+    let (cluster, _shotover, port) = hiding_proxy();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = connect(port);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let key = format!("reshard-{}", n % 500);
+                let _: () = c.set(&key, n).unwrap_or_else(|e| panic!("SET {key} during resharding: {e}"));
+                let got: u64 = c.get(&key).unwrap_or_else(|e| panic!("GET {key} during resharding: {e}"));
+                assert_eq!(got, n);
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Move 200 slots from the first master to the second with the cluster's own tooling.
+    let first = &cluster.nodes[0];
+    let (host, p) = first.rsplit_once(':').unwrap();
+    let mut n = redis::Client::open(format!("redis://{host}:{p}/")).unwrap().get_connection().unwrap();
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut n).unwrap();
+    let masters: Vec<String> = nodes
+        .lines()
+        .filter(|l| l.contains("master"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    let (status, out) = run_tool(
+        "valkey-cli",
+        &[
+            "--cluster",
+            "reshard",
+            first,
+            "--cluster-from",
+            &masters[0],
+            "--cluster-to",
+            &masters[1],
+            "--cluster-slots",
+            "200",
+            "--cluster-yes",
+        ],
+    );
+    assert!(status.success(), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let requests = traffic.join().expect("a client saw an error during resharding");
+    assert!(requests > 100, "{requests}");
+}
+
+#[test]
+fn handling_mode_sidecars_serve_cluster_aware_clients() {
+    let node_port = free_cluster_port();
+    let proxy_port = free_port();
+    let cluster = ValkeyCluster::start_on_six_ips(node_port);
+    let contacts: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let _proxies: Vec<Shotover> = (1..=6)
+        .map(|i| {
+            let topology = format!(
+                "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.{i}:{proxy_port}\"\n      chain:\n        - ValkeyClusterPortsRewrite:\n            new_port: {proxy_port}\n        - ValkeySinkCluster:\n            first_contact_points: [{}]\n            direct_connection: \"127.0.0.{i}:{node_port}\"\n",
+                contacts.join(", ")
+            );
+            let s = Shotover::builder(&topology).start().unwrap();
+            wait_until(std::time::Duration::from_secs(10), || {
+                std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), proxy_port)).is_ok()
+            });
+            s
+        })
+        .collect();
+    let port = proxy_port.to_string();
+    let (status, out) = run_tool(
+        "valkey-benchmark",
+        &["--cluster", "-h", "127.0.0.1", "-p", &port, "-c", "10", "-n", "3000", "-t", "set,get", "-q", "--csv"],
+    );
+    assert!(status.success() && out.contains("\"GET\""), "{out}");
+    assert_eq!(out.matches(&format!(":{port}")).count(), 3, "{out}");
+    let client = redis::cluster::ClusterClient::new(vec![format!("redis://127.0.0.1:{proxy_port}/")]).unwrap();
+    let mut c = client.get_connection().unwrap();
+    for i in 0..30 {
+        let _: () = c.set(format!("h-{i}"), i).unwrap();
+        assert_eq!(c.get::<_, i64>(format!("h-{i}")).unwrap(), i);
+    }
+}
