@@ -527,10 +527,23 @@ impl ValkeyCluster {
         Self::start(port, &ips)
     }
 
+    /// Every node on 127.0.0.1, speaking only TLS with `certs`' server certificate.
+    pub fn start_tls_on_one_ip(port: u16, certs: &Certs) -> Self {
+        Self::start_with(port, &["127.0.0.1".to_string()], Some(certs))
+    }
+
     fn start(port: u16, ips: &[String]) -> Self {
+        Self::start_with(port, ips, None)
+    }
+
+    fn start_with(port: u16, ips: &[String], tls: Option<&Certs>) -> Self {
         let dir = TempDir::new("cluster");
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-        let out = Command::new(root.join("scripts/valkey-cluster"))
+        let mut script = Command::new(root.join("scripts/valkey-cluster"));
+        if let Some(certs) = tls {
+            script.env("VALKEY_TLS_DIR", &certs.dir.0);
+        }
+        let out = script
             .arg(&dir.0)
             .arg(port.to_string())
             .args(ips)

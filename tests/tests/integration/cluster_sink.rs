@@ -317,3 +317,24 @@ fn handling_mode_sidecars_serve_cluster_aware_clients() {
         assert_eq!(c.get::<_, i64>(format!("h-{i}")).unwrap(), i);
     }
 }
+
+#[test]
+fn tls_cluster() {
+    let certs = Certs::generate();
+    let cluster = ValkeyCluster::start_tls_on_one_ip(free_cluster_port_range(), &certs);
+    let port = free_port();
+    let contacts: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let chain = format!(
+        "        - ValkeySinkCluster:\n            first_contact_points: [{}]\n            tls:\n              certificate_authority_path: \"{}\"\n",
+        contacts.join(", "),
+        certs.path("ca.crt")
+    );
+    let _shotover = Shotover::start(&valkey_topology(port, &chain), port);
+    let mut c = connect(port);
+    let pairs: Vec<(String, i64)> = (0..30).map(|i| (format!("tls-{i}"), i)).collect();
+    let _: () = c.mset(&pairs).unwrap();
+    let keys: Vec<&String> = pairs.iter().map(|(k, _)| k).collect();
+    let values: Vec<i64> = c.mget(&keys).unwrap();
+    assert_eq!(values, (0..30).collect::<Vec<_>>());
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut c).unwrap(), 30);
+}
