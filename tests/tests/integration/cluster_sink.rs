@@ -338,3 +338,41 @@ fn tls_cluster() {
     assert_eq!(values, (0..30).collect::<Vec<_>>());
     assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut c).unwrap(), 30);
 }
+
+#[test]
+fn connection_count_bounds_the_connections_to_each_node() {
+    let cluster = ValkeyCluster::start_on_one_ip(free_cluster_port_range());
+    let port = free_port();
+    let contacts: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let chain = format!(
+        "        - ValkeySinkCluster:\n            first_contact_points: [{}]\n            connection_count: 2\n",
+        contacts.join(", ")
+    );
+    // One worker core: at most 2 connections per node from the proxy.
+    let _shotover = Shotover::builder(&valkey_topology(port, &chain))
+        .arg("--worker-cores")
+        .arg("0")
+        .wait_for(port)
+        .start()
+        .unwrap();
+    let p = port.to_string();
+    let load = std::thread::spawn(move || {
+        run_tool("valkey-benchmark", &["-p", &p, "-c", "20", "-n", "30000", "-t", "set,get", "-q", "--csv"])
+    });
+    let mut most = 0;
+    while !load.is_finished() {
+        for node in &cluster.nodes {
+            let (host, np) = node.rsplit_once(':').unwrap();
+            let (_, list) = run_tool("valkey-cli", &["-h", host, "-p", np, "CLIENT", "LIST", "TYPE", "normal"]);
+            // Our own valkey-cli connection is the one running CLIENT LIST.
+            let proxy_connections = list.lines().filter(|l| !l.contains("cmd=client|list")).count();
+            most = most.max(proxy_connections);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, out) = load.join().unwrap();
+    assert!(status.success() && out.contains("\"GET\""), "{out}");
+    assert!(most >= 1, "the sampling saw no proxy connection");
+    // Two pooled connections, plus at most one short-lived slot-map fetch.
+    assert!(most <= 3, "{most} connections from the proxy to one node");
+}

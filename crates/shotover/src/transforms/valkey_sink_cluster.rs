@@ -26,6 +26,7 @@ use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
+use glommio::sync::{Semaphore, StaticPermit};
 use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::valkey::command::array_strings;
@@ -46,8 +47,9 @@ pub struct ValkeySinkClusterConfig {
     /// `direct_destination`.
     #[serde(default, alias = "direct_destination")]
     pub direct_connection: Option<String>,
-    /// Connections per node. Default 1. (Each client connection currently has its own
-    /// connection to each node it uses.)
+    /// Connections per node in each worker core's shared pool. Default 1. Clients that
+    /// change connection state (AUTH, HELLO, SELECT, CLIENT, transactions, blocking
+    /// commands) get connections of their own instead.
     #[serde(default = "one")]
     pub connection_count: usize,
     /// Milliseconds to wait for a connection to a node. Default 3000.
@@ -112,6 +114,8 @@ impl TransformConfig for ValkeySinkClusterConfig {
             timeout: Duration::from_millis(self.connect_timeout_ms),
             tls: self.tls.as_ref().map(|t| t.build()).transpose()?,
             map: RefCell::new(SlotMap::default()),
+            connection_count: self.connection_count,
+            pools: RefCell::new(HashMap::new()),
             failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkCluster", &ctx.chain_name]),
         });
         Ok(Box::new(ClusterBuilder(shared)))
@@ -125,7 +129,54 @@ struct Shared {
     timeout: Duration,
     tls: Option<futures_rustls::TlsConnector>,
     map: RefCell<SlotMap>,
+    /// Connections per node in each pool.
+    connection_count: usize,
+    /// Per node: the core's shared connections, lent to one client batch at a time.
+    pools: RefCell<HashMap<SocketAddr, NodePool>>,
     failed_requests: IntCounter,
+}
+
+/// A node's shared connections on one core. A batch holds a permit while it uses one, so
+/// there are never more than `connection_count` in use (or idle) per node and core.
+struct NodePool {
+    permits: Rc<Semaphore>,
+    idle: Vec<ValkeyConnection>,
+}
+
+/// Commands that change or depend on the state of their connection: a client that sends one
+/// gets connections of its own from then on, so that no state leaks between clients through
+/// the shared pool (and no blocking command holds a shared connection).
+fn is_stateful(request: &Message) -> bool {
+    const STATEFUL: &[&str] = &[
+        "AUTH",
+        "HELLO",
+        "SELECT",
+        "CLIENT",
+        "READONLY",
+        "READWRITE",
+        "RESET",
+        "MULTI",
+        "WATCH",
+        "BLPOP",
+        "BRPOP",
+        "BLMOVE",
+        "BRPOPLPUSH",
+        "BLMPOP",
+        "BZPOPMIN",
+        "BZPOPMAX",
+        "BZMPOP",
+        "XREAD",
+        "XREADGROUP",
+        "WAIT",
+        "WAITAOF",
+    ];
+    let Some(view) = request.valkey_request() else { return true };
+    if view.is("CLIENT") {
+        // CLIENT SETINFO only labels the connection (drivers send it on connect).
+        let sub = request.raw().and_then(|raw| array_strings(raw).get(1).map(|s| s.to_ascii_uppercase()));
+        return sub.as_deref() != Some(b"SETINFO");
+    }
+    STATEFUL.iter().any(|name| view.is(name))
 }
 
 struct ClusterBuilder(Rc<Shared>);
@@ -138,6 +189,8 @@ impl TransformBuilder for ClusterBuilder {
             session: Vec::new(),
             txn: None,
             watch_node: None,
+            dedicated: false,
+            borrowed: Vec::new(),
         })
     }
 }
@@ -152,6 +205,10 @@ pub struct ValkeySinkCluster {
     txn: Option<Txn>,
     /// The node of the keys under WATCH; a following MULTI must use it.
     watch_node: Option<SocketAddr>,
+    /// Once true, this client uses connections of its own instead of the core's pool.
+    dedicated: bool,
+    /// Pool permits held for the batch in flight.
+    borrowed: Vec<(SocketAddr, StaticPermit)>,
 }
 
 /// A transaction in progress. It is opened on a node only with its first command, once the
@@ -519,6 +576,39 @@ impl ValkeySinkCluster {
         moved
     }
 
+    /// Borrows a pooled connection to each of `nodes` (waiting for a free one).
+    async fn checkout(&mut self, nodes: &[SocketAddr]) {
+        for node in nodes {
+            let permits = {
+                let mut pools = self.shared.pools.borrow_mut();
+                let pool = pools.entry(*node).or_insert_with(|| NodePool {
+                    permits: Rc::new(Semaphore::new(self.shared.connection_count as u64)),
+                    idle: Vec::new(),
+                });
+                pool.permits.clone()
+            };
+            let Ok(permit) = permits.acquire_static_permit(1).await else { continue };
+            let idle = self.shared.pools.borrow_mut().get_mut(node).and_then(|p| p.idle.pop());
+            if let Some(conn) = idle {
+                self.conns.insert(*node, conn);
+            }
+            self.borrowed.push((*node, permit));
+        }
+    }
+
+    /// Gives the borrowed connections back (healthy ones only) and releases the permits.
+    fn give_back(&mut self) {
+        let mut pools = self.shared.pools.borrow_mut();
+        for (node, conn) in self.conns.drain() {
+            if let Some(pool) = pools.get_mut(&node) {
+                if pool.idle.len() < self.shared.connection_count {
+                    pool.idle.push(conn);
+                }
+            }
+        }
+        self.borrowed.clear();
+    }
+
     /// Sends one command to one node and waits for its reply.
     async fn send_one(&mut self, node: SocketAddr, raw: Bytes) -> Result<Bytes, String> {
         let mut one = [Sub { node, raw, slot: None, reply: Err("not sent".into()) }];
@@ -780,6 +870,7 @@ impl Transform for ValkeySinkCluster {
             self.refresh_map().await;
         }
         if self.txn.is_some() || self.watch_node.is_some() || requests.iter().any(is_transaction_command) {
+            self.dedicated = true;
             // Transactions run one command at a time, pinned to the node of their keys.
             let mut responses = Vec::with_capacity(requests.len());
             for request in &requests {
@@ -791,8 +882,21 @@ impl Transform for ValkeySinkCluster {
         let plans: Vec<Plan> = requests.iter().map(|r| self.plan(r, &mut subs)).collect();
         let pending: Vec<usize> =
             (0..subs.len()).filter(|&i| subs.get(i).is_some_and(|s| s.node.port() != 0)).collect();
+        if !self.dedicated && requests.iter().any(is_stateful) {
+            self.dedicated = true;
+        }
+        let pooled = !self.dedicated;
+        if pooled {
+            let mut nodes: Vec<SocketAddr> = pending.iter().filter_map(|&i| subs.get(i).map(|s| s.node)).collect();
+            nodes.sort();
+            nodes.dedup();
+            self.checkout(&nodes).await;
+        }
         let broken = self.run(&mut subs, &pending).await;
         let moved = self.follow_redirections(&mut subs).await;
+        if pooled {
+            self.give_back();
+        }
         if broken || moved {
             self.refresh_map().await;
         }
