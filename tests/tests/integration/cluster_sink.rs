@@ -43,6 +43,15 @@ fn cross_slot_multi_key_and_node_wide_commands() {
     let subscribe: RedisResult<Value> = redis::cmd("SUBSCRIBE").arg("ch").query(&mut c);
     assert!(subscribe.unwrap_err().to_string().contains("not supported by ValkeySinkCluster"));
     assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+    // Scripts are loaded on every master, so EVALSHA works for keys on any of them.
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg("return redis.call('GET', KEYS[1])").query(&mut c).unwrap();
+    let exists: Vec<i64> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).arg("0000").query(&mut c).unwrap();
+    assert_eq!(exists, vec![1, 0]);
+    for i in 0..10 {
+        let _: () = c.set(format!("lua-{i}"), i).unwrap();
+        let got: i64 = redis::cmd("EVALSHA").arg(&sha).arg(1).arg(format!("lua-{i}")).query(&mut c).unwrap();
+        assert_eq!(got, i);
+    }
 }
 
 #[test]

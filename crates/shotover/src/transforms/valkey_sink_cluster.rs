@@ -239,6 +239,9 @@ enum Merge {
     Sum,
     /// Arrays joined (KEYS).
     Concat,
+    /// Arrays of 0/1 combined element by element: 1 only where every node says 1
+    /// (SCRIPT EXISTS: a script is usable only if every master has it).
+    AllOf,
     /// MGET: element `j` of the response is element `.1` of sub-request `.0`'s reply.
     Mget(Vec<(usize, usize)>),
     /// The first reply, unless any is an error (MSET, FLUSHALL, SCRIPT ...).
@@ -406,9 +409,11 @@ impl ValkeySinkCluster {
                 for node in masters {
                     push(subs, Some(node), raw.clone(), None);
                 }
+                let exists = args.first().is_some_and(|sub| sub.eq_ignore_ascii_case(b"EXISTS"));
                 match name.as_slice() {
                     b"DBSIZE" => Merge::Sum,
                     b"KEYS" => Merge::Concat,
+                    b"SCRIPT" if exists => Merge::AllOf,
                     _ => Merge::AllOk,
                 }
             }
@@ -796,6 +801,23 @@ impl ValkeySinkCluster {
                         items.extend(data);
                     }
                 }
+                frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
+            }
+            Merge::AllOf => {
+                let mut combined: Option<Vec<i64>> = None;
+                for raw in &replies {
+                    let Ok((ValkeyFrame::Array { data, .. }, _)) = parse(raw) else { continue };
+                    let flags: Vec<i64> = data.iter().map(number).collect();
+                    combined = Some(match combined {
+                        None => flags,
+                        Some(acc) => acc.iter().zip(&flags).map(|(a, b)| (*a).min(*b)).collect(),
+                    });
+                }
+                let items = combined
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| ValkeyFrame::Number { data: n, attributes: None })
+                    .collect();
                 frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
             }
             Merge::Mget(positions) => {
