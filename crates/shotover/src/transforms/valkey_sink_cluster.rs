@@ -831,7 +831,11 @@ impl ValkeySinkCluster {
                 let items = positions
                     .iter()
                     .map(|(sub, j)| {
-                        arrays.get(sub - plan.subs.start).and_then(|a| a.get(*j)).cloned().unwrap_or(ValkeyFrame::Null)
+                        sub.checked_sub(plan.subs.start)
+                            .and_then(|k| arrays.get(k))
+                            .and_then(|a| a.get(*j))
+                            .cloned()
+                            .unwrap_or(ValkeyFrame::Null)
                     })
                     .collect();
                 frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
