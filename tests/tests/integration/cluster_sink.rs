@@ -236,6 +236,8 @@ fn a_master_failover_recovers_without_restarting_the_proxy() {
     // through the same proxy, and so does every other key.
     let recovered = wait_until(std::time::Duration::from_secs(40), || c.set::<_, _, ()>("fo-0", "again").is_ok());
     assert!(recovered, "writes to the failed master's slots never recovered");
+    // Give the other nodes a moment to learn of the promotion too.
+    std::thread::sleep(std::time::Duration::from_secs(1));
     for i in 1..30 {
         let _: () = c.set(format!("fo-{i}"), "after").unwrap();
     }

@@ -229,6 +229,8 @@ struct Sub {
     raw: Bytes,
     slot: Option<u16>,
     reply: Result<Bytes, String>,
+    /// Written to its node: only a sub-request never sent may be retried elsewhere.
+    sent: bool,
 }
 
 /// How the replies of a request's sub-requests become its response.
@@ -308,7 +310,7 @@ impl ValkeySinkCluster {
                 Some(_) => Err("not sent".to_string()),
                 None => Err("no node serves this slot".to_string()),
             };
-            subs.push(Sub { node: node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), raw, slot, reply });
+            subs.push(Sub { node: node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), raw, slot, reply, sent: false });
         };
         let merge = match name.as_slice() {
             b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
@@ -496,7 +498,14 @@ impl ValkeySinkCluster {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => written.push(node),
+                Ok(()) => {
+                    for &i in pending {
+                        if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
+                            sub.sent = true;
+                        }
+                    }
+                    written.push(node)
+                }
                 Err(e) => {
                     broken = true;
                     self.conns.remove(&node);
@@ -558,7 +567,13 @@ impl ValkeySinkCluster {
                         // ASKING applies to the next command only: send both together.
                         let mut raw = BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
                         raw.put_slice(&sub.raw);
-                        let asked = Sub { node: addr, raw: raw.freeze(), slot: sub.slot, reply: Err(String::new()) };
+                        let asked = Sub {
+                            node: addr,
+                            raw: raw.freeze(),
+                            slot: sub.slot,
+                            reply: Err(String::new()),
+                            sent: false,
+                        };
                         let mut one = [asked];
                         self.run(&mut one, &[0]).await;
                         let [asked] = one;
@@ -616,7 +631,7 @@ impl ValkeySinkCluster {
 
     /// Sends one command to one node and waits for its reply.
     async fn send_one(&mut self, node: SocketAddr, raw: Bytes) -> Result<Bytes, String> {
-        let mut one = [Sub { node, raw, slot: None, reply: Err("not sent".into()) }];
+        let mut one = [Sub { node, raw, slot: None, reply: Err("not sent".into()), sent: false }];
         if self.run(&mut one, &[0]).await {
             self.refresh_map().await;
         }
@@ -920,10 +935,31 @@ impl Transform for ValkeySinkCluster {
         }
         let broken = self.run(&mut subs, &pending).await;
         let moved = self.follow_redirections(&mut subs).await;
+        if broken {
+            // A node could not be reached (after a failover, say): ask the cluster again and
+            // send what never left the proxy to its slot's current master.
+            self.refresh_map().await;
+            let retry: Vec<usize> = (0..subs.len())
+                .filter(|&i| {
+                    let Some(sub) = subs.get_mut(i) else { return false };
+                    let current = sub.slot.and_then(|s| self.shared.map.borrow().master_of(s));
+                    match current {
+                        Some(node) if sub.reply.is_err() && !sub.sent && node != sub.node => {
+                            sub.node = node;
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+                .collect();
+            if !retry.is_empty() {
+                self.run(&mut subs, &retry).await;
+            }
+        }
         if pooled {
             self.give_back();
         }
-        if broken || moved {
+        if moved {
             self.refresh_map().await;
         }
         let mut responses = Vec::with_capacity(requests.len());
