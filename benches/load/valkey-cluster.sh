@@ -11,7 +11,8 @@ cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-50}
 REQUESTS=${REQUESTS:-100000}
 REPS=${REPS:-3}
-cargo build --release -p shotover-proxy >/dev/null 2>&1 || cargo build --release -p shotover-proxy
+source benches/load/common.sh
+build_release
 BIN=target/release/shotover-proxy
 WORK=$(mktemp -d)
 PIDS=()
@@ -22,8 +23,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
 
 BASE=${BASE:-17100}
 scripts/valkey-cluster "$WORK/cluster" "$BASE" >/dev/null

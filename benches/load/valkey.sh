@@ -21,7 +21,8 @@ PIPELINES=${PIPELINES:-"1 16"}
 for tool in valkey-server valkey-benchmark haproxy nutcracker; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/install-deps" >&2; exit 1; }
 done
-cargo build --release -p shotover-proxy >/dev/null 2>&1 || cargo build --release -p shotover-proxy
+source benches/load/common.sh
+build_release
 BIN=target/release/shotover-proxy
 
 WORK=$(mktemp -d)
@@ -33,13 +34,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on $1" >&2; exit 1
-}
 
 VALKEY=$(free_port)
 taskset -c 0 valkey-server --port "$VALKEY" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &

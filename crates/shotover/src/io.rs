@@ -267,9 +267,4 @@ impl ReadBuffer {
             ready
         })
     }
-
-    /// Reads once, waiting for data.
-    pub async fn fill(&mut self, stream: &mut Stream, mode: ReadMode) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(stream, cx, mode)).await
-    }
 }

@@ -150,6 +150,12 @@ pub fn encode(frame: &ValkeyFrame, version: RespVersion, out: &mut BytesMut) -> 
     result.map(|_| ()).map_err(|e| ValkeyCodecError::Parse(e.details().to_string()))
 }
 
+/// True for a whole reply that is an error (`-ERR ...` or a RESP3 blob error), read from its
+/// first byte without parsing.
+pub fn is_error_reply(raw: &[u8]) -> bool {
+    matches!(raw.first(), Some(b'-' | b'!'))
+}
+
 /// An error reply, `-ERR ...` style. `message` should start with an error code such as `ERR`.
 pub fn error(message: impl Into<String>) -> ValkeyFrame {
     BytesFrame::SimpleError { data: message.into().into(), attributes: None }

@@ -9,6 +9,7 @@ use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use shotover_protocols::valkey::command::{request_args, RequestView};
+use shotover_protocols::valkey::frame::is_error_reply;
 use shotover_protocols::valkey::framing::Scanner;
 use shotover_protocols::valkey::RespVersion;
 use std::future::{poll_fn, Future};
@@ -203,7 +204,7 @@ async fn run_chain(state: &mut ClientState, chain: &mut Chain, batch: Vec<Messag
         Ok(mut responses) => {
             state.sink_read_at = responses.iter().find_map(|r| r.received_at());
             for (i, version) in switches {
-                if responses.get(i).and_then(|r| r.raw()).is_some_and(|r| !matches!(r.first(), Some(b'-' | b'!'))) {
+                if responses.get(i).and_then(|r| r.raw()).is_some_and(|r| !is_error_reply(r)) {
                     state.resp = version;
                 }
             }

@@ -30,6 +30,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::valkey::command::array_strings;
+use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use shotover_protocols::valkey::frame::parse;
 use shotover_protocols::valkey::ValkeyFrame;
 use std::cell::RefCell;
@@ -272,10 +273,6 @@ fn command(parts: &[&[u8]]) -> Bytes {
     out.freeze()
 }
 
-fn is_error(raw: &[u8]) -> bool {
-    matches!(raw.first(), Some(b'-' | b'!'))
-}
-
 impl ValkeySinkCluster {
     fn default_node(&self) -> Option<SocketAddr> {
         let map = self.shared.map.borrow();
@@ -392,7 +389,8 @@ impl ValkeySinkCluster {
             b"MSET" if args.len() >= 2 && args.len() % 2 == 0 => {
                 let mut by_slot: Vec<(u16, Vec<&[u8]>)> = Vec::new();
                 for pair in args.chunks(2) {
-                    let s = slot(pair[0]);
+                    let Some(key) = pair.first() else { continue };
+                    let s = slot(key);
                     match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
                         Some((_, kv)) => kv.extend(pair),
                         None => by_slot.push((s, pair.to_vec())),

@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter};
 use serde::Deserialize;
 use shotover_protocols::valkey::command::{array_strings, request_args, RequestView};
+use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::collections::{HashSet, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::task::{Context, Poll};
@@ -224,10 +225,6 @@ fn plan(request: &Message) -> Plan {
         }
     }
     Plan::Send
-}
-
-fn is_error(raw: &[u8]) -> bool {
-    matches!(raw.first(), Some(b'-' | b'!'))
 }
 
 impl ValkeySinkSingle {
