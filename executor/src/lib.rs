@@ -3,16 +3,21 @@
 //! - [`cores`]: CPU lists such as `0-3,6` for `--worker-cores`.
 //! - [`listener`]: SO_REUSEPORT listeners, one per source per worker core, bound up front so
 //!   that a port held by another process is a startup error rather than silent sharing.
+//! - [`control`]: the control core's thread, which runs global periodic jobs.
+//! - [`hotreload`]: hands listening sockets to a new instance over a unix socket.
 //! - [`shutdown`]: a per-core signal that tells connection tasks to finish and close.
 //! - [`runtime`]: starts one pinned glommio executor per worker CPU and runs the per-core
 //!   factory it is given; [`runtime::wait_for_signal`] blocks the main thread on SIGTERM/SIGINT.
 //!
 //! Start at [`runtime::Workers::start`].
 
+pub mod control;
 pub mod cores;
+pub mod hotreload;
 pub mod listener;
 pub mod runtime;
 pub mod shutdown;
 
-pub use runtime::{RuntimeConfig, WorkerContext, WorkerFactory, Workers};
-pub use shutdown::{Shutdown, ShutdownHandle};
+pub use control::ControlHandle;
+pub use runtime::{RuntimeConfig, WorkerCommands, WorkerContext, WorkerFactory, Workers};
+pub use shutdown::{AcceptGate, AcceptState, Shutdown, ShutdownHandle, ShutdownKind};

@@ -24,17 +24,24 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> Result<(SocketAddr, Vec
         let local = probe.local_addr()?.as_socket().context("listener has no IP address")?;
         addr.set_port(local.port());
     }
-    let mut fds = Vec::with_capacity(count);
     // The probe is dropped only after the first real listener holds the port, so no other
     // process can take it in between.
+    let fds = bind_more(addr, count)?;
+    drop(probe);
+    Ok((addr, fds))
+}
+
+/// Binds `count` more SO_REUSEPORT listeners on `addr`, which this process (or the instance
+/// it hot-reloaded from) already listens on, joining the same group.
+pub fn bind_more(addr: SocketAddr, count: usize) -> Result<Vec<OwnedFd>> {
+    let mut fds = Vec::with_capacity(count);
     for _ in 0..count {
         let socket = new_socket(addr, true)?;
         socket.bind(&addr.into()).with_context(|| format!("cannot listen on {addr}"))?;
         socket.listen(BACKLOG).with_context(|| format!("cannot listen on {addr}"))?;
         fds.push(socket.into());
     }
-    drop(probe);
-    Ok((addr, fds))
+    Ok(fds)
 }
 
 fn new_socket(addr: SocketAddr, reuseport: bool) -> Result<Socket> {

@@ -1,23 +1,28 @@
 //! Worker cores and the main thread's signal wait.
 //!
 //! Each worker CPU runs one pinned glommio `LocalExecutor`. It receives its own listening
-//! sockets (one per source) and runs the per-core factory with them. The main thread keeps
-//! nothing on the data path: it waits for SIGTERM/SIGINT and then raises a stop flag that
-//! every worker polls on a timer, so no worker ever blocks on a channel.
+//! sockets and runs the per-core factory with them. The main thread keeps nothing on the
+//! data path: it changes a few shared atomics ([`Workers::stop`], [`Workers::pause_accepting`],
+//! [`Workers::shutdown_gradually`] …) and every worker looks at them on a timer, so no
+//! worker ever blocks on a channel.
 
 use crate::listener::into_glommio;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{AcceptGate, AcceptState, Shutdown};
 use anyhow::{anyhow, Context, Result};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often a worker looks at the stop flag.
-const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often a worker looks at the shared commands.
+const COMMAND_POLL: Duration = Duration::from_millis(20);
+/// How long a core waits, after shutdown starts, for its connections to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Gradual shutdown closes a chunk of connections this often.
+pub const CHUNK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How the workers are laid out.
 #[derive(Debug, Clone)]
@@ -43,22 +48,45 @@ pub struct WorkerContext {
     pub core: usize,
     /// The CPU it is pinned to, if any.
     pub cpu: Option<usize>,
-    /// One listener per source, in the order the sources were bound.
-    pub listeners: Vec<glommio::net::TcpListener>,
-    /// Triggered when the process is asked to stop.
+    /// This core's listeners, each with the index of its source. A source may have several
+    /// on one core (after a hot reload from an instance with more cores).
+    pub listeners: Vec<(usize, glommio::net::TcpListener)>,
+    /// Asks the core's connections to drain or close.
     pub shutdown: Shutdown,
+    /// Whether the core's accept loops accept.
+    pub accept: AcceptGate,
+    ready: Arc<AtomicUsize>,
+}
+
+impl WorkerContext {
+    /// Says that this core is fully set up (chains built, accept loops running).
+    pub fn ready(&self) {
+        self.ready.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// Builds a worker's main future. Called once on each worker thread; the future should stop
-/// accepting when `shutdown` triggers, drain, and return.
+/// accepting when `accept` closes, wait for its connections, and return.
 pub type WorkerFactory = Arc<dyn Fn(WorkerContext) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
+
+/// What the main thread asks of every worker; each looks every [`COMMAND_POLL`].
+#[derive(Default)]
+struct Commands {
+    /// Drain everything and stop (SIGTERM/SIGINT).
+    stop: AtomicBool,
+    /// 0 accepting, 1 paused, 2 closed.
+    accept: AtomicU8,
+    /// Non-zero: close every connection over this many milliseconds.
+    gradual_ms: AtomicU64,
+}
 
 /// The running worker threads.
 pub struct Workers {
     handles: Vec<ExecutorJoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    commands: Arc<Commands>,
     /// Workers still running; each decrements on exit, panics included.
     running: Arc<AtomicUsize>,
+    ready: Arc<AtomicUsize>,
 }
 
 /// Decrements the running count when a worker thread ends, however it ends.
@@ -71,10 +99,16 @@ impl Drop for Running {
 }
 
 impl Workers {
-    /// Starts one executor per entry of `config.worker_cpus`; `listeners[core][source]`.
-    pub fn start(config: &RuntimeConfig, listeners: Vec<Vec<OwnedFd>>, factory: WorkerFactory) -> Result<Workers> {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Starts one executor per entry of `config.worker_cpus`; `listeners[core]` holds that
+    /// core's (source index, fd) pairs.
+    pub fn start(
+        config: &RuntimeConfig,
+        listeners: Vec<Vec<(usize, OwnedFd)>>,
+        factory: WorkerFactory,
+    ) -> Result<Workers> {
+        let commands = Arc::new(Commands::default());
         let running = Arc::new(AtomicUsize::new(0));
+        let ready = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         for (core, (cpu, fds)) in config.worker_cpus.iter().copied().zip(listeners).enumerate() {
             let placement = match cpu {
@@ -89,27 +123,47 @@ impl Workers {
                 builder = builder.spin_before_park(config.spin_before_park);
             }
             let factory = factory.clone();
-            let stop = stop.clone();
+            let commands = commands.clone();
+            let ready = ready.clone();
             running.fetch_add(1, Ordering::AcqRel);
             let alive = Running(running.clone());
             let handle = builder
                 .spawn(move || async move {
                     let _alive = alive;
                     let shutdown = Shutdown::new();
-                    let watcher = glommio::spawn_local(watch_stop(stop, shutdown.clone()));
-                    let listeners = fds.into_iter().map(into_glommio).collect();
-                    factory(WorkerContext { core, cpu, listeners, shutdown }).await;
+                    let accept = AcceptGate::default();
+                    let watcher = glommio::spawn_local(watch_commands(commands, shutdown.clone(), accept.clone()));
+                    let listeners = fds.into_iter().map(|(source, fd)| (source, into_glommio(fd))).collect();
+                    factory(WorkerContext { core, cpu, listeners, shutdown, accept, ready }).await;
                     drop(watcher);
                 })
                 .map_err(|e| anyhow!("cannot start worker {core} on CPU {cpu:?}: {e}"))?;
             handles.push(handle);
         }
-        Ok(Workers { handles, stop, running })
+        Ok(Workers { handles, commands, running, ready })
+    }
+
+    /// Waits until every worker said it is ready; false if one ended first or `timeout` passed.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.ready.load(Ordering::Acquire) < self.handles.len() {
+            if self.any_finished() || Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Asks every worker to stop accepting and drain.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.commands.accept.store(2, Ordering::Release);
+        self.commands.stop.store(true, Ordering::Release);
+    }
+
+    /// A handle for other threads (the hot reload server) to command the workers.
+    pub fn commands(&self) -> WorkerCommands {
+        WorkerCommands(self.commands.clone())
     }
 
     /// Waits for every worker to finish. Returns false if one panicked.
@@ -132,11 +186,68 @@ impl Workers {
     }
 }
 
-async fn watch_stop(stop: Arc<AtomicBool>, shutdown: Shutdown) {
-    while !stop.load(Ordering::Acquire) {
-        glommio::timer::sleep(STOP_POLL).await;
+/// Commands for every worker, usable from any thread.
+#[derive(Clone)]
+pub struct WorkerCommands(Arc<Commands>);
+
+impl WorkerCommands {
+    /// Stops accepting but keeps the listeners, so that accepting can resume.
+    pub fn pause_accepting(&self) {
+        let _ = self.0.accept.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
     }
-    shutdown.trigger();
+
+    /// Accepts again after [`WorkerCommands::pause_accepting`].
+    pub fn resume_accepting(&self) {
+        let _ = self.0.accept.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Drops the listeners and closes every connection in chunks spread over `over`.
+    pub fn shutdown_gradually(&self, over: Duration) {
+        self.0.accept.store(2, Ordering::Release);
+        self.0.gradual_ms.store((over.as_millis() as u64).max(1), Ordering::Release);
+    }
+}
+
+async fn watch_commands(commands: Arc<Commands>, shutdown: Shutdown, accept: AcceptGate) {
+    let mut gradual_started = false;
+    loop {
+        match commands.accept.load(Ordering::Acquire) {
+            0 => accept.set(AcceptState::Accepting),
+            1 => accept.set(AcceptState::Paused),
+            _ => accept.set(AcceptState::Closed),
+        }
+        if commands.stop.load(Ordering::Acquire) {
+            shutdown.trigger(Instant::now() + DRAIN_TIMEOUT);
+            return;
+        }
+        let gradual_ms = commands.gradual_ms.load(Ordering::Acquire);
+        if gradual_ms > 0 && !gradual_started {
+            gradual_started = true;
+            let over = Duration::from_millis(gradual_ms);
+            shutdown.set_deadline(Instant::now() + over + DRAIN_TIMEOUT);
+            glommio::spawn_local(close_gradually(shutdown.clone(), over)).detach();
+        }
+        glommio::timer::sleep(COMMAND_POLL).await;
+    }
+}
+
+/// Closes this core's connections in equal chunks every [`CHUNK_INTERVAL`] over `over`:
+/// with 1000 connections over 60 s, 4 every 200 ms.
+async fn close_gradually(shutdown: Shutdown, over: Duration) {
+    let chunks = (over.as_millis() / CHUNK_INTERVAL.as_millis()).max(1) as usize;
+    let per_chunk = shutdown.open().div_ceil(chunks).max(1);
+    tracing::info!("gradual shutdown: closing {} connections, {per_chunk} every {CHUNK_INTERVAL:?}", shutdown.open());
+    loop {
+        let closed = shutdown.close_some(per_chunk);
+        let left = shutdown.open();
+        if closed > 0 {
+            tracing::info!("gradual shutdown: closed {closed} connections, {left} left on this core");
+        }
+        if left == 0 {
+            return;
+        }
+        glommio::timer::sleep(CHUNK_INTERVAL).await;
+    }
 }
 
 /// Blocks SIGTERM and SIGINT in the calling thread. Call before starting any thread so that

@@ -29,6 +29,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+pub use shotover_executor::ControlHandle;
+
 /// One transform's parsed configuration.
 pub trait TransformConfig: Debug + Send + Sync {
     /// The name used in topology.yaml.
@@ -46,11 +48,20 @@ pub trait TransformConfig: Debug + Send + Sync {
 }
 
 /// What a transform is built with on a worker core.
+#[derive(Clone)]
 pub struct BuildContext {
     /// The name of the chain (its source's name), for metric labels.
     pub chain_name: String,
     /// The core's metrics.
     pub metrics: CoreMetrics,
+    /// Registers periodic jobs on the control core (global state such as rate shares).
+    pub control: shotover_executor::ControlHandle,
+}
+
+impl BuildContext {
+    pub fn new(metrics: CoreMetrics, control: shotover_executor::ControlHandle) -> Self {
+        BuildContext { chain_name: String::new(), metrics, control }
+    }
 }
 
 /// Builds the transform for each connection on one core.
@@ -122,10 +133,11 @@ pub struct ChainBuilder {
 }
 
 impl ChainBuilder {
-    pub fn new(name: &str, configs: &[Box<dyn TransformConfig>], metrics: &CoreMetrics) -> Result<Self> {
-        let ctx = BuildContext { chain_name: name.to_string(), metrics: metrics.clone() };
+    /// Builds chain `name` on this core; `base` gives the core's metrics and control handle.
+    pub fn new(name: &str, configs: &[Box<dyn TransformConfig>], base: &BuildContext) -> Result<Self> {
+        let ctx = BuildContext { chain_name: name.to_string(), ..base.clone() };
         let builders = configs.iter().map(|c| Ok((c.name(), c.build(&ctx)?))).collect::<Result<_>>()?;
-        Ok(ChainBuilder { name: name.into(), builders, metrics: metrics.clone() })
+        Ok(ChainBuilder { name: name.into(), builders, metrics: base.metrics.clone() })
     }
 
     /// A chain instance for one connection.

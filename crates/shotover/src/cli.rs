@@ -39,6 +39,13 @@ pub struct Cli {
     /// CPU for the control thread, which serves the observability interface. Default: unpinned.
     #[arg(long)]
     pub control_core: Option<usize>,
+    /// Unix socket path for hot reload. If an instance serves this path, take over its
+    /// listening sockets and ask it to shut down gradually; then serve the path ourselves.
+    #[arg(long)]
+    pub hotreload_socket: Option<PathBuf>,
+    /// Seconds over which the old instance closes its connections after a hot reload.
+    #[arg(long, default_value_t = 60)]
+    pub hotreload_gradual_shutdown_seconds: u64,
 }
 
 /// Parses the command line, runs the proxy with `registry` and exits with its exit code.
@@ -53,6 +60,8 @@ pub fn run_main(registry: TransformRegistry) -> ! {
         },
         worker_cores: cli.worker_cores,
         control_core: cli.control_core,
+        hotreload_socket: cli.hotreload_socket,
+        hotreload_gradual_shutdown: std::time::Duration::from_secs(cli.hotreload_gradual_shutdown_seconds),
     };
     std::process::exit(run(options, registry));
 }

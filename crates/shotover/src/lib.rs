@@ -18,13 +18,16 @@
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod hot_reload;
 pub mod io;
 pub mod logging;
 pub mod message;
 pub mod observability;
+pub mod rate_limit;
 pub mod runner;
 pub mod sinks;
 pub mod sources;
+pub mod systemd;
 pub mod tls;
 pub mod transforms;
 

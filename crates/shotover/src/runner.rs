@@ -1,18 +1,25 @@
 //! Startup and shutdown of the whole process.
 //!
 //! 1. Read config.yaml, start logging, read topology.yaml: any error exits 1.
-//! 2. Bind every source's listeners (one per worker core) before anything runs.
-//! 3. Start the control core (observability HTTP) and the worker cores.
-//! 4. Wait for SIGTERM/SIGINT, then let the cores drain and exit 0.
+//! 2. With `--hotreload-socket`, take over the listeners of the instance running there.
+//! 3. Bind every other source's listeners (one per worker core) before anything runs.
+//! 4. Start the control core (observability HTTP, periodic jobs) and the worker cores.
+//! 5. After a hot reload, tell the old instance to shut down gradually; then serve the hot
+//!    reload socket for the next instance.
+//! 6. Wait for SIGTERM/SIGINT (drain, exit 0), or for our own gradual shutdown to finish
+//!    after a newer instance took over (exit 0).
 
-use crate::chain::ChainBuilder;
+use crate::chain::{BuildContext, ChainBuilder};
 use crate::config::topology::TransformRegistry;
 use crate::config::{Config, SourceConfig, Topology};
+use crate::hot_reload::{self, HandedOver};
 use crate::logging::{self, LogFormat};
 use crate::observability::{http, CoreMetrics, MetricsHub};
 use crate::sources::{accept_loop, SourceShared};
-use anyhow::{anyhow, Context, Result};
-use shotover_executor::{cores, listener, runtime, RuntimeConfig, WorkerContext, WorkerFactory, Workers};
+use crate::systemd;
+use anyhow::{anyhow, bail, Context, Result};
+use shotover_executor::hotreload::{self, ListenerMap};
+use shotover_executor::{control, cores, runtime, ControlHandle, RuntimeConfig, WorkerContext, WorkerFactory, Workers};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +36,10 @@ pub struct Options {
     pub worker_cores: Option<String>,
     /// Overrides `control_core` of config.yaml.
     pub control_core: Option<usize>,
+    /// Unix socket for hot reload: take over from the instance there, then serve it.
+    pub hotreload_socket: Option<PathBuf>,
+    /// How long the old instance takes to close its connections after a hot reload.
+    pub hotreload_gradual_shutdown: Duration,
 }
 
 /// Runs the proxy until a stop signal; returns the process exit code.
@@ -80,15 +91,32 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     }
     runtime::block_stop_signals()?;
 
-    // Bind everything first: a port in use is a startup error, before any core runs.
-    let mut per_core: Vec<Vec<_>> = cpus.iter().map(|_| Vec::new()).collect();
-    let mut shared = Vec::new();
-    for source in &topology.sources {
-        let (addr, fds) = listener::bind_reuseport(source.listen_addr(), cpus.len())
-            .with_context(|| format!("source {:?}", source.name()))?;
-        for (core, fd) in per_core.iter_mut().zip(fds) {
-            core.push(fd);
+    // A running instance on the hot reload socket hands us its listeners.
+    let mut previous = None;
+    let mut inherited = ListenerMap::new();
+    if let Some(path) = &options.hotreload_socket {
+        match hotreload::connect_to(path) {
+            Ok(None) => {}
+            Ok(Some(client)) => match client.request_listeners() {
+                Ok(map) => {
+                    tracing::info!(
+                        "hot reload: received {} listening sockets",
+                        map.values().map(Vec::len).sum::<usize>()
+                    );
+                    inherited = map;
+                    previous = Some(client);
+                }
+                Err(e) => tracing::warn!("hot reload: the running instance did not hand over its listeners: {e:#}"),
+            },
+            Err(e) => tracing::warn!("hot reload: {e:#}; starting without taking over"),
         }
+    }
+
+    // Bind everything first: a port in use is a startup error, before any core runs.
+    let listen_addrs: Vec<_> = topology.sources.iter().map(|s| s.listen_addr()).collect();
+    let listeners = hot_reload::assemble(&listen_addrs, cpus.len(), inherited, options.hotreload_socket.is_some())?;
+    let mut shared = Vec::new();
+    for (source, addr) in topology.sources.iter().zip(&listeners.addrs) {
         let SourceConfig::Valkey(v) = source;
         tracing::info!("source {:?} listening on {addr}", v.name);
         shared.push(Arc::new(SourceShared {
@@ -122,26 +150,76 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     );
     if let Some(addr) = &config.observability_interface {
         let addr = addr.parse().map_err(|e| anyhow!("observability_interface {addr:?}: {e}"))?;
-        http::start(addr, hub.clone(), set_filter, control_core)?;
+        http::start(addr, hub.clone(), set_filter, control_core, previous.is_some())?;
         tracing::info!("observability interface on http://{addr}/metrics");
     }
 
+    let control = control::start(control_core).context("cannot start the control core")?;
     let topology = Arc::new(topology);
     let factory_hub = hub.clone();
     let factory: WorkerFactory = Arc::new(move |ctx: WorkerContext| {
         let topology = topology.clone();
         let shared = shared.clone();
         let hub = factory_hub.clone();
-        Box::pin(run_worker(ctx, topology, shared, hub))
+        Box::pin(run_worker(ctx, topology, shared, hub, control.clone()))
     });
     let runtime_config = RuntimeConfig { worker_cpus: cpus.iter().map(|c| Some(*c)).collect(), ..Default::default() };
-    let workers = Workers::start(&runtime_config, per_core, factory)?;
+    let workers = Workers::start(&runtime_config, listeners.per_core, factory)?;
+    if !workers.wait_ready(Duration::from_secs(60)) {
+        bail!("the worker cores did not start");
+    }
     tracing::info!("shotover started with {} worker cores on CPUs {cpus:?}", cpus.len());
+
+    // Hot reload: tell the instance we took over to close its connections, and serve the
+    // socket for the next instance once that one has gone.
+    let handed_over = HandedOver::default();
+    if let Some(path) = options.hotreload_socket.clone() {
+        if let Ok(mut slot) = handed_over.listeners.lock() {
+            *slot = Some(listeners.handover);
+        }
+        let (commands, slot) = (workers.commands(), handed_over.clone());
+        match previous {
+            Some(client) => {
+                let seconds = options.hotreload_gradual_shutdown.as_secs();
+                if let Err(e) = client.request_gradual_shutdown(seconds) {
+                    tracing::warn!("hot reload: the old instance did not accept the shutdown request: {e:#}");
+                }
+                systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+                std::thread::Builder::new()
+                    .name("hot-reload".into())
+                    .spawn(move || {
+                        client.wait_for_exit();
+                        tracing::info!("hot reload: the old instance has exited");
+                        hot_reload::start_server(&path, commands, slot);
+                    })
+                    .context("cannot start the hot reload thread")?;
+            }
+            None => {
+                hot_reload::start_server(&path, commands, slot);
+                systemd::notify("READY=1");
+            }
+        }
+    } else {
+        systemd::notify("READY=1");
+    }
 
     let signal = runtime::wait_for_signal(|| workers.any_finished());
     workers.stop();
-    match signal {
-        Some(name) => {
+    systemd::notify("STOPPING=1");
+    // Close our copies of the listeners too, so that the ports stop listening now.
+    if let Ok(mut copies) = handed_over.listeners.lock() {
+        copies.take();
+    }
+    let handed = handed_over.handed_over.lock().ok().and_then(|mut h| h.take());
+    match (signal, handed) {
+        (None, Some(socket)) => {
+            let clean = workers.join();
+            tracing::info!("hot reload: every connection is closed; exiting");
+            // Removes the socket file, then closes the connection the new instance waits on.
+            drop(socket);
+            Ok(if clean { 0 } else { 1 })
+        }
+        (Some(name), handed) => {
             tracing::info!("received {name}: no longer accepting, draining connections");
             // A second signal while draining means "stop now".
             if let Some(again) = runtime::wait_for_signal(|| workers.all_finished()) {
@@ -149,10 +227,16 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
                 return Ok(1);
             }
             let clean = workers.join();
+            drop(handed);
+            if let Some(path) =
+                options.hotreload_socket.as_ref().filter(|_| handed_over.serving.load(Ordering::Acquire))
+            {
+                let _ = std::fs::remove_file(path);
+            }
             tracing::info!("shotover stopped");
             Ok(if clean { 0 } else { 1 })
         }
-        None => {
+        (None, None) => {
             tracing::error!("a worker core stopped unexpectedly; shutting down");
             workers.join();
             Ok(1)
@@ -160,20 +244,40 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     }
 }
 
-async fn run_worker(ctx: WorkerContext, topology: Arc<Topology>, shared: Vec<Arc<SourceShared>>, hub: Arc<MetricsHub>) {
+async fn run_worker(
+    mut ctx: WorkerContext,
+    topology: Arc<Topology>,
+    shared: Vec<Arc<SourceShared>>,
+    hub: Arc<MetricsHub>,
+    control: ControlHandle,
+) {
     let metrics = CoreMetrics::new(ctx.core, &hub.core_registry());
+    let base = BuildContext::new(metrics.clone(), control);
     let mut tasks = Vec::new();
-    for ((source, listener), shared) in topology.sources.iter().zip(ctx.listeners).zip(shared) {
+    let mut chains = Vec::with_capacity(topology.sources.len());
+    for source in &topology.sources {
         let SourceConfig::Valkey(v) = source;
-        let chain = match ChainBuilder::new(&v.name, &v.chain, &metrics) {
-            Ok(c) => Rc::new(c),
+        match ChainBuilder::new(&v.name, &v.chain, &base) {
+            Ok(c) => chains.push(Rc::new(c)),
             Err(e) => {
                 tracing::error!("cannot build the chain of source {:?} on core {}: {e:#}", v.name, ctx.core);
-                std::process::exit(1);
+                return;
             }
-        };
-        tasks.push(glommio::spawn_local(accept_loop(listener, shared, chain, metrics.clone(), ctx.shutdown.clone())));
+        }
     }
+    for (index, listener) in std::mem::take(&mut ctx.listeners) {
+        let (Some(chain), Some(shared)) = (chains.get(index), shared.get(index)) else { continue };
+        let (gate, shutdown) = (ctx.accept.clone(), ctx.shutdown.clone());
+        tasks.push(glommio::spawn_local(accept_loop(
+            listener,
+            shared.clone(),
+            chain.clone(),
+            metrics.clone(),
+            gate,
+            shutdown,
+        )));
+    }
+    ctx.ready();
     for task in tasks {
         task.await;
     }

@@ -3,13 +3,16 @@
 
 mod cluster;
 mod cluster_sink;
+mod composite;
 mod config_errors;
 mod deployment;
 mod failures;
+mod hot_reload;
 mod limits;
 mod observability;
 mod passthrough;
 mod shutdown;
+mod throttling;
 mod tls;
 mod transforms;
 
@@ -20,6 +23,12 @@ pub struct Setup {
     pub valkey: ValkeyServer,
     pub shotover: Shotover,
     pub port: u16,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Setup {

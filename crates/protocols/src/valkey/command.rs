@@ -243,6 +243,11 @@ fn known_class(upper: &[u8]) -> Option<QueryType> {
     })
 }
 
+/// The cluster slot of a key: CRC16 of the key, or of its `{hash tag}` when it has one.
+pub fn key_slot(key: &[u8]) -> u16 {
+    redis_protocol::redis_keyslot(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,9 +284,4 @@ mod tests {
         assert_eq!(classify(b"CONFIG"), QueryType::Write);
         assert!(is_known(b"GET") && !is_known(b"NOSUCHCOMMAND"));
     }
-}
-
-/// The cluster slot of a key: CRC16 of the key, or of its `{hash tag}` when it has one.
-pub fn key_slot(key: &[u8]) -> u16 {
-    redis_protocol::redis_keyslot(key)
 }

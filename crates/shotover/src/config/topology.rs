@@ -25,8 +25,38 @@ use serde_yaml_ng::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// Parses one transform's YAML body.
-pub type TransformParser = fn(&str, &str, Value) -> Result<Box<dyn TransformConfig>, ConfigError>;
+/// Parses one transform's YAML body found at `path`.
+pub type TransformParser = fn(&ParseContext<'_>, &str, Value) -> Result<Box<dyn TransformConfig>, ConfigError>;
+
+/// What a transform's parser may use: the file name for errors, and the registry and
+/// protocol for the sub-chains of transforms such as Tee and ParallelMap.
+pub struct ParseContext<'a> {
+    file: &'a str,
+    registry: &'a TransformRegistry,
+    protocol: Protocol,
+}
+
+impl ParseContext<'_> {
+    /// Parses a sub-chain at `path`, with the same rules as a source's chain.
+    pub fn parse_chain(&self, path: &str, value: Value) -> Result<Vec<Box<dyn TransformConfig>>, ConfigError> {
+        self.registry.parse_chain(self.file, path, value, self.protocol)
+    }
+
+    /// Deserializes `value`, reporting errors at `path` plus the path inside `value`.
+    pub fn from_value<T: DeserializeOwned>(&self, path: &str, value: Value) -> Result<T, ConfigError> {
+        from_value(self.file, path, value)
+    }
+
+    /// An error at `path` (use [`join_path`]-style paths such as `a.b[0]`).
+    pub fn error(&self, path: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.into(), path: path.into(), reason: reason.into() }
+    }
+
+    /// `base` + `field` as a YAML path.
+    pub fn join(&self, base: &str, field: &str) -> String {
+        join_path(base, field)
+    }
+}
 
 /// Known transforms by name.
 #[derive(Clone, Default)]
@@ -43,14 +73,20 @@ impl TransformRegistry {
     /// Adds transform `name`, whose body deserializes into `C`.
     pub fn register<C: TransformConfig + DeserializeOwned + 'static>(&mut self, name: &'static str) -> &mut Self {
         fn parse<C: TransformConfig + DeserializeOwned + 'static>(
-            file: &str,
+            ctx: &ParseContext<'_>,
             path: &str,
             body: Value,
         ) -> Result<Box<dyn TransformConfig>, ConfigError> {
-            Ok(Box::new(from_value::<C>(file, path, body)?))
+            Ok(Box::new(ctx.from_value::<C>(path, body)?))
         }
+        self.register_parser(name, parse::<C>)
+    }
+
+    /// Adds transform `name` with a parser of its own, for transforms whose body holds a
+    /// sub-chain (see [`ParseContext::parse_chain`]).
+    pub fn register_parser(&mut self, name: &'static str, parser: TransformParser) -> &mut Self {
         self.entries.retain(|(n, _)| *n != name);
-        self.entries.push((name, parse::<C>));
+        self.entries.push((name, parser));
         self
     }
 
@@ -101,7 +137,8 @@ impl TransformRegistry {
                 ));
             };
             let transform_path = join_path(&item_path, &name);
-            let transform = parse(file, &transform_path, body)?;
+            let ctx = ParseContext { file, registry: self, protocol };
+            let transform = parse(&ctx, &transform_path, body)?;
             if !transform.protocols().contains(&protocol) {
                 return Err(err(item_path, format!("{name} cannot be used in a {protocol} chain")));
             }

@@ -13,22 +13,45 @@ use tiny_http::{Header, Method, Response, Server};
 pub type FilterSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Binds the interface now (so a bad address is a startup error) and serves it on a thread
-/// of its own, the control core's.
+/// of its own, the control core's. With `wait_for_port` (a hot reload, whose old instance
+/// keeps the port until it exits) a port in use is retried in the background instead.
 pub fn start(
     addr: SocketAddr,
     hub: Arc<MetricsHub>,
     set_filter: FilterSetter,
     control_cpu: Option<usize>,
+    wait_for_port: bool,
 ) -> Result<()> {
-    let server = Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("cannot serve the observability interface on {addr}"))?;
+    let first = Server::http(addr);
+    let first = match first {
+        Ok(server) => Some(server),
+        Err(e) if wait_for_port => {
+            tracing::info!(
+                "observability interface {addr} is still held by the previous instance ({e}); retrying until it exits"
+            );
+            None
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!("{e}"))
+                .with_context(|| format!("cannot serve the observability interface on {addr}"))
+        }
+    };
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             if let Some(cpu) = control_cpu {
                 core_pin(cpu);
             }
+            let server = match first {
+                Some(server) => server,
+                None => loop {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    if let Ok(server) = Server::http(addr) {
+                        tracing::info!("observability interface on http://{addr}/metrics");
+                        break server;
+                    }
+                },
+            };
             for mut request in server.incoming_requests() {
                 let path = request.url().split('?').next().unwrap_or_default().to_string();
                 let response = match (request.method(), path.as_str()) {

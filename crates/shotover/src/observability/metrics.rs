@@ -31,6 +31,7 @@ pub struct CoreMetrics {
     pub sink_to_source_latency: HistogramVec,
     pub failed_requests: IntCounterVec,
     pub query_count: IntCounterVec,
+    pub tee_dropped_messages: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -130,6 +131,12 @@ impl CoreMetrics {
                 &["transform", "chain"],
             ),
             query_count: counter(r, "query_count", "Queries seen by QueryCounter", &["name", "query"]),
+            tee_dropped_messages: counter(
+                r,
+                "tee_dropped_messages",
+                "Requests Tee did not send to its sub-chain because its buffer was full",
+                &["chain"],
+            ),
         }
     }
 }

@@ -9,17 +9,15 @@ pub mod valkey;
 use crate::chain::ChainBuilder;
 use crate::observability::CoreMetrics;
 use glommio::net::{TcpListener, TcpStream};
-use shotover_executor::Shutdown;
+use shotover_executor::{AcceptGate, AcceptState, Shutdown};
 use std::cell::Cell;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// How long a core waits, after shutdown starts, for its connections to finish.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub use shotover_executor::runtime::DRAIN_TIMEOUT;
 /// How often a source at its soft connection limit looks for a free slot.
 const LIMIT_POLL: Duration = Duration::from_millis(5);
 
@@ -65,17 +63,27 @@ pub struct ConnectionContext {
     pub metrics: CoreMetrics,
 }
 
-async fn until_shutdown(shutdown: &Shutdown) {
-    let handle = shutdown.register();
-    poll_fn(|cx| handle.poll(cx)).await
+/// Waits while accepting is paused; false once the core stops accepting for good.
+async fn may_accept(gate: &AcceptGate) -> bool {
+    loop {
+        match gate.state() {
+            AcceptState::Accepting => return true,
+            AcceptState::Closed => return false,
+            AcceptState::Paused => {
+                gate.changed_from(AcceptState::Paused).await;
+            }
+        }
+    }
 }
 
-/// Accepts connections for one source on one core until shutdown, then drains.
+/// Accepts connections for one source on one core until the gate closes, then waits for
+/// the connections it accepted (drained or closed through `shutdown`).
 pub async fn accept_loop(
     listener: TcpListener,
     source: Arc<SourceShared>,
     chain: Rc<ChainBuilder>,
     metrics: CoreMetrics,
+    gate: AcceptGate,
     shutdown: Shutdown,
 ) {
     let active = Rc::new(Cell::new(0usize));
@@ -84,17 +92,21 @@ pub async fn accept_loop(
     loop {
         if !source.hard_connection_limit {
             // Leave new connections waiting in the backlog until a slot frees up.
-            while source.open.load(Ordering::Acquire) >= source.connection_limit && !shutdown.is_triggered() {
+            while source.open.load(Ordering::Acquire) >= source.connection_limit && gate.state() != AcceptState::Closed
+            {
                 glommio::timer::sleep(LIMIT_POLL).await;
             }
         }
+        if !may_accept(&gate).await {
+            break;
+        }
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            until_shutdown(&shutdown).await;
+            gate.changed_from(AcceptState::Accepting).await;
             None
         })
         .await;
         let stream: TcpStream = match accepted {
-            None => break,
+            None => continue,
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 tracing::warn!(source = %source.name, "accept failed: {e}");
@@ -110,10 +122,10 @@ pub async fn accept_loop(
             }
             // Another core took the last slot between our check and the accept: hold this
             // connection until a slot frees up.
-            while !source.try_reserve() && !shutdown.is_triggered() {
+            while !source.try_reserve() && gate.state() != AcceptState::Closed {
                 glommio::timer::sleep(LIMIT_POLL).await;
             }
-            if shutdown.is_triggered() {
+            if gate.state() == AcceptState::Closed {
                 break;
             }
         }
@@ -142,11 +154,13 @@ pub async fn accept_loop(
         .detach();
     }
     drop(listener);
-    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    while active.get() > 0 && std::time::Instant::now() < deadline {
+    // Whoever closed the gate (a stop signal, or a gradual shutdown after a hot reload) set
+    // how long the connections may take.
+    shutdown.set_deadline(std::time::Instant::now() + DRAIN_TIMEOUT);
+    while active.get() > 0 && !shutdown.past_deadline() {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     if active.get() > 0 {
-        tracing::warn!(source = %source.name, "{} connections still open after {DRAIN_TIMEOUT:?}: closing them", active.get());
+        tracing::warn!(source = %source.name, "{} connections still open at the shutdown deadline: closing them", active.get());
     }
 }

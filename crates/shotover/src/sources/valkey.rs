@@ -8,10 +8,12 @@ use bytes::BytesMut;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use shotover_executor::ShutdownKind;
 use shotover_protocols::valkey::command::{request_args, RequestView};
 use shotover_protocols::valkey::frame::is_error_reply;
 use shotover_protocols::valkey::framing::Scanner;
 use shotover_protocols::valkey::RespVersion;
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
@@ -26,13 +28,26 @@ struct ClientState {
     resp: RespVersion,
     /// When the sink read the first response of the batch being written.
     sink_read_at: Option<Instant>,
+    /// Requests sent down the chain and responses returned for them so far. A transform
+    /// may hold requests back (Coalesce) and answer them in a later batch, in order.
+    sent: u64,
+    answered: u64,
+    /// HELLO/RESET requests not answered yet: (request number, the protocol they switch to).
+    switches: VecDeque<(u64, RespVersion)>,
+}
+
+impl ClientState {
+    /// Requests the chain holds and has not answered yet.
+    fn outstanding(&self) -> u64 {
+        self.sent - self.answered
+    }
 }
 
 enum Event {
     Read(std::io::Result<usize>),
     Pushed,
     Idle,
-    Shutdown,
+    Shutdown(ShutdownKind),
 }
 
 /// After shutdown starts, a connection is closed once its client has been idle this long,
@@ -69,16 +84,22 @@ pub async fn serve(tcp: TcpStream, mut chain: Chain, ctx: ConnectionContext) {
         out: BytesMut::new(),
         resp: RespVersion::Resp2,
         sink_read_at: None,
+        sent: 0,
+        answered: 0,
+        switches: VecDeque::new(),
     };
     let mut idle_after = ctx.source.idle_timeout;
-    let mut draining = false;
+    // Set once asked to drain or close: from then on the idle timer decides when to close.
+    let mut closing = false;
     let mut idle_timer = idle_after.map(Timer::new);
     let mut last_activity = Instant::now();
     let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
     loop {
         let event = poll_fn(|cx| {
-            if !draining && ctx.shutdown.poll(cx).is_ready() {
-                return Poll::Ready(Event::Shutdown);
+            if !closing {
+                if let Poll::Ready(kind) = ctx.shutdown.poll(cx) {
+                    return Poll::Ready(Event::Shutdown(kind));
+                }
             }
             if let Poll::Ready(r) = state.read.poll_fill(&mut stream, cx, ReadMode::Spin) {
                 return Poll::Ready(Event::Read(r));
@@ -117,14 +138,21 @@ pub async fn serve(tcp: TcpStream, mut chain: Chain, ctx: ConnectionContext) {
                     false
                 }
             },
-            Event::Shutdown => {
-                // Keep serving until the client pauses, then close.
-                draining = true;
-                idle_after = Some(idle_after.map_or(DRAIN_IDLE, |d| d.min(DRAIN_IDLE)));
-                idle_timer = Some(Timer::new(DRAIN_IDLE));
+            Event::Shutdown(kind) => {
+                // Drain: keep serving until the client pauses, then close. Close (gradual
+                // shutdown): close at the first moment no request is waiting to be read.
+                closing = true;
+                let wait = if kind == ShutdownKind::Close { Duration::ZERO } else { DRAIN_IDLE };
+                idle_after = Some(idle_after.map_or(wait, |d| d.min(wait)));
+                idle_timer = Some(Timer::new(wait));
                 true
             }
         };
+        if !keep_open && state.outstanding() > 0 {
+            // Requests a transform holds back (Coalesce) are answered before closing: an
+            // empty batch asks every transform to deliver what it holds.
+            run_chain(&mut state, &mut chain, Vec::new(), &ctx).await;
+        }
         if !state.out.is_empty() {
             let written = match stream.write_all(&state.out).await {
                 Ok(()) => stream.flush().await,
@@ -189,26 +217,36 @@ fn protocol_switch(request: &Message) -> Option<RespVersion> {
     }
 }
 
-/// Runs one batch through the chain and encodes the responses into `out`. Every request
-/// gets a reply: on a chain failure each one gets an error. Returns false to close.
+/// Runs one batch through the chain and encodes the responses into `out`. Responses answer
+/// the outstanding requests in order; any beyond those are unsolicited (pub/sub). Every
+/// request gets a reply: on a chain failure each outstanding one gets an error. Returns
+/// false to close.
 async fn run_chain(state: &mut ClientState, chain: &mut Chain, batch: Vec<Message>, ctx: &ConnectionContext) -> bool {
-    let count = batch.len();
+    let first = state.sent;
+    state.sent += batch.len() as u64;
     // Rare: only batches with HELLO or RESET pay for this.
-    let switches: Vec<(usize, RespVersion)> = batch
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.valkey_request().is_some_and(|v: RequestView<'_>| v.is("HELLO") || v.is("RESET")))
-        .filter_map(|(i, m)| Some((i, protocol_switch(m)?)))
-        .collect();
+    for (i, m) in batch.iter().enumerate() {
+        if m.valkey_request().is_some_and(|v: RequestView<'_>| v.is("HELLO") || v.is("RESET")) {
+            if let Some(version) = protocol_switch(m) {
+                state.switches.push_back((first + i as u64, version));
+            }
+        }
+    }
     match chain.process(batch).await {
         Ok(mut responses) => {
             state.sink_read_at = responses.iter().find_map(|r| r.received_at());
-            for (i, version) in switches {
-                if responses.get(i).and_then(|r| r.raw()).is_some_and(|r| !is_error_reply(r)) {
-                    state.resp = version;
-                }
-            }
             for response in &mut responses {
+                if state.outstanding() > 0 {
+                    let number = state.answered;
+                    state.answered += 1;
+                    if state.switches.front().is_some_and(|(n, _)| *n == number) {
+                        if let Some((_, version)) = state.switches.pop_front() {
+                            if response.raw().is_some_and(|r| !is_error_reply(r)) {
+                                state.resp = version;
+                            }
+                        }
+                    }
+                }
                 if response.raw().is_none() {
                     response.set_resp_version(state.resp);
                 }
@@ -217,21 +255,17 @@ async fn run_chain(state: &mut ClientState, chain: &mut Chain, batch: Vec<Messag
                     state.out.extend_from_slice(b"-ERR shotover: cannot encode the response\r\n");
                 }
             }
-            if responses.len() < count {
-                tracing::error!(connection = %ctx.id, "chain returned {} responses for {count} requests", responses.len());
-                for _ in responses.len()..count {
-                    state.out.extend_from_slice(b"-ERR shotover: no response from the chain\r\n");
-                }
-            }
             true
         }
         Err(e) => {
             let close = e.is::<CloseConnection>();
             tracing::warn!(connection = %ctx.id, "chain failed{}: {e:#}", if close { ", closing the connection" } else { "" });
             let line = format!("-ERR shotover: {}\r\n", format!("{e:#}").replace(['\r', '\n'], " "));
-            for _ in 0..count {
+            for _ in 0..state.outstanding() {
                 state.out.extend_from_slice(line.as_bytes());
             }
+            state.answered = state.sent;
+            state.switches.clear();
             !close
         }
     }

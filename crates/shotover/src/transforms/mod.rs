@@ -10,12 +10,20 @@
 //! | QueryCounter | no | [`query_counter`] |
 //! | QueryTypeFilter | no | [`query_type_filter`] |
 //! | ValkeyClusterPortsRewrite | no | [`valkey_cluster_ports_rewrite`] |
+//! | Coalesce | no | [`coalesce`] |
+//! | Tee | no | [`tee`] |
+//! | ParallelMap | yes | [`parallel_map`] |
+//! | RequestThrottling | no | [`request_throttling`] |
 
+pub mod coalesce;
 pub mod debug_printer;
 pub mod debug_returner;
 pub mod null_sink;
+pub mod parallel_map;
 pub mod query_counter;
 pub mod query_type_filter;
+pub mod request_throttling;
+pub mod tee;
 pub mod valkey_cluster_ports_rewrite;
 pub mod valkey_sink_cluster;
 pub mod valkey_sink_single;
@@ -32,6 +40,10 @@ pub fn registry() -> TransformRegistry {
         .register::<query_counter::QueryCounterConfig>("QueryCounter")
         .register::<query_type_filter::QueryTypeFilterConfig>("QueryTypeFilter")
         .register::<valkey_cluster_ports_rewrite::ValkeyClusterPortsRewriteConfig>("ValkeyClusterPortsRewrite")
-        .register::<valkey_sink_cluster::ValkeySinkClusterConfig>("ValkeySinkCluster");
+        .register::<valkey_sink_cluster::ValkeySinkClusterConfig>("ValkeySinkCluster")
+        .register::<coalesce::CoalesceConfig>("Coalesce")
+        .register::<request_throttling::RequestThrottlingConfig>("RequestThrottling")
+        .register_parser("Tee", tee::TeeConfig::parse)
+        .register_parser("ParallelMap", parallel_map::ParallelMapConfig::parse);
     r
 }

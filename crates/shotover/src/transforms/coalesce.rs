@@ -1,0 +1,129 @@
+//! Coalesce: holds requests back and sends them down the chain in larger batches.
+//!
+//! ```yaml
+//! - Coalesce:
+//!     flush_when_buffered_message_count: 2000
+//!     flush_when_millis_since_last_flush: 10000
+//! ```
+//!
+//! A flush happens when the buffer holds `flush_when_buffered_message_count` requests, or
+//! when a request arrives `flush_when_millis_since_last_flush` after the last flush. So that
+//! no request waits forever, the buffer is also flushed when that time passes with no new
+//! request, and whenever the connection runs the chain with an empty batch (pushed
+//! messages, or the connection closing). Held requests are answered later, in order.
+//! With only the count set, a client that waits for each reply before sending the next
+//! request waits until enough other requests arrive on its connection.
+
+use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::message::{Message, Protocol};
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+use glommio::timer::Timer;
+use serde::Deserialize;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceConfig {
+    /// Flush once this many requests are held. Default: no count limit.
+    #[serde(default)]
+    pub flush_when_buffered_message_count: Option<usize>,
+    /// Flush once this many milliseconds have passed since the last flush. Default: no
+    /// time limit.
+    #[serde(default)]
+    pub flush_when_millis_since_last_flush: Option<u64>,
+}
+
+impl TransformConfig for CoalesceConfig {
+    fn name(&self) -> &'static str {
+        "Coalesce"
+    }
+    fn is_terminating(&self) -> bool {
+        false
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
+    }
+    fn validate(&self) -> Result<()> {
+        match (self.flush_when_buffered_message_count, self.flush_when_millis_since_last_flush) {
+            (None, None) => bail!(
+                "set flush_when_buffered_message_count, flush_when_millis_since_last_flush or both: without either Coalesce would never flush"
+            ),
+            (Some(0), _) => bail!("flush_when_buffered_message_count must be at least 1"),
+            (_, Some(0)) => bail!("flush_when_millis_since_last_flush must be at least 1"),
+            _ => Ok(()),
+        }
+    }
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        Ok(Box::new(CoalesceBuilder {
+            count: self.flush_when_buffered_message_count,
+            interval: self.flush_when_millis_since_last_flush.map(Duration::from_millis),
+        }))
+    }
+}
+
+struct CoalesceBuilder {
+    count: Option<usize>,
+    interval: Option<Duration>,
+}
+
+impl TransformBuilder for CoalesceBuilder {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(Coalesce {
+            count: self.count,
+            interval: self.interval,
+            buffer: Vec::new(),
+            last_flush: Instant::now(),
+            timer: None,
+        })
+    }
+}
+
+pub struct Coalesce {
+    count: Option<usize>,
+    interval: Option<Duration>,
+    buffer: Vec<Message>,
+    last_flush: Instant,
+    /// Armed while requests are held and a time limit is set: fires at the flush deadline.
+    timer: Option<Timer>,
+}
+
+impl Coalesce {
+    fn due(&self) -> bool {
+        self.count.is_some_and(|c| self.buffer.len() >= c)
+            || self.interval.is_some_and(|i| self.last_flush.elapsed() >= i)
+    }
+}
+
+#[async_trait(?Send)]
+impl Transform for Coalesce {
+    fn name(&self) -> &'static str {
+        "Coalesce"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        // An empty batch asks for everything held (and carries pushed messages up).
+        let flush_all = state.requests.is_empty();
+        self.buffer.append(&mut state.requests);
+        if !flush_all && !self.due() {
+            if let (Some(interval), None) = (self.interval, &self.timer) {
+                self.timer = Some(Timer::new(interval.saturating_sub(self.last_flush.elapsed())));
+            }
+            return Ok(Vec::new());
+        }
+        state.requests = std::mem::take(&mut self.buffer);
+        self.last_flush = Instant::now();
+        self.timer = None;
+        state.call_next_transform().await
+    }
+
+    fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.timer {
+            Some(timer) if !self.buffer.is_empty() => Pin::new(timer).poll(cx).map(|_| ()),
+            _ => Poll::Pending,
+        }
+    }
+}

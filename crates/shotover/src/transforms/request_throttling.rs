@@ -1,0 +1,142 @@
+//! RequestThrottling: admits at most `max_requests_per_second` requests, over every
+//! connection and every worker core of the process.
+//!
+//! ```yaml
+//! - RequestThrottling:
+//!     max_requests_per_second: 20000
+//! ```
+//!
+//! The limit is split between the cores by the control core ([`crate::rate_limit`]); each
+//! core applies its share with a Generic Cell Rate Algorithm. A request over the limit is
+//! not sent on: it gets the protocol's overload answer (for Valkey an error reply), in its
+//! place among the batch's responses. The minimum of 50 lets drivers finish their startup.
+
+use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::message::{Message, Protocol};
+use crate::rate_limit::{Gcra, GlobalRate};
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestThrottlingConfig {
+    /// The global limit, in requests per second. At least 50.
+    pub max_requests_per_second: u32,
+    /// The limit shared by every core; made by the first core that builds this transform.
+    #[serde(skip)]
+    global: OnceLock<Arc<GlobalRate>>,
+}
+
+impl std::fmt::Debug for GlobalRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GlobalRate({}/s)", self.limit())
+    }
+}
+
+impl TransformConfig for RequestThrottlingConfig {
+    fn name(&self) -> &'static str {
+        "RequestThrottling"
+    }
+    fn is_terminating(&self) -> bool {
+        false
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Valkey]
+    }
+    fn validate(&self) -> Result<()> {
+        if self.max_requests_per_second < 50 {
+            bail!(
+                "max_requests_per_second is {}, but must be at least 50 so that drivers can finish their startup",
+                self.max_requests_per_second
+            );
+        }
+        Ok(())
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        let global = self.global.get_or_init(|| {
+            let global = GlobalRate::new(f64::from(self.max_requests_per_second));
+            let ticked = global.clone();
+            ctx.control.every_tick(Box::new(move |elapsed| ticked.rebalance(elapsed)));
+            global
+        });
+        Ok(Box::new(RequestThrottlingBuilder { gcra: Rc::new(Gcra::new(global.join())) }))
+    }
+}
+
+struct RequestThrottlingBuilder {
+    gcra: Rc<Gcra>,
+}
+
+impl TransformBuilder for RequestThrottlingBuilder {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(RequestThrottling { gcra: self.gcra.clone() })
+    }
+}
+
+pub struct RequestThrottling {
+    gcra: Rc<Gcra>,
+}
+
+/// How many requests a message counts for. (A Cassandra BATCH will count each statement.)
+fn cost(_request: &Message) -> u64 {
+    1
+}
+
+/// The answer to a request over the limit.
+fn overloaded(request: &Message) -> Message {
+    Message::valkey_error_to(request, "ERR shotover: too many requests, RequestThrottling limit reached")
+}
+
+#[async_trait(?Send)]
+impl Transform for RequestThrottling {
+    fn name(&self) -> &'static str {
+        "RequestThrottling"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        if state.requests.is_empty() {
+            return state.call_next_transform().await;
+        }
+        let now = state.requests.first().and_then(Message::received_at).unwrap_or_else(Instant::now);
+        let total: u64 = state.requests.iter().map(cost).sum();
+        self.gcra.record_demand(total);
+        // Below the limit a whole batch is admitted with one check.
+        if self.gcra.try_admit(now, total) {
+            return state.call_next_transform().await;
+        }
+        let mut refused: Vec<Option<Message>> = Vec::with_capacity(state.requests.len());
+        let mut admitted = Vec::with_capacity(state.requests.len());
+        for request in state.requests.drain(..) {
+            if self.gcra.try_admit(now, cost(&request)) {
+                refused.push(None);
+                admitted.push(request);
+            } else {
+                refused.push(Some(overloaded(&request)));
+            }
+        }
+        let mut responses = if admitted.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            state.requests = admitted;
+            state.call_next_transform().await?.into_iter()
+        };
+        let mut out = Vec::with_capacity(refused.len());
+        for slot in refused {
+            match slot {
+                Some(error) => out.push(error),
+                None => {
+                    if let Some(response) = responses.next() {
+                        out.push(response);
+                    }
+                }
+            }
+        }
+        // Anything beyond one response per admitted request is unsolicited: it goes last.
+        out.extend(responses);
+        Ok(out)
+    }
+}

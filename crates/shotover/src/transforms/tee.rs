@@ -1,0 +1,455 @@
+//! Tee: sends every request to a sub-chain as well as down the chain, and compares.
+//!
+//! ```yaml
+//! - Tee:
+//!     behavior: Ignore              # or FailOnMismatch, LogWarningOnMismatch,
+//!                                   # or SubchainOnMismatch: [<chain>]
+//!     timeout_micros: 1000          # wait for room in the buffer; default: as long as it takes
+//!     buffer_size: 5                # batches waiting for the sub-chain; default 5
+//!     http_api_port: 1234           # also `switch_port`; default: no HTTP API
+//!     chain:
+//!       - ValkeySinkSingle:
+//!           remote_address: "127.0.0.1:6380"
+//! ```
+//!
+//! - Every client connection has its own instance of the sub-chain, run by a task of its own
+//!   that takes batches from a buffer of `buffer_size` batches.
+//! - `Ignore` does not wait for the sub-chain. When the buffer is full the batch is not
+//!   teed, and its requests count in `tee_dropped_messages{chain="Tee"}`.
+//! - The other behaviours wait for both chains and compare the responses one by one (by
+//!   their bytes). A sub-chain that fails, or whose batch found no room in the buffer within
+//!   `timeout_micros`, counts as a mismatch for every request of the batch.
+//! - The result source says which chain's responses the client gets. The HTTP API on
+//!   `127.0.0.1:<http_api_port>` reads it (`GET /transform/tee/result-source`) and sets it
+//!   (`PUT` with body `regular-chain` or `tee-chain`) for every core at once. While it is
+//!   `tee-chain`, Tee always waits for both chains.
+
+use crate::chain::{BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::config::topology::ParseContext;
+use crate::config::ConfigError;
+use crate::message::{Message, Protocol};
+use anyhow::{anyhow, Result};
+use async_trait::async_trait;
+use bytes::BytesMut;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use prometheus::IntCounter;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// What Tee does when the two chains answer differently.
+#[derive(Debug)]
+pub enum Behavior {
+    Ignore,
+    FailOnMismatch,
+    LogWarningOnMismatch,
+    SubchainOnMismatch(Vec<Box<dyn TransformConfig>>),
+}
+
+#[derive(Debug)]
+pub struct TeeConfig {
+    pub behavior: Behavior,
+    /// How long to wait for room in the buffer, in microseconds. Default: no limit.
+    pub timeout_micros: Option<u64>,
+    /// Batches that may wait for the sub-chain. Default 5.
+    pub buffer_size: usize,
+    /// The sub-chain every request is copied to.
+    pub chain: Vec<Box<dyn TransformConfig>>,
+    /// Port of the result-source HTTP API on 127.0.0.1. Default: none.
+    pub http_api_port: Option<u16>,
+    /// Which chain answers the client, shared by every core.
+    result_source: Arc<ResultSource>,
+    /// Set once the HTTP API has been started by the first core that builds this Tee.
+    api_started: OnceLock<()>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTee {
+    #[serde(default)]
+    behavior: Option<Value>,
+    #[serde(default)]
+    timeout_micros: Option<u64>,
+    #[serde(default = "default_buffer_size")]
+    buffer_size: usize,
+    chain: Value,
+    #[serde(default)]
+    http_api_port: Option<u16>,
+    #[serde(default)]
+    switch_port: Option<u16>,
+}
+
+fn default_buffer_size() -> usize {
+    5
+}
+
+impl TeeConfig {
+    /// The parser registered for `Tee`: its chains are parsed like a source's.
+    pub fn parse(ctx: &ParseContext<'_>, path: &str, body: Value) -> Result<Box<dyn TransformConfig>, ConfigError> {
+        let raw: RawTee = ctx.from_value(path, body)?;
+        let behavior_path = ctx.join(path, "behavior");
+        let behavior = match raw.behavior {
+            None => Behavior::Ignore,
+            Some(Value::String(s)) => match s.as_str() {
+                "Ignore" => Behavior::Ignore,
+                "FailOnMismatch" => Behavior::FailOnMismatch,
+                "LogWarningOnMismatch" => Behavior::LogWarningOnMismatch,
+                other => {
+                    return Err(ctx.error(
+                        &behavior_path,
+                        format!("unknown behavior {other:?}: expected Ignore, FailOnMismatch, LogWarningOnMismatch or SubchainOnMismatch"),
+                    ))
+                }
+            },
+            Some(Value::Mapping(map)) if map.len() == 1 => match map.into_iter().next() {
+                Some((Value::String(k), chain)) if k == "SubchainOnMismatch" => {
+                    Behavior::SubchainOnMismatch(ctx.parse_chain(&ctx.join(&behavior_path, &k), chain)?)
+                }
+                _ => return Err(ctx.error(&behavior_path, "expected `SubchainOnMismatch: [<transforms>]`")),
+            },
+            Some(_) => {
+                return Err(ctx.error(
+                    &behavior_path,
+                    "expected Ignore, FailOnMismatch, LogWarningOnMismatch or `SubchainOnMismatch: [<transforms>]`",
+                ))
+            }
+        };
+        if raw.buffer_size == 0 {
+            return Err(ctx.error(&ctx.join(path, "buffer_size"), "must be at least 1"));
+        }
+        if raw.http_api_port.is_some() && raw.switch_port.is_some() {
+            return Err(ctx.error(path, "set http_api_port or its older name switch_port, not both"));
+        }
+        let chain = ctx.parse_chain(&ctx.join(path, "chain"), raw.chain)?;
+        Ok(Box::new(TeeConfig {
+            behavior,
+            timeout_micros: raw.timeout_micros,
+            buffer_size: raw.buffer_size,
+            chain,
+            http_api_port: raw.http_api_port.or(raw.switch_port),
+            result_source: Arc::new(ResultSource::default()),
+            api_started: OnceLock::new(),
+        }))
+    }
+}
+
+/// Which chain's responses go back to the client.
+#[derive(Debug, Default)]
+pub struct ResultSource {
+    tee_chain: AtomicBool,
+}
+
+impl ResultSource {
+    fn is_tee_chain(&self) -> bool {
+        self.tee_chain.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        if self.is_tee_chain() {
+            "tee-chain"
+        } else {
+            "regular-chain"
+        }
+    }
+
+    fn set(&self, name: &str) -> Result<(), String> {
+        match name {
+            "regular-chain" => self.tee_chain.store(false, Ordering::Relaxed),
+            "tee-chain" => self.tee_chain.store(true, Ordering::Relaxed),
+            other => return Err(format!("unknown result source {other:?}: expected regular-chain or tee-chain")),
+        }
+        Ok(())
+    }
+}
+
+impl TransformConfig for TeeConfig {
+    fn name(&self) -> &'static str {
+        "Tee"
+    }
+    fn is_terminating(&self) -> bool {
+        false
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        if let Some(port) = self.http_api_port {
+            // One API for all cores: the first core to build this Tee starts it.
+            self.api_started.get_or_init(|| start_api(port, self.result_source.clone()));
+        }
+        let mismatch = match &self.behavior {
+            Behavior::SubchainOnMismatch(chain) => Some(ChainBuilder::new("mismatch_chain", chain, ctx)?),
+            _ => None,
+        };
+        Ok(Box::new(TeeBuilder {
+            chain: ChainBuilder::new("tee_chain", &self.chain, ctx)?,
+            mismatch,
+            compare: match self.behavior {
+                Behavior::Ignore => Compare::Ignore,
+                Behavior::FailOnMismatch => Compare::Fail,
+                Behavior::LogWarningOnMismatch => Compare::LogWarning,
+                Behavior::SubchainOnMismatch(_) => Compare::Subchain,
+            },
+            timeout: self.timeout_micros.map(Duration::from_micros),
+            buffer_size: self.buffer_size,
+            result_source: self.result_source.clone(),
+            dropped: ctx.metrics.tee_dropped_messages.with_label_values(&["Tee"]),
+        }))
+    }
+}
+
+/// Serves the result-source API on a thread of its own. If the port is taken (for example
+/// by the instance this one hot-reloads from, until it exits), it keeps trying.
+fn start_api(port: u16, source: Arc<ResultSource>) {
+    let spawned = std::thread::Builder::new().name("tee-api".into()).spawn(move || {
+        let mut warned = false;
+        let server = loop {
+            match tiny_http::Server::http(("127.0.0.1", port)) {
+                Ok(server) => break server,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(
+                            "Tee: cannot serve the result-source API on 127.0.0.1:{port} yet ({e}); retrying"
+                        );
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        tracing::info!("Tee result-source API on http://127.0.0.1:{port}/transform/tee/result-source");
+        for mut request in server.incoming_requests() {
+            let path = request.url().split('?').next().unwrap_or_default().to_string();
+            let response = match (request.method(), path.as_str()) {
+                (tiny_http::Method::Get, "/transform/tee/result-source") => {
+                    tiny_http::Response::from_string(source.name())
+                }
+                (tiny_http::Method::Put, "/transform/tee/result-source") => {
+                    let mut body = String::new();
+                    let _ = request.as_reader().read_to_string(&mut body);
+                    match source.set(body.trim()) {
+                        Ok(()) => {
+                            tracing::info!("Tee: result source set to {}", body.trim());
+                            tiny_http::Response::from_string(source.name())
+                        }
+                        Err(e) => tiny_http::Response::from_string(e).with_status_code(400),
+                    }
+                }
+                _ => tiny_http::Response::from_string("not found: try GET or PUT /transform/tee/result-source")
+                    .with_status_code(404),
+            };
+            if let Err(e) = request.respond(response) {
+                tracing::debug!("Tee API client went away: {e}");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("Tee: cannot start the result-source API thread: {e}");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    Ignore,
+    Fail,
+    LogWarning,
+    Subchain,
+}
+
+struct TeeBuilder {
+    chain: ChainBuilder,
+    mismatch: Option<ChainBuilder>,
+    compare: Compare,
+    timeout: Option<Duration>,
+    buffer_size: usize,
+    result_source: Arc<ResultSource>,
+    dropped: IntCounter,
+}
+
+impl TransformBuilder for TeeBuilder {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(Tee {
+            tee_chain: Some(self.chain.build()),
+            sender: None,
+            mismatch: self.mismatch.as_ref().map(ChainBuilder::build),
+            compare: self.compare,
+            timeout: self.timeout,
+            buffer_size: self.buffer_size,
+            result_source: self.result_source.clone(),
+            dropped: self.dropped.clone(),
+        })
+    }
+}
+
+/// A batch for the sub-chain, and where to send its responses when someone waits for them.
+struct Job {
+    requests: Vec<Message>,
+    reply: Option<LocalSender<Result<Vec<Message>, String>>>,
+}
+
+pub struct Tee {
+    /// The sub-chain until its task starts; the task owns it from then on.
+    tee_chain: Option<Chain>,
+    sender: Option<LocalSender<Job>>,
+    mismatch: Option<Chain>,
+    compare: Compare,
+    timeout: Option<Duration>,
+    buffer_size: usize,
+    result_source: Arc<ResultSource>,
+    dropped: IntCounter,
+}
+
+/// Runs the sub-chain's batches one after another until the connection's Tee is gone.
+async fn run_tee_chain(mut chain: Chain, jobs: LocalReceiver<Job>) {
+    while let Some(job) = jobs.recv().await {
+        let result = chain.process(job.requests).await.map_err(|e| format!("{e:#}"));
+        match job.reply {
+            Some(reply) => {
+                let _ = reply.try_send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    tracing::debug!("Tee sub-chain failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Tee {
+    /// The buffer to the sub-chain's task, started on first use (on the worker core).
+    fn sender(&mut self) -> &LocalSender<Job> {
+        if self.sender.is_none() {
+            let (sender, receiver) = local_channel::new_bounded(self.buffer_size);
+            if let Some(chain) = self.tee_chain.take() {
+                glommio::spawn_local(run_tee_chain(chain, receiver)).detach();
+            }
+            self.sender = Some(sender);
+        }
+        self.sender.get_or_insert_with(|| local_channel::new_bounded(1).0)
+    }
+
+    /// Queues a batch for the sub-chain and waits for its responses.
+    async fn tee_and_wait(&mut self, requests: Vec<Message>) -> Result<Vec<Message>, String> {
+        let count = requests.len() as u64;
+        let (reply, responses) = local_channel::new_bounded(1);
+        let job = Job { requests, reply: Some(reply) };
+        let timeout = self.timeout;
+        let dropped = self.dropped.clone();
+        let sender = self.sender();
+        let queued = match timeout {
+            None => sender.send(job).await.is_ok(),
+            Some(limit) => {
+                futures_lite::future::or(async { sender.send(job).await.is_ok() }, async {
+                    glommio::timer::sleep(limit).await;
+                    false
+                })
+                .await
+            }
+        };
+        if !queued {
+            dropped.inc_by(count);
+            return Err("the Tee buffer stayed full".into());
+        }
+        responses.recv().await.unwrap_or_else(|| Err("the Tee sub-chain stopped".into()))
+    }
+}
+
+/// True when two responses are the same bytes on the wire.
+fn same(a: &Message, b: &Message) -> bool {
+    if let (Some(x), Some(y)) = (a.raw(), b.raw()) {
+        return x == y;
+    }
+    let (mut x, mut y) = (BytesMut::new(), BytesMut::new());
+    a.encode_into(&mut x).is_ok() && b.encode_into(&mut y).is_ok() && x == y
+}
+
+#[async_trait(?Send)]
+impl Transform for Tee {
+    fn name(&self) -> &'static str {
+        "Tee"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        if state.requests.is_empty() {
+            return state.call_next_transform().await;
+        }
+        let tee_answers = self.result_source.is_tee_chain();
+        let copy = state.requests.clone();
+        if self.compare == Compare::Ignore && !tee_answers {
+            let count = copy.len() as u64;
+            if self.sender().try_send(Job { requests: copy, reply: None }).is_err() {
+                self.dropped.inc_by(count);
+            }
+            return state.call_next_transform().await;
+        }
+        let originals = (self.compare == Compare::Subchain).then(|| state.requests.clone());
+        let (tee, regular) = futures_lite::future::zip(self.tee_and_wait(copy), state.call_next_transform()).await;
+        let regular = regular?;
+        let (mut answer, other) = match tee {
+            Ok(tee) if tee_answers => (tee, Ok(regular)),
+            Err(e) if tee_answers => return Err(anyhow!("Tee sub-chain: {e}")),
+            tee => (regular, tee),
+        };
+        if self.compare == Compare::Ignore {
+            return Ok(answer);
+        }
+        let mismatched: Vec<usize> = match &other {
+            Err(_) => (0..answer.len()).collect(),
+            Ok(other) => (0..answer.len())
+                .filter(|&i| match (answer.get(i), other.get(i)) {
+                    (Some(a), Some(b)) => !same(a, b),
+                    _ => true,
+                })
+                .collect(),
+        };
+        if mismatched.is_empty() {
+            return Ok(answer);
+        }
+        match self.compare {
+            Compare::Fail => {
+                for &i in &mismatched {
+                    if let Some(slot) = answer.get_mut(i) {
+                        let mut error = Message::valkey_error_to(
+                            slot,
+                            "ERR The responses from the Tee subchain and down-chain did not match and behavior is set to fail on mismatch",
+                        );
+                        if let Some(id) = slot.request_id() {
+                            error.set_request_id(id);
+                        }
+                        *slot = error;
+                    }
+                }
+            }
+            Compare::LogWarning => match &other {
+                Err(e) => tracing::warn!("Tee: the sub-chain gave no responses to compare: {e}"),
+                Ok(other) => {
+                    for &i in &mismatched {
+                        tracing::warn!(
+                            "Tee: responses differ: down-chain {:?}, sub-chain {:?}",
+                            answer.get(i).and_then(|m| m.raw()),
+                            other.get(i).and_then(|m| m.raw())
+                        );
+                    }
+                }
+            },
+            Compare::Subchain => {
+                if let (Some(chain), Some(originals)) = (&mut self.mismatch, originals) {
+                    let requests: Vec<Message> = originals
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| mismatched.contains(i))
+                        .map(|(_, m)| m)
+                        .collect();
+                    if let Err(e) = chain.process(requests).await {
+                        tracing::warn!("Tee: the SubchainOnMismatch chain failed: {e:#}");
+                    }
+                }
+            }
+            Compare::Ignore => {}
+        }
+        Ok(answer)
+    }
+}
