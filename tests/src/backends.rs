@@ -1,0 +1,254 @@
+//! Real Cassandra and Kafka-wire backends, and the Python clients that talk to them.
+//!
+//! - [`Cassandra`]: a Cassandra 2.1 cluster of one node or three, stopped on drop.
+//! - [`Tansu`]: a Tansu broker (the Kafka stand-in) with in-memory storage, stopped on drop.
+//! - [`python`] and [`run_python`]: the venv with `cassandra-driver`, `cqlsh`,
+//!   `confluent-kafka` and `kafka-python`.
+//!
+//! `scripts/install-backends` installs all of it (`scripts/install-deps` calls it) under
+//! `$SHOTOVER_BACKENDS_DIR`, default `/opt/shotover-backends`. The servers are started by
+//! `scripts/cassandra` and `scripts/tansu`; these helpers only pick ports and directories.
+
+use crate::{free_port, TempDir};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn script(name: &str) -> PathBuf {
+    workspace_root().join("scripts").join(name)
+}
+
+/// Where `scripts/install-backends` put Cassandra, the venv and friends.
+pub fn backends_dir() -> PathBuf {
+    std::env::var_os("SHOTOVER_BACKENDS_DIR").map(PathBuf::from).unwrap_or_else(|| "/opt/shotover-backends".into())
+}
+
+/// A Cassandra 2.1.0 cluster started by `scripts/cassandra`. It speaks CQL native protocol
+/// v1 to v3 only: clients must ask for `protocol_version=3`.
+pub struct Cassandra {
+    /// Node addresses, `ip:port`; the first is the seed.
+    pub nodes: Vec<String>,
+    /// The CQL port, the same on every node's IP.
+    pub port: u16,
+    /// The Thrift port (cassandra-stress creates its schema there), the same on every IP.
+    pub rpc_port: u16,
+    /// The gossip port between nodes.
+    pub storage_port: u16,
+    dir: TempDir,
+}
+
+impl Cassandra {
+    /// One node on 127.0.0.1. About 5 s to start.
+    pub fn start_single() -> Self {
+        Self::start(&["127.0.0.1"])
+    }
+
+    /// Three nodes on 127.0.0.1, 127.0.0.2 and 127.0.0.3, each on the same ports of its own
+    /// IP as in a real cluster. Returns once every node lists the others in system.peers.
+    /// About 15-20 s to start.
+    pub fn start_three_nodes() -> Self {
+        Self::start(&["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    }
+
+    /// Nodes on `ips`, started one after another (the first is the seed).
+    pub fn start(ips: &[&str]) -> Self {
+        let port = reserve_ports(ips, 3);
+        let (rpc_port, storage_port) = (port + 1, port + 2);
+        let dir = TempDir::new("cassandra");
+        let out = Command::new(script("cassandra"))
+            .arg("start")
+            .arg(&dir.0)
+            .args(ips)
+            .args(["--port", &port.to_string()])
+            .args(["--rpc-port", &rpc_port.to_string()])
+            .args(["--storage-port", &storage_port.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run scripts/cassandra");
+        let nodes = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        // Built before the check, so that a failed start still stops the nodes it started.
+        let cassandra = Cassandra { nodes, port, rpc_port, storage_port, dir };
+        if !out.status.success() {
+            panic!(
+                "Cassandra did not start (run scripts/install-backends if it is missing):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        cassandra
+    }
+
+    /// The first node's address, `127.0.0.1:port`.
+    pub fn address(&self) -> &str {
+        &self.nodes[0]
+    }
+
+    /// The log of node `n` (1-based), for assertions and failure messages.
+    pub fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.0.join(format!("node-{n}/cassandra.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cassandra {
+    fn drop(&mut self) {
+        let _ = Command::new(script("cassandra")).arg("stop").arg(&self.dir.0).status();
+    }
+}
+
+/// A Tansu broker on 127.0.0.1, started by `scripts/tansu`, keeping its data in memory.
+/// Tansu is not a Kafka cluster: it calls itself node 111 and leads every partition.
+pub struct Tansu {
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Tansu {
+    /// Starts one on a free port; it listens within a fraction of a second.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = TempDir::new("tansu");
+        let out = Command::new(script("tansu"))
+            .arg("start")
+            .arg(&dir.0)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run scripts/tansu");
+        let tansu = Tansu { port, dir };
+        if !out.status.success() {
+            panic!(
+                "tansu did not start (run scripts/install-backends if it is missing):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tansu
+    }
+
+    /// `127.0.0.1:port`, for `bootstrap.servers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = Command::new(script("tansu")).arg("stop").arg(&self.dir.0).status();
+    }
+}
+
+/// The venv's python, with `cassandra-driver`, `cqlsh`, `confluent-kafka` and `kafka-python`.
+pub fn python() -> PathBuf {
+    let python = backends_dir().join("venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/install-backends", python.display());
+    python
+}
+
+/// What a Python snippet printed, and how it exited.
+#[derive(Debug)]
+pub struct PythonOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PythonOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The stdout, after asserting that the snippet exited with 0.
+    pub fn expect_success(self) -> String {
+        assert!(self.success(), "python exited with {}:\n{}\n{}", self.status, self.stdout, self.stderr);
+        self.stdout
+    }
+}
+
+/// Runs `snippet` with the venv's python as `python -c snippet args...` (so `sys.argv[1:]`
+/// is `args`), killing it after 120 s.
+pub fn run_python(snippet: &str, args: &[&str]) -> PythonOutput {
+    run_python_with_timeout(snippet, args, Duration::from_secs(120))
+}
+
+pub fn run_python_with_timeout(snippet: &str, args: &[&str], timeout: Duration) -> PythonOutput {
+    let mut child = Command::new(python())
+        .arg("-c")
+        .arg(snippet)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run python");
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let mut killed = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for python") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            killed = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for python");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = stderr.join().unwrap_or_default();
+    if killed {
+        stderr.push_str(&format!("\n(killed after {timeout:?})"));
+    }
+    PythonOutput { status, stdout: stdout.join().unwrap_or_default(), stderr }
+}
+
+/// A port P in 61000-64999 such that P..P+count are free on every one of `ips`. Ports are
+/// taken under a file lock shared by all test processes and stay reserved by a marker file
+/// for a while, because a Cassandra node binds its ports only seconds after it was given them.
+/// The range lies above the kernel's ephemeral ports (32768-60999) and apart from
+/// [`free_port`] and the Valkey cluster ports.
+fn reserve_ports(ips: &[&str], count: u16) -> u16 {
+    const FIRST: u16 = 61000;
+    const LAST: u16 = 64999;
+    let lock_path = std::env::temp_dir().join("shotover-it-backend-ports.lock");
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).expect("lock file");
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).expect("flock");
+    let free = |p: u16| ips.iter().all(|ip| TcpListener::bind((*ip, p)).is_ok());
+    let slots = (LAST - FIRST + 1) / count;
+    let mut slot = (std::process::id() % slots as u32) as u16;
+    for _ in 0..slots {
+        let port = FIRST + slot * count;
+        let marker = std::env::temp_dir().join(format!("shotover-it-backend-port-{port}"));
+        let recently_taken = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(300));
+        if !recently_taken && (0..count).all(|i| free(port + i)) {
+            let _ = std::fs::write(&marker, b"");
+            return port;
+        }
+        slot = (slot + 1) % slots;
+    }
+    panic!("no {count} free ports in {FIRST}-{LAST} on {ips:?}");
+}
