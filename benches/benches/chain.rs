@@ -40,7 +40,7 @@ sources:
 
 fn bench_topology(c: &mut Criterion, group: &str, topology: &str) {
     let topology = Topology::from_str("bench.yaml", topology, &shotover::transforms::registry()).unwrap();
-    let shotover::config::SourceConfig::Valkey(source) = &topology.sources[0];
+    let source = &topology.sources[0];
     let metrics = CoreMetrics::new(0, &prometheus::Registry::new());
     let base = BuildContext::new(metrics, ControlHandle::detached());
     let builder = ChainBuilder::new("bench", &source.chain, &base).unwrap();

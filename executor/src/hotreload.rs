@@ -146,10 +146,12 @@ impl Client {
     }
 }
 
-/// The old instance's listening socket at the hot reload path. Dropping it removes the file.
+/// The old instance's listening socket at the hot reload path. Dropping it removes the file
+/// (see [`Server::close_keeping_file`] for the exception).
 pub struct Server {
     fd: OwnedFd,
     path: PathBuf,
+    remove_on_drop: bool,
 }
 
 impl Server {
@@ -168,7 +170,16 @@ impl Server {
             .with_context(|| format!("cannot create the hot reload socket {}", path.display()))?;
         listen(&fd, Backlog::new(4).map_err(|e| anyhow!("{e}"))?)
             .with_context(|| format!("cannot listen on the hot reload socket {}", path.display()))?;
-        Ok(Server { fd, path: path.to_path_buf() })
+        Ok(Server { fd, path: path.to_path_buf(), remove_on_drop: true })
+    }
+
+    /// Stops listening but leaves the file, and returns its path. After a hand-over the file
+    /// stays until this instance exits (its removal tells nobody anything; the connection to
+    /// the new instance does), while another instance that tries it is refused at once
+    /// instead of waiting on a socket nobody accepts from.
+    pub fn close_keeping_file(mut self) -> PathBuf {
+        self.remove_on_drop = false;
+        self.path.clone()
     }
 
     /// Waits for the next instance to connect.
@@ -185,7 +196,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.remove_on_drop {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

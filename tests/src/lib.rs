@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod backends;
+pub mod cql_double;
+
 /// A TCP port that was free a moment ago. Ports are handed out from a per-process
 /// counter offset by the pid so that parallel test processes rarely collide.
 pub fn free_port() -> u16 {

@@ -14,7 +14,14 @@
 //!   [`Transform`] that serves it. Nothing here is `Send`: a transform lives on one core.
 //! - [`Transform::transform`] gets the batch in [`ChainState::requests`], may change it,
 //!   calls [`ChainState::call_next_transform`] (unless it terminates the chain) and returns
-//!   exactly one response per request, in request order, then any unsolicited messages.
+//!   responses, then any unsolicited messages:
+//!   - Valkey: one response per request, in request order. A transform may hold requests
+//!     back (Coalesce) and answer them in a later call, still in order.
+//!   - Cassandra: each response carries its request's stream id and may come in any later
+//!     call (a sink returns what its node has answered so far and the rest through
+//!     [`Transform::poll_pushed`]).
+//!
+//!   A call with an empty batch asks every transform to deliver what it holds.
 //! - [`Transform::poll_pushed`] lets a sink say that its upstream sent something nobody
 //!   asked for (pub/sub messages). The source then runs the chain with an empty batch and
 //!   the sink returns those messages as responses.

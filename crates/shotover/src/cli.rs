@@ -20,9 +20,13 @@ pub enum Format {
     Json,
 }
 
-/// A thread-per-core L7 proxy for Valkey/Redis.
+/// A thread-per-core L7 proxy for Valkey/Redis and Cassandra.
 #[derive(Debug, Parser)]
-#[command(name = "shotover-proxy", version, about)]
+#[command(
+    name = "shotover-proxy",
+    version,
+    about = "A thread-per-core L7 data-layer proxy for Valkey/Redis and Cassandra, configured by topology.yaml and config.yaml"
+)]
 pub struct Cli {
     /// Path of the topology file: sources and their transform chains.
     #[arg(long, default_value = "config/topology.yaml")]

@@ -14,7 +14,7 @@ use shotover_executor::{listener, WorkerCommands};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,10 +81,10 @@ pub fn assemble(
 /// What the main thread needs to know about the hot reload socket when it exits.
 #[derive(Default)]
 pub struct SocketState {
-    /// Set once this instance has handed its listeners over: the socket and the new
-    /// instance's connection. Dropping them removes the socket file, then tells the new
-    /// instance that this one has gone.
-    pub handed_over: Mutex<Option<(Server, Peer)>>,
+    /// Set once this instance has handed its listeners over: the socket file's path and the
+    /// new instance's connection. At exit the file is removed, then the connection closed,
+    /// which tells the new instance to create the file anew.
+    pub handed_over: Mutex<Option<(PathBuf, Peer)>>,
     /// True while this instance serves the socket file (it removes it on exit).
     pub serving: AtomicBool,
     /// The copies of this instance's listeners to hand over. Taken (and closed) when the
@@ -143,8 +143,10 @@ pub fn serve(server: Server, commands: WorkerCommands, handed_over: HandedOver) 
                 commands.shutdown_gradually(Duration::from_secs(seconds));
                 let _ = peer.reply("OK");
                 tracing::info!("hot reload: the new instance is running; closing connections over {seconds} s");
+                handed_over.serving.store(false, Ordering::Release);
+                let path = server.close_keeping_file();
                 if let Ok(mut slot) = handed_over.handed_over.lock() {
-                    *slot = Some((server, peer));
+                    *slot = Some((path, peer));
                 }
                 return;
             }

@@ -18,6 +18,7 @@
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod cql;
 pub mod hot_reload;
 pub mod io;
 pub mod logging;

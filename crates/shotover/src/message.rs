@@ -5,6 +5,7 @@
 //! changed the frame (zero-copy pass-through); the modified flag says which.
 
 use bytes::{Bytes, BytesMut};
+use shotover_protocols::cassandra::{self, CassandraCodecError, CassandraFrame, Compression, ErrorCode, FrameHeader};
 use shotover_protocols::valkey::{self, RespVersion, ValkeyCodecError, ValkeyFrame};
 use std::cell::Cell;
 use std::time::Instant;
@@ -46,6 +47,30 @@ impl std::fmt::Display for Protocol {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Valkey(ValkeyFrame),
+    /// Boxed: a CQL frame is several times the size of the other variants.
+    Cassandra(Box<CassandraFrame>),
+}
+
+/// Why a message could not be parsed or encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Valkey(#[from] ValkeyCodecError),
+    #[error(transparent)]
+    Cassandra(#[from] CassandraCodecError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Why the proxy answers a request itself; each protocol has its own answer for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// A transform refused the request (QueryTypeFilter, Tee's FailOnMismatch, DebugReturner).
+    Refused,
+    /// Too many requests (RequestThrottling), or no upstream could take it: retry later.
+    Overloaded,
+    /// The upstream failed after the request may have been sent: only the client can retry.
+    Upstream,
 }
 
 /// One protocol message: raw bytes, a lazily parsed frame, and ids.
@@ -58,6 +83,8 @@ pub struct Message {
     modified: bool,
     protocol: Protocol,
     resp_version: RespVersion,
+    /// How a Cassandra frame's body is compressed on the connection it came from.
+    compression: Compression,
     id: MessageId,
     request_id: Option<MessageId>,
     /// When the bytes were read from a socket, for the latency metrics.
@@ -73,16 +100,25 @@ impl Message {
             modified: false,
             protocol,
             resp_version: RespVersion::Resp2,
+            compression: Compression::None,
             id: next_id(),
             request_id: None,
             received_at: Some(received_at),
         }
     }
 
+    /// A Cassandra frame as read from a connection that negotiated `compression`.
+    pub fn from_cql(raw: Bytes, compression: Compression, received_at: Instant) -> Self {
+        let mut m = Message::from_bytes(raw, Protocol::Cassandra, received_at);
+        m.compression = compression;
+        m
+    }
+
     /// A message built by the proxy, such as a synthesized response.
     pub fn from_frame(frame: Frame) -> Self {
         let protocol = match frame {
             Frame::Valkey(_) => Protocol::Valkey,
+            Frame::Cassandra(_) => Protocol::Cassandra,
         };
         Message {
             raw: None,
@@ -90,6 +126,7 @@ impl Message {
             modified: true,
             protocol,
             resp_version: RespVersion::Resp2,
+            compression: Compression::None,
             id: next_id(),
             request_id: None,
             received_at: None,
@@ -107,6 +144,73 @@ impl Message {
     /// A Valkey error reply to `request`; `text` starts with an error code such as `ERR`.
     pub fn valkey_error_to(request: &Message, text: impl Into<String>) -> Self {
         Message::response_to(request, Frame::Valkey(valkey::frame::error(text)))
+    }
+
+    /// An "empty" answer to `request` in its protocol: a Valkey null, or a CQL RESULT Void.
+    pub fn empty_response_to(request: &Message) -> Self {
+        match (request.protocol, request.cql_header()) {
+            (Protocol::Cassandra, Some(header)) => {
+                let frame = CassandraFrame {
+                    version: header.version,
+                    response: true,
+                    flags: 0,
+                    stream_id: header.stream_id,
+                    tracing_id: None,
+                    warnings: Vec::new(),
+                    custom_payload: None,
+                    body: cassandra::CassandraBody::Result(cassandra::result::ResultBody::Void),
+                };
+                Message::response_to(request, Frame::Cassandra(Box::new(frame)))
+            }
+            _ => Message::response_to(request, Frame::Valkey(ValkeyFrame::Null)),
+        }
+    }
+
+    /// The proxy's own error answer to `request`, in the request's protocol:
+    /// - Valkey: `-ERR <text>` (the text should not start with an error code);
+    /// - Cassandra: an ERROR frame on the request's stream: Server error for `Refused` and
+    ///   `Upstream`, Overloaded for `Overloaded`.
+    pub fn error_to(request: &Message, kind: ProxyError, text: &str) -> Self {
+        match request.protocol {
+            Protocol::Valkey | Protocol::Kafka => Message::valkey_error_to(request, format!("ERR {text}")),
+            Protocol::Cassandra => {
+                let code = match kind {
+                    ProxyError::Overloaded => ErrorCode::OVERLOADED,
+                    ProxyError::Refused | ProxyError::Upstream => ErrorCode::SERVER_ERROR,
+                };
+                match request.raw.as_deref().map(FrameHeader::parse) {
+                    Some(Ok(header)) => Message::response_to(
+                        request,
+                        Frame::Cassandra(Box::new(CassandraFrame::error(&header, code, text))),
+                    ),
+                    // A request is always read from bytes; one made by a transform has its frame.
+                    _ => {
+                        let header = match &request.frame {
+                            Some(Frame::Cassandra(f)) => FrameHeader {
+                                version: f.version,
+                                response: false,
+                                flags: 0,
+                                stream_id: f.stream_id,
+                                opcode: f.opcode(),
+                                body_len: 0,
+                            },
+                            _ => FrameHeader {
+                                version: cassandra::Version::V4,
+                                response: false,
+                                flags: 0,
+                                stream_id: 0,
+                                opcode: cassandra::Opcode::Query,
+                                body_len: 0,
+                            },
+                        };
+                        Message::response_to(
+                            request,
+                            Frame::Cassandra(Box::new(CassandraFrame::error(&header, code, text))),
+                        )
+                    }
+                }
+            }
+        }
     }
 
     pub fn id(&self) -> MessageId {
@@ -148,27 +252,49 @@ impl Message {
     }
 
     /// The parsed frame, parsing on first access.
-    pub fn frame(&mut self) -> Result<&Frame, ValkeyCodecError> {
+    pub fn frame(&mut self) -> Result<&Frame, CodecError> {
         self.parse()?;
-        self.frame.as_ref().ok_or_else(|| ValkeyCodecError::Parse("message has no frame".into()))
+        self.frame.as_ref().ok_or_else(|| CodecError::Other("message has no frame".into()))
     }
 
     /// The parsed frame for changing; marks the message modified.
-    pub fn frame_mut(&mut self) -> Result<&mut Frame, ValkeyCodecError> {
+    pub fn frame_mut(&mut self) -> Result<&mut Frame, CodecError> {
         self.parse()?;
         self.modified = true;
-        self.frame.as_mut().ok_or_else(|| ValkeyCodecError::Parse("message has no frame".into()))
+        self.frame.as_mut().ok_or_else(|| CodecError::Other("message has no frame".into()))
     }
 
-    fn parse(&mut self) -> Result<(), ValkeyCodecError> {
+    fn parse(&mut self) -> Result<(), CodecError> {
         if self.frame.is_none() {
             if let Some(raw) = &self.raw {
-                let (frame, version) = valkey::frame::parse(raw)?;
-                self.resp_version = version;
-                self.frame = Some(Frame::Valkey(frame));
+                self.frame = Some(match self.protocol {
+                    Protocol::Valkey => {
+                        let (frame, version) = valkey::frame::parse(raw)?;
+                        self.resp_version = version;
+                        Frame::Valkey(frame)
+                    }
+                    Protocol::Cassandra => Frame::Cassandra(Box::new(CassandraFrame::parse(raw, self.compression)?)),
+                    Protocol::Kafka => return Err(CodecError::Other("Kafka frames are not parsed yet".into())),
+                });
             }
         }
         Ok(())
+    }
+
+    /// The header of a Cassandra message, read from its bytes (or its frame) without parsing.
+    pub fn cql_header(&self) -> Option<FrameHeader> {
+        match (&self.raw, self.modified, &self.frame) {
+            (Some(raw), false, _) => FrameHeader::parse(raw).ok(),
+            (_, _, Some(Frame::Cassandra(f))) => Some(FrameHeader {
+                version: f.version,
+                response: f.response,
+                flags: f.effective_flags(),
+                stream_id: f.stream_id,
+                opcode: f.opcode(),
+                body_len: 0,
+            }),
+            _ => None,
+        }
     }
 
     /// The Valkey command name and argument count, read from the raw bytes without parsing.
@@ -179,16 +305,32 @@ impl Message {
         }
     }
 
-    /// Appends the wire form to `out`: the original bytes when unmodified.
-    pub fn encode_into(&self, out: &mut BytesMut) -> Result<(), ValkeyCodecError> {
+    /// Appends the wire form to `out`: the original bytes when unmodified. A modified
+    /// Cassandra frame is written uncompressed (valid on any v3/v4 connection; v5 writers
+    /// wrap frames in segments).
+    pub fn encode_into(&self, out: &mut BytesMut) -> Result<(), CodecError> {
         match (&self.raw, self.modified, &self.frame) {
             (Some(raw), false, _) => {
                 out.extend_from_slice(raw);
                 Ok(())
             }
-            (_, _, Some(Frame::Valkey(frame))) => valkey::frame::encode(frame, self.resp_version, out),
-            (_, _, None) => Err(ValkeyCodecError::Parse("message has neither bytes nor frame".into())),
+            (_, _, Some(Frame::Valkey(frame))) => Ok(valkey::frame::encode(frame, self.resp_version, out)?),
+            (_, _, Some(Frame::Cassandra(frame))) => {
+                out.extend_from_slice(&frame.encode()?);
+                Ok(())
+            }
+            (_, _, None) => Err(CodecError::Other("message has neither bytes nor frame".into())),
         }
+    }
+
+    /// The wire form as one buffer: the original bytes (no copy) when unmodified.
+    pub fn to_bytes(&self) -> Result<Bytes, CodecError> {
+        if let Some(raw) = self.raw() {
+            return Ok(raw.clone());
+        }
+        let mut out = BytesMut::new();
+        self.encode_into(&mut out)?;
+        Ok(out.freeze())
     }
 }
 

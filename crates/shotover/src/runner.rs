@@ -11,7 +11,7 @@
 
 use crate::chain::{BuildContext, ChainBuilder};
 use crate::config::topology::TransformRegistry;
-use crate::config::{Config, SourceConfig, Topology};
+use crate::config::{Config, Topology};
 use crate::hot_reload::{self, HandedOver};
 use crate::logging::{self, LogFormat};
 use crate::observability::{http, CoreMetrics, MetricsHub};
@@ -117,9 +117,11 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     let listeners = hot_reload::assemble(&listen_addrs, cpus.len(), inherited, options.hotreload_socket.is_some())?;
     let mut shared = Vec::new();
     for (source, addr) in topology.sources.iter().zip(&listeners.addrs) {
-        let SourceConfig::Valkey(v) = source;
-        tracing::info!("source {:?} listening on {addr}", v.name);
+        let v = source;
+        tracing::info!("{} source {:?} listening on {addr}", v.protocol, v.name);
         shared.push(Arc::new(SourceShared {
+            protocol: v.protocol,
+            transport: v.transport,
             name: v.name.clone(),
             connection_limit: v.connection_limit,
             hard_connection_limit: v.hard_connection_limit,
@@ -151,7 +153,6 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     if let Some(addr) = &config.observability_interface {
         let addr = addr.parse().map_err(|e| anyhow!("observability_interface {addr:?}: {e}"))?;
         http::start(addr, hub.clone(), set_filter, control_core, previous.is_some())?;
-        tracing::info!("observability interface on http://{addr}/metrics");
     }
 
     let control = control::start(control_core).context("cannot start the control core")?;
@@ -203,20 +204,27 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
         systemd::notify("READY=1");
     }
 
-    let signal = runtime::wait_for_signal(|| workers.any_finished());
+    // After a hand-over the cores finish one by one as their connections close: wait for
+    // all of them. Otherwise a core that ends means something went wrong.
+    let handed = || handed_over.handed_over.lock().is_ok_and(|h| h.is_some());
+    let signal = runtime::wait_for_signal(|| if handed() { workers.all_finished() } else { workers.any_finished() });
     workers.stop();
-    systemd::notify("STOPPING=1");
     // Close our copies of the listeners too, so that the ports stop listening now.
     if let Ok(mut copies) = handed_over.listeners.lock() {
         copies.take();
     }
     let handed = handed_over.handed_over.lock().ok().and_then(|mut h| h.take());
+    if handed.is_none() {
+        // Not after a hand-over: the new instance is the service now, and systemd follows it.
+        systemd::notify("STOPPING=1");
+    }
     match (signal, handed) {
-        (None, Some(socket)) => {
+        (None, Some((path, peer))) => {
             let clean = workers.join();
             tracing::info!("hot reload: every connection is closed; exiting");
-            // Removes the socket file, then closes the connection the new instance waits on.
-            drop(socket);
+            // Remove the socket file, then close the connection the new instance waits on.
+            let _ = std::fs::remove_file(path);
+            drop(peer);
             Ok(if clean { 0 } else { 1 })
         }
         (Some(name), handed) => {
@@ -227,7 +235,10 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
                 return Ok(1);
             }
             let clean = workers.join();
-            drop(handed);
+            if let Some((path, peer)) = handed {
+                let _ = std::fs::remove_file(path);
+                drop(peer);
+            }
             if let Some(path) =
                 options.hotreload_socket.as_ref().filter(|_| handed_over.serving.load(Ordering::Acquire))
             {
@@ -256,7 +267,7 @@ async fn run_worker(
     let mut tasks = Vec::new();
     let mut chains = Vec::with_capacity(topology.sources.len());
     for source in &topology.sources {
-        let SourceConfig::Valkey(v) = source;
+        let v = source;
         match ChainBuilder::new(&v.name, &v.chain, &base) {
             Ok(c) => chains.push(Rc::new(c)),
             Err(e) => {

@@ -1,10 +1,12 @@
 //! Integration tests: real valkey-server, the real release binary, real clients
 //! (redis-rs, valkey-cli, valkey-benchmark). One crate, one binary, to build once.
 
+mod cassandra;
 mod cluster;
 mod cluster_sink;
 mod composite;
 mod config_errors;
+mod cql_double;
 mod deployment;
 mod failures;
 mod hot_reload;

@@ -199,6 +199,36 @@ impl PreparedQueryTypes {
     }
 }
 
+/// Leading keywords that name a statement in metrics; anything else is `OTHER`, so labels
+/// stay bounded whatever clients send.
+const KEYWORDS: &[&str] = &[
+    "SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "TRUNCATE", "USE", "CREATE", "ALTER", "DROP", "GRANT", "REVOKE",
+    "LIST", "DESCRIBE",
+];
+
+/// The statement's leading keyword, upper-cased, from a fixed set (`OTHER` otherwise).
+pub fn statement_keyword(cql: &str) -> &'static str {
+    let mut tokens = Tokens { s: cql.as_bytes(), pos: 0 };
+    let Some(first) = tokens.next_word() else { return "OTHER" };
+    KEYWORDS.iter().find(|k| first.eq_ignore_ascii_case(k.as_bytes())).copied().unwrap_or("OTHER")
+}
+
+/// The query string of a QUERY or PREPARE request, read straight from its bytes when its
+/// body is neither compressed nor preceded by a custom payload; `None` otherwise (parse the
+/// frame instead). Costs no allocation.
+pub fn query_text(frame: &[u8]) -> Option<&str> {
+    use super::header::{flags, HEADER_LEN};
+    let header = super::FrameHeader::parse(frame).ok()?;
+    let is_query = matches!(header.opcode, super::Opcode::Query | super::Opcode::Prepare);
+    if header.response || !is_query || header.flags & (flags::COMPRESSION | flags::CUSTOM_PAYLOAD) != 0 {
+        return None;
+    }
+    let len_bytes: [u8; 4] = frame.get(HEADER_LEN..HEADER_LEN + 4)?.try_into().ok()?;
+    let len = usize::try_from(i32::from_be_bytes(len_bytes)).ok()?;
+    let text = frame.get(HEADER_LEN + 4..HEADER_LEN + 4 + len)?;
+    std::str::from_utf8(text).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +305,25 @@ mod tests {
         assert_eq!(prepared.get(&[9]), Some(Read));
         prepared.insert(Bytes::from(vec![9]), Write);
         assert_eq!((prepared.len(), prepared.get(&[9])), (3, Some(Write)));
+    }
+
+    #[test]
+    fn statement_keyword_is_bounded() {
+        assert_eq!(statement_keyword("  select * from t"), "SELECT");
+        assert_eq!(statement_keyword("/* c */ INSERT INTO t"), "INSERT");
+        assert_eq!(statement_keyword("FROBNICATE"), "OTHER");
+        assert_eq!(statement_keyword(""), "OTHER");
+    }
+
+    #[test]
+    fn query_text_reads_uncompressed_queries() {
+        let mut frame = vec![0x04, 0, 0, 1, 0x07];
+        let body = [&(8i32).to_be_bytes()[..], b"SELECT 1", &[0, 1, 0]].concat();
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        assert_eq!(query_text(&frame), Some("SELECT 1"));
+        frame[1] = 0x01; // compressed: the caller must parse
+        assert_eq!(query_text(&frame), None);
+        assert_eq!(query_text(&frame[..12]), None);
     }
 }

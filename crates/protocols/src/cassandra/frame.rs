@@ -223,6 +223,12 @@ impl CassandraFrame {
 
     /// An ERROR response to `request` (same version and stream id).
     pub fn error(request: &FrameHeader, code: ErrorCode, message: impl Into<String>) -> Self {
+        CassandraFrame::response(request, CassandraBody::Error(ErrorBody::new(code, message)))
+    }
+
+    /// A response to `request` (same version and stream id) carrying `body`: READY,
+    /// SUPPORTED, a RESULT, ... with no tracing id, warnings or custom payload.
+    pub fn response(request: &FrameHeader, body: CassandraBody) -> Self {
         CassandraFrame {
             version: request.version,
             response: true,
@@ -231,7 +237,7 @@ impl CassandraFrame {
             tracing_id: None,
             warnings: Vec::new(),
             custom_payload: None,
-            body: CassandraBody::Error(ErrorBody::new(code, message)),
+            body,
         }
     }
 }
@@ -499,6 +505,26 @@ mod tests {
         let CassandraBody::Result(ResultBody::Rows(rows)) = &again.body else { panic!() };
         assert_eq!(rows.cell(0, port), Some(Some(&Bytes::copy_from_slice(&19042i32.to_be_bytes()))));
         assert_eq!(rows.cell(0, 2), Some(None));
+    }
+
+    #[test]
+    fn made_up_responses_v5_1() {
+        // What a server answers to the handshake and to a USE: each keeps the request's
+        // version and stream id, and parses back to itself.
+        let request = FrameHeader::parse(&hex(QUERY_V5_1)).unwrap();
+        let bodies = [
+            CassandraBody::Ready,
+            CassandraBody::Supported(vec![("COMPRESSION".into(), vec!["lz4".into(), "snappy".into()])]),
+            CassandraBody::Result(ResultBody::SetKeyspace("ks".into())),
+            CassandraBody::Result(ResultBody::Void),
+            CassandraBody::AuthSuccess(None),
+        ];
+        for body in bodies {
+            let f = CassandraFrame::response(&request, body);
+            let bytes = f.encode().unwrap();
+            assert_eq!(&bytes[..5], &[0x85, 0, 0, 5, u8::from(f.opcode())]);
+            assert_eq!(CassandraFrame::parse(&Bytes::from(bytes), Compression::None).unwrap(), f);
+        }
     }
 
     #[test]

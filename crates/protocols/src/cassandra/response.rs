@@ -124,13 +124,24 @@ fn error_frame(version_byte: u8, stream_id: i16, code: ErrorCode, message: &str)
 /// first 4 bytes. The reply has the request's stream id; it is written as v4 for versions
 /// above 5, and in the request's own version (8-byte header, 1-byte stream id) for v1 and v2.
 pub fn unsupported_version_response(frame: &[u8]) -> Option<Vec<u8>> {
+    unsupported_version_response_for(frame, &[Version::V3, Version::V4, Version::V5])
+}
+
+/// [`unsupported_version_response`] for a server that speaks only the `supported` versions
+/// (a test server that speaks only v4 and v5, say). The message lists them the way Cassandra
+/// does: `Invalid or unsupported protocol version (66); supported versions are (4/v4, 5/v5)`.
+/// A version above the highest supported one is answered in v4, one below the lowest in
+/// the request's own version (v1 and v2 with their 8-byte header), as Cassandra answers
+/// versions it no longer supports.
+pub fn unsupported_version_response_for(frame: &[u8], supported: &[Version]) -> Option<Vec<u8>> {
     let (&[version, _, s0, s1], _) = frame.split_first_chunk::<4>()?;
     let version = version & !RESPONSE_BIT;
-    if (3..=5).contains(&version) {
+    if supported.iter().any(|&v| u8::from(v) == version) {
         return None;
     }
+    let listed: Vec<String> = supported.iter().map(|&v| format!("{0}/v{0}", u8::from(v))).collect();
     let message =
-        format!("Invalid or unsupported protocol version ({version}); supported versions are (3/v3, 4/v4, 5/v5)");
+        format!("Invalid or unsupported protocol version ({version}); supported versions are ({})", listed.join(", "));
     if matches!(version, 1 | 2) {
         let mut out = vec![version | RESPONSE_BIT, 0, s0, u8::from(Opcode::Error)];
         out.extend_from_slice(&((4 + 2 + message.len()) as u32).to_be_bytes());
@@ -139,12 +150,9 @@ pub fn unsupported_version_response(frame: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(message.as_bytes());
         return Some(out);
     }
-    Some(error_frame(
-        u8::from(Version::V4) | RESPONSE_BIT,
-        i16::from_be_bytes([s0, s1]),
-        ErrorCode::PROTOCOL_ERROR,
-        &message,
-    ))
+    let lowest = supported.iter().map(|&v| u8::from(v)).min().unwrap_or(u8::from(Version::V4));
+    let reply_version = if (3..lowest).contains(&version) { version } else { u8::from(Version::V4) };
+    Some(error_frame(reply_version | RESPONSE_BIT, i16::from_be_bytes([s0, s1]), ErrorCode::PROTOCOL_ERROR, &message))
 }
 
 /// What a schema change touched (RESULT kind 5, and SCHEMA_CHANGE events).
@@ -288,6 +296,35 @@ mod tests {
         let reply = unsupported_version_response(&[0x02, 0, 7, 0x01, 0, 0, 0, 0]).unwrap();
         assert_eq!(&reply[..4], &[0x82, 0, 7, 0x00]);
         assert_eq!(u32::from_be_bytes([reply[4], reply[5], reply[6], reply[7]]) as usize, reply.len() - 8);
+    }
+
+    #[test]
+    fn unsupported_version_for_v4_v5_only() {
+        let supported = [Version::V4, Version::V5];
+        // DSE v2 (0x42) and v6: a v4 reply that lists only v4 and v5.
+        for probe in [hex(OPTIONS_DSE_V2), hex("060000030500000000")] {
+            let reply = unsupported_version_response_for(&probe, &supported).unwrap();
+            assert_eq!(frame_len(&reply), Ok(Some(reply.len())));
+            let h = FrameHeader::parse(&reply).unwrap();
+            assert_eq!((h.version, h.response, h.opcode), (Version::V4, true, Opcode::Error));
+            assert_eq!(h.stream_id, i16::from(probe[3]));
+            let code = i32::from_be_bytes([reply[9], reply[10], reply[11], reply[12]]);
+            assert_eq!(ErrorCode(code), ErrorCode::PROTOCOL_ERROR);
+            let text = String::from_utf8_lossy(&reply[15..]).into_owned();
+            let expected =
+                format!("Invalid or unsupported protocol version ({}); supported versions are (4/v4, 5/v5)", probe[0]);
+            assert_eq!(text, expected);
+        }
+        // v3 is below what it speaks: the reply is in v3, which a v3 client reads.
+        let reply = unsupported_version_response_for(&hex("030000070500000000"), &supported).unwrap();
+        assert_eq!(&reply[..5], &[0x83, 0, 0, 7, 0]);
+        assert_eq!(frame_len(&reply), Ok(Some(reply.len())));
+        assert!(String::from_utf8_lossy(&reply[15..]).starts_with("Invalid or unsupported protocol version (3)"));
+        assert_eq!(unsupported_version_response_for(&hex("040000000500000000"), &supported), None);
+        assert_eq!(unsupported_version_response_for(&hex("050000000500000000"), &supported), None);
+        // The default still answers 0x42 in v4 and lists v3 to v5.
+        let reply = unsupported_version_response(&hex(OPTIONS_DSE_V2)).unwrap();
+        assert!(String::from_utf8_lossy(&reply[15..]).ends_with("(3/v3, 4/v4, 5/v5)"));
     }
 
     #[test]

@@ -357,6 +357,39 @@ impl RowsMetadata {
         encode_column_specs(out, &self.columns, self.global_table_spec.is_some())
     }
 
+    /// Full metadata for columns of one table: a global table spec, then each column's name
+    /// and type.
+    pub fn for_table(
+        keyspace: impl Into<String>,
+        table: impl Into<String>,
+        columns: impl IntoIterator<Item = (String, ColumnType)>,
+    ) -> Self {
+        let columns: Vec<ColumnSpec> =
+            columns.into_iter().map(|(name, col_type)| ColumnSpec { table_spec: None, name, col_type }).collect();
+        RowsMetadata {
+            flags: GLOBAL_TABLES_SPEC,
+            columns_count: columns.len(),
+            paging_state: None,
+            new_metadata_id: None,
+            global_table_spec: Some(TableSpec { keyspace: keyspace.into(), table: table.into() }),
+            columns,
+        }
+    }
+
+    /// Metadata with NO_METADATA, which gives only the number of cells per row: for rows
+    /// whose request set SKIP_METADATA, and for the result metadata of a prepared statement
+    /// that returns no rows (with a count of 0).
+    pub fn without_columns(columns_count: usize) -> Self {
+        RowsMetadata {
+            flags: NO_METADATA,
+            columns_count,
+            paging_state: None,
+            new_metadata_id: None,
+            global_table_spec: None,
+            columns: Vec::new(),
+        }
+    }
+
     /// The keyspace and table of a column: its own spec, or the global one.
     pub fn table_of(&self, column: usize) -> Option<&TableSpec> {
         self.columns.get(column)?.table_spec.as_ref().or(self.global_table_spec.as_ref())
@@ -510,6 +543,27 @@ mod tests {
         let mut out = Vec::new();
         result.encode(&mut out, version).unwrap();
         out
+    }
+
+    #[test]
+    fn metadata_helpers_v4_1() {
+        let columns = vec![("k".to_string(), ColumnType::Varchar), ("v".to_string(), ColumnType::Int)];
+        let rows = Rows {
+            metadata: RowsMetadata::for_table("ks", "t", columns),
+            rows: vec![vec![Some(Bytes::from_static(b"a")), Some(Bytes::from_static(&[0, 0, 0, 7]))]],
+        };
+        assert_eq!(rows.column_index("v"), Some(1));
+        assert_eq!(rows.metadata.table_of(1).map(|t| t.table.as_str()), Some("t"));
+        let result = ResultBody::Rows(rows.clone());
+        let wire = encode(&result, Version::V4);
+        // kind 2, flags GLOBAL_TABLES_SPEC, 2 columns, "ks", "t", then "k" varchar.
+        assert_eq!(&wire[..21], &[0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 2, b'k', b's', 0, 1, b't', 0, 1]);
+        assert_eq!(parse(wire, Version::V4).unwrap(), result);
+        // Without metadata: only the count, and the cells.
+        let bare = ResultBody::Rows(Rows { metadata: RowsMetadata::without_columns(2), rows: rows.rows });
+        let wire = encode(&bare, Version::V5);
+        assert_eq!(&wire[..12], &[0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 2]);
+        assert_eq!(parse(wire, Version::V5).unwrap(), bare);
     }
 
     #[test]

@@ -56,6 +56,11 @@ impl ParseContext<'_> {
     pub fn join(&self, base: &str, field: &str) -> String {
         join_path(base, field)
     }
+
+    /// The protocol of the source whose chain is being parsed.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
 }
 
 /// Known transforms by name.
@@ -160,7 +165,7 @@ impl TransformRegistry {
             return Err(err(
                 format!("{path}[{last}]"),
                 format!(
-                    "{} is not a terminating transform: a chain must end with exactly one terminating transform (a sink, NullSink or DebugReturner)",
+                    "{} is not a terminating transform: a chain must end with exactly one terminating transform (a sink, NullSink, DebugReturner or ParallelMap)",
                     t.name()
                 ),
             ));
@@ -173,8 +178,8 @@ impl TransformRegistry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    #[serde(default = "default_source_name")]
-    name: String,
+    #[serde(default)]
+    name: Option<String>,
     listen_addr: String,
     #[serde(default = "default_connection_limit")]
     connection_limit: usize,
@@ -184,21 +189,32 @@ struct RawSource {
     tls: Option<TlsAcceptorConfig>,
     #[serde(default)]
     timeout: Option<u64>,
+    /// Cassandra only.
+    #[serde(default)]
+    transport: Option<Transport>,
     chain: Value,
-}
-
-fn default_source_name() -> String {
-    "valkey".into()
 }
 
 fn default_connection_limit() -> usize {
     512
 }
 
-/// A Valkey source.
+/// How a Cassandra source's clients carry CQL frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Transport {
+    /// CQL frames straight on TCP (or TLS), as every driver speaks.
+    #[default]
+    Tcp,
+    /// CQL frames in binary WebSocket messages.
+    WebSocket,
+}
+
+/// One source: where clients connect, how, and the chain their requests run through.
 #[derive(Debug)]
-pub struct ValkeySourceConfig {
-    /// Names the source in metrics and logs.
+pub struct SourceConfig {
+    /// The protocol its clients speak (the YAML key: `Valkey`, `Cassandra`, `Kafka`).
+    pub protocol: Protocol,
+    /// Names the source in metrics and logs. Default: the protocol in lower case.
     pub name: String,
     /// Where to listen.
     pub listen_addr: SocketAddr,
@@ -210,27 +226,22 @@ pub struct ValkeySourceConfig {
     pub timeout: Option<u64>,
     /// TLS for clients. Default: plain TCP.
     pub tls: Option<TlsAcceptorConfig>,
+    /// Cassandra only: TCP or WebSocket. Default TCP.
+    pub transport: Transport,
     /// The transforms, first to last.
     pub chain: Vec<Box<dyn TransformConfig>>,
 }
 
-/// One source.
-#[derive(Debug)]
-pub enum SourceConfig {
-    Valkey(ValkeySourceConfig),
-}
+/// The older name of [`SourceConfig`], from when every source was a Valkey source.
+pub type ValkeySourceConfig = SourceConfig;
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
-        match self {
-            SourceConfig::Valkey(s) => &s.name,
-        }
+        &self.name
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
-        match self {
-            SourceConfig::Valkey(s) => s.listen_addr,
-        }
+        self.listen_addr
     }
 }
 
@@ -280,15 +291,15 @@ impl Topology {
                 _ => return Err(err(&path, "a source is a map with one key: Valkey, Cassandra or Kafka".into())),
             };
             let path = join_path(&path, &kind);
-            let source = match kind.as_str() {
-                "Valkey" => SourceConfig::Valkey(valkey_source(file, &path, body, registry)?),
-                "Cassandra" | "Kafka" => {
-                    return Err(err(&path, format!("{kind} sources are not available in this build yet")))
-                }
+            let protocol = match kind.as_str() {
+                "Valkey" => Protocol::Valkey,
+                "Cassandra" => Protocol::Cassandra,
+                "Kafka" => return Err(err(&path, "Kafka sources are not available in this build yet".into())),
                 other => {
                     return Err(err(&path, format!("unknown source {other:?}: expected Valkey, Cassandra or Kafka")))
                 }
             };
+            let source = parse_source(file, &path, body, registry, protocol)?;
             if let Some(j) = out.iter().position(|s: &SourceConfig| s.listen_addr() == source.listen_addr()) {
                 return Err(err(
                     &join_path(&path, "listen_addr"),
@@ -316,12 +327,13 @@ fn resolve_listen_addr(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn valkey_source(
+fn parse_source(
     file: &str,
     path: &str,
     body: Value,
     registry: &TransformRegistry,
-) -> Result<ValkeySourceConfig, ConfigError> {
+    protocol: Protocol,
+) -> Result<SourceConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError { file: file.into(), path: join_path(path, field), reason };
     let raw: RawSource = from_value(file, path, body)?;
     let listen_addr = resolve_listen_addr(&raw.listen_addr).map_err(|reason| err("listen_addr", reason))?;
@@ -334,14 +346,22 @@ fn valkey_source(
     if raw.timeout == Some(0) {
         return Err(err("timeout", "must be at least 1 second; leave it out to never time out".into()));
     }
-    let chain = registry.parse_chain(file, &join_path(path, "chain"), raw.chain, Protocol::Valkey)?;
-    Ok(ValkeySourceConfig {
-        name: raw.name,
+    if raw.transport.is_some() && protocol != Protocol::Cassandra {
+        return Err(err("transport", format!("only Cassandra sources have a transport, not {protocol} sources")));
+    }
+    if raw.transport == Some(Transport::WebSocket) {
+        return Err(err("transport", "the WebSocket transport is not available in this build yet; use Tcp".into()));
+    }
+    let chain = registry.parse_chain(file, &join_path(path, "chain"), raw.chain, protocol)?;
+    Ok(SourceConfig {
+        protocol,
+        name: raw.name.unwrap_or_else(|| protocol.to_string().to_lowercase()),
         listen_addr,
         connection_limit: raw.connection_limit,
         hard_connection_limit: raw.hard_connection_limit,
         timeout: raw.timeout,
         tls: raw.tls,
+        transport: raw.transport.unwrap_or_default(),
         chain,
     })
 }
@@ -384,7 +404,7 @@ sources:
 "#;
         let topology = load(text).unwrap();
         assert_eq!(topology.sources.len(), 2);
-        let SourceConfig::Valkey(first) = &topology.sources[0];
+        let first = &topology.sources[0];
         assert_eq!(first.connection_limit, 512);
         assert!(!first.hard_connection_limit);
         assert_eq!(first.timeout, None);

@@ -24,7 +24,10 @@ pub fn start(
 ) -> Result<()> {
     let first = Server::http(addr);
     let first = match first {
-        Ok(server) => Some(server),
+        Ok(server) => {
+            tracing::info!("observability interface on http://{addr}/metrics");
+            Some(server)
+        }
         Err(e) if wait_for_port => {
             tracing::info!(
                 "observability interface {addr} is still held by the previous instance ({e}); retrying until it exits"

@@ -1,6 +1,44 @@
 //! Upstream connections used by sink transforms.
 //!
 //! - [`valkey`]: one connection to a Valkey server that reads whole RESP messages.
+//! - [`valkey_cluster`]: slot maps of a Valkey Cluster.
+//! - [`cassandra`]: one connection to a Cassandra node that reads whole CQL frames.
 
+pub mod cassandra;
 pub mod valkey;
 pub mod valkey_cluster;
+
+use crate::io::Stream;
+use futures_rustls::TlsConnector;
+use glommio::net::TcpStream;
+use rustls_pki_types::ServerName;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What a sink needs to open TLS connections to its upstream.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+/// Connects to `addr` (and completes the TLS handshake, with `tls`), giving up after `timeout`.
+pub async fn connect_stream(addr: SocketAddr, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<Stream> {
+    let tcp = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
+    tcp.set_nodelay(true)?;
+    Ok(match tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+            let timed_out = async {
+                glommio::timer::sleep(timeout).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+            };
+            let tls_stream = futures_lite::future::or(handshake, timed_out)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {addr} failed: {e}")))?;
+            Stream::TlsClient(Box::new(tls_stream))
+        }
+    })
+}

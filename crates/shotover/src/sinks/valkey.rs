@@ -3,10 +3,7 @@
 use crate::io::{ReadBuffer, ReadMode, Stream};
 use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt;
-use futures_rustls::TlsConnector;
-use glommio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
-use rustls_pki_types::ServerName;
 use shotover_protocols::valkey::framing::Scanner;
 use std::io;
 use std::net::SocketAddr;
@@ -18,12 +15,7 @@ use std::time::{Duration, Instant};
 /// before sending on it (Valkey's `timeout` closes idle clients after whole seconds).
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
-/// What a sink needs to open TLS connections to its upstream.
-#[derive(Clone)]
-pub struct UpstreamTls {
-    pub connector: TlsConnector,
-    pub server_name: ServerName<'static>,
-}
+pub use super::UpstreamTls;
 
 /// A TCP connection to Valkey that yields whole messages.
 pub struct ValkeyConnection {
@@ -36,24 +28,8 @@ pub struct ValkeyConnection {
 impl ValkeyConnection {
     /// Connects (and completes the TLS handshake, with `tls`), giving up after `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<Self> {
-        let tcp = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
-        tcp.set_nodelay(true)?;
-        let stream = match tls {
-            None => Stream::Plain(tcp),
-            Some(tls) => {
-                let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
-                let timed_out = async {
-                    glommio::timer::sleep(timeout).await;
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-                };
-                let tls_stream = futures_lite::future::or(handshake, timed_out)
-                    .await
-                    .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {addr} failed: {e}")))?;
-                Stream::TlsClient(Box::new(tls_stream))
-            }
-        };
         Ok(ValkeyConnection {
-            stream,
+            stream: super::connect_stream(addr, timeout, tls).await?,
             read: ReadBuffer::default(),
             scanner: Scanner::default(),
             last_used: Instant::now(),

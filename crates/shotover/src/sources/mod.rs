@@ -2,11 +2,16 @@
 //!
 //! [`accept_loop`] runs on every worker core for every source: it takes connections from
 //! that core's listener, enforces the source's `connection_limit` (counted over all cores)
-//! and spawns one task per connection. [`valkey`] is the per-connection loop for Valkey.
+//! and spawns one task per connection, which runs [`connection::serve`] with the source's
+//! protocol codec: [`valkey::ValkeyCodec`] or [`cassandra::CassandraCodec`].
 
+pub mod cassandra;
+pub mod connection;
 pub mod valkey;
 
 use crate::chain::ChainBuilder;
+use crate::config::topology::Transport;
+use crate::message::Protocol;
 use crate::observability::CoreMetrics;
 use glommio::net::{TcpListener, TcpStream};
 use shotover_executor::{AcceptGate, AcceptState, Shutdown};
@@ -23,6 +28,8 @@ const LIMIT_POLL: Duration = Duration::from_millis(5);
 
 /// What every core shares about one source.
 pub struct SourceShared {
+    pub protocol: Protocol,
+    pub transport: Transport,
     pub name: String,
     pub connection_limit: usize,
     pub hard_connection_limit: bool,
@@ -140,13 +147,21 @@ pub async fn accept_loop(
             metrics: metrics.clone(),
         };
         let chain = chain.build();
+        let protocol = source.protocol;
         // Disabled by default (it is a DEBUG span); `shotover::connection_span=debug` in the
         // log filter attaches the connection id and peer to every event of the connection.
         let span = tracing::debug_span!(target: "shotover::connection_span", "connection", id = %ctx.id,
             peer = %stream.peer_addr().map(|a| a.to_string()).unwrap_or_default());
         glommio::spawn_local(
             async move {
-                valkey::serve(stream, chain, ctx).await;
+                match protocol {
+                    Protocol::Cassandra => {
+                        connection::serve(stream, chain, ctx, cassandra::CassandraCodec::new()).await
+                    }
+                    Protocol::Valkey | Protocol::Kafka => {
+                        connection::serve(stream, chain, ctx, valkey::ValkeyCodec::new()).await
+                    }
+                }
                 drop(slot);
             }
             .instrument(span),

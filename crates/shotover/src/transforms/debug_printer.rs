@@ -22,7 +22,7 @@ impl TransformConfig for DebugPrinterConfig {
         false
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
+        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(DebugPrinterBuilder))

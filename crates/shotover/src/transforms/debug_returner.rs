@@ -58,7 +58,11 @@ impl TransformConfig for DebugReturnerConfig {
         true
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
+        match self {
+            DebugReturnerConfig::Valkey(_) => &[Protocol::Valkey],
+            // A failed chain gets each protocol's own error answer from its source.
+            DebugReturnerConfig::Fail => &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka],
+        }
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(self.clone()))

@@ -10,11 +10,15 @@
 //! | QueryCounter | no | [`query_counter`] |
 //! | QueryTypeFilter | no | [`query_type_filter`] |
 //! | ValkeyClusterPortsRewrite | no | [`valkey_cluster_ports_rewrite`] |
+//! | CassandraSinkSingle | yes | [`cassandra_sink_single`] |
+//! | CassandraPeersRewrite | no | [`cassandra_peers_rewrite`] |
 //! | Coalesce | no | [`coalesce`] |
 //! | Tee | no | [`tee`] |
 //! | ParallelMap | yes | [`parallel_map`] |
 //! | RequestThrottling | no | [`request_throttling`] |
 
+pub mod cassandra_peers_rewrite;
+pub mod cassandra_sink_single;
 pub mod coalesce;
 pub mod debug_printer;
 pub mod debug_returner;
@@ -42,6 +46,8 @@ pub fn registry() -> TransformRegistry {
         .register::<valkey_cluster_ports_rewrite::ValkeyClusterPortsRewriteConfig>("ValkeyClusterPortsRewrite")
         .register::<valkey_sink_cluster::ValkeySinkClusterConfig>("ValkeySinkCluster")
         .register::<coalesce::CoalesceConfig>("Coalesce")
+        .register::<cassandra_sink_single::CassandraSinkSingleConfig>("CassandraSinkSingle")
+        .register::<cassandra_peers_rewrite::CassandraPeersRewriteConfig>("CassandraPeersRewrite")
         .register::<request_throttling::RequestThrottlingConfig>("RequestThrottling")
         .register_parser("Tee", tee::TeeConfig::parse)
         .register_parser("ParallelMap", parallel_map::ParallelMapConfig::parse);

@@ -1,15 +1,15 @@
-//! NullSink: drops every request and answers each with an empty response (a Valkey null).
+//! NullSink: drops every request and answers each with an empty response (a Valkey null,
+//! a CQL RESULT Void).
 //!
 //! ```yaml
 //! - NullSink
 //! ```
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
-use crate::message::{Frame, Message, Protocol};
+use crate::message::{Message, Protocol};
 use anyhow::Result;
 use async_trait::async_trait;
 use serde::Deserialize;
-use shotover_protocols::valkey::ValkeyFrame;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +23,7 @@ impl TransformConfig for NullSinkConfig {
         true
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
+        &[Protocol::Valkey, Protocol::Cassandra]
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(NullSinkBuilder))
@@ -47,6 +47,6 @@ impl Transform for NullSink {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
-        Ok(state.requests.iter().map(|r| Message::response_to(r, Frame::Valkey(ValkeyFrame::Null))).collect())
+        Ok(state.requests.iter().map(Message::empty_response_to).collect())
     }
 }

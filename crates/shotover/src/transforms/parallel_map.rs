@@ -56,6 +56,12 @@ impl ParallelMapConfig {
         if raw.parallelism == 0 {
             return Err(ctx.error(&ctx.join(path, "parallelism"), "must be at least 1"));
         }
+        if !raw.ordered_results && ctx.protocol() == Protocol::Valkey {
+            return Err(ctx.error(
+                &ctx.join(path, "ordered_results"),
+                "must be true in a Valkey chain: Valkey replies carry no request id, so clients would read them against the wrong requests",
+            ));
+        }
         let chain = ctx.parse_chain(&ctx.join(path, "chain"), raw.chain)?;
         Ok(Box::new(ParallelMapConfig { parallelism: raw.parallelism, ordered_results: raw.ordered_results, chain }))
     }

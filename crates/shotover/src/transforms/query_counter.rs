@@ -1,16 +1,22 @@
 //! QueryCounter: counts requests by command in the `query_count{name, query}` metric.
 //!
+//! The `query` label is the Valkey command name, or for CQL the statement's leading keyword
+//! (`SELECT`, `INSERT`, …) for QUERY and PREPARE, and the opcode (`EXECUTE`, `BATCH`,
+//! `STARTUP`, …) for other requests. Unknown names count as `OTHER`.
+//!
 //! ```yaml
 //! - QueryCounter:
 //!     name: "DR chain"
 //! ```
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
-use crate::message::{Message, Protocol};
+use crate::message::{Frame, Message, Protocol};
 use anyhow::Result;
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec};
 use serde::Deserialize;
+use shotover_protocols::cassandra::classify::{query_text, statement_keyword};
+use shotover_protocols::cassandra::{CassandraBody, Opcode};
 use shotover_protocols::valkey::command::is_known;
 use std::collections::HashMap;
 
@@ -29,7 +35,7 @@ impl TransformConfig for QueryCounterConfig {
         false
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
+        &[Protocol::Valkey, Protocol::Cassandra]
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(QueryCounterBuilder { name: self.name.clone(), counter: ctx.metrics.query_count.clone() }))
@@ -50,6 +56,57 @@ impl TransformBuilder for QueryCounterBuilder {
 /// Label for commands the proxy does not know (keeps label cardinality bounded).
 const OTHER: &str = "OTHER";
 
+/// The CQL labels besides statement keywords: one per request opcode.
+const CQL_LABELS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "BEGIN",
+    "TRUNCATE",
+    "USE",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "GRANT",
+    "REVOKE",
+    "LIST",
+    "DESCRIBE",
+    "EXECUTE",
+    "BATCH",
+    "STARTUP",
+    "OPTIONS",
+    "REGISTER",
+    "AUTH_RESPONSE",
+];
+
+/// The `query` label of a CQL request.
+fn cql_label(request: &mut Message) -> &'static str {
+    let Some(header) = request.cql_header() else { return OTHER };
+    match header.opcode {
+        Opcode::Query | Opcode::Prepare => {
+            if let Some(text) = request.raw().and_then(|raw| query_text(raw)) {
+                return statement_keyword(text);
+            }
+            match request.frame() {
+                Ok(Frame::Cassandra(f)) => match &f.body {
+                    CassandraBody::Query(q) => statement_keyword(&q.query),
+                    CassandraBody::Prepare(p) => statement_keyword(&p.query),
+                    _ => OTHER,
+                },
+                _ => OTHER,
+            }
+        }
+        Opcode::Execute => "EXECUTE",
+        Opcode::Batch => "BATCH",
+        Opcode::Startup => "STARTUP",
+        Opcode::Options => "OPTIONS",
+        Opcode::Register => "REGISTER",
+        Opcode::AuthResponse => "AUTH_RESPONSE",
+        _ => OTHER,
+    }
+}
+
 pub struct QueryCounter {
     name: String,
     counter: IntCounterVec,
@@ -65,7 +122,11 @@ impl QueryCounter {
         }
         // Only known commands get a label (and a cache entry) of their own, so neither the
         // metric's series nor this cache can grow with what clients send.
-        let label = if is_known(upper) { std::str::from_utf8(upper).unwrap_or(OTHER) } else { OTHER };
+        let label = if is_known(upper) || CQL_LABELS.iter().any(|l| l.as_bytes() == upper) {
+            std::str::from_utf8(upper).unwrap_or(OTHER)
+        } else {
+            OTHER
+        };
         let counter = self.counter.with_label_values(&[self.name.as_str(), label]);
         counter.inc();
         if label != OTHER {
@@ -81,7 +142,12 @@ impl Transform for QueryCounter {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
-        for request in &state.requests {
+        for request in &mut state.requests {
+            if request.protocol() == Protocol::Cassandra {
+                let label = cql_label(request);
+                self.count(label.as_bytes());
+                continue;
+            }
             let mut buf = [0u8; 32];
             let upper = request.valkey_request().and_then(|v| v.upper(&mut buf).map(|u| u.len()));
             match upper {

@@ -12,11 +12,15 @@
 //! Valkey commands are classified by `shotover_protocols::valkey::command::classify`.
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
-use crate::message::{Message, Protocol};
+use crate::message::{Frame, Message, Protocol, ProxyError};
 use anyhow::Result;
 use async_trait::async_trait;
 use serde::Deserialize;
+use shotover_protocols::cassandra::classify::{classify as cql_classify, classify_request, query_text};
+use shotover_protocols::cassandra::result::ResultBody;
+use shotover_protocols::cassandra::{CassandraBody, Opcode, PreparedQueryTypes};
 use shotover_protocols::valkey::command::{classify, QueryType};
+use std::collections::HashMap;
 
 /// The error text of a filtered request.
 pub const FILTERED: &str = "ERR Message was filtered out by shotover";
@@ -80,7 +84,7 @@ impl TransformConfig for QueryTypeFilterConfig {
         false
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
+        &[Protocol::Valkey, Protocol::Cassandra]
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(self.clone()))
@@ -89,22 +93,72 @@ impl TransformConfig for QueryTypeFilterConfig {
 
 impl TransformBuilder for QueryTypeFilterConfig {
     fn build(&self) -> Box<dyn Transform> {
-        Box::new(QueryTypeFilter { config: self.clone() })
+        Box::new(QueryTypeFilter {
+            config: self.clone(),
+            prepared: PreparedQueryTypes::default(),
+            preparing: HashMap::new(),
+        })
     }
 }
 
 pub struct QueryTypeFilter {
     config: QueryTypeFilterConfig,
+    /// CQL: the query type of each statement prepared on this connection, for its EXECUTEs.
+    prepared: PreparedQueryTypes,
+    /// CQL: PREPAREs waiting for their answer, by stream id.
+    preparing: HashMap<i16, QueryType>,
 }
 
 impl QueryTypeFilter {
-    fn allows(&self, request: &Message) -> bool {
+    fn kind(&mut self, request: &mut Message) -> FilterQueryType {
+        if request.protocol() == Protocol::Cassandra {
+            return self.cql_kind(request).into();
+        }
         let mut buf = [0u8; 32];
-        let kind: FilterQueryType = match request.valkey_request().and_then(|v| v.upper(&mut buf).map(classify)) {
+        match request.valkey_request().and_then(|v| v.upper(&mut buf).map(classify)) {
             Some(kind) => kind.into(),
             // Unnamed or over-long commands are unknown, so treated as writes.
             None => FilterQueryType::Write,
+        }
+    }
+
+    fn cql_kind(&mut self, request: &mut Message) -> QueryType {
+        let Some(header) = request.cql_header() else { return QueryType::Write };
+        let kind = match header.opcode {
+            // The handshake: every driver sends these, and they touch no data.
+            Opcode::Startup | Opcode::Options | Opcode::Register | Opcode::AuthResponse => return QueryType::Read,
+            Opcode::Query | Opcode::Prepare if request.raw().and_then(|r| query_text(r)).is_some() => {
+                request.raw().and_then(|r| query_text(r)).map(cql_classify).unwrap_or(QueryType::Write)
+            }
+            _ => match request.frame() {
+                Ok(Frame::Cassandra(frame)) => classify_request(frame, &self.prepared),
+                _ => QueryType::Write,
+            },
         };
+        if header.opcode == Opcode::Prepare {
+            self.preparing.insert(header.stream_id, kind);
+        }
+        kind
+    }
+
+    /// Records the ids that PREPARE answers carry, for later EXECUTEs.
+    fn learn_prepared(&mut self, responses: &mut [Message]) {
+        if self.preparing.is_empty() {
+            return;
+        }
+        for response in responses {
+            let Some(header) = response.cql_header() else { continue };
+            let Some(kind) = self.preparing.remove(&header.stream_id) else { continue };
+            if let Ok(Frame::Cassandra(frame)) = response.frame() {
+                if let CassandraBody::Result(ResultBody::Prepared(prepared)) = &frame.body {
+                    self.prepared.insert(prepared.id.clone(), kind);
+                }
+            }
+        }
+    }
+
+    fn allows(&mut self, request: &mut Message) -> bool {
+        let kind = self.kind(request);
         match &self.config {
             QueryTypeFilterConfig::AllowList(list) => list.contains(&kind),
             QueryTypeFilterConfig::DenyList(list) => !list.contains(&kind),
@@ -119,24 +173,35 @@ impl Transform for QueryTypeFilter {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
-        if state.requests.iter().all(|r| self.allows(r)) {
-            return state.call_next_transform().await;
+        let mut requests = std::mem::take(&mut state.requests);
+        let cql = requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
+        let allowed: Vec<bool> = requests.iter_mut().map(|r| self.allows(r)).collect();
+        if allowed.iter().all(|a| *a) {
+            state.requests = requests;
+            let mut responses = state.call_next_transform().await?;
+            self.learn_prepared(&mut responses);
+            return Ok(responses);
         }
-        // Keep each filtered request's error reply at its position.
-        let requests = std::mem::take(&mut state.requests);
+        // Keep each filtered request's error reply at its position (Valkey answers in order;
+        // CQL answers carry their stream id, so order does not matter there).
         let mut slots: Vec<Option<Message>> = Vec::with_capacity(requests.len());
-        for request in requests {
-            if self.allows(&request) {
+        for (request, allowed) in requests.into_iter().zip(allowed) {
+            if allowed {
                 slots.push(None);
                 state.requests.push(request);
             } else {
-                slots.push(Some(Message::valkey_error_to(&request, FILTERED)));
+                let text = FILTERED.trim_start_matches("ERR ");
+                slots.push(Some(Message::error_to(&request, ProxyError::Refused, text)));
             }
         }
-        let mut downstream = if state.requests.is_empty() {
+        // With CQL an empty batch still goes down: it brings up answers the sink has read
+        // for earlier requests.
+        let mut downstream = if state.requests.is_empty() && !cql {
             Vec::new().into_iter()
         } else {
-            state.call_next_transform().await?.into_iter()
+            let mut responses = state.call_next_transform().await?;
+            self.learn_prepared(&mut responses);
+            responses.into_iter()
         };
         let mut responses = Vec::with_capacity(slots.len());
         for slot in slots {

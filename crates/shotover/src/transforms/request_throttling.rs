@@ -12,11 +12,12 @@
 //! place among the batch's responses. The minimum of 50 lets drivers finish their startup.
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
-use crate::message::{Message, Protocol};
+use crate::message::{Frame, Message, Protocol, ProxyError};
 use crate::rate_limit::{Gcra, GlobalRate};
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 use serde::Deserialize;
+use shotover_protocols::cassandra::{CassandraBody, Opcode};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -45,7 +46,7 @@ impl TransformConfig for RequestThrottlingConfig {
         false
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
+        &[Protocol::Valkey, Protocol::Cassandra]
     }
     fn validate(&self) -> Result<()> {
         if self.max_requests_per_second < 50 {
@@ -81,14 +82,25 @@ pub struct RequestThrottling {
     gcra: Rc<Gcra>,
 }
 
-/// How many requests a message counts for. (A Cassandra BATCH will count each statement.)
-fn cost(_request: &Message) -> u64 {
-    1
+/// How many requests a message counts for: a Cassandra BATCH counts each statement.
+fn cost(request: &Message) -> u64 {
+    if request.protocol() != Protocol::Cassandra || request.cql_header().map(|h| h.opcode) != Some(Opcode::Batch) {
+        return 1;
+    }
+    // Only BATCH frames are parsed; a clone keeps the request's own bytes untouched.
+    let mut copy = request.clone();
+    match copy.frame() {
+        Ok(Frame::Cassandra(frame)) => match &frame.body {
+            CassandraBody::Batch(batch) => batch.statements.len().max(1) as u64,
+            _ => 1,
+        },
+        _ => 1,
+    }
 }
 
-/// The answer to a request over the limit.
+/// The answer to a request over the limit: the protocol's overload answer.
 fn overloaded(request: &Message) -> Message {
-    Message::valkey_error_to(request, "ERR shotover: too many requests, RequestThrottling limit reached")
+    Message::error_to(request, ProxyError::Overloaded, "shotover: too many requests, RequestThrottling limit reached")
 }
 
 #[async_trait(?Send)]

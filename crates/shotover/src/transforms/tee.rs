@@ -27,7 +27,7 @@
 use crate::chain::{BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
-use crate::message::{Message, Protocol};
+use crate::message::{Message, Protocol, ProxyError};
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -412,9 +412,10 @@ impl Transform for Tee {
             Compare::Fail => {
                 for &i in &mismatched {
                     if let Some(slot) = answer.get_mut(i) {
-                        let mut error = Message::valkey_error_to(
+                        let mut error = Message::error_to(
                             slot,
-                            "ERR The responses from the Tee subchain and down-chain did not match and behavior is set to fail on mismatch",
+                            ProxyError::Refused,
+                            "The responses from the Tee subchain and down-chain did not match and behavior is set to fail on mismatch",
                         );
                         if let Some(id) = slot.request_id() {
                             error.set_request_id(id);

@@ -1,0 +1,214 @@
+//! The connection loop every source shares: read a batch, run the chain, write the batch.
+//!
+//! A protocol plugs in through [`SourceCodec`]: how requests are cut from the bytes, how
+//! responses are written, and what a client gets when the chain fails. The loop itself
+//! waits on four things at once: client bytes, messages the chain has for the client
+//! (pushed by a sink: pub/sub, CQL events, out-of-order CQL responses), the idle timer, and
+//! the core's shutdown signal.
+
+use super::ConnectionContext;
+use crate::chain::{Chain, CloseConnection};
+use crate::io::{ReadBuffer, ReadMode, Stream};
+use crate::message::Message;
+use bytes::BytesMut;
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use shotover_executor::ShutdownKind;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// After shutdown starts, a connection is closed once its client has been idle this long,
+/// so busy clients finish their work and no request that was read goes unanswered.
+pub const DRAIN_IDLE: Duration = Duration::from_millis(100);
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes that are not the protocol: what to tell the client before closing, and why.
+pub struct Malformed {
+    pub reply: Vec<u8>,
+    pub reason: String,
+}
+
+/// A protocol's part of the connection loop.
+pub trait SourceCodec {
+    /// Cuts every whole request off the front of `buf` into `batch`.
+    fn decode(&mut self, buf: &mut BytesMut, now: Instant, batch: &mut Vec<Message>) -> Result<(), Malformed>;
+    /// Sees each batch just before the chain runs it.
+    fn sent(&mut self, batch: &[Message]);
+    /// Writes the chain's responses (and unsolicited messages) to `out`.
+    fn encode(&mut self, responses: Vec<Message>, out: &mut BytesMut, connection: &str);
+    /// Writes an error answer for every request still waiting, after the chain failed.
+    fn chain_failed(&mut self, error: &str, out: &mut BytesMut);
+    /// Requests the chain has taken and not answered yet.
+    fn outstanding(&self) -> u64;
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Pushed,
+    Idle,
+    Shutdown(ShutdownKind),
+}
+
+/// Completes the TLS handshake when the source has TLS.
+async fn accept_tls(tcp: TcpStream, ctx: &ConnectionContext, peer: &str) -> Option<Stream> {
+    let Some(acceptor) = &ctx.source.tls else { return Some(Stream::Plain(tcp)) };
+    let timed_out = async {
+        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
+    };
+    match futures_lite::future::or(acceptor.accept(tcp), timed_out).await {
+        Ok(tls) => Some(Stream::TlsServer(Box::new(tls))),
+        Err(e) => {
+            tracing::warn!(connection = %ctx.id, %peer, "TLS handshake failed: {e}");
+            None
+        }
+    }
+}
+
+/// One connection's buffers and codec.
+struct Client<C> {
+    codec: C,
+    read: ReadBuffer,
+    out: BytesMut,
+    /// When the sink read the first response of the batch being written.
+    sink_read_at: Option<Instant>,
+}
+
+/// Serves one client connection until it closes, idles out, or the core shuts down.
+pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: ConnectionContext, codec: C) {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = tcp.set_nodelay(true);
+    let Some(mut stream) = accept_tls(tcp, &ctx, &peer).await else { return };
+    let mut client = Client { codec, read: ReadBuffer::default(), out: BytesMut::new(), sink_read_at: None };
+    let mut idle_after = ctx.source.idle_timeout;
+    // Set once asked to drain or close: from then on the idle timer decides when to close.
+    let mut closing = false;
+    let mut idle_timer = idle_after.map(Timer::new);
+    let mut last_activity = Instant::now();
+    let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
+    loop {
+        let event = poll_fn(|cx| {
+            if !closing {
+                if let Poll::Ready(kind) = ctx.shutdown.poll(cx) {
+                    return Poll::Ready(Event::Shutdown(kind));
+                }
+            }
+            if let Poll::Ready(r) = client.read.poll_fill(&mut stream, cx, ReadMode::Spin) {
+                return Poll::Ready(Event::Read(r));
+            }
+            if chain.poll_pushed(cx).is_ready() {
+                return Poll::Ready(Event::Pushed);
+            }
+            match idle_timer.as_mut().map(|t| Pin::new(t).poll(cx)) {
+                Some(Poll::Ready(_)) => Poll::Ready(Event::Idle),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        let keep_open = match event {
+            Event::Read(Ok(0)) => false,
+            Event::Read(Err(e)) => {
+                tracing::debug!(connection = %ctx.id, %peer, "client read failed: {e}");
+                false
+            }
+            Event::Read(Ok(_)) => {
+                last_activity = Instant::now();
+                handle_input(&mut client, &mut chain, &ctx, &peer).await
+            }
+            Event::Pushed => {
+                // Messages pushed to a subscriber count as activity, as they do for Valkey.
+                last_activity = Instant::now();
+                run_chain(&mut client, &mut chain, Vec::new(), &ctx).await
+            }
+            Event::Idle => match (idle_after, idle_timer.as_mut()) {
+                (Some(after), Some(timer)) if last_activity.elapsed() < after => {
+                    timer.reset(after - last_activity.elapsed());
+                    true
+                }
+                _ => {
+                    tracing::debug!(connection = %ctx.id, %peer, "closing idle connection");
+                    false
+                }
+            },
+            Event::Shutdown(kind) => {
+                // Drain: keep serving until the client pauses, then close. Close (gradual
+                // shutdown): close at the first moment no request is waiting to be read.
+                closing = true;
+                let wait = if kind == ShutdownKind::Close { Duration::ZERO } else { DRAIN_IDLE };
+                idle_after = Some(idle_after.map_or(wait, |d| d.min(wait)));
+                idle_timer = Some(Timer::new(wait));
+                true
+            }
+        };
+        if !keep_open && client.codec.outstanding() > 0 {
+            // Requests a transform holds back (Coalesce) are answered before closing: an
+            // empty batch asks every transform to deliver what it holds.
+            run_chain(&mut client, &mut chain, Vec::new(), &ctx).await;
+        }
+        if !client.out.is_empty() {
+            let written = match stream.write_all(&client.out).await {
+                Ok(()) => stream.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
+                break;
+            }
+            client.out.clear();
+            if let Some(at) = client.sink_read_at.take() {
+                sink_to_source.observe(at.elapsed().as_secs_f64());
+            }
+        }
+        if !keep_open {
+            break;
+        }
+    }
+    let _ = stream.close().await;
+}
+
+/// Cuts the buffered bytes into a batch of whole requests and runs it. Malformed input
+/// ends the connection after the codec's error reply.
+async fn handle_input<C: SourceCodec>(
+    client: &mut Client<C>,
+    chain: &mut Chain,
+    ctx: &ConnectionContext,
+    peer: &str,
+) -> bool {
+    let mut batch = Vec::new();
+    let malformed = client.codec.decode(&mut client.read.buf, Instant::now(), &mut batch).err();
+    let mut keep_open = batch.is_empty() || run_chain(client, chain, batch, ctx).await;
+    if let Some(m) = malformed {
+        tracing::warn!(connection = %ctx.id, %peer, "malformed request, closing the connection: {}", m.reason);
+        client.out.extend_from_slice(&m.reply);
+        keep_open = false;
+    }
+    keep_open
+}
+
+/// Runs one batch through the chain and encodes what it returns. Returns false to close.
+async fn run_chain<C: SourceCodec>(
+    client: &mut Client<C>,
+    chain: &mut Chain,
+    batch: Vec<Message>,
+    ctx: &ConnectionContext,
+) -> bool {
+    client.codec.sent(&batch);
+    match chain.process(batch).await {
+        Ok(responses) => {
+            client.sink_read_at = responses.iter().find_map(|r| r.received_at());
+            client.codec.encode(responses, &mut client.out, &ctx.id);
+            true
+        }
+        Err(e) => {
+            let close = e.is::<CloseConnection>();
+            tracing::warn!(connection = %ctx.id, "chain failed{}: {e:#}", if close { ", closing the connection" } else { "" });
+            client.codec.chain_failed(&format!("{e:#}"), &mut client.out);
+            !close
+        }
+    }
+}

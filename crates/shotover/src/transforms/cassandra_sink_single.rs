@@ -1,0 +1,410 @@
+//! CassandraSinkSingle: sends every request to one Cassandra node.
+//!
+//! ```yaml
+//! - CassandraSinkSingle:
+//!     remote_address: "127.0.0.1:9042"
+//!     connect_timeout_ms: 3000
+//!     # read_timeout: 60
+//!     # tls: {...}
+//! ```
+//!
+//! - Each client connection gets its own connection to the node, opened on its first
+//!   request, so stream ids pass through unchanged and the node sees the client's own
+//!   handshake (version, compression, authentication).
+//! - Responses come back in the node's order, as soon as they arrive: a request does not
+//!   wait for the ones before it. EVENTs reach a client that registered for them.
+//! - Errors, as the guide gives them: a node that cannot be reached gets Overloaded, so the
+//!   client retries later; a request whose connection fails before its answer gets a Server
+//!   error, since only the client knows whether to retry it. Both count in
+//!   `failed_requests{transform="CassandraSinkSingle", chain=…}`. The next request opens a
+//!   new connection and replays the session (STARTUP, authentication, REGISTER, the keyspace
+//!   of the last USE) before it is sent.
+//! - With `read_timeout`, a request unanswered for that many seconds closes the client
+//!   connection.
+
+use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
+use crate::message::{Message, MessageId, Protocol, ProxyError};
+use crate::sinks::cassandra::CassandraConnection;
+use crate::sinks::UpstreamTls;
+use crate::tls::TlsConnectorConfig;
+use crate::transforms::valkey_sink_single::tls_server_name;
+use anyhow::{anyhow, Context as _, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use glommio::timer::Timer;
+use prometheus::IntCounter;
+use serde::Deserialize;
+use shotover_protocols::cassandra::frame::{CassandraBody, CassandraFrame};
+use shotover_protocols::cassandra::header::{self, FrameHeader, HEADER_LEN};
+use shotover_protocols::cassandra::request::{Query, QueryParams};
+use shotover_protocols::cassandra::result::ResultBody;
+use shotover_protocols::cassandra::{Compression, Consistency, Opcode};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CassandraSinkSingleConfig {
+    /// `host:port` of the node. Resolved once at startup.
+    pub remote_address: String,
+    /// Milliseconds to wait for a connection. Default 3000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Seconds a request may wait for its response before the client connection is
+    /// closed. Default: no limit.
+    #[serde(default)]
+    pub read_timeout: Option<u64>,
+    /// TLS to the node. Absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsConnectorConfig>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    3000
+}
+
+impl CassandraSinkSingleConfig {
+    fn resolve(&self) -> Result<SocketAddr> {
+        self.remote_address
+            .to_socket_addrs()
+            .with_context(|| format!("remote_address {:?} is not a reachable host:port", self.remote_address))?
+            .next()
+            .ok_or_else(|| anyhow!("remote_address {:?} resolves to no address", self.remote_address))
+    }
+}
+
+impl TransformConfig for CassandraSinkSingleConfig {
+    fn name(&self) -> &'static str {
+        "CassandraSinkSingle"
+    }
+    fn is_terminating(&self) -> bool {
+        true
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Cassandra]
+    }
+    fn validate(&self) -> Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.build().context("tls")?;
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(anyhow!("connect_timeout_ms: must be at least 1"));
+        }
+        if self.read_timeout == Some(0) {
+            return Err(anyhow!("read_timeout: must be at least 1 second; leave it out for no limit"));
+        }
+        self.resolve().map(|_| ())
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        let tls = match &self.tls {
+            Some(tls) => {
+                Some(UpstreamTls { connector: tls.build()?, server_name: tls_server_name(&self.remote_address)? })
+            }
+            None => None,
+        };
+        Ok(Box::new(CassandraSinkSingleBuilder {
+            tls,
+            address: self.resolve()?,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            read_timeout: self.read_timeout.map(Duration::from_secs),
+            failed_requests: ctx.metrics.failed_requests.with_label_values(&["CassandraSinkSingle", &ctx.chain_name]),
+        }))
+    }
+}
+
+struct CassandraSinkSingleBuilder {
+    tls: Option<UpstreamTls>,
+    address: SocketAddr,
+    connect_timeout: Duration,
+    read_timeout: Option<Duration>,
+    failed_requests: IntCounter,
+}
+
+impl TransformBuilder for CassandraSinkSingleBuilder {
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(CassandraSinkSingle {
+            tls: self.tls.clone(),
+            address: self.address,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            connection: None,
+            in_flight: HashMap::new(),
+            session: Session::default(),
+            ready: Vec::new(),
+            frames: Vec::new(),
+            timer: None,
+            failed_requests: self.failed_requests.clone(),
+        })
+    }
+}
+
+/// What a new connection must replay to stand where the lost one stood.
+#[derive(Default)]
+struct Session {
+    startup: Option<Bytes>,
+    /// AUTH_RESPONSEs sent until authentication succeeded.
+    auth: Vec<Bytes>,
+    authenticated: bool,
+    register: Option<Bytes>,
+    keyspace: Option<String>,
+}
+
+/// A request on its way: who asked, and since when.
+struct InFlight {
+    request_id: MessageId,
+    header: FrameHeader,
+    sent_at: Instant,
+}
+
+pub struct CassandraSinkSingle {
+    tls: Option<UpstreamTls>,
+    address: SocketAddr,
+    connect_timeout: Duration,
+    read_timeout: Option<Duration>,
+    connection: Option<CassandraConnection>,
+    /// By stream id.
+    in_flight: HashMap<i16, InFlight>,
+    session: Session,
+    /// Responses read and not yet returned up the chain.
+    ready: Vec<Message>,
+    frames: Vec<Bytes>,
+    /// Fires at the read timeout of the oldest request in flight.
+    timer: Option<Timer>,
+    failed_requests: IntCounter,
+}
+
+/// The stream id the proxy uses for its own requests while replaying a session.
+const REPLAY_STREAM: i16 = i16::MAX;
+
+impl CassandraSinkSingle {
+    /// Remembers what a request changes in the session, to replay it later.
+    fn remember_request(&mut self, header: &FrameHeader, raw: &Bytes) {
+        match header.opcode {
+            Opcode::Startup => {
+                self.session = Session { startup: Some(raw.clone()), ..Session::default() };
+            }
+            Opcode::AuthResponse if !self.session.authenticated => self.session.auth.push(raw.clone()),
+            Opcode::Register => self.session.register = Some(raw.clone()),
+            _ => {}
+        }
+    }
+
+    /// Remembers what a response tells about the session (authentication, keyspace).
+    fn remember_response(&mut self, frame: &Bytes) {
+        match header::opcode(frame) {
+            Ok(Opcode::AuthSuccess) => self.session.authenticated = true,
+            Ok(Opcode::Result) => {
+                // Cheap check first: the result kind is the body's first int (3: SetKeyspace).
+                let plain = header::frame_flags(frame).is_ok_and(|f| f == 0);
+                if plain && frame.get(HEADER_LEN..HEADER_LEN + 4) != Some(&[0, 0, 0, 3]) {
+                    return;
+                }
+                let compression = self.connection_compression();
+                if let Ok(parsed) = CassandraFrame::parse(frame, compression) {
+                    if let CassandraBody::Result(ResultBody::SetKeyspace(ks)) = parsed.body {
+                        self.session.keyspace = Some(ks);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn connection_compression(&self) -> Compression {
+        match &self.session.startup {
+            Some(startup) => {
+                let mut state = shotover_protocols::cassandra::CassandraCodecState::new();
+                let _ = state.on_startup(startup);
+                state.frame_compression()
+            }
+            None => Compression::None,
+        }
+    }
+
+    /// Turns frames read from the node into responses for the chain.
+    fn accept_frames(&mut self) {
+        let frames = std::mem::take(&mut self.frames);
+        let compression = self.connection_compression();
+        let now = Instant::now();
+        for frame in frames {
+            self.remember_response(&frame);
+            let stream = header::stream_id(&frame).unwrap_or(-1);
+            let mut message = Message::from_cql(frame, compression, now);
+            if let Some(request) = self.in_flight.remove(&stream) {
+                message.set_request_id(request.request_id);
+            }
+            self.ready.push(message);
+        }
+        self.timer = None;
+    }
+
+    /// The connection is gone: every request in flight gets a Server error.
+    fn fail_in_flight(&mut self, reason: &str) {
+        self.connection = None;
+        self.timer = None;
+        for (_, request) in self.in_flight.drain() {
+            self.failed_requests.inc();
+            let text = format!("shotover: the Cassandra node connection failed before the response: {reason}");
+            let frame =
+                CassandraFrame::error(&request.header, shotover_protocols::cassandra::ErrorCode::SERVER_ERROR, text);
+            let mut m = Message::from_frame(crate::message::Frame::Cassandra(Box::new(frame)));
+            m.set_request_id(request.request_id);
+            self.ready.push(m);
+        }
+    }
+
+    /// Opens a connection and replays the session on it.
+    async fn connect(&mut self) -> std::io::Result<CassandraConnection> {
+        let mut conn = CassandraConnection::connect(self.address, self.connect_timeout, self.tls.as_ref()).await?;
+        let Some(startup) = self.session.startup.clone() else { return Ok(conn) };
+        let replay_err = |what: &str| std::io::Error::other(format!("replaying the session: {what}"));
+        let mut frames = Vec::new();
+        for request in std::iter::once(startup).chain(self.session.auth.clone()).chain(self.session.register.clone()) {
+            let mut frame = request.to_vec();
+            let _ = header::set_stream_id(&mut frame, REPLAY_STREAM);
+            conn.send(&[Bytes::from(frame)]).await?;
+            frames.clear();
+            conn.next_frames(&mut frames).await?;
+            match frames.first().map(|f| header::opcode(f)) {
+                Some(Ok(Opcode::Error)) => return Err(replay_err("the node refused it")),
+                Some(Ok(_)) => {}
+                _ => return Err(replay_err("no answer")),
+            }
+        }
+        if let (Some(ks), Some(version)) =
+            (&self.session.keyspace, self.session.startup.as_deref().and_then(|s| header::version(s).ok()))
+        {
+            let use_ks = CassandraFrame {
+                version,
+                response: false,
+                flags: 0,
+                stream_id: REPLAY_STREAM,
+                tracing_id: None,
+                warnings: Vec::new(),
+                custom_payload: None,
+                body: CassandraBody::Query(Query {
+                    query: format!("USE \"{}\"", ks.replace('"', "\"\"")),
+                    params: QueryParams::new(Consistency::One),
+                }),
+            };
+            let bytes = use_ks.encode().map_err(|e| replay_err(&e.to_string()))?;
+            conn.send(&[Bytes::from(bytes)]).await?;
+            frames.clear();
+            conn.next_frames(&mut frames).await?;
+        }
+        Ok(conn)
+    }
+}
+
+#[async_trait(?Send)]
+impl Transform for CassandraSinkSingle {
+    fn name(&self) -> &'static str {
+        "CassandraSinkSingle"
+    }
+
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        if self.timer_expired() {
+            return Err(CloseConnection(format!(
+                "no response from the Cassandra node within the read_timeout of {:?}",
+                self.read_timeout.unwrap_or_default()
+            ))
+            .into());
+        }
+        let requests = std::mem::take(&mut state.requests);
+        if !requests.is_empty() {
+            if self.connection.is_none() {
+                match self.connect().await {
+                    Ok(conn) => self.connection = Some(conn),
+                    Err(e) => {
+                        tracing::warn!("cannot connect to the Cassandra node {}: {e}", self.address);
+                        for request in &requests {
+                            self.failed_requests.inc();
+                            let text = format!("shotover: cannot connect to the Cassandra node {}: {e}", self.address);
+                            self.ready.push(Message::error_to(request, ProxyError::Overloaded, &text));
+                        }
+                        return Ok(std::mem::take(&mut self.ready));
+                    }
+                }
+            }
+            let now = Instant::now();
+            let mut frames = Vec::with_capacity(requests.len());
+            for request in &requests {
+                let (Some(header), Ok(bytes)) = (request.cql_header(), request.to_bytes()) else {
+                    self.ready.push(Message::error_to(
+                        request,
+                        ProxyError::Refused,
+                        "shotover: cannot encode the request",
+                    ));
+                    continue;
+                };
+                self.remember_request(&header, &bytes);
+                self.in_flight.insert(header.stream_id, InFlight { request_id: request.id(), header, sent_at: now });
+                frames.push(bytes);
+            }
+            let sent = match self.connection.as_mut() {
+                Some(conn) => conn.send(&frames).await,
+                None => Err(std::io::Error::other("not connected")),
+            };
+            if let Err(e) = sent {
+                tracing::warn!("sending to the Cassandra node {} failed: {e}", self.address);
+                self.fail_in_flight(&e.to_string());
+            }
+        }
+        // Whatever the node has answered already goes up now; the rest follows through
+        // poll_pushed as it arrives.
+        if let Some(conn) = self.connection.as_mut() {
+            if let Err(e) = conn.take_frames(&mut self.frames) {
+                self.fail_in_flight(&e.to_string());
+            }
+        }
+        self.accept_frames();
+        Ok(std::mem::take(&mut self.ready))
+    }
+
+    fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.ready.is_empty() {
+            return Poll::Ready(());
+        }
+        let Some(conn) = self.connection.as_mut() else { return Poll::Pending };
+        let mode = if self.in_flight.is_empty() { crate::io::ReadMode::Wait } else { crate::io::ReadMode::Spin };
+        match conn.poll_frames(cx, mode, &mut self.frames) {
+            Poll::Ready(Ok(())) => {
+                self.accept_frames();
+                return Poll::Ready(());
+            }
+            Poll::Ready(Err(e)) => {
+                if !self.in_flight.is_empty() {
+                    tracing::warn!("the connection to the Cassandra node {} failed: {e}", self.address);
+                }
+                self.fail_in_flight(&e.to_string());
+                return Poll::Ready(());
+            }
+            Poll::Pending => {}
+        }
+        self.poll_read_timeout(cx)
+    }
+}
+
+impl CassandraSinkSingle {
+    fn oldest_sent(&self) -> Option<Instant> {
+        self.in_flight.values().map(|r| r.sent_at).min()
+    }
+
+    fn timer_expired(&self) -> bool {
+        match (self.read_timeout, self.oldest_sent()) {
+            (Some(limit), Some(oldest)) => oldest.elapsed() >= limit,
+            _ => false,
+        }
+    }
+
+    /// Ready when the oldest request in flight has waited `read_timeout`.
+    fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (Some(limit), Some(oldest)) = (self.read_timeout, self.oldest_sent()) else { return Poll::Pending };
+        let timer = self.timer.get_or_insert_with(|| Timer::new(limit.saturating_sub(oldest.elapsed())));
+        Pin::new(timer).poll(cx).map(|_| ())
+    }
+}

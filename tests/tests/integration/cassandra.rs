@@ -1,0 +1,233 @@
+//! Cassandra through the proxy: real Cassandra 2.1 (CQL v3) behind CassandraSinkSingle,
+//! driven by the Python cassandra-driver and cqlsh.
+
+use shotover_integration_tests::backends::{backends_dir, run_python, Cassandra};
+use shotover_integration_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+fn workload() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cql_workload.py").display().to_string()
+}
+
+/// A topology with one Cassandra source on `port` and `chain` (items at 8 spaces).
+pub fn cassandra_topology(port: u16, chain: &str) -> String {
+    format!("---\nsources:\n  - Cassandra:\n      name: \"cql\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n{chain}")
+}
+
+pub fn cassandra_sink(address: &str) -> String {
+    format!("        - CassandraSinkSingle:\n            remote_address: \"{address}\"\n            connect_timeout_ms: 3000\n")
+}
+
+fn run_workload(port: u16, version: &str, compression: &str, direct_port: Option<u16>) -> String {
+    let script = std::fs::read_to_string(workload()).unwrap();
+    let port = port.to_string();
+    let direct = direct_port.map(|p| p.to_string());
+    let mut args = vec!["127.0.0.1", port.as_str(), version, compression];
+    if let Some(d) = &direct {
+        args.push(d);
+    }
+    run_python(&script, &args).expect_success()
+}
+
+/// Reads one CQL frame (v3/v4 header) from `stream`.
+fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).unwrap();
+    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    [header.to_vec(), body].concat()
+}
+
+#[test]
+fn cql_v3_through_the_proxy_with_real_cassandra() {
+    let node = Cassandra::start_single();
+    let port = free_port();
+    let chain = format!("        - QueryCounter:\n            name: \"cql\"\n{}", cassandra_sink(node.address()));
+    let shotover = Shotover::start(&cassandra_topology(port, &chain), port);
+
+    // Every native type and collections, prepared statements, a batch, paging through
+    // 10 000 rows, and a schema change made on the node reaching the client as an event.
+    let out = run_workload(port, "3", "none", Some(node.port));
+    for line in ["types_roundtrip=True", "prepared_select=batch10005", "paged_rows=10010", "schema_event=True", "done"]
+    {
+        assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
+    }
+    // LZ4 and Snappy frame compression, negotiated by the driver through the proxy.
+    for compression in ["lz4", "snappy"] {
+        let out = run_workload(port, "3", compression, None);
+        assert!(out.contains("paged_rows=10010") && out.contains("types_roundtrip=True"), "{compression}:\n{out}");
+    }
+    let metrics = shotover.metrics();
+    assert!(metric_value(&metrics, "query_count{name=\"cql\",query=\"SELECT\"}") > 0.0, "{metrics}");
+    assert!(metric_value(&metrics, "query_count{name=\"cql\",query=\"EXECUTE\"}") >= 10000.0, "{metrics}");
+    assert!(metric_value(&metrics, "query_count{name=\"cql\",query=\"BATCH\"}") >= 3.0, "{metrics}");
+
+    // cqlsh, the shell users reach for first.
+    let cqlsh = backends_dir().join("venv/bin/cqlsh").display().to_string();
+    let (status, out) = run_tool(
+        &cqlsh,
+        &["127.0.0.1", &port.to_string(), "--protocol-version=3", "-e", "SELECT v FROM ks_3_plain.kv WHERE k = 42"],
+    );
+    assert!(status.success() && out.contains("v42"), "{out}");
+
+    // Bytes that are not CQL: a protocol error, that connection closes, a log line names it,
+    // and the proxy keeps serving everyone else.
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&[0x04, 0x00, 0x00, 0x07, 0x42, 0, 0, 0, 0]).unwrap();
+    let error = read_frame(&mut raw);
+    assert_eq!((error[0], error[4]), (0x84, 0x00), "an ERROR frame: {error:?}");
+    assert_eq!(&error[9..13], &[0, 0, 0, 0x0a], "code ProtocolError");
+    let mut rest = Vec::new();
+    assert_eq!(raw.read_to_end(&mut rest).unwrap(), 0, "the connection is closed");
+    assert!(shotover.wait_for_log("malformed request, closing the connection", Duration::from_secs(5)));
+    let out = run_python(
+        "import sys\nfrom cassandra.cluster import Cluster\nc = Cluster(['127.0.0.1'], port=int(sys.argv[1]), protocol_version=3)\nprint(c.connect().execute('SELECT v FROM ks_3_plain.kv WHERE k = 7').one().v)",
+        &[&port.to_string()],
+    )
+    .expect_success();
+    assert_eq!(out.trim(), "v7");
+}
+
+#[test]
+fn query_type_filter_denies_cql_writes() {
+    let node = Cassandra::start_single();
+    let port = free_port();
+    let chain =
+        format!("        - QueryTypeFilter:\n            DenyList: [Write]\n{}", cassandra_sink(node.address()));
+    let _shotover = Shotover::start(&cassandra_topology(port, &chain), port);
+    let script = r#"
+import sys
+from cassandra.cluster import Cluster
+direct = Cluster(['127.0.0.1'], port=int(sys.argv[2]), protocol_version=3).connect()
+direct.execute("CREATE KEYSPACE f WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+direct.execute("CREATE TABLE f.t (k int PRIMARY KEY, v int)")
+direct.execute("INSERT INTO f.t (k, v) VALUES (1, 1)")
+s = Cluster(['127.0.0.1'], port=int(sys.argv[1]), protocol_version=3).connect()
+print("read=%d" % s.execute("SELECT v FROM f.t WHERE k = 1").one().v)
+for name, stmt in [("insert", "INSERT INTO f.t (k, v) VALUES (2, 2)"), ("prepared", None)]:
+    try:
+        if stmt is None:
+            p = s.prepare("INSERT INTO f.t (k, v) VALUES (?, ?)")
+            s.execute(p, (3, 3))
+        else:
+            s.execute(stmt)
+        print("%s=allowed" % name)
+    except Exception as e:
+        print("%s=%s" % (name, type(e).__name__ + ": " + str(e)))
+print("rows=%d" % len(list(direct.execute("SELECT k FROM f.t"))))
+"#;
+    let out = run_python(script, &[&port.to_string(), &node.port.to_string()]).expect_success();
+    assert!(out.contains("read=1"), "{out}");
+    let insert = out.lines().find(|l| l.starts_with("insert=")).unwrap();
+    assert!(insert.contains("filtered out by shotover"), "{out}");
+    let prepared = out.lines().find(|l| l.starts_with("prepared=")).unwrap();
+    assert!(prepared.contains("filtered out by shotover"), "{out}");
+    assert!(out.contains("rows=1"), "nothing was written:\n{out}");
+}
+
+/// CQL v4 and v5 through the proxy, with and without compression: the Python driver.
+const PYTHON_V4_V5: &str = r#"
+import sys, logging
+logging.basicConfig(level=logging.ERROR)
+from cassandra.cluster import Cluster
+from cassandra.query import BatchStatement
+port, version, compression = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+cluster = Cluster(['127.0.0.1'], port=port, protocol_version=version,
+                  compression={'none': False, 'lz4': 'lz4', 'snappy': 'snappy'}[compression], connect_timeout=10)
+s = cluster.connect()
+assert cluster.protocol_version == version, cluster.protocol_version
+ks = 'p_%d_%s' % (version, compression)
+s.execute("CREATE KEYSPACE IF NOT EXISTS %s WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}" % ks)
+s.execute("CREATE TABLE IF NOT EXISTS %s.t (k int PRIMARY KEY, v text, big blob)" % ks)
+s.execute("INSERT INTO %s.t (k, v) VALUES (1, 'literal')" % ks)
+p = s.prepare("INSERT INTO %s.t (k, v, big) VALUES (?, ?, ?)" % ks)
+# A value over 128 KiB: in v5 it spans several segments both ways.
+s.execute(p, (2, 'large', b'x' * 300000))
+b = BatchStatement()
+for i in range(10, 20):
+    b.add(p, (i, 'b%d' % i, b''))
+s.execute(b)
+print("literal=%s" % s.execute("SELECT v FROM %s.t WHERE k = 1" % ks).one().v)
+print("large=%d" % len(s.execute("SELECT big FROM %s.t WHERE k = 2" % ks).one().big))
+q = s.prepare("SELECT v FROM %s.t WHERE k = ?" % ks)
+print("batch=%s" % s.execute(q, (15,)).one().v)
+cluster.shutdown()
+"#;
+
+#[test]
+fn cql_v4_and_v5_through_the_proxy_to_the_test_double() {
+    use shotover_integration_tests::cql_double::CqlDouble;
+    let double = CqlDouble::start();
+    let port = free_port();
+    let _shotover = Shotover::start(&cassandra_topology(port, &cassandra_sink(&double.address())), port);
+    for version in ["4", "5"] {
+        for compression in ["none", "lz4"] {
+            let out = run_python(PYTHON_V4_V5, &[&port.to_string(), version, compression]).expect_success();
+            assert!(
+                out.contains("literal=literal") && out.contains("large=300000") && out.contains("batch=b15"),
+                "v{version} {compression}:\n{out}"
+            );
+        }
+    }
+    let out = run_python(PYTHON_V4_V5, &[&port.to_string(), "4", "snappy"]).expect_success();
+    assert!(out.contains("batch=b15"), "{out}");
+    let handshakes = double.handshakes();
+    assert!(handshakes.iter().any(|h| h.version == 5 && h.compression.as_deref() == Some("lz4")), "{handshakes:?}");
+    assert!(handshakes.iter().any(|h| h.version == 4 && h.compression.as_deref() == Some("snappy")), "{handshakes:?}");
+    assert_eq!(double.errors(), Vec::<String>::new());
+}
+
+#[test]
+fn scylla_driver_through_the_proxy_to_the_test_double() {
+    use scylla::client::session_builder::SessionBuilder;
+    use scylla::client::Compression;
+    use shotover_integration_tests::cql_double::CqlDouble;
+    let double = CqlDouble::start();
+    let port = free_port();
+    let _shotover = Shotover::start(&cassandra_topology(port, &cassandra_sink(&double.address())), port);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        for compression in [None, Some(Compression::Lz4)] {
+            let session = SessionBuilder::new()
+                .known_node(format!("127.0.0.1:{port}"))
+                .compression(compression)
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("scylla cannot connect through the proxy ({compression:?}): {e}"));
+            crate::cql_double::scylla_crud(&session).await;
+        }
+    });
+    assert_eq!(double.errors(), Vec::<String>::new());
+}
+
+#[test]
+fn peers_rewrite_shows_the_proxy_port() {
+    use shotover_integration_tests::cql_double::{CqlDouble, DoubleOptions};
+    let peer: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let double = CqlDouble::start_with(DoubleOptions { peers: vec![(peer, 9042)], ..DoubleOptions::default() });
+    let port = free_port();
+    let chain =
+        format!("        - CassandraPeersRewrite:\n            port: {port}\n{}", cassandra_sink(&double.address()));
+    let _shotover = Shotover::start(&cassandra_topology(port, &chain), port);
+    let script = r#"
+import sys, logging
+logging.basicConfig(level=logging.CRITICAL)
+from cassandra.cluster import Cluster
+from cassandra.policies import WhiteListRoundRobinPolicy
+for port in sys.argv[1:]:
+    c = Cluster(['127.0.0.1'], port=int(port), protocol_version=4,
+                load_balancing_policy=WhiteListRoundRobinPolicy(['127.0.0.1']))
+    s = c.connect()
+    for row in s.execute("SELECT peer, native_port FROM system.peers_v2"):
+        print("%s %s %d" % (port, row.peer, row.native_port))
+    c.shutdown()
+"#;
+    let out = run_python(script, &[&port.to_string(), &double.port.to_string()]).expect_success();
+    assert!(out.lines().any(|l| l == format!("{port} 127.0.0.2 {port}")), "through the proxy:\n{out}");
+    assert!(out.lines().any(|l| l == format!("{} 127.0.0.2 9042", double.port)), "direct:\n{out}");
+}
