@@ -63,11 +63,13 @@ pub struct BuildContext {
     pub metrics: CoreMetrics,
     /// Registers periodic jobs on the control core (global state such as rate shares).
     pub control: shotover_executor::ControlHandle,
+    /// Where the chain's source listens (None outside a source, e.g. in benchmarks).
+    pub listen_addr: Option<std::net::SocketAddr>,
 }
 
 impl BuildContext {
     pub fn new(metrics: CoreMetrics, control: shotover_executor::ControlHandle) -> Self {
-        BuildContext { chain_name: String::new(), metrics, control }
+        BuildContext { chain_name: String::new(), metrics, control, listen_addr: None }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 use shotover_protocols::cassandra::{self, CassandraCodecError, CassandraFrame, Compression, ErrorCode, FrameHeader};
+use shotover_protocols::kafka::{self, KafkaCodecError, KafkaFrame};
 use shotover_protocols::valkey::{self, RespVersion, ValkeyCodecError, ValkeyFrame};
 use std::cell::Cell;
 use std::time::Instant;
@@ -49,6 +50,7 @@ pub enum Frame {
     Valkey(ValkeyFrame),
     /// Boxed: a CQL frame is several times the size of the other variants.
     Cassandra(Box<CassandraFrame>),
+    Kafka(Box<KafkaFrame>),
 }
 
 /// Why a message could not be parsed or encoded.
@@ -58,6 +60,8 @@ pub enum CodecError {
     Valkey(#[from] ValkeyCodecError),
     #[error(transparent)]
     Cassandra(#[from] CassandraCodecError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaCodecError),
     #[error("{0}")]
     Other(String),
 }
@@ -85,6 +89,8 @@ pub struct Message {
     resp_version: RespVersion,
     /// How a Cassandra frame's body is compressed on the connection it came from.
     compression: Compression,
+    /// A Kafka response's request: its api key and version, which the response lacks.
+    kafka_request: Option<(i16, i16)>,
     id: MessageId,
     request_id: Option<MessageId>,
     /// When the bytes were read from a socket, for the latency metrics.
@@ -101,10 +107,19 @@ impl Message {
             protocol,
             resp_version: RespVersion::Resp2,
             compression: Compression::None,
+            kafka_request: None,
             id: next_id(),
             request_id: None,
             received_at: Some(received_at),
         }
+    }
+
+    /// A Kafka response, with the api key and version of the request it answers (needed to
+    /// parse it).
+    pub fn from_kafka_response(raw: Bytes, api_key: i16, api_version: i16, received_at: Instant) -> Self {
+        let mut m = Message::from_bytes(raw, Protocol::Kafka, received_at);
+        m.kafka_request = Some((api_key, api_version));
+        m
     }
 
     /// A Cassandra frame as read from a connection that negotiated `compression`.
@@ -119,6 +134,7 @@ impl Message {
         let protocol = match frame {
             Frame::Valkey(_) => Protocol::Valkey,
             Frame::Cassandra(_) => Protocol::Cassandra,
+            Frame::Kafka(_) => Protocol::Kafka,
         };
         Message {
             raw: None,
@@ -127,6 +143,7 @@ impl Message {
             protocol,
             resp_version: RespVersion::Resp2,
             compression: Compression::None,
+            kafka_request: None,
             id: next_id(),
             request_id: None,
             received_at: None,
@@ -169,10 +186,37 @@ impl Message {
     /// The proxy's own error answer to `request`, in the request's protocol:
     /// - Valkey: `-ERR <text>` (the text should not start with an error code);
     /// - Cassandra: an ERROR frame on the request's stream: Server error for `Refused` and
-    ///   `Upstream`, Overloaded for `Overloaded`.
+    ///   `Upstream`, Overloaded for `Overloaded`;
+    /// - Kafka: the request's own response type with an error code everywhere the client
+    ///   reads one: POLICY_VIOLATION for `Refused`, THROTTLING_QUOTA_EXCEEDED for
+    ///   `Overloaded`, NETWORK_EXCEPTION for `Upstream`. A request that gets no response
+    ///   (Produce with acks=0) gets none: check [`Message::expects_response`]. A request
+    ///   whose response has no place for an error gets an empty message, on which the
+    ///   source closes the connection (the client then retries on a new one).
     pub fn error_to(request: &Message, kind: ProxyError, text: &str) -> Self {
         match request.protocol {
-            Protocol::Valkey | Protocol::Kafka => Message::valkey_error_to(request, format!("ERR {text}")),
+            Protocol::Valkey => Message::valkey_error_to(request, format!("ERR {text}")),
+            Protocol::Kafka => {
+                let code = match kind {
+                    ProxyError::Refused => kafka::error_response::POLICY_VIOLATION,
+                    ProxyError::Overloaded => kafka::error_response::THROTTLING_QUOTA_EXCEEDED,
+                    ProxyError::Upstream => kafka::error_response::NETWORK_EXCEPTION,
+                };
+                let raw = request.raw.as_ref().map(|raw| kafka::safe_error::safe_error_response(raw, code));
+                let bytes = match raw {
+                    Some(Ok(Some(bytes))) => bytes,
+                    Some(Ok(None)) => Bytes::new(),
+                    Some(Err(e)) => {
+                        tracing::warn!("cannot answer a Kafka request with an error ({text}): {e}");
+                        Bytes::new()
+                    }
+                    None => Bytes::new(),
+                };
+                let mut m = Message::from_bytes(bytes, Protocol::Kafka, Instant::now());
+                m.received_at = None;
+                m.request_id = Some(request.id);
+                m
+            }
             Protocol::Cassandra => {
                 let code = match kind {
                     ProxyError::Overloaded => ErrorCode::OVERLOADED,
@@ -274,11 +318,32 @@ impl Message {
                         Frame::Valkey(frame)
                     }
                     Protocol::Cassandra => Frame::Cassandra(Box::new(CassandraFrame::parse(raw, self.compression)?)),
-                    Protocol::Kafka => return Err(CodecError::Other("Kafka frames are not parsed yet".into())),
+                    Protocol::Kafka => match self.kafka_request {
+                        Some((key, version)) => {
+                            let key = kafka::ApiKey::try_from(key)
+                                .map_err(|()| CodecError::Other(format!("unknown Kafka api key {key}")))?;
+                            Frame::Kafka(Box::new(KafkaFrame::parse_response(raw, key, version)?))
+                        }
+                        // kafka-protocol sizes arrays from counts on the wire before reading
+                        // them, so a crafted request could abort the process: client
+                        // requests are never parsed in full.
+                        None => return Err(CodecError::Other(
+                            "Kafka requests are not parsed in full (untrusted array counts); read their header instead"
+                                .into(),
+                        )),
+                    },
                 });
             }
         }
         Ok(())
+    }
+
+    /// False for requests that get no response: Kafka Produce with acks=0.
+    pub fn expects_response(&self) -> bool {
+        match (self.protocol, self.raw()) {
+            (Protocol::Kafka, Some(raw)) => kafka::produce::expects_response(raw).unwrap_or(true),
+            _ => true,
+        }
     }
 
     /// The header of a Cassandra message, read from its bytes (or its frame) without parsing.
@@ -319,6 +384,7 @@ impl Message {
                 out.extend_from_slice(&frame.encode()?);
                 Ok(())
             }
+            (_, _, Some(Frame::Kafka(frame))) => Ok(frame.encode(out)?),
             (_, _, None) => Err(CodecError::Other("message has neither bytes nor frame".into())),
         }
     }

@@ -156,10 +156,13 @@ impl Gcra {
         if rate <= 0.0 || cost == 0 {
             return cost == 0;
         }
-        let interval = Duration::from_secs_f64(cost as f64 / rate);
+        let single = Duration::from_secs_f64(1.0 / rate);
+        let interval = single.mul_f64(cost as f64);
         let start = self.tat.get().max(now);
         let tat = start + interval;
-        if tat.saturating_duration_since(now) > BURST + interval {
+        // Conforming when the last of the `cost` requests is no further ahead of now than
+        // the burst tolerance allows a single request to be.
+        if tat.saturating_duration_since(now) > BURST + single {
             return false;
         }
         self.tat.set(tat);
@@ -204,6 +207,18 @@ mod tests {
             }
         }
         assert!((3990..=4010).contains(&admitted), "{admitted}");
+    }
+
+    #[test]
+    fn a_batch_costs_each_of_its_requests() {
+        let share = Arc::new(CoreShare::default());
+        share.set_rate(50.0);
+        let gcra = Gcra::new(share);
+        let now = Instant::now();
+        // The burst allows about one second of the rate at once, not more.
+        assert!(!gcra.try_admit(now, 199), "a batch of 199 at 50/s");
+        assert!(gcra.try_admit(now, 40));
+        assert!(!gcra.try_admit(now, 20), "the burst is used up");
     }
 
     #[test]

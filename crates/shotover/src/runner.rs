@@ -120,6 +120,7 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
         let v = source;
         tracing::info!("{} source {:?} listening on {addr}", v.protocol, v.name);
         shared.push(Arc::new(SourceShared {
+            listen_addr: *addr,
             protocol: v.protocol,
             transport: v.transport,
             name: v.name.clone(),
@@ -266,8 +267,10 @@ async fn run_worker(
     let base = BuildContext::new(metrics.clone(), control);
     let mut tasks = Vec::new();
     let mut chains = Vec::with_capacity(topology.sources.len());
-    for source in &topology.sources {
+    for (source, shared) in topology.sources.iter().zip(&shared) {
         let v = source;
+        // The address actually bound (the port chosen, for port 0).
+        let base = BuildContext { listen_addr: Some(shared.listen_addr), ..base.clone() };
         match ChainBuilder::new(&v.name, &v.chain, &base) {
             Ok(c) => chains.push(Rc::new(c)),
             Err(e) => {

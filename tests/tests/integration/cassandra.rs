@@ -231,3 +231,69 @@ for port in sys.argv[1:]:
     assert!(out.lines().any(|l| l == format!("{port} 127.0.0.2 {port}")), "through the proxy:\n{out}");
     assert!(out.lines().any(|l| l == format!("{} 127.0.0.2 9042", double.port)), "direct:\n{out}");
 }
+
+/// Sends an OPTIONS request (v3) on a new connection and returns the answer's opcode and,
+/// for an ERROR, its code.
+fn options_answer(port: u16) -> (u8, Option<u32>) {
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(&[0x03, 0, 0, 1, 0x05, 0, 0, 0, 0]).unwrap();
+    let frame = read_frame(&mut raw);
+    let code = (frame[4] == 0).then(|| u32::from_be_bytes([frame[9], frame[10], frame[11], frame[12]]));
+    (frame[4], code)
+}
+
+#[test]
+fn cassandra_down_at_start_then_killed_mid_run() {
+    let node = Cassandra::start_single();
+    node.kill();
+    let port = free_port();
+    let shotover = Shotover::start(&cassandra_topology(port, &cassandra_sink(node.address())), port);
+    // Nothing to connect to: Overloaded, so the client retries later.
+    assert_eq!(options_answer(port), (0x00, Some(0x1001)), "{}", shotover.output());
+    let failed = "failed_requests{chain=\"cql\",transform=\"CassandraSinkSingle\"}";
+    assert!(metric_value(&shotover.metrics(), failed) >= 1.0);
+
+    node.start_again();
+    assert_eq!(options_answer(port).0, 0x06, "SUPPORTED once the node is up");
+
+    // A driver working through the proxy while the node dies and comes back: errors while
+    // it is down, then it recovers on its own.
+    let script = r#"
+import sys, time, logging
+logging.basicConfig(level=logging.CRITICAL)
+from cassandra.cluster import Cluster
+from cassandra.policies import ConstantReconnectionPolicy
+port = int(sys.argv[1])
+c = Cluster(['127.0.0.1'], port=port, protocol_version=3, reconnection_policy=ConstantReconnectionPolicy(0.5))
+s = c.connect()
+s.execute("CREATE KEYSPACE IF NOT EXISTS r WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+s.execute("CREATE TABLE IF NOT EXISTS r.t (k int PRIMARY KEY)")
+s.execute("INSERT INTO r.t (k) VALUES (1)")
+print("before=ok", flush=True)
+open(sys.argv[2], "w").close()
+errors, recovered = 0, False
+deadline = time.time() + 90
+while time.time() < deadline:
+    try:
+        s.execute("SELECT k FROM r.t WHERE k = 1", timeout=5)
+        if errors:
+            recovered = True
+            break
+    except Exception as e:
+        errors += 1
+    time.sleep(0.2)
+print("errors_seen=%s" % (errors > 0))
+print("recovered=%s" % recovered)
+"#;
+    let marker = shotover.dir.path("driver-ready");
+    let port_arg = port.to_string();
+    let marker_arg = marker.display().to_string();
+    let driver = std::thread::spawn(move || run_python(script, &[&port_arg, &marker_arg]));
+    assert!(wait_until(Duration::from_secs(60), || marker.exists()), "the driver did not connect");
+    node.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    node.start_again();
+    let out = driver.join().unwrap().expect_success();
+    assert!(out.contains("before=ok") && out.contains("errors_seen=True") && out.contains("recovered=True"), "{out}");
+}

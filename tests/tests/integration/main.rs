@@ -10,6 +10,7 @@ mod cql_double;
 mod deployment;
 mod failures;
 mod hot_reload;
+mod kafka;
 mod limits;
 mod observability;
 mod passthrough;

@@ -304,6 +304,20 @@ pub(crate) fn set_top_level_error_code(body: &mut ResponseKind, code: i16) -> bo
     true
 }
 
+/// The top-level `error_code` of a response, if its message has one (in some version:
+/// whether this version carries it is up to the encoder).
+pub fn top_level_error_code(body: &ResponseKind) -> Option<i16> {
+    macro_rules! arms {
+        ($($name:ident),*) => {
+            match body {
+                $(ResponseKind::$name(r) => Some(r.error_code),)*
+                _ => None,
+            }
+        };
+    }
+    with_top_level_error_code!(arms)
+}
+
 /// The `throttle_time_ms` of a response, if its message has one.
 pub fn throttle_time_ms(body: &ResponseKind) -> Option<i32> {
     macro_rules! arms {

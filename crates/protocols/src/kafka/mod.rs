@@ -17,6 +17,8 @@
 //! - [`error_response`]: responses the proxy synthesizes, with an error code wherever the
 //!   client reads one.
 //! - [`classify`]: the [`QueryType`] of each api key, for QueryTypeFilter.
+//! - [`safe_error`]: error responses to client requests (refused, throttled) built from the
+//!   raw bytes, without running `kafka-protocol`'s decoders on them.
 //!
 //! Start at [`framing::message_len`], then [`header::request_ids`] and
 //! [`InFlightRequests::record`].
@@ -33,7 +35,9 @@
 //! for 144 GiB, and the failed allocation aborts the process: no error, no panic to catch.
 //! Until `kafka-protocol` bounds that capacity by the bytes remaining (upstream pull
 //! requests #152, #161 and #200 propose it), parse client messages only when a transform
-//! needs the frame, or build against a patched copy of the crate.
+//! needs the frame, or build against a patched copy of the crate. To answer a client
+//! request the proxy refuses itself, use [`safe_error::safe_error_response`], which never
+//! decodes the request.
 
 pub mod api;
 pub mod classify;
@@ -43,6 +47,7 @@ pub mod framing;
 pub mod header;
 pub mod produce;
 pub mod rewrite;
+pub mod safe_error;
 pub mod state;
 mod wire;
 

@@ -39,7 +39,9 @@ pub fn rewrite_brokers(
     frame.to_bytes().map(Some)
 }
 
-/// Rewrites the brokers of a parsed response body; false when nothing changed.
+/// Rewrites the brokers of a parsed response body; false when nothing changed. An empty
+/// `host` keeps each broker's own host and changes only the port (a proxy in front of each
+/// broker, on the broker's machine).
 ///
 /// FindCoordinator v0-3 names one coordinator at the top level, v4+ one per key in
 /// `coordinators`. A coordinator entry that carries an error names no broker (node id -1,
@@ -47,8 +49,10 @@ pub fn rewrite_brokers(
 pub fn rewrite_brokers_in(body: &mut ResponseKind, api_version: i16, host: &str, port: i32) -> bool {
     let mut changed = false;
     let mut set = |h: &mut StrBytes, p: &mut i32| {
-        if &**h != host || *p != port {
-            *h = StrBytes::from_string(host.to_owned());
+        if (!host.is_empty() && &**h != host) || *p != port {
+            if !host.is_empty() {
+                *h = StrBytes::from_string(host.to_owned());
+            }
             *p = port;
             changed = true;
         }

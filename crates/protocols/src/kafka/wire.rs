@@ -23,6 +23,11 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// Bytes left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
     pub(crate) fn bytes(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], KafkaCodecError> {
         let end = self.pos.checked_add(len).ok_or(KafkaCodecError::Truncated(what))?;
         let out = self.buf.get(self.pos..end).ok_or(KafkaCodecError::Truncated(what))?;

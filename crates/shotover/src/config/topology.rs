@@ -294,7 +294,7 @@ impl Topology {
             let protocol = match kind.as_str() {
                 "Valkey" => Protocol::Valkey,
                 "Cassandra" => Protocol::Cassandra,
-                "Kafka" => return Err(err(&path, "Kafka sources are not available in this build yet".into())),
+                "Kafka" => Protocol::Kafka,
                 other => {
                     return Err(err(&path, format!("unknown source {other:?}: expected Valkey, Cassandra or Kafka")))
                 }

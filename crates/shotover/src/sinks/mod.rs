@@ -3,8 +3,10 @@
 //! - [`valkey`]: one connection to a Valkey server that reads whole RESP messages.
 //! - [`valkey_cluster`]: slot maps of a Valkey Cluster.
 //! - [`cassandra`]: one connection to a Cassandra node that reads whole CQL frames.
+//! - [`kafka`]: one connection to a Kafka broker that reads whole messages.
 
 pub mod cassandra;
+pub mod kafka;
 pub mod valkey;
 pub mod valkey_cluster;
 

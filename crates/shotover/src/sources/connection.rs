@@ -45,6 +45,11 @@ pub trait SourceCodec {
     fn chain_failed(&mut self, error: &str, out: &mut BytesMut);
     /// Requests the chain has taken and not answered yet.
     fn outstanding(&self) -> u64;
+    /// True when the connection must close after what was written (a response could not
+    /// be made, so the client must retry on a new connection).
+    fn must_close(&self) -> bool {
+        false
+    }
 }
 
 enum Event {
@@ -202,13 +207,13 @@ async fn run_chain<C: SourceCodec>(
         Ok(responses) => {
             client.sink_read_at = responses.iter().find_map(|r| r.received_at());
             client.codec.encode(responses, &mut client.out, &ctx.id);
-            true
+            !client.codec.must_close()
         }
         Err(e) => {
             let close = e.is::<CloseConnection>();
             tracing::warn!(connection = %ctx.id, "chain failed{}: {e:#}", if close { ", closing the connection" } else { "" });
             client.codec.chain_failed(&format!("{e:#}"), &mut client.out);
-            !close
+            !close && !client.codec.must_close()
         }
     }
 }

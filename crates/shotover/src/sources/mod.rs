@@ -7,6 +7,7 @@
 
 pub mod cassandra;
 pub mod connection;
+pub mod kafka;
 pub mod valkey;
 
 use crate::chain::ChainBuilder;
@@ -28,6 +29,8 @@ const LIMIT_POLL: Duration = Duration::from_millis(5);
 
 /// What every core shares about one source.
 pub struct SourceShared {
+    /// The address its listeners are bound to.
+    pub listen_addr: std::net::SocketAddr,
     pub protocol: Protocol,
     pub transport: Transport,
     pub name: String,
@@ -158,9 +161,8 @@ pub async fn accept_loop(
                     Protocol::Cassandra => {
                         connection::serve(stream, chain, ctx, cassandra::CassandraCodec::new()).await
                     }
-                    Protocol::Valkey | Protocol::Kafka => {
-                        connection::serve(stream, chain, ctx, valkey::ValkeyCodec::new()).await
-                    }
+                    Protocol::Kafka => connection::serve(stream, chain, ctx, kafka::KafkaCodec::new()).await,
+                    Protocol::Valkey => connection::serve(stream, chain, ctx, valkey::ValkeyCodec::new()).await,
                 }
                 drop(slot);
             }

@@ -12,6 +12,7 @@
 //! | ValkeyClusterPortsRewrite | no | [`valkey_cluster_ports_rewrite`] |
 //! | CassandraSinkSingle | yes | [`cassandra_sink_single`] |
 //! | CassandraPeersRewrite | no | [`cassandra_peers_rewrite`] |
+//! | KafkaSinkSingle | yes | [`kafka_sink_single`] |
 //! | Coalesce | no | [`coalesce`] |
 //! | Tee | no | [`tee`] |
 //! | ParallelMap | yes | [`parallel_map`] |
@@ -22,6 +23,7 @@ pub mod cassandra_sink_single;
 pub mod coalesce;
 pub mod debug_printer;
 pub mod debug_returner;
+pub mod kafka_sink_single;
 pub mod null_sink;
 pub mod parallel_map;
 pub mod query_counter;
@@ -48,6 +50,7 @@ pub fn registry() -> TransformRegistry {
         .register::<coalesce::CoalesceConfig>("Coalesce")
         .register::<cassandra_sink_single::CassandraSinkSingleConfig>("CassandraSinkSingle")
         .register::<cassandra_peers_rewrite::CassandraPeersRewriteConfig>("CassandraPeersRewrite")
+        .register::<kafka_sink_single::KafkaSinkSingleConfig>("KafkaSinkSingle")
         .register::<request_throttling::RequestThrottlingConfig>("RequestThrottling")
         .register_parser("Tee", tee::TeeConfig::parse)
         .register_parser("ParallelMap", parallel_map::ParallelMapConfig::parse);

@@ -56,10 +56,13 @@ impl ParallelMapConfig {
         if raw.parallelism == 0 {
             return Err(ctx.error(&ctx.join(path, "parallelism"), "must be at least 1"));
         }
-        if !raw.ordered_results && ctx.protocol() == Protocol::Valkey {
+        if !raw.ordered_results && matches!(ctx.protocol(), Protocol::Valkey | Protocol::Kafka) {
             return Err(ctx.error(
                 &ctx.join(path, "ordered_results"),
-                "must be true in a Valkey chain: Valkey replies carry no request id, so clients would read them against the wrong requests",
+                format!(
+                    "must be true in a {} chain: its clients read responses in request order, so they would read them against the wrong requests",
+                    ctx.protocol()
+                ),
             ));
         }
         let chain = ctx.parse_chain(&ctx.join(path, "chain"), raw.chain)?;

@@ -1,6 +1,6 @@
 //! QueryCounter: counts requests by command in the `query_count{name, query}` metric.
 //!
-//! The `query` label is the Valkey command name, or for CQL the statement's leading keyword
+//! The `query` label is the Valkey command name, the Kafka api key (`Produce`, `Fetch`, …), or for CQL the statement's leading keyword
 //! (`SELECT`, `INSERT`, …) for QUERY and PREPARE, and the opcode (`EXECUTE`, `BATCH`,
 //! `STARTUP`, …) for other requests. Unknown names count as `OTHER`.
 //!
@@ -17,6 +17,8 @@ use prometheus::{IntCounter, IntCounterVec};
 use serde::Deserialize;
 use shotover_protocols::cassandra::classify::{query_text, statement_keyword};
 use shotover_protocols::cassandra::{CassandraBody, Opcode};
+use shotover_protocols::kafka::header::request_ids;
+use shotover_protocols::kafka::ApiKey;
 use shotover_protocols::valkey::command::is_known;
 use std::collections::HashMap;
 
@@ -35,7 +37,7 @@ impl TransformConfig for QueryCounterConfig {
         false
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra]
+        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(QueryCounterBuilder { name: self.name.clone(), counter: ctx.metrics.query_count.clone() }))
@@ -80,6 +82,16 @@ const CQL_LABELS: &[&str] = &[
     "AUTH_RESPONSE",
 ];
 
+/// The `query` label of a Kafka request: its api key's name (`Produce`, `Fetch`, …), read
+/// from the header; api keys the proxy does not know are `OTHER`.
+fn kafka_label(request: &Message) -> String {
+    request
+        .raw()
+        .and_then(|raw| request_ids(raw).ok())
+        .and_then(|ids| ApiKey::try_from(ids.api_key).ok())
+        .map_or_else(|| OTHER.to_string(), |key| format!("{key:?}"))
+}
+
 /// The `query` label of a CQL request.
 fn cql_label(request: &mut Message) -> &'static str {
     let Some(header) = request.cql_header() else { return OTHER };
@@ -115,6 +127,17 @@ pub struct QueryCounter {
 }
 
 impl QueryCounter {
+    /// Counts under a label that is already bounded (a known Kafka api key).
+    fn count_label(&mut self, label: &str) {
+        if let Some(c) = self.cache.get(label.as_bytes()) {
+            c.inc();
+            return;
+        }
+        let counter = self.counter.with_label_values(&[self.name.as_str(), label]);
+        counter.inc();
+        self.cache.insert(label.as_bytes().to_vec(), counter);
+    }
+
     fn count(&mut self, upper: &[u8]) {
         if let Some(c) = self.cache.get(upper) {
             c.inc();
@@ -143,10 +166,18 @@ impl Transform for QueryCounter {
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         for request in &mut state.requests {
-            if request.protocol() == Protocol::Cassandra {
-                let label = cql_label(request);
-                self.count(label.as_bytes());
-                continue;
+            match request.protocol() {
+                Protocol::Cassandra => {
+                    let label = cql_label(request);
+                    self.count(label.as_bytes());
+                    continue;
+                }
+                Protocol::Kafka => {
+                    let label = kafka_label(request);
+                    self.count_label(&label);
+                    continue;
+                }
+                Protocol::Valkey => {}
             }
             let mut buf = [0u8; 32];
             let upper = request.valkey_request().and_then(|v| v.upper(&mut buf).map(|u| u.len()));

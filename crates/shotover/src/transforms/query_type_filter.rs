@@ -19,8 +19,12 @@ use serde::Deserialize;
 use shotover_protocols::cassandra::classify::{classify as cql_classify, classify_request, query_text};
 use shotover_protocols::cassandra::result::ResultBody;
 use shotover_protocols::cassandra::{CassandraBody, Opcode, PreparedQueryTypes};
+use shotover_protocols::kafka::classify::classify_raw as kafka_classify;
+use shotover_protocols::kafka::header as kafka_header;
 use shotover_protocols::valkey::command::{classify, QueryType};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// The error text of a filtered request.
 pub const FILTERED: &str = "ERR Message was filtered out by shotover";
@@ -84,18 +88,25 @@ impl TransformConfig for QueryTypeFilterConfig {
         false
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra]
+        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(self.clone()))
+        Ok(Box::new(QueryTypeFilterBuilder { config: self.clone(), prepared: Rc::default() }))
     }
 }
 
-impl TransformBuilder for QueryTypeFilterConfig {
+struct QueryTypeFilterBuilder {
+    config: QueryTypeFilterConfig,
+    /// Shared by the core's connections: drivers prepare a statement on one connection and
+    /// execute it on any other.
+    prepared: Rc<RefCell<PreparedQueryTypes>>,
+}
+
+impl TransformBuilder for QueryTypeFilterBuilder {
     fn build(&self) -> Box<dyn Transform> {
         Box::new(QueryTypeFilter {
-            config: self.clone(),
-            prepared: PreparedQueryTypes::default(),
+            config: self.config.clone(),
+            prepared: self.prepared.clone(),
             preparing: HashMap::new(),
         })
     }
@@ -103,16 +114,24 @@ impl TransformBuilder for QueryTypeFilterConfig {
 
 pub struct QueryTypeFilter {
     config: QueryTypeFilterConfig,
-    /// CQL: the query type of each statement prepared on this connection, for its EXECUTEs.
-    prepared: PreparedQueryTypes,
+    /// CQL: the query type of each statement prepared on this core, for its EXECUTEs.
+    prepared: Rc<RefCell<PreparedQueryTypes>>,
     /// CQL: PREPAREs waiting for their answer, by stream id.
     preparing: HashMap<i16, QueryType>,
 }
 
 impl QueryTypeFilter {
     fn kind(&mut self, request: &mut Message) -> FilterQueryType {
-        if request.protocol() == Protocol::Cassandra {
-            return self.cql_kind(request).into();
+        match request.protocol() {
+            Protocol::Cassandra => return self.cql_kind(request).into(),
+            // By api key, read from the header; unreadable requests count as writes.
+            Protocol::Kafka => {
+                return match request.raw().and_then(|r| kafka_header::request_ids(r).ok()) {
+                    Some(ids) => kafka_classify(ids.api_key).into(),
+                    None => FilterQueryType::Write,
+                }
+            }
+            Protocol::Valkey => {}
         }
         let mut buf = [0u8; 32];
         match request.valkey_request().and_then(|v| v.upper(&mut buf).map(classify)) {
@@ -131,7 +150,7 @@ impl QueryTypeFilter {
                 request.raw().and_then(|r| query_text(r)).map(cql_classify).unwrap_or(QueryType::Write)
             }
             _ => match request.frame() {
-                Ok(Frame::Cassandra(frame)) => classify_request(frame, &self.prepared),
+                Ok(Frame::Cassandra(frame)) => classify_request(frame, &self.prepared.borrow()),
                 _ => QueryType::Write,
             },
         };
@@ -151,7 +170,7 @@ impl QueryTypeFilter {
             let Some(kind) = self.preparing.remove(&header.stream_id) else { continue };
             if let Ok(Frame::Cassandra(frame)) = response.frame() {
                 if let CassandraBody::Result(ResultBody::Prepared(prepared)) = &frame.body {
-                    self.prepared.insert(prepared.id.clone(), kind);
+                    self.prepared.borrow_mut().insert(prepared.id.clone(), kind);
                 }
             }
         }
@@ -187,11 +206,17 @@ impl Transform for QueryTypeFilter {
         let mut slots: Vec<Option<Message>> = Vec::with_capacity(requests.len());
         for (request, allowed) in requests.into_iter().zip(allowed) {
             if allowed {
-                slots.push(None);
+                // A slot only for requests that will get a response (not Kafka acks=0).
+                if request.expects_response() {
+                    slots.push(None);
+                }
                 state.requests.push(request);
-            } else {
+            } else if request.expects_response() {
                 let text = FILTERED.trim_start_matches("ERR ");
                 slots.push(Some(Message::error_to(&request, ProxyError::Refused, text)));
+            } else {
+                // Kafka Produce with acks=0: the client asked for no answer, so none is sent.
+                tracing::debug!("filtered a request that expects no response");
             }
         }
         // With CQL an empty batch still goes down: it brings up answers the sink has read

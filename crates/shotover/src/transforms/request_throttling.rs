@@ -46,7 +46,7 @@ impl TransformConfig for RequestThrottlingConfig {
         false
     }
     fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra]
+        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
     }
     fn validate(&self) -> Result<()> {
         if self.max_requests_per_second < 50 {
@@ -124,10 +124,20 @@ impl Transform for RequestThrottling {
         let mut admitted = Vec::with_capacity(state.requests.len());
         for request in state.requests.drain(..) {
             if self.gcra.try_admit(now, cost(&request)) {
-                refused.push(None);
+                // A slot only for requests that will get a response (not Kafka acks=0).
+                if request.expects_response() {
+                    refused.push(None);
+                }
                 admitted.push(request);
-            } else {
+            } else if request.expects_response() {
                 refused.push(Some(overloaded(&request)));
+            } else {
+                // A Kafka Produce with acks=0 cannot be told it was refused: it waits for
+                // its turn instead (backpressure), so nothing is dropped unseen.
+                while !self.gcra.try_admit(Instant::now(), cost(&request)) {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                admitted.push(request);
             }
         }
         let mut responses = if admitted.is_empty() {

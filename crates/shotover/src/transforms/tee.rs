@@ -385,7 +385,9 @@ impl Transform for Tee {
             }
             return state.call_next_transform().await;
         }
-        let originals = (self.compare == Compare::Subchain).then(|| state.requests.clone());
+        // The requests themselves, for the mismatch sub-chain and for error answers (which
+        // each protocol builds from its request).
+        let originals = matches!(self.compare, Compare::Subchain | Compare::Fail).then(|| state.requests.clone());
         let (tee, regular) = futures_lite::future::zip(self.tee_and_wait(copy), state.call_next_transform()).await;
         let regular = regular?;
         let (mut answer, other) = match tee {
@@ -411,16 +413,13 @@ impl Transform for Tee {
         match self.compare {
             Compare::Fail => {
                 for &i in &mismatched {
-                    if let Some(slot) = answer.get_mut(i) {
-                        let mut error = Message::error_to(
-                            slot,
+                    let request = originals.as_ref().and_then(|o| o.get(i));
+                    if let (Some(slot), Some(request)) = (answer.get_mut(i), request) {
+                        *slot = Message::error_to(
+                            request,
                             ProxyError::Refused,
                             "The responses from the Tee subchain and down-chain did not match and behavior is set to fail on mismatch",
                         );
-                        if let Some(id) = slot.request_id() {
-                            error.set_request_id(id);
-                        }
-                        *slot = error;
                     }
                 }
             }

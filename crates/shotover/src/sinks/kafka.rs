@@ -1,0 +1,58 @@
+//! One connection to a Kafka broker, reading whole length-prefixed messages.
+
+use super::{connect_stream, UpstreamTls};
+use crate::io::{ReadBuffer, ReadMode, Stream};
+use bytes::Bytes;
+use futures_lite::io::AsyncWriteExt;
+use shotover_protocols::kafka::framing;
+use std::io;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub struct KafkaConnection {
+    stream: Stream,
+    read: ReadBuffer,
+}
+
+impl KafkaConnection {
+    /// Connects (and completes the TLS handshake, with `tls`), giving up after `timeout`.
+    pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<Self> {
+        Ok(KafkaConnection { stream: connect_stream(addr, timeout, tls).await?, read: ReadBuffer::default() })
+    }
+
+    /// Writes the whole buffer (and flushes it through TLS).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// The next whole message, reading as needed. End of stream is an `UnexpectedEof` error.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+        loop {
+            match framing::message_len(&self.read.buf) {
+                Ok(Some(len)) => return Poll::Ready(Ok(self.read.buf.split_to(len).freeze())),
+                Ok(None) => {}
+                Err(e) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, format!("broker sent: {e}"))))
+                }
+            }
+            match self.read.poll_fill(&mut self.stream, cx, ReadMode::Spin) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the broker closed the connection",
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Waits for the next whole message.
+    pub async fn next(&mut self) -> io::Result<Bytes> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}

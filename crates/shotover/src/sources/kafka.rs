@@ -1,0 +1,79 @@
+//! The Kafka codec of the connection loop: length-prefixed requests in, responses out.
+//!
+//! A broker answers the requests of one connection in order, and clients check that each
+//! response's correlation id is the next one they expect; Produce with acks=0 gets no
+//! response at all. So, as for Valkey, responses answer the outstanding requests in order,
+//! and the codec keeps the requests that await one, to answer them with errors if the
+//! chain fails.
+
+use super::connection::{Malformed, SourceCodec};
+use crate::message::{Message, Protocol, ProxyError};
+use bytes::{Bytes, BytesMut};
+use shotover_protocols::kafka::framing;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// What one Kafka client connection remembers.
+#[derive(Default)]
+pub struct KafkaCodec {
+    /// Requests that expect a response and have not had it, oldest first.
+    waiting: VecDeque<Message>,
+    /// Set when a response could not be made: the connection closes after this batch.
+    broken: bool,
+}
+
+impl KafkaCodec {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl SourceCodec for KafkaCodec {
+    fn decode(&mut self, buf: &mut BytesMut, now: Instant, batch: &mut Vec<Message>) -> Result<(), Malformed> {
+        loop {
+            match framing::message_len(buf) {
+                Ok(Some(len)) => batch.push(Message::from_bytes(buf.split_to(len).freeze(), Protocol::Kafka, now)),
+                Ok(None) => return Ok(()),
+                // Kafka has no reply to bytes it cannot frame: the broker closes, and so do we.
+                Err(e) => return Err(Malformed { reply: Vec::new(), reason: e.to_string() }),
+            }
+        }
+    }
+
+    fn sent(&mut self, batch: &[Message]) {
+        // A clone shares the request's bytes; only their header is read again later.
+        self.waiting.extend(batch.iter().filter(|m| m.expects_response()).cloned());
+    }
+
+    fn encode(&mut self, responses: Vec<Message>, out: &mut BytesMut, connection: &str) {
+        for response in responses {
+            if response.raw().is_some_and(Bytes::is_empty) {
+                tracing::warn!(%connection, "a Kafka request could not be answered: closing the connection");
+                self.broken = true;
+            }
+            self.waiting.pop_front();
+            if let Err(e) = response.encode_into(out) {
+                tracing::error!(%connection, "cannot encode a response: {e}");
+                self.broken = true;
+            }
+        }
+    }
+
+    fn chain_failed(&mut self, error: &str, out: &mut BytesMut) {
+        for request in self.waiting.drain(..) {
+            let response = Message::error_to(&request, ProxyError::Upstream, &format!("shotover: {error}"));
+            match response.raw() {
+                Some(bytes) if !bytes.is_empty() => out.extend_from_slice(bytes),
+                _ => self.broken = true,
+            }
+        }
+    }
+
+    fn outstanding(&self) -> u64 {
+        self.waiting.len() as u64
+    }
+
+    fn must_close(&self) -> bool {
+        self.broken
+    }
+}
