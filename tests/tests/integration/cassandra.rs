@@ -297,3 +297,59 @@ print("recovered=%s" % recovered)
     let out = driver.join().unwrap().expect_success();
     assert!(out.contains("before=ok") && out.contains("errors_seen=True") && out.contains("recovered=True"), "{out}");
 }
+
+/// The guide's sidecar layout on a real 3-node Cassandra 2.1 cluster: one proxy in front of
+/// each node, on the node's own IP and one shared port. The driver learns the ring and the
+/// peers through the proxy it bootstraps from, then opens pools to every node's proxy.
+#[test]
+fn sidecar_proxies_in_front_of_a_three_node_cluster() {
+    let cluster = Cassandra::start_three_nodes();
+    let port = free_port();
+    let proxies: Vec<Shotover> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let ip = node.rsplit_once(':').map(|(ip, _)| ip).unwrap();
+            let topology = format!(
+                "---\nsources:\n  - Cassandra:\n      name: \"cql\"\n      listen_addr: \"{ip}:{port}\"\n      chain:\n        - QueryCounter:\n            name: \"sidecar\"\n{}",
+                cassandra_sink(node)
+            );
+            Shotover::builder(&topology).start().unwrap()
+        })
+        .collect();
+    for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        assert!(wait_until(Duration::from_secs(15), || TcpStream::connect((ip, port)).is_ok()), "proxy on {ip}");
+    }
+    let script = r#"
+import sys, time, logging
+logging.basicConfig(level=logging.CRITICAL)
+from cassandra.cluster import Cluster
+port = int(sys.argv[1])
+c = Cluster(['127.0.0.1'], port=port, protocol_version=3)
+s = c.connect()
+s.execute("CREATE KEYSPACE IF NOT EXISTS side WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}")
+s.execute("CREATE TABLE IF NOT EXISTS side.t (k int PRIMARY KEY, v int)")
+deadline = time.time() + 30
+while time.time() < deadline and not all(h.is_up for h in c.metadata.all_hosts()):
+    time.sleep(0.2)
+print("hosts=%s" % sorted(str(h.endpoint) for h in c.metadata.all_hosts()))
+print("token_ring=%d" % len(c.metadata.token_map.ring))
+from cassandra import ConsistencyLevel
+from cassandra.query import SimpleStatement
+insert = SimpleStatement("INSERT INTO side.t (k, v) VALUES (%s, %s)", consistency_level=ConsistencyLevel.ALL)
+for i in range(300):
+    s.execute(insert, (i, i))
+read = SimpleStatement("SELECT count(*) FROM side.t", consistency_level=ConsistencyLevel.ALL)
+print("count=%d" % s.execute(read).one()[0])
+"#;
+    let out = run_python(script, &[&port.to_string()]).expect_success();
+    let hosts = format!("hosts=['127.0.0.1:{port}', '127.0.0.2:{port}', '127.0.0.3:{port}']");
+    assert!(out.contains(&hosts), "the driver reaches every node through its proxy:\n{out}");
+    assert!(out.contains("count=300"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("token_ring=") && l != "token_ring=0"), "{out}");
+    // Requests were spread over the three proxies, not all sent through the first.
+    for proxy in &proxies {
+        let inserts = metric_value(&proxy.metrics(), "query_count{name=\"sidecar\",query=\"INSERT\"}");
+        assert!(inserts > 0.0, "every proxy served inserts:\n{}", proxy.metrics());
+    }
+}
