@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Load benchmark: cassandra-stress 2.1 `write` then `read` against one Cassandra 2.1 node
+# directly and through shotover (one worker core, one CassandraSinkSingle), alternated in
+# one run. Prints ops/s of every run, the ratio proxy / direct of each repetition and the
+# geometric mean of those ratios.
+#
+#   benches/load/cassandra.sh                    # defaults: n=100000, 32 threads, 2 repetitions
+#   N=20000 REPS=1 THREADS=16 benches/load/cassandra.sh
+#
+# Protocol: the Java driver that cassandra-stress 2.1 bundles (2.0.5) speaks CQL native
+# protocol v2 at most and has no protocolVersion option; shotover speaks v3 to v5 and turns
+# v2 away. So the stress runs use `-mode simplenative prepared cql3`: Cassandra's own
+# SimpleClient, which speaks v3 (one connection per thread, one request in flight on each,
+# PREPARE once then EXECUTE). SimpleClient reads cassandra.yaml for its frame size limit,
+# so JAVA_TOOL_OPTIONS points it at the node's. The schema (Keyspace1.Standard1) is created
+# over Thrift by a first `write` straight to the node, which also warms up the node's JIT.
+#
+# CPU placement on a 2-CPU machine: the shotover worker on CPU 1 (`--worker-cores 1`); the
+# node and cassandra-stress unpinned, since one JVM per CPU would leave the node starved. So
+# the proxy takes CPU from the node and the client in the proxy runs: that is part of what
+# is measured. Only ratios from one run count: the machine is shared and noisy.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+N=${N:-100000}
+THREADS=${THREADS:-32}
+REPS=${REPS:-2}
+WARMUP=${WARMUP:-50000}
+MODE=${MODE:-simplenative prepared cql3}
+STRESS_TIMEOUT=${STRESS_TIMEOUT:-900}
+
+command -v java >/dev/null || { echo "missing java: run scripts/install-deps" >&2; exit 1; }
+source benches/load/common.sh
+BIN=target/release/shotover-proxy
+[ -x "$BIN" ] || build_release
+
+WORK=$(mktemp -d)
+PIDS=()
+STRESS_PID=
+cleanup() {
+  if [ -n "$STRESS_PID" ]; then kill "$STRESS_PID" 2>/dev/null || true; fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/cassandra stop "$WORK/cassandra" || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+NATIVE=$(free_port); STORAGE=$(free_port); THRIFT=$(free_port)
+echo "starting Cassandra 2.1 on 127.0.0.1:$NATIVE (thrift $THRIFT)" >&2
+scripts/cassandra start "$WORK/cassandra" 127.0.0.1 --port "$NATIVE" --storage-port "$STORAGE" --rpc-port "$THRIFT" >/dev/null
+
+PROXY=$(free_port)
+printf 'main_log_level: "warn"\n' > "$WORK/config.yaml"
+cat > "$WORK/topology.yaml" <<YAML
+---
+sources:
+  - Cassandra:
+      name: "cql"
+      listen_addr: "127.0.0.1:$PROXY"
+      chain:
+        - CassandraSinkSingle:
+            remote_address: "127.0.0.1:$NATIVE"
+            connect_timeout_ms: 3000
+YAML
+"$BIN" --config-file "$WORK/config.yaml" --topology-file "$WORK/topology.yaml" --worker-cores 1 >"$WORK/shotover.log" 2>&1 &
+PIDS+=($!); wait_port "$PROXY"
+
+export JAVA_TOOL_OPTIONS="-Dcassandra.config=file://$WORK/cassandra/node-1/conf/cassandra.yaml"
+
+# stress OP N PORT LOG: runs cassandra-stress, sets OPS to its op rate. Not called in a
+# $(...) subshell, so that cleanup knows STRESS_PID. The 2.1 tool does not exit after `END`
+# in simplenative mode (SimpleClient's threads stay up), so it is stopped once it prints END.
+stress() {
+  local op=$1 n=$2 port=$3 log=$4
+  : >"$log"
+  # shellcheck disable=SC2086
+  scripts/cassandra-stress "$op" n="$n" no_warmup -rate threads="$THREADS" -mode $MODE \
+    -node 127.0.0.1 -port native="$port" thrift="$THRIFT" >"$log" 2>&1 &
+  STRESS_PID=$!
+  local deadline=$((SECONDS + STRESS_TIMEOUT))
+  until grep -q '^END' "$log"; do
+    if ! kill -0 "$STRESS_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      echo "cassandra-stress $op on port $port failed or timed out; its output:" >&2
+      grep -v '^\s*at ' "$log" | tail -30 >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+  kill "$STRESS_PID" 2>/dev/null || true
+  wait "$STRESS_PID" 2>/dev/null || true
+  STRESS_PID=
+  if grep -Eq 'Exception|ERROR' "$log"; then
+    echo "cassandra-stress $op on port $port reported errors:" >&2
+    grep -E 'Exception|ERROR' "$log" | sort | uniq -c | head >&2
+  fi
+  OPS=$(awk -F: '/^op rate/ {gsub(/ /, "", $2); print $2}' "$log")
+  [[ $OPS =~ ^[0-9]+$ ]] || { echo "no op rate in $log: '$OPS'" >&2; exit 1; }
+}
+
+echo "schema and warm-up: write n=$WARMUP directly" >&2
+stress write "$WARMUP" "$NATIVE" "$WORK/warmup.log"
+echo "warm-up: $OPS op/s" >&2
+
+RESULTS="$WORK/results.csv"
+echo "rep,op,target,ops" > "$RESULTS"
+for rep in $(seq "$REPS"); do
+  # Alternate which target goes first: the first `read` after a `write` phase meets a node
+  # still flushing and compacting, and is slower. With an even REPS, the geometric mean of
+  # the per-repetition ratios cancels that.
+  targets="direct:$NATIVE shotover-1-core:$PROXY"
+  [ $((rep % 2)) = 0 ] && targets="shotover-1-core:$PROXY direct:$NATIVE"
+  for op in write read; do
+    for target in $targets; do
+      name=${target%%:*}; port=${target##*:}
+      stress "$op" "$N" "$port" "$WORK/$rep-$op-$name.log"
+      echo "rep $rep: $op $name $OPS op/s" >&2
+      echo "$rep,$op,$name,$OPS" >> "$RESULTS"
+    done
+  done
+done
+
+python3 - "$RESULTS" "$N" "$THREADS" "$MODE" <<'PY'
+import csv, math, sys
+from collections import defaultdict
+path, n, threads, mode = sys.argv[1:5]
+ops = defaultdict(dict)
+for row in csv.DictReader(open(path)):
+    ops[(row["op"], int(row["rep"]))][row["target"]] = float(row["ops"])
+print(f"\ncassandra-stress 2.1, -mode {mode}, n={n}, -rate threads={threads}, ops/s")
+print("| op | rep | direct | shotover 1 core | shotover / direct |")
+print("|---|---|---|---|---|")
+for op in ("write", "read"):
+    ratios = []
+    for (o, rep), t in sorted(ops.items()):
+        if o != op:
+            continue
+        r = t["shotover-1-core"] / t["direct"]
+        ratios.append(r)
+        print(f"| {op} | {rep} | {t['direct']:,.0f} | {t['shotover-1-core']:,.0f} | {r:.2f} |")
+    if len(ratios) > 1:
+        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        print(f"| {op} | geometric mean | | | {geomean:.2f} |")
+PY
