@@ -146,6 +146,9 @@ impl TransformBuilder for CassandraSinkSingleBuilder {
 #[derive(Default)]
 struct Session {
     startup: Option<Bytes>,
+    /// How the node compresses frame bodies, as that STARTUP negotiated (read once, not
+    /// per response).
+    compression: Compression,
     /// AUTH_RESPONSEs sent until authentication succeeded.
     auth: Vec<Bytes>,
     authenticated: bool,
@@ -185,7 +188,10 @@ impl CassandraSinkSingle {
     fn remember_request(&mut self, header: &FrameHeader, raw: &Bytes) {
         match header.opcode {
             Opcode::Startup => {
-                self.session = Session { startup: Some(raw.clone()), ..Session::default() };
+                let mut state = shotover_protocols::cassandra::CassandraCodecState::new();
+                let _ = state.on_startup(raw);
+                let compression = state.frame_compression();
+                self.session = Session { startup: Some(raw.clone()), compression, ..Session::default() };
             }
             Opcode::AuthResponse if !self.session.authenticated => self.session.auth.push(raw.clone()),
             Opcode::Register => self.session.register = Some(raw.clone()),
@@ -203,7 +209,7 @@ impl CassandraSinkSingle {
                 if plain && frame.get(HEADER_LEN..HEADER_LEN + 4) != Some(&[0, 0, 0, 3]) {
                     return;
                 }
-                let compression = self.connection_compression();
+                let compression = self.session.compression;
                 if let Ok(parsed) = CassandraFrame::parse(frame, compression) {
                     if let CassandraBody::Result(ResultBody::SetKeyspace(ks)) = parsed.body {
                         self.session.keyspace = Some(ks);
@@ -214,21 +220,10 @@ impl CassandraSinkSingle {
         }
     }
 
-    fn connection_compression(&self) -> Compression {
-        match &self.session.startup {
-            Some(startup) => {
-                let mut state = shotover_protocols::cassandra::CassandraCodecState::new();
-                let _ = state.on_startup(startup);
-                state.frame_compression()
-            }
-            None => Compression::None,
-        }
-    }
-
     /// Turns frames read from the node into responses for the chain.
     fn accept_frames(&mut self) {
         let frames = std::mem::take(&mut self.frames);
-        let compression = self.connection_compression();
+        let compression = self.session.compression;
         let now = Instant::now();
         for frame in frames {
             self.remember_response(&frame);
