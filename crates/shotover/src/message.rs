@@ -222,37 +222,16 @@ impl Message {
                     ProxyError::Overloaded => ErrorCode::OVERLOADED,
                     ProxyError::Refused | ProxyError::Upstream => ErrorCode::SERVER_ERROR,
                 };
-                match request.raw.as_deref().map(FrameHeader::parse) {
-                    Some(Ok(header)) => Message::response_to(
-                        request,
-                        Frame::Cassandra(Box::new(CassandraFrame::error(&header, code, text))),
-                    ),
-                    // A request is always read from bytes; one made by a transform has its frame.
-                    _ => {
-                        let header = match &request.frame {
-                            Some(Frame::Cassandra(f)) => FrameHeader {
-                                version: f.version,
-                                response: false,
-                                flags: 0,
-                                stream_id: f.stream_id,
-                                opcode: f.opcode(),
-                                body_len: 0,
-                            },
-                            _ => FrameHeader {
-                                version: cassandra::Version::V4,
-                                response: false,
-                                flags: 0,
-                                stream_id: 0,
-                                opcode: cassandra::Opcode::Query,
-                                body_len: 0,
-                            },
-                        };
-                        Message::response_to(
-                            request,
-                            Frame::Cassandra(Box::new(CassandraFrame::error(&header, code, text))),
-                        )
-                    }
-                }
+                // A request made by a transform has no bytes but a frame; either gives the header.
+                let header = request.cql_header().unwrap_or(FrameHeader {
+                    version: cassandra::Version::V4,
+                    response: false,
+                    flags: 0,
+                    stream_id: 0,
+                    opcode: cassandra::Opcode::Query,
+                    body_len: 0,
+                });
+                Message::response_to(request, Frame::Cassandra(Box::new(CassandraFrame::error(&header, code, text))))
             }
         }
     }
