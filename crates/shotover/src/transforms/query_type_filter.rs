@@ -192,15 +192,18 @@ impl Transform for QueryTypeFilter {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        // The common case, every request allowed, allocates nothing.
         let mut requests = std::mem::take(&mut state.requests);
-        let cql = requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
-        let allowed: Vec<bool> = requests.iter_mut().map(|r| self.allows(r)).collect();
-        if allowed.iter().all(|a| *a) {
+        if requests.iter_mut().all(|r| self.allows(r)) {
             state.requests = requests;
             let mut responses = state.call_next_transform().await?;
             self.learn_prepared(&mut responses);
             return Ok(responses);
         }
+        let cql = requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
+        // Classifying again is cheap and has no effect a second time (a PREPARE's stream id
+        // is recorded once either way).
+        let allowed: Vec<bool> = requests.iter_mut().map(|r| self.allows(r)).collect();
         // Keep each filtered request's error reply at its position (Valkey answers in order;
         // CQL answers carry their stream id, so order does not matter there).
         let mut slots: Vec<Option<Message>> = Vec::with_capacity(requests.len());
