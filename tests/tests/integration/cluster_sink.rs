@@ -99,11 +99,19 @@ fn moved_slots_are_followed() {
             other = Some((id, p));
         }
     }
-    let ((_, owner_port), (target_id, target_port)) = (owner.unwrap(), other.unwrap());
+    let ((owner_id, owner_port), (target_id, target_port)) = (owner.unwrap(), other.unwrap());
     let mut target = node(&format!("127.0.0.1:{target_port}"));
-    let _: () = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&target_id).query(&mut target).unwrap();
     let mut old = node(&format!("127.0.0.1:{owner_port}"));
-    let _: () = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&target_id).query(&mut old).unwrap();
+    // A proper migration of the empty slot. Ending the IMPORTING state makes the target bump
+    // its config epoch, so gossip from the other nodes cannot hand the slot back to the old
+    // owner (which would bounce MOVED between the two for a while).
+    let setslot = |conn: &mut redis::Connection, state: &str, id: &str| {
+        let _: () = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(state).arg(id).query(conn).unwrap();
+    };
+    setslot(&mut target, "IMPORTING", &owner_id);
+    setslot(&mut old, "MIGRATING", &target_id);
+    setslot(&mut target, "NODE", &target_id);
+    setslot(&mut old, "NODE", &target_id);
     // The proxy still thinks the old owner has it: it gets MOVED and follows it.
     let _: () = c.set("moving", "there").unwrap();
     assert_eq!(c.get::<_, String>("moving").unwrap(), "there");
