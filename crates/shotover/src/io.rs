@@ -124,16 +124,18 @@ impl BusyPoller {
     }
 }
 
-/// A connection's socket: plain TCP, or TCP under TLS (either side).
+/// A connection's socket: plain TCP, or TCP under TLS (either side), or a client's
+/// WebSocket over either.
 pub enum Stream {
     Plain(TcpStream),
     TlsServer(Box<futures_rustls::server::TlsStream<TcpStream>>),
     TlsClient(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    WebSocket(Box<crate::websocket::WebSocketStream>),
 }
 
 impl Stream {
-    /// The fd that busy polling may `recv` from directly; none under TLS, where every byte
-    /// must go through rustls.
+    /// The fd that busy polling may `recv` from directly; none under TLS or WebSocket, where
+    /// every byte must go through rustls or tungstenite.
     fn spin_fd(&self) -> Option<RawFd> {
         match self {
             Stream::Plain(s) => Some(s.as_raw_fd()),
@@ -147,6 +149,7 @@ impl Stream {
             Stream::Plain(s) => s,
             Stream::TlsServer(s) => s.get_ref().0,
             Stream::TlsClient(s) => s.get_ref().0,
+            Stream::WebSocket(s) => s.inner().tcp(),
         }
     }
 }
@@ -157,6 +160,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -167,6 +171,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -175,6 +180,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -183,6 +189,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_close(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_close(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod sources;
 pub mod systemd;
 pub mod tls;
 pub mod transforms;
+pub mod websocket;
 
 /// The codecs, for custom transforms that inspect or build frames.
 pub use shotover_protocols as protocols;

@@ -353,3 +353,69 @@ print("count=%d" % s.execute(read).one()[0])
         assert!(inserts > 0.0, "every proxy served inserts:\n{}", proxy.metrics());
     }
 }
+
+fn websocket_script() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cql_websocket.py");
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// A Cassandra source with `transport: WebSocket`, with `tls` (items at 6 spaces) if given.
+fn websocket_topology(port: u16, tls: &str, chain: &str) -> String {
+    format!(
+        "---\nsources:\n  - Cassandra:\n      name: \"cql\"\n      listen_addr: \"127.0.0.1:{port}\"\n      transport: WebSocket\n{tls}      chain:\n{chain}"
+    )
+}
+
+const WEBSOCKET_RAW: [&str; 13] = [
+    "subprotocol=cql",
+    "options=SUPPORTED",
+    "startup=READY",
+    "release_version=2.1.0",
+    "two_in_one=True",
+    "split=True",
+    "cql_error=True",
+    "pong=True",
+    "whole_frames=True",
+    "text_close_code=1003",
+    "other_subprotocol=400",
+    "plain_http=HTTP/1.1 400 Bad Request",
+    "done",
+];
+
+#[test]
+fn cql_over_websocket_with_real_cassandra() {
+    let node = Cassandra::start_single();
+    let port = free_port();
+    let shotover = Shotover::start(&websocket_topology(port, "", &cassandra_sink(node.address())), port);
+    let script = websocket_script();
+    // Hand-made frames: the upgrade, message boundaries, ping, and bad input.
+    let out = run_python(&script, &["raw", &port.to_string()]).expect_success();
+    for line in WEBSOCKET_RAW {
+        assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
+    }
+    assert!(shotover.wait_for_log("a text WebSocket message", Duration::from_secs(5)), "{}", shotover.output());
+    assert!(shotover.wait_for_log("WebSocket upgrade refused", Duration::from_secs(5)), "{}", shotover.output());
+    // The real driver, each of its connections carried over a WebSocket by a local bridge:
+    // every native type, prepared statements, a batch and paging through 10 000 rows.
+    let out = run_python(&script, &["bridge", &port.to_string(), &workload()]).expect_success();
+    for line in ["types_roundtrip=True", "prepared_select=batch10005", "paged_rows=10010", "done"] {
+        assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
+    }
+}
+
+#[test]
+fn cql_over_websocket_under_tls() {
+    let node = Cassandra::start_single();
+    let certs = Certs::generate();
+    let port = free_port();
+    let tls = format!(
+        "      tls:\n        certificate_path: \"{}\"\n        private_key_path: \"{}\"\n",
+        certs.path("server.crt"),
+        certs.path("server.key")
+    );
+    let _shotover = Shotover::start(&websocket_topology(port, &tls, &cassandra_sink(node.address())), port);
+    let out = run_python(&websocket_script(), &["raw", &port.to_string(), &certs.path("ca.crt")]).expect_success();
+    for line in WEBSOCKET_RAW {
+        assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
+    }
+}

@@ -349,9 +349,6 @@ fn parse_source(
     if raw.transport.is_some() && protocol != Protocol::Cassandra {
         return Err(err("transport", format!("only Cassandra sources have a transport, not {protocol} sources")));
     }
-    if raw.transport == Some(Transport::WebSocket) {
-        return Err(err("transport", "the WebSocket transport is not available in this build yet; use Tcp".into()));
-    }
     let chain = registry.parse_chain(file, &join_path(path, "chain"), raw.chain, protocol)?;
     Ok(SourceConfig {
         protocol,

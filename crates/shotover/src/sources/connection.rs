@@ -8,8 +8,10 @@
 
 use super::ConnectionContext;
 use crate::chain::{Chain, CloseConnection};
+use crate::config::topology::Transport;
 use crate::io::{ReadBuffer, ReadMode, Stream};
 use crate::message::Message;
+use crate::websocket;
 use bytes::BytesMut;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -75,6 +77,24 @@ async fn accept_tls(tcp: TcpStream, ctx: &ConnectionContext, peer: &str) -> Opti
     }
 }
 
+/// Completes the WebSocket upgrade when the source's transport is WebSocket.
+async fn accept_websocket(stream: Stream, ctx: &ConnectionContext, peer: &str) -> Option<Stream> {
+    if ctx.source.transport != Transport::WebSocket {
+        return Some(stream);
+    }
+    let timed_out = async {
+        glommio::timer::sleep(websocket::HANDSHAKE_TIMEOUT).await;
+        Err("the client did not complete the WebSocket upgrade in time".to_string())
+    };
+    match futures_lite::future::or(websocket::accept(stream), timed_out).await {
+        Ok(ws) => Some(Stream::WebSocket(Box::new(ws))),
+        Err(e) => {
+            tracing::warn!(connection = %ctx.id, %peer, "{e}");
+            None
+        }
+    }
+}
+
 /// One connection's buffers and codec.
 struct Client<C> {
     codec: C,
@@ -88,7 +108,8 @@ struct Client<C> {
 pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: ConnectionContext, codec: C) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
-    let Some(mut stream) = accept_tls(tcp, &ctx, &peer).await else { return };
+    let Some(stream) = accept_tls(tcp, &ctx, &peer).await else { return };
+    let Some(mut stream) = accept_websocket(stream, &ctx, &peer).await else { return };
     let mut client = Client { codec, read: ReadBuffer::default(), out: BytesMut::new(), sink_read_at: None };
     let mut idle_after = ctx.source.idle_timeout;
     // Set once asked to drain or close: from then on the idle timer decides when to close.
@@ -117,6 +138,11 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
         .await;
         let keep_open = match event {
             Event::Read(Ok(0)) => false,
+            Event::Read(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // The transport itself was violated (a bad WebSocket frame, say).
+                tracing::warn!(connection = %ctx.id, %peer, "malformed input, closing the connection: {e}");
+                false
+            }
             Event::Read(Err(e)) => {
                 tracing::debug!(connection = %ctx.id, %peer, "client read failed: {e}");
                 false
