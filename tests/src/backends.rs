@@ -88,6 +88,18 @@ impl Cassandra {
         let _ = Command::new(script("cassandra")).arg("stop").arg(&self.dir.0).status();
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) every node: connections stay open and nothing is
+    /// answered, as with a node stuck in a long GC pause.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        for n in 1..=self.nodes.len() {
+            let pidfile = self.dir.0.join(format!("node-{n}/cassandra.pid"));
+            let pid: i32 = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().parse().unwrap_or(0);
+            assert!(pid > 0, "no pid in {}", pidfile.display());
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+        }
+    }
+
     /// Starts the nodes again on the same IPs and ports (after [`Cassandra::kill`]).
     pub fn start_again(&self) {
         let ips: Vec<String> =

@@ -612,3 +612,24 @@ impl ValkeyCluster {
 pub fn free_cluster_port_range() -> u16 {
     free_cluster_ports(6)
 }
+
+/// A CQL frame from a client: protocol `version` (3, 4 or 5 before segments), header and body.
+pub fn cql_request(version: u8, stream: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![version, 0];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.push(opcode);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// Reads one CQL frame (v3/v4 header) from `stream`: header and body.
+pub fn read_cql_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).unwrap();
+    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    [header.to_vec(), body].concat()
+}

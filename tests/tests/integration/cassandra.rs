@@ -32,16 +32,6 @@ fn run_workload(port: u16, version: &str, compression: &str, direct_port: Option
     run_python(&script, &args).expect_success()
 }
 
-/// Reads one CQL frame (v3/v4 header) from `stream`.
-fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
-    let mut header = [0u8; 9];
-    stream.read_exact(&mut header).unwrap();
-    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
-    [header.to_vec(), body].concat()
-}
-
 #[test]
 fn cql_v3_through_the_proxy_with_real_cassandra() {
     let node = Cassandra::start_single();
@@ -79,7 +69,7 @@ fn cql_v3_through_the_proxy_with_real_cassandra() {
     let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     raw.write_all(&[0x04, 0x00, 0x00, 0x07, 0x42, 0, 0, 0, 0]).unwrap();
-    let error = read_frame(&mut raw);
+    let error = read_cql_frame(&mut raw);
     assert_eq!((error[0], error[4]), (0x84, 0x00), "an ERROR frame: {error:?}");
     assert_eq!(&error[9..13], &[0, 0, 0, 0x0a], "code ProtocolError");
     let mut rest = Vec::new();
@@ -238,7 +228,7 @@ fn options_answer(port: u16) -> (u8, Option<u32>) {
     let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     raw.write_all(&[0x03, 0, 0, 1, 0x05, 0, 0, 0, 0]).unwrap();
-    let frame = read_frame(&mut raw);
+    let frame = read_cql_frame(&mut raw);
     let code = (frame[4] == 0).then(|| u32::from_be_bytes([frame[9], frame[10], frame[11], frame[12]]));
     (frame[4], code)
 }
@@ -418,4 +408,49 @@ fn cql_over_websocket_under_tls() {
     for line in WEBSOCKET_RAW {
         assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
     }
+}
+
+fn v3_query(stream: i16, cql: &str) -> Vec<u8> {
+    let mut body = (cql.len() as u32).to_be_bytes().to_vec();
+    body.extend_from_slice(cql.as_bytes());
+    body.extend_from_slice(&[0, 1, 0]);
+    cql_request(3, stream, 0x07, &body)
+}
+
+#[test]
+fn read_timeout_answers_every_waiting_request_then_closes() {
+    let node = Cassandra::start_single();
+    let port = free_port();
+    let sink = format!("{}            read_timeout: 2\n", cassandra_sink(node.address()));
+    let shotover = Shotover::start(&cassandra_topology(port, &sink), port);
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let startup = [&[0, 1, 0, 11][..], b"CQL_VERSION", &[0, 5], b"3.0.0"].concat();
+    raw.write_all(&cql_request(3, 1, 0x01, &startup)).unwrap();
+    assert_eq!(read_cql_frame(&mut raw)[4], 0x02, "READY");
+
+    // The node stops answering. Two batches wait on it; when the oldest request has waited
+    // read_timeout, both get a Server error and the connection closes.
+    node.freeze(true);
+    raw.write_all(&v3_query(2, "SELECT release_version FROM system.local")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    raw.write_all(&v3_query(3, "SELECT cluster_name FROM system.local")).unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        let frame = read_cql_frame(&mut raw);
+        assert_eq!(frame[4], 0x00, "an ERROR frame: {frame:?}");
+        assert_eq!(&frame[9..13], &[0, 0, 0, 0], "code Server error");
+        answered.push(i16::from_be_bytes([frame[2], frame[3]]));
+    }
+    answered.sort();
+    assert_eq!(answered, vec![2, 3]);
+    let mut rest = Vec::new();
+    assert_eq!(raw.read_to_end(&mut rest).unwrap(), 0, "the connection is closed");
+    assert!(shotover.wait_for_log("within the read_timeout", Duration::from_secs(5)), "{}", shotover.output());
+    let failed = "failed_requests{chain=\"cql\",transform=\"CassandraSinkSingle\"}";
+    assert_eq!(metric_value(&shotover.metrics(), failed), 2.0);
+
+    // Once the node answers again, new connections work.
+    node.freeze(false);
+    assert_eq!(options_answer(port).0, 0x06, "SUPPORTED");
 }

@@ -129,26 +129,6 @@ fn below_the_minimum_is_a_config_error() {
     assert!(out.contains("at least 50"), "{out}");
 }
 
-/// A v4 frame: header and body.
-fn cql_frame(stream: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x04, 0];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.push(opcode);
-    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    f.extend_from_slice(body);
-    f
-}
-
-fn read_cql_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
-    use std::io::Read;
-    let mut header = [0u8; 9];
-    stream.read_exact(&mut header).unwrap();
-    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
-    [header.to_vec(), body].concat()
-}
-
 #[test]
 fn cql_requests_over_the_limit_get_overloaded() {
     use shotover_integration_tests::cql_double::CqlDouble;
@@ -166,7 +146,7 @@ fn cql_requests_over_the_limit_get_overloaded() {
     startup.extend_from_slice(b"CQL_VERSION");
     startup.extend_from_slice(&[0, 5]);
     startup.extend_from_slice(b"3.0.0");
-    c.write_all(&cql_frame(0, 0x01, &startup)).unwrap();
+    c.write_all(&cql_request(4, 0, 0x01, &startup)).unwrap();
     assert_eq!(read_cql_frame(&mut c)[4], 0x02, "READY");
     // 150 queries in one write: about one second of the limit passes at once, the rest is
     // refused with the protocol's Overloaded error.
@@ -174,7 +154,7 @@ fn cql_requests_over_the_limit_get_overloaded() {
     let mut body = (query.len() as i32).to_be_bytes().to_vec();
     body.extend_from_slice(query);
     body.extend_from_slice(&[0, 1, 0]);
-    let batch: Vec<u8> = (1..=150).flat_map(|s| cql_frame(s, 0x07, &body)).collect();
+    let batch: Vec<u8> = (1..=150).flat_map(|s| cql_request(4, s, 0x07, &body)).collect();
     c.write_all(&batch).unwrap();
     let (mut results, mut overloaded) = (0, 0);
     for _ in 0..150 {

@@ -303,6 +303,12 @@ impl Transform for CassandraSinkSingle {
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         if self.timer_expired() {
+            // The client connection closes and the source answers every request still
+            // waiting; this connection to the node, with its late answers, goes too.
+            self.connection = None;
+            self.timer = None;
+            self.failed_requests.inc_by(self.in_flight.len() as u64);
+            self.in_flight.clear();
             return Err(CloseConnection(format!(
                 "no response from the Cassandra node within the read_timeout of {:?}",
                 self.read_timeout.unwrap_or_default()
@@ -390,16 +396,23 @@ impl CassandraSinkSingle {
     }
 
     fn timer_expired(&self) -> bool {
-        match (self.read_timeout, self.oldest_sent()) {
-            (Some(limit), Some(oldest)) => oldest.elapsed() >= limit,
-            _ => false,
-        }
+        // Without a read_timeout, skip the walk over the requests in flight.
+        let Some(limit) = self.read_timeout else { return false };
+        self.oldest_sent().is_some_and(|oldest| oldest.elapsed() >= limit)
     }
 
     /// Ready when the oldest request in flight has waited `read_timeout`.
     fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let (Some(limit), Some(oldest)) = (self.read_timeout, self.oldest_sent()) else { return Poll::Pending };
-        let timer = self.timer.get_or_insert_with(|| Timer::new(limit.saturating_sub(oldest.elapsed())));
-        Pin::new(timer).poll(cx).map(|_| ())
+        let Some(limit) = self.read_timeout else { return Poll::Pending };
+        if self.timer.is_none() {
+            // Armed for the oldest request in flight; answers arriving disarm it, so the walk
+            // over the requests in flight happens once per answered batch, not per poll.
+            let Some(oldest) = self.oldest_sent() else { return Poll::Pending };
+            self.timer = Some(Timer::new(limit.saturating_sub(oldest.elapsed())));
+        }
+        match self.timer.as_mut() {
+            Some(timer) => Pin::new(timer).poll(cx).map(|_| ()),
+            None => Poll::Pending,
+        }
     }
 }
