@@ -307,7 +307,6 @@ impl Transform for CassandraSinkSingle {
             // waiting; this connection to the node, with its late answers, goes too.
             self.connection = None;
             self.timer = None;
-            self.failed_requests.inc_by(self.in_flight.len() as u64);
             self.in_flight.clear();
             return Err(CloseConnection(format!(
                 "no response from the Cassandra node within the read_timeout of {:?}",
