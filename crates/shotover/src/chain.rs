@@ -17,11 +17,17 @@
 //!   responses, then any unsolicited messages:
 //!   - Valkey: one response per request, in request order. A transform may hold requests
 //!     back (Coalesce) and answer them in a later call, still in order.
+//!   - Kafka: as Valkey. KafkaSinkSingle returns what the broker has answered so far and
+//!     the rest through [`Transform::poll_pushed`], so a client's pipelined requests reach
+//!     the broker without waiting for the answers before them.
 //!   - Cassandra: each response carries its request's stream id and may come in any later
 //!     call (a sink returns what its node has answered so far and the rest through
 //!     [`Transform::poll_pushed`]).
 //!
-//!   A call with an empty batch asks every transform to deliver what it holds.
+//!   A call with an empty batch asks every transform to deliver what it holds. A call with
+//!   [`ChainState::complete`] set asks for every request of the batch to be answered
+//!   before it returns: transforms that pair answers with requests batch by batch (Tee
+//!   comparing, ParallelMap) set it.
 //! - [`Transform::poll_pushed`] lets a sink say that its upstream sent something nobody
 //!   asked for (pub/sub messages). The source then runs the chain with an empty batch and
 //!   the sink returns those messages as responses.
@@ -112,6 +118,9 @@ struct Slot {
 pub struct ChainState<'a> {
     /// The requests, as the previous transform left them.
     pub requests: Vec<Message>,
+    /// Set when this batch must be answered in full before the run returns: no transform
+    /// may hold a request of it for a later run.
+    pub complete: bool,
     remaining: &'a mut [Slot],
 }
 
@@ -184,11 +193,21 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Runs one batch through the whole chain.
+    /// Runs one batch through the whole chain. Some answers may come in later runs.
     pub async fn process(&mut self, requests: Vec<Message>) -> Result<Vec<Message>> {
+        self.run(requests, false).await
+    }
+
+    /// Runs one batch through the whole chain and returns only once every request of it
+    /// has been answered (see [`ChainState::complete`]).
+    pub async fn process_complete(&mut self, requests: Vec<Message>) -> Result<Vec<Message>> {
+        self.run(requests, true).await
+    }
+
+    async fn run(&mut self, requests: Vec<Message>, complete: bool) -> Result<Vec<Message>> {
         let start = Instant::now();
         self.request_batch.observe(requests.len() as f64);
-        let mut state = ChainState { requests, remaining: &mut self.slots };
+        let mut state = ChainState { requests, complete, remaining: &mut self.slots };
         let result = state.call_next_transform().await;
         self.total.inc();
         match &result {

@@ -245,3 +245,59 @@ fn nested_chain_errors_carry_their_yaml_path() {
     assert!(out.contains("sources[0].Valkey.chain[0].Tee.chain[0]"), "{out}");
     assert!(out.contains("not a terminating transform"), "{out}");
 }
+
+#[test]
+fn filter_errors_wait_for_the_answers_of_held_requests_before_them() {
+    let valkey = ValkeyServer::start();
+    let _: () = valkey.client().set("a", 1).unwrap();
+    let _: () = valkey.client().set("c", 3).unwrap();
+    let chain = format!(
+        "        - QueryTypeFilter:\n            DenyList: [Write]\n        - Coalesce:\n            flush_when_buffered_message_count: 3\n{}",
+        sink_single(valkey.port)
+    );
+    let (_s, port) = proxy(&chain);
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The SET is filtered at once, but the GET before it is held by Coalesce: its error
+    // must not take the GET's place.
+    raw.write_all(b"GET a\r\nSET b 2\r\nGET c\r\n").unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(raw.read(&mut buf).is_err(), "nothing may be answered before the held GET");
+    raw.write_all(b"GET a\r\n").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let expected = "$1\r\n1\r\n-ERR Message was filtered out by shotover\r\n$1\r\n3\r\n$1\r\n1\r\n";
+    let mut got = vec![0u8; expected.len()];
+    raw.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+#[test]
+fn parallel_map_and_tee_get_full_answers_from_holding_chains() {
+    // Coalesce inside would hold these requests; ParallelMap and Tee deal answers back batch
+    // by batch, so they ask their chains to answer in full.
+    let valkey = ValkeyServer::start();
+    let coalesce = "        - Coalesce:\n            flush_when_buffered_message_count: 1000\n";
+    let inner = format!("{}{}", nested(coalesce, 6), nested(&sink_single(valkey.port), 6));
+    let chain = format!(
+        "        - ParallelMap:\n            parallelism: 2\n            ordered_results: true\n            chain:\n{inner}"
+    );
+    let (_s, port) = proxy(&chain);
+    let (requests, replies) = echoes(10);
+    let expected: String = replies.concat();
+    let (got, _open) = pipeline(port, &requests, expected.len());
+    assert_eq!(got, expected);
+
+    let (regular, tee_target) = disagreeing();
+    let chain = format!(
+        "        - Tee:\n            behavior: FailOnMismatch\n            chain:\n{}{}{coalesce}{}",
+        nested(coalesce, 6),
+        nested(&sink_single(tee_target.port), 6),
+        sink_single(regular.port)
+    );
+    let (_s, port) = proxy(&chain);
+    let mut c = connect(port);
+    let _: () = c.set("y", 5).unwrap();
+    assert_eq!(c.get::<_, i64>("y").unwrap(), 5);
+    let mismatch: redis::RedisResult<i64> = c.get("x");
+    assert!(mismatch.unwrap_err().to_string().contains("did not match"), "the two chains disagree on x");
+}

@@ -27,17 +27,23 @@ impl KafkaConnection {
         self.stream.flush().await
     }
 
-    /// The next whole message, reading as needed. End of stream is an `UnexpectedEof` error.
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+    /// The next whole message already read, if there is one (no I/O).
+    pub fn take_message(&mut self) -> io::Result<Option<Bytes>> {
+        match framing::message_len(&self.read.buf) {
+            Ok(Some(len)) => Ok(Some(self.read.buf.split_to(len).freeze())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("broker sent: {e}"))),
+        }
+    }
+
+    /// The next whole message, reading as needed (spinning in `mode` while the core is
+    /// busy). End of stream is an `UnexpectedEof` error.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>, mode: ReadMode) -> Poll<io::Result<Bytes>> {
         loop {
-            match framing::message_len(&self.read.buf) {
-                Ok(Some(len)) => return Poll::Ready(Ok(self.read.buf.split_to(len).freeze())),
-                Ok(None) => {}
-                Err(e) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, format!("broker sent: {e}"))))
-                }
+            if let Some(message) = self.take_message()? {
+                return Poll::Ready(Ok(message));
             }
-            match self.read.poll_fill(&mut self.stream, cx, ReadMode::Spin) {
+            match self.read.poll_fill(&mut self.stream, cx, mode) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -53,6 +59,6 @@ impl KafkaConnection {
 
     /// Waits for the next whole message.
     pub async fn next(&mut self) -> io::Result<Bytes> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
+        std::future::poll_fn(|cx| self.poll_next(cx, ReadMode::Spin)).await
     }
 }

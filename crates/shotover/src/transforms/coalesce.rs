@@ -105,8 +105,9 @@ impl Transform for Coalesce {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
-        // An empty batch asks for everything held (and carries pushed messages up).
-        let flush_all = state.requests.is_empty();
+        // An empty batch asks for everything held (and carries pushed messages up); so does
+        // a batch that must be answered in full.
+        let flush_all = state.requests.is_empty() || state.complete;
         self.buffer.append(&mut state.requests);
         if !flush_all && !self.due() {
             if let (Some(interval), None) = (self.interval, &self.timer) {

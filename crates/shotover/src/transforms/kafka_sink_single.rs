@@ -13,27 +13,37 @@
 //! - So that clients connect only through proxies, the brokers named in Metadata,
 //!   FindCoordinator and DescribeCluster responses get the source's port (each broker keeps
 //!   its host: every broker has a proxy in front of it on the same port).
-//! - Responses come back in request order, as the broker sends them; Produce with acks=0
-//!   gets none.
+//! - Requests are written as they come and responses go up as the broker sends them, in
+//!   request order; Produce with acks=0 gets none. The sink does not wait for a batch's
+//!   answers before taking the client's next batch (answers that arrive later come up
+//!   through `poll_pushed`), so the client's pipelined requests (librdkafka keeps up to 5
+//!   Produce requests in flight) reach the broker while it works on earlier ones, as they
+//!   would without the proxy. A run with `ChainState::complete` waits for every answer.
 //! - A broker that cannot be reached, or a connection lost before the response, gets the
 //!   request's response type with NETWORK_EXCEPTION, counted in `failed_requests`; the next
 //!   request connects again. With `read_timeout`, a response later than that many seconds
 //!   closes the client connection.
 
 use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
+use crate::io::ReadMode;
 use crate::message::{Message, Protocol, ProxyError};
 use crate::sinks::kafka::KafkaConnection;
 use crate::sinks::UpstreamTls;
 use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use glommio::timer::Timer;
 use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::kafka::header::request_ids;
 use shotover_protocols::kafka::rewrite::{names_brokers, rewrite_brokers};
 use shotover_protocols::kafka::ApiKey;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Deserialize)]
@@ -121,9 +131,20 @@ impl TransformBuilder for KafkaSinkSingleBuilder {
             read_timeout: self.read_timeout,
             connection: None,
             write_buf: BytesMut::new(),
+            in_flight: VecDeque::new(),
+            ready: Vec::new(),
+            timer: None,
             failed_requests: self.failed_requests.clone(),
         })
     }
+}
+
+/// A request written to the broker and waiting for its response.
+struct InFlight {
+    /// Kept for its api key and version (to read the response) and to build an error
+    /// answer if the connection is lost; a clone shares the request's bytes.
+    request: Message,
+    sent_at: Instant,
 }
 
 pub struct KafkaSinkSingle {
@@ -134,6 +155,12 @@ pub struct KafkaSinkSingle {
     read_timeout: Option<Duration>,
     connection: Option<KafkaConnection>,
     write_buf: BytesMut,
+    /// Oldest first: the broker answers in this order.
+    in_flight: VecDeque<InFlight>,
+    /// Responses read and not yet returned up the chain.
+    ready: Vec<Message>,
+    /// Fires at the read timeout of the oldest request in flight.
+    timer: Option<Timer>,
     failed_requests: IntCounter,
 }
 
@@ -149,6 +176,114 @@ impl KafkaSinkSingle {
             })
             .collect()
     }
+
+    /// The connection is gone: every request in flight gets NETWORK_EXCEPTION, in order.
+    fn fail_in_flight(&mut self, text: &str) {
+        self.connection = None;
+        self.timer = None;
+        for waiting in std::mem::take(&mut self.in_flight) {
+            self.failed_requests.inc();
+            self.ready.push(Message::error_to(&waiting.request, ProxyError::Upstream, text));
+        }
+    }
+
+    /// Pairs a message from the broker with the oldest request in flight.
+    fn accept(&mut self, raw: Bytes) -> Result<(), String> {
+        let Some(waiting) = self.in_flight.pop_front() else {
+            return Err("the broker sent a response nobody asked for".into());
+        };
+        self.timer = None;
+        let request = waiting.request;
+        let ids = request.raw().and_then(|r| request_ids(r).ok());
+        let (key, version) = ids.map_or((-1, 0), |ids| (ids.api_key, ids.api_version));
+        let raw = match ApiKey::try_from(key) {
+            Ok(api_key) if names_brokers(api_key) => match rewrite_brokers(&raw, api_key, version, "", self.proxy_port)
+            {
+                Ok(Some(rewritten)) => rewritten,
+                Ok(None) => raw,
+                Err(e) => {
+                    tracing::warn!("cannot rewrite the brokers of a {api_key:?} v{version} response: {e}");
+                    raw
+                }
+            },
+            _ => raw,
+        };
+        let mut response = Message::from_kafka_response(raw, key, version, Instant::now());
+        response.set_request_id(request.id());
+        self.ready.push(response);
+        Ok(())
+    }
+
+    /// Moves the responses already read into `ready`.
+    fn take_read(&mut self) {
+        loop {
+            let Some(conn) = self.connection.as_mut() else { return };
+            match conn.take_message() {
+                Ok(Some(raw)) => {
+                    if let Err(e) = self.accept(raw) {
+                        self.lost(&e);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => self.lost(&e.to_string()),
+            }
+        }
+    }
+
+    fn lost(&mut self, reason: &str) {
+        if !self.in_flight.is_empty() {
+            tracing::warn!("the connection to the Kafka broker {} failed: {reason}", self.address);
+        }
+        self.fail_in_flight(&format!("shotover: the Kafka broker connection failed: {reason}"));
+    }
+
+    fn timed_out(&self) -> bool {
+        match (self.read_timeout, self.in_flight.front()) {
+            (Some(limit), Some(oldest)) => oldest.sent_at.elapsed() >= limit,
+            _ => false,
+        }
+    }
+
+    /// The client connection closes: the source answers every request still waiting, and
+    /// this broker connection, with its late answers, goes too.
+    fn read_timeout_error(&mut self) -> anyhow::Error {
+        self.connection = None;
+        self.timer = None;
+        self.in_flight.clear();
+        CloseConnection(format!(
+            "no response from the Kafka broker within the read_timeout of {:?}",
+            self.read_timeout.unwrap_or_default()
+        ))
+        .into()
+    }
+
+    /// Reads until every request in flight is answered (or the connection fails).
+    async fn wait_for_all(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            let Some(conn) = self.connection.as_mut() else { return Ok(()) };
+            let next = match (self.read_timeout, self.in_flight.front()) {
+                (Some(limit), Some(oldest)) => {
+                    let left = limit.saturating_sub(oldest.sent_at.elapsed());
+                    futures_lite::future::or(async { Some(conn.next().await) }, async {
+                        glommio::timer::sleep(left).await;
+                        None
+                    })
+                    .await
+                }
+                _ => Some(conn.next().await),
+            };
+            match next {
+                None => return Err(self.read_timeout_error()),
+                Some(Ok(raw)) => {
+                    if let Err(e) = self.accept(raw) {
+                        self.lost(&e);
+                    }
+                }
+                Some(Err(e)) => self.lost(&e.to_string()),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait(?Send)]
@@ -159,83 +294,76 @@ impl Transform for KafkaSinkSingle {
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         let requests = std::mem::take(&mut state.requests);
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.connection.is_none() {
-            match KafkaConnection::connect(self.address, self.connect_timeout, self.tls.as_ref()).await {
-                Ok(conn) => self.connection = Some(conn),
-                Err(e) => {
-                    tracing::warn!("cannot connect to the Kafka broker {}: {e}", self.address);
-                    let text = format!("shotover: cannot connect to the Kafka broker {}: {e}", self.address);
-                    return Ok(self.fail(&requests, &text));
-                }
-            }
-        }
-        self.write_buf.clear();
-        for request in &requests {
-            if let Err(e) = request.encode_into(&mut self.write_buf) {
-                return Err(anyhow!("cannot encode a Kafka request: {e}"));
-            }
-        }
-        let Some(conn) = self.connection.as_mut() else { return Ok(self.fail(&requests, "not connected")) };
-        if let Err(e) = conn.write_all(&self.write_buf).await {
-            self.connection = None;
-            tracing::warn!("sending to the Kafka broker {} failed: {e}", self.address);
-            return Ok(self.fail(&requests, &format!("shotover: sending to the Kafka broker failed: {e}")));
-        }
-        let mut responses = Vec::with_capacity(requests.len());
-        for (i, request) in requests.iter().enumerate() {
-            if !request.expects_response() {
-                continue;
-            }
-            let Some(conn) = self.connection.as_mut() else { break };
-            let next = match self.read_timeout {
-                None => conn.next().await,
-                Some(limit) => {
-                    futures_lite::future::or(conn.next(), async {
-                        glommio::timer::sleep(limit).await;
-                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "read_timeout"))
-                    })
-                    .await
-                }
-            };
-            let raw = match next {
-                Ok(raw) => raw,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(CloseConnection(format!(
-                        "no response from the Kafka broker within the read_timeout of {:?}",
-                        self.read_timeout.unwrap_or_default()
-                    ))
-                    .into())
-                }
-                Err(e) => {
-                    self.connection = None;
-                    tracing::warn!("the connection to the Kafka broker {} failed: {e}", self.address);
-                    let rest = requests.get(i..).unwrap_or_default();
-                    responses.extend(self.fail(rest, &format!("shotover: the Kafka broker connection failed: {e}")));
-                    return Ok(responses);
-                }
-            };
-            let ids = request.raw().and_then(|r| request_ids(r).ok());
-            let (key, version) = ids.map_or((-1, 0), |ids| (ids.api_key, ids.api_version));
-            let raw = match ApiKey::try_from(key) {
-                Ok(api_key) if names_brokers(api_key) => {
-                    match rewrite_brokers(&raw, api_key, version, "", self.proxy_port) {
-                        Ok(Some(rewritten)) => rewritten,
-                        Ok(None) => raw,
-                        Err(e) => {
-                            tracing::warn!("cannot rewrite the brokers of a {api_key:?} v{version} response: {e}");
-                            raw
-                        }
+        if !requests.is_empty() {
+            if self.connection.is_none() {
+                match KafkaConnection::connect(self.address, self.connect_timeout, self.tls.as_ref()).await {
+                    Ok(conn) => self.connection = Some(conn),
+                    Err(e) => {
+                        tracing::warn!("cannot connect to the Kafka broker {}: {e}", self.address);
+                        let text = format!("shotover: cannot connect to the Kafka broker {}: {e}", self.address);
+                        let mut failed = self.fail(&requests, &text);
+                        self.ready.append(&mut failed);
+                        return Ok(std::mem::take(&mut self.ready));
                     }
                 }
-                _ => raw,
+            }
+            self.write_buf.clear();
+            for request in &requests {
+                if let Err(e) = request.encode_into(&mut self.write_buf) {
+                    return Err(anyhow!("cannot encode a Kafka request: {e}"));
+                }
+            }
+            let now = Instant::now();
+            self.in_flight.extend(
+                requests
+                    .into_iter()
+                    .filter(Message::expects_response)
+                    .map(|request| InFlight { request, sent_at: now }),
+            );
+            let written = match self.connection.as_mut() {
+                Some(conn) => conn.write_all(&self.write_buf).await,
+                None => Err(std::io::Error::other("not connected")),
             };
-            let mut response = Message::from_kafka_response(raw, key, version, Instant::now());
-            response.set_request_id(request.id());
-            responses.push(response);
+            if let Err(e) = written {
+                tracing::warn!("sending to the Kafka broker {} failed: {e}", self.address);
+                self.fail_in_flight(&format!("shotover: sending to the Kafka broker failed: {e}"));
+            }
         }
-        Ok(responses)
+        self.take_read();
+        if state.complete {
+            self.wait_for_all().await?;
+        } else if self.ready.is_empty() && self.timed_out() {
+            return Err(self.read_timeout_error());
+        }
+        Ok(std::mem::take(&mut self.ready))
+    }
+
+    fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.ready.is_empty() {
+            return Poll::Ready(());
+        }
+        let waiting = !self.in_flight.is_empty();
+        let Some(conn) = self.connection.as_mut() else { return Poll::Pending };
+        // Brokers send nothing unasked: with nothing in flight, only a close can come.
+        let mode = if waiting { ReadMode::Spin } else { ReadMode::Wait };
+        match conn.poll_next(cx, mode) {
+            Poll::Ready(Ok(raw)) => {
+                if let Err(e) = self.accept(raw) {
+                    self.lost(&e);
+                }
+                return Poll::Ready(());
+            }
+            Poll::Ready(Err(e)) => {
+                self.lost(&e.to_string());
+                // Answers to deliver, or a closed idle connection (nothing to do).
+                return if self.ready.is_empty() { Poll::Pending } else { Poll::Ready(()) };
+            }
+            Poll::Pending => {}
+        }
+        // Ready at the read timeout of the oldest request: the next run fails the chain.
+        let (Some(limit), Some(oldest)) = (self.read_timeout, self.in_flight.front()) else { return Poll::Pending };
+        let sent_at = oldest.sent_at;
+        let timer = self.timer.get_or_insert_with(|| Timer::new(limit.saturating_sub(sent_at.elapsed())));
+        Pin::new(timer).poll(cx).map(|_| ())
     }
 }

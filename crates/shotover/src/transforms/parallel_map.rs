@@ -133,7 +133,16 @@ impl Transform for ParallelMap {
             .chains
             .iter_mut()
             .zip(batches)
-            .map(|(chain, batch)| Some(Box::pin(chain.process(batch)) as Running<'_>))
+            .map(|(chain, batch)| {
+                // Ordered results are dealt back batch by batch, so each instance must answer
+                // its share in full.
+                let run = if ordered {
+                    Box::pin(chain.process_complete(batch)) as Running<'_>
+                } else {
+                    Box::pin(chain.process(batch))
+                };
+                Some(run)
+            })
             .collect();
         let mut results: Vec<Option<Vec<Message>>> = (0..n).map(|_| None).collect();
         let mut unordered = Vec::with_capacity(total);

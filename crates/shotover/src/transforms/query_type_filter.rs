@@ -13,6 +13,7 @@
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Frame, Message, Protocol, ProxyError};
+use crate::transforms::in_order::InOrder;
 use anyhow::Result;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -108,6 +109,7 @@ impl TransformBuilder for QueryTypeFilterBuilder {
             config: self.config.clone(),
             prepared: self.prepared.clone(),
             preparing: HashMap::new(),
+            order: InOrder::default(),
         })
     }
 }
@@ -118,6 +120,8 @@ pub struct QueryTypeFilter {
     prepared: Rc<RefCell<PreparedQueryTypes>>,
     /// CQL: PREPAREs waiting for their answer, by stream id.
     preparing: HashMap<i16, QueryType>,
+    /// Valkey and Kafka: filtered requests' errors, kept in request order.
+    order: InOrder,
 }
 
 impl QueryTypeFilter {
@@ -192,9 +196,10 @@ impl Transform for QueryTypeFilter {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
-        // The common case, every request allowed, allocates nothing.
+        // The common case, every request allowed and no error waiting for its turn,
+        // allocates nothing.
         let mut requests = std::mem::take(&mut state.requests);
-        if requests.iter_mut().all(|r| self.allows(r)) {
+        if self.order.is_idle() && requests.iter_mut().all(|r| self.allows(r)) {
             state.requests = requests;
             let mut responses = state.call_next_transform().await?;
             self.learn_prepared(&mut responses);
@@ -204,42 +209,40 @@ impl Transform for QueryTypeFilter {
         // Classifying again is cheap and has no effect a second time (a PREPARE's stream id
         // is recorded once either way).
         let allowed: Vec<bool> = requests.iter_mut().map(|r| self.allows(r)).collect();
-        // Keep each filtered request's error reply at its position (Valkey answers in order;
-        // CQL answers carry their stream id, so order does not matter there).
-        let mut slots: Vec<Option<Message>> = Vec::with_capacity(requests.len());
+        // CQL answers carry their stream id, so a filtered request's error goes up at once;
+        // Valkey and Kafka answers keep request order (InOrder).
+        let mut cql_errors = Vec::new();
         for (request, allowed) in requests.into_iter().zip(allowed) {
             if allowed {
-                // A slot only for requests that will get a response (not Kafka acks=0).
-                if request.expects_response() {
-                    slots.push(None);
+                if !cql {
+                    self.order.passed_down(&request);
                 }
                 state.requests.push(request);
             } else if request.expects_response() {
-                let text = FILTERED.trim_start_matches("ERR ");
-                slots.push(Some(Message::error_to(&request, ProxyError::Refused, text)));
+                let error = Message::error_to(&request, ProxyError::Refused, FILTERED.trim_start_matches("ERR "));
+                if cql {
+                    cql_errors.push(error);
+                } else {
+                    self.order.answered_here(error);
+                }
             } else {
                 // Kafka Produce with acks=0: the client asked for no answer, so none is sent.
                 tracing::debug!("filtered a request that expects no response");
             }
         }
-        // With CQL an empty batch still goes down: it brings up answers the sink has read
-        // for earlier requests.
-        let mut downstream = if state.requests.is_empty() && !cql {
-            Vec::new().into_iter()
+        // An empty batch still goes down when answers are due from below: for CQL always
+        // (the sink may have read some), otherwise when earlier requests wait there.
+        let mut from_below = if state.requests.is_empty() && !cql && !self.order.waits_below() {
+            Vec::new()
         } else {
             let mut responses = state.call_next_transform().await?;
             self.learn_prepared(&mut responses);
-            responses.into_iter()
+            responses
         };
-        let mut responses = Vec::with_capacity(slots.len());
-        for slot in slots {
-            match slot {
-                Some(error) => responses.push(error),
-                None => responses.extend(downstream.next()),
-            }
+        if cql {
+            from_below.append(&mut cql_errors);
+            return Ok(from_below);
         }
-        // Unsolicited messages follow the responses.
-        responses.extend(downstream);
-        Ok(responses)
+        Ok(self.order.merge(from_below))
     }
 }

@@ -14,6 +14,7 @@
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Frame, Message, Protocol, ProxyError};
 use crate::rate_limit::{Gcra, GlobalRate};
+use crate::transforms::in_order::InOrder;
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -74,12 +75,14 @@ struct RequestThrottlingBuilder {
 
 impl TransformBuilder for RequestThrottlingBuilder {
     fn build(&self) -> Box<dyn Transform> {
-        Box::new(RequestThrottling { gcra: self.gcra.clone() })
+        Box::new(RequestThrottling { gcra: self.gcra.clone(), order: InOrder::default() })
     }
 }
 
 pub struct RequestThrottling {
     gcra: Rc<Gcra>,
+    /// Valkey and Kafka: refusals, kept in request order.
+    order: InOrder,
 }
 
 /// How many requests a message counts for: a Cassandra BATCH counts each statement.
@@ -110,27 +113,33 @@ impl Transform for RequestThrottling {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
-        if state.requests.is_empty() {
+        if state.requests.is_empty() && self.order.is_idle() {
             return state.call_next_transform().await;
         }
         let now = state.requests.first().and_then(Message::received_at).unwrap_or_else(Instant::now);
         let total: u64 = state.requests.iter().map(cost).sum();
         self.gcra.record_demand(total);
         // Below the limit a whole batch is admitted with one check.
-        if self.gcra.try_admit(now, total) {
+        if self.order.is_idle() && self.gcra.try_admit(now, total) {
             return state.call_next_transform().await;
         }
-        let mut refused: Vec<Option<Message>> = Vec::with_capacity(state.requests.len());
+        let cql = state.requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
+        // CQL answers carry their stream id, so a refusal goes up at once; Valkey and Kafka
+        // answers keep request order (InOrder).
+        let mut cql_refusals = Vec::new();
         let mut admitted = Vec::with_capacity(state.requests.len());
-        for request in state.requests.drain(..) {
+        for request in std::mem::take(&mut state.requests) {
             if self.gcra.try_admit(now, cost(&request)) {
-                // A slot only for requests that will get a response (not Kafka acks=0).
-                if request.expects_response() {
-                    refused.push(None);
+                if !cql {
+                    self.order.passed_down(&request);
                 }
                 admitted.push(request);
             } else if request.expects_response() {
-                refused.push(Some(overloaded(&request)));
+                if cql {
+                    cql_refusals.push(overloaded(&request));
+                } else {
+                    self.order.answered_here(overloaded(&request));
+                }
             } else {
                 // A Kafka Produce with acks=0 cannot be told it was refused: it waits for
                 // its turn instead (backpressure), so nothing is dropped unseen.
@@ -140,25 +149,18 @@ impl Transform for RequestThrottling {
                 admitted.push(request);
             }
         }
-        let mut responses = if admitted.is_empty() {
-            Vec::new().into_iter()
+        // An empty batch still goes down when answers are due from below: for CQL always
+        // (the sink may have read some), otherwise when earlier requests wait there.
+        let mut from_below = if admitted.is_empty() && !cql && !self.order.waits_below() {
+            Vec::new()
         } else {
             state.requests = admitted;
-            state.call_next_transform().await?.into_iter()
+            state.call_next_transform().await?
         };
-        let mut out = Vec::with_capacity(refused.len());
-        for slot in refused {
-            match slot {
-                Some(error) => out.push(error),
-                None => {
-                    if let Some(response) = responses.next() {
-                        out.push(response);
-                    }
-                }
-            }
+        if cql {
+            from_below.append(&mut cql_refusals);
+            return Ok(from_below);
         }
-        // Anything beyond one response per admitted request is unsolicited: it goes last.
-        out.extend(responses);
-        Ok(out)
+        Ok(self.order.merge(from_below))
     }
 }

@@ -304,7 +304,9 @@ pub struct Tee {
 /// Runs the sub-chain's batches one after another until the connection's Tee is gone.
 async fn run_tee_chain(mut chain: Chain, jobs: LocalReceiver<Job>) {
     while let Some(job) = jobs.recv().await {
-        let result = chain.process(job.requests).await.map_err(|e| format!("{e:#}"));
+        // In full: a waiting Tee pairs these answers with the main chain's, and answers a
+        // sub-chain sink held back would otherwise pile up unread.
+        let result = chain.process_complete(job.requests).await.map_err(|e| format!("{e:#}"));
         match job.reply {
             Some(reply) => {
                 let _ = reply.try_send(result);
@@ -388,6 +390,8 @@ impl Transform for Tee {
         // The requests themselves, for the mismatch sub-chain and for error answers (which
         // each protocol builds from its request).
         let originals = matches!(self.compare, Compare::Subchain | Compare::Fail).then(|| state.requests.clone());
+        // The two chains' answers are paired batch by batch.
+        state.complete = true;
         let (tee, regular) = futures_lite::future::zip(self.tee_and_wait(copy), state.call_next_transform()).await;
         let regular = regular?;
         let (mut answer, other) = match tee {
@@ -443,7 +447,7 @@ impl Transform for Tee {
                         .filter(|(i, _)| mismatched.contains(i))
                         .map(|(_, m)| m)
                         .collect();
-                    if let Err(e) = chain.process(requests).await {
+                    if let Err(e) = chain.process_complete(requests).await {
                         tracing::warn!("Tee: the SubchainOnMismatch chain failed: {e:#}");
                     }
                 }

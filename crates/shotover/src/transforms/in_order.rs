@@ -1,0 +1,107 @@
+//! Answers a transform makes itself (a filtered or refused request), put among the answers
+//! from further down the chain in request order, even when those arrive in a later run.
+//!
+//! Valkey and Kafka clients pair answers with requests by position. What lies below may
+//! hold requests and answer them in a later run (Coalesce does; KafkaSinkSingle returns
+//! answers as the broker sends them), so an answer made here waits until every request
+//! before it has been answered from below. Not for CQL, whose answers carry stream ids.
+
+use crate::message::Message;
+use std::collections::VecDeque;
+
+#[derive(Default)]
+pub struct InOrder {
+    /// One entry per request that expects an answer, oldest first: `Some` holds this
+    /// transform's own answer, `None` stands for a request sent on down.
+    slots: VecDeque<Option<Message>>,
+    /// Entries that are `None`.
+    below: usize,
+}
+
+impl InOrder {
+    /// True when nothing is waiting: answers from below can pass straight through.
+    pub fn is_idle(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// True when requests sent down are still unanswered.
+    pub fn waits_below(&self) -> bool {
+        self.below > 0
+    }
+
+    /// `request` goes on down the chain.
+    pub fn passed_down(&mut self, request: &Message) {
+        if request.expects_response() {
+            self.slots.push_back(None);
+            self.below += 1;
+        }
+    }
+
+    /// This transform answers a request itself with `answer`.
+    pub fn answered_here(&mut self, answer: Message) {
+        self.slots.push_back(Some(answer));
+    }
+
+    /// Takes the answers that came up from below and returns every answer now due, in
+    /// request order; anything beyond the requests sent down is unsolicited and goes last.
+    pub fn merge(&mut self, from_below: Vec<Message>) -> Vec<Message> {
+        let mut below = from_below.into_iter();
+        let mut out = Vec::with_capacity(self.slots.len());
+        while let Some(front) = self.slots.front_mut() {
+            let answer = match front.take() {
+                Some(own) => own,
+                None => match below.next() {
+                    Some(answer) => {
+                        self.below = self.below.saturating_sub(1);
+                        answer
+                    }
+                    None => break,
+                },
+            };
+            self.slots.pop_front();
+            out.push(answer);
+        }
+        out.extend(below);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Protocol;
+    use bytes::Bytes;
+    use std::time::Instant;
+
+    fn msg(text: &'static str) -> Message {
+        Message::from_bytes(Bytes::from_static(text.as_bytes()), Protocol::Valkey, Instant::now())
+    }
+
+    fn texts(messages: &[Message]) -> Vec<String> {
+        messages.iter().map(|m| String::from_utf8_lossy(m.raw().unwrap()).into_owned()).collect()
+    }
+
+    #[test]
+    fn own_answers_wait_for_the_answers_before_them() {
+        let mut order = InOrder::default();
+        let request = msg("*1\r\n$4\r\nPING\r\n");
+        order.passed_down(&request);
+        order.answered_here(msg("own-1"));
+        order.passed_down(&request);
+        order.answered_here(msg("own-2"));
+        // Nothing came up yet: own-1 must not overtake the first request's answer.
+        assert!(order.merge(Vec::new()).is_empty());
+        assert!(order.waits_below());
+        assert_eq!(texts(&order.merge(vec![msg("below-1")])), ["below-1", "own-1"]);
+        assert_eq!(texts(&order.merge(vec![msg("below-2"), msg("pushed")])), ["below-2", "own-2", "pushed"]);
+        assert!(order.is_idle() && !order.waits_below());
+    }
+
+    #[test]
+    fn an_own_answer_with_nothing_before_it_goes_at_once() {
+        let mut order = InOrder::default();
+        order.answered_here(msg("own"));
+        assert_eq!(texts(&order.merge(Vec::new())), ["own"]);
+        assert!(order.is_idle());
+    }
+}
