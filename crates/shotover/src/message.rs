@@ -183,6 +183,31 @@ impl Message {
         }
     }
 
+    /// [`Message::error_to`] with `Overloaded` for a Kafka request, with the response's
+    /// `throttle_time_ms` (where its version has one) set to `wait`, as a broker does when a
+    /// quota is exceeded.
+    pub fn kafka_throttled_to(request: &Message, text: &str, wait: std::time::Duration) -> Self {
+        let code = kafka::error_response::THROTTLING_QUOTA_EXCEEDED;
+        let frame = request.raw.as_ref().and_then(|raw| kafka::safe_error::safe_error_frame(raw, code).ok().flatten());
+        let Some(mut frame) = frame else { return Message::error_to(request, ProxyError::Overloaded, text) };
+        if let kafka::KafkaFrame::Response { body, .. } = &mut frame {
+            let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+            kafka::api::set_throttle_time_ms(body, ms);
+        }
+        match frame.to_bytes() {
+            Ok(bytes) => Message::kafka_answer_to(request, bytes),
+            Err(_) => Message::error_to(request, ProxyError::Overloaded, text),
+        }
+    }
+
+    /// The proxy's own Kafka answer to `request`, from its bytes.
+    fn kafka_answer_to(request: &Message, bytes: Bytes) -> Self {
+        let mut m = Message::from_bytes(bytes, Protocol::Kafka, Instant::now());
+        m.received_at = None;
+        m.request_id = Some(request.id);
+        m
+    }
+
     /// The proxy's own error answer to `request`, in the request's protocol:
     /// - Valkey: `-ERR <text>` (the text should not start with an error code);
     /// - Cassandra: an ERROR frame on the request's stream: Server error for `Refused` and
@@ -212,10 +237,7 @@ impl Message {
                     }
                     None => Bytes::new(),
                 };
-                let mut m = Message::from_bytes(bytes, Protocol::Kafka, Instant::now());
-                m.received_at = None;
-                m.request_id = Some(request.id);
-                m
+                Message::kafka_answer_to(request, bytes)
             }
             Protocol::Cassandra => {
                 let code = match kind {

@@ -168,11 +168,39 @@ impl Gcra {
         self.tat.set(tat);
         true
     }
+
+    /// How long from `now` until `cost` requests would be admitted, if no others come first.
+    pub fn wait_for(&self, now: Instant, cost: u64) -> Duration {
+        let rate = self.share.rate();
+        if rate <= 0.0 {
+            // No share at the moment: the control core hands one out within a tick or two.
+            return Duration::from_millis(100);
+        }
+        let single = Duration::from_secs_f64(1.0 / rate);
+        let tat = self.tat.get().max(now) + single.mul_f64(cost as f64);
+        tat.saturating_duration_since(now).saturating_sub(BURST + single)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_for_says_when_a_refused_request_would_be_admitted() {
+        let global = GlobalRate::new(100.0);
+        let gcra = Gcra::new(global.join());
+        global.rebalance(Duration::from_millis(10));
+        let now = Instant::now();
+        let mut admitted = 0;
+        while gcra.try_admit(now, 1) {
+            admitted += 1;
+        }
+        assert!(admitted >= 100, "the burst of one second: {admitted}");
+        let wait = gcra.wait_for(now, 1);
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(10), "{wait:?}");
+        assert!(gcra.try_admit(now + wait, 1), "admitted once the wait is over");
+    }
 
     #[test]
     fn allocate_gives_small_demands_what_they_want() {

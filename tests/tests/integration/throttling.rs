@@ -168,3 +168,52 @@ fn cql_requests_over_the_limit_get_overloaded() {
     assert!(overloaded > 0 && results > 0, "{results} results, {overloaded} Overloaded");
     assert!((40..=70).contains(&results), "about a second of the limit passes: {results}");
 }
+
+#[test]
+fn kafka_requests_over_the_limit_get_throttling_quota_exceeded_in_order() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    // Admitted requests reach a broker port where nothing listens: NETWORK_EXCEPTION (13).
+    // Refused ones get THROTTLING_QUOTA_EXCEEDED (89) with a throttle time.
+    let topology = format!(
+        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - RequestThrottling:\n            max_requests_per_second: 50\n        - KafkaSinkSingle:\n            destination_port: {}\n            connect_timeout_ms: 1000\n",
+        free_port()
+    );
+    let shotover = Shotover::start(&topology, port);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // ApiVersions v1: header v1 (api key 18, version 1, correlation id, null client id), no body.
+    let batch: Vec<u8> = (1..=200i32)
+        .flat_map(|id| {
+            let mut m = vec![0, 0, 0, 10, 0, 18, 0, 1];
+            m.extend_from_slice(&id.to_be_bytes());
+            m.extend_from_slice(&[0xff, 0xff]);
+            m
+        })
+        .collect();
+    c.write_all(&batch).unwrap();
+    let (mut throttled, mut failed) = (0, 0);
+    for expected_id in 1..=200i32 {
+        let mut len = [0u8; 4];
+        c.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        c.read_exact(&mut body).unwrap();
+        assert_eq!(i32::from_be_bytes(body[0..4].try_into().unwrap()), expected_id, "answers in request order");
+        let code = i16::from_be_bytes(body[4..6].try_into().unwrap());
+        // v1: error_code, api_keys (an empty array in an error answer), throttle_time_ms.
+        let throttle_ms = i32::from_be_bytes(body[10..14].try_into().unwrap());
+        match code {
+            89 => {
+                throttled += 1;
+                assert!(throttle_ms > 0, "a refusal says how long to back off");
+            }
+            13 => failed += 1,
+            other => panic!("unexpected error code {other}"),
+        }
+    }
+    assert!(throttled >= 100, "most of a 200-request burst is over a limit of 50/s: {throttled}");
+    // At least one core's share of the limit (split over the cores) passes at once.
+    assert!(failed >= 20, "the limit's burst is admitted: {failed}");
+    let m = shotover.metrics();
+    assert_eq!(metric_value(&m, "throttled_requests{chain=\"kafka\"}"), f64::from(throttled), "{m}");
+}

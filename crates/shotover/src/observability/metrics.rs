@@ -32,6 +32,7 @@ pub struct CoreMetrics {
     pub failed_requests: IntCounterVec,
     pub query_count: IntCounterVec,
     pub tee_dropped_messages: IntCounterVec,
+    pub throttled_requests: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -135,6 +136,12 @@ impl CoreMetrics {
                 r,
                 "tee_dropped_messages",
                 "Requests Tee did not send to its sub-chain because its buffer was full",
+                &["chain"],
+            ),
+            throttled_requests: counter(
+                r,
+                "throttled_requests",
+                "Requests RequestThrottling refused because they were over the limit",
                 &["chain"],
             ),
         }

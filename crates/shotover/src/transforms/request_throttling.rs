@@ -17,6 +17,7 @@ use crate::rate_limit::{Gcra, GlobalRate};
 use crate::transforms::in_order::InOrder;
 use anyhow::{bail, Result};
 use async_trait::async_trait;
+use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::cassandra::{CassandraBody, Opcode};
 use std::rc::Rc;
@@ -65,17 +66,25 @@ impl TransformConfig for RequestThrottlingConfig {
             ctx.control.every_tick(Box::new(move |elapsed| ticked.rebalance(elapsed)));
             global
         });
-        Ok(Box::new(RequestThrottlingBuilder { gcra: Rc::new(Gcra::new(global.join())) }))
+        Ok(Box::new(RequestThrottlingBuilder {
+            gcra: Rc::new(Gcra::new(global.join())),
+            throttled: ctx.metrics.throttled_requests.with_label_values(&[&ctx.chain_name]),
+        }))
     }
 }
 
 struct RequestThrottlingBuilder {
     gcra: Rc<Gcra>,
+    throttled: IntCounter,
 }
 
 impl TransformBuilder for RequestThrottlingBuilder {
     fn build(&self) -> Box<dyn Transform> {
-        Box::new(RequestThrottling { gcra: self.gcra.clone(), order: InOrder::default() })
+        Box::new(RequestThrottling {
+            gcra: self.gcra.clone(),
+            order: InOrder::default(),
+            throttled: self.throttled.clone(),
+        })
     }
 }
 
@@ -83,6 +92,8 @@ pub struct RequestThrottling {
     gcra: Rc<Gcra>,
     /// Valkey and Kafka: refusals, kept in request order.
     order: InOrder,
+    /// `throttled_requests{chain}`.
+    throttled: IntCounter,
 }
 
 /// How many requests a message counts for: a Cassandra BATCH counts each statement.
@@ -102,8 +113,17 @@ fn cost(request: &Message) -> u64 {
 }
 
 /// The answer to a request over the limit: the protocol's overload answer.
-fn overloaded(request: &Message) -> Message {
-    Message::error_to(request, ProxyError::Overloaded, "shotover: too many requests, RequestThrottling limit reached")
+impl RequestThrottling {
+    /// The overload answer to a refused request. Kafka clients also get `throttle_time_ms`:
+    /// how long until this core would admit the request, so they back off that long.
+    fn overloaded(&self, request: &Message, now: Instant) -> Message {
+        self.throttled.inc();
+        let text = "shotover: too many requests, RequestThrottling limit reached";
+        match request.protocol() {
+            Protocol::Kafka => Message::kafka_throttled_to(request, text, self.gcra.wait_for(now, cost(request))),
+            _ => Message::error_to(request, ProxyError::Overloaded, text),
+        }
+    }
 }
 
 #[async_trait(?Send)]
@@ -136,9 +156,10 @@ impl Transform for RequestThrottling {
                 admitted.push(request);
             } else if request.expects_response() {
                 if cql {
-                    cql_refusals.push(overloaded(&request));
+                    cql_refusals.push(self.overloaded(&request, now));
                 } else {
-                    self.order.answered_here(overloaded(&request));
+                    let refusal = self.overloaded(&request, now);
+                    self.order.answered_here(refusal);
                 }
             } else {
                 // A Kafka Produce with acks=0 cannot be told it was refused: it waits for
