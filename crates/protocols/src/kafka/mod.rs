@@ -14,8 +14,7 @@
 //! - [`api`]: the api key of a parsed body, default responses, `throttle_time_ms`.
 //! - [`rewrite`]: point every broker in Metadata, FindCoordinator and DescribeCluster
 //!   responses at the proxy.
-//! - [`error_response`]: responses the proxy synthesizes, with an error code wherever the
-//!   client reads one.
+//! - [`error_response`]: the error codes of the responses the proxy answers itself.
 //! - [`classify`]: the [`QueryType`] of each api key, for QueryTypeFilter.
 //! - [`safe_error`]: error responses to client requests (refused, throttled) built from the
 //!   raw bytes, without running `kafka-protocol`'s decoders on them.
@@ -27,7 +26,7 @@
 //! The cheap paths (framing, header, produce, state, classify) are hand-written and
 //! bounds-checked: no input makes them panic, and framing and header reads never allocate.
 //! Full parsing ([`KafkaFrame::parse_request`], [`KafkaFrame::parse_response`], and so
-//! [`rewrite::rewrite_brokers`] and [`error_response::error_response_to`]) runs
+//! [`rewrite::rewrite_brokers`], and the tests' oracle for `safe_error`) runs
 //! `kafka-protocol` 0.18's decoders, which reserve every array's capacity from the element
 //! count on the wire before reading an element (`Vec::with_capacity(n)` in
 //! `protocol/types.rs`). The 18-byte Metadata v0 request
@@ -41,6 +40,8 @@
 
 pub mod api;
 pub mod classify;
+#[cfg(test)]
+mod error_oracle;
 pub mod error_response;
 pub mod frame;
 pub mod framing;

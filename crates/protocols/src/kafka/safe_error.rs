@@ -428,7 +428,8 @@ mod tests {
     use super::*;
     use crate::kafka::api::{set_throttle_time_ms, throttle_time_ms, top_level_error_code};
     use crate::kafka::captured;
-    use crate::kafka::error_response::{error_response_to, FILTERED, THROTTLING_QUOTA_EXCEEDED};
+    use crate::kafka::error_oracle::error_response_to;
+    use crate::kafka::error_response::{FILTERED, THROTTLING_QUOTA_EXCEEDED};
     use crate::kafka::header::request_ids;
     use crate::kafka::RequestHeader;
     use kafka_protocol::messages::{
