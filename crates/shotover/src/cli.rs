@@ -20,12 +20,12 @@ pub enum Format {
     Json,
 }
 
-/// A thread-per-core L7 proxy for Valkey/Redis and Cassandra.
+/// A thread-per-core L7 proxy for Valkey/Redis, Cassandra and Kafka.
 #[derive(Debug, Parser)]
 #[command(
     name = "shotover-proxy",
     version,
-    about = "A thread-per-core L7 data-layer proxy for Valkey/Redis and Cassandra, configured by topology.yaml and config.yaml"
+    about = "A thread-per-core L7 data-layer proxy for Valkey/Redis, Cassandra and Kafka, configured by topology.yaml and config.yaml"
 )]
 pub struct Cli {
     /// Path of the topology file: sources and their transform chains.
