@@ -9,6 +9,7 @@ pub mod cassandra;
 pub mod kafka;
 pub mod valkey;
 pub mod valkey_cluster;
+pub mod valkey_mux;
 
 use crate::io::Stream;
 use futures_rustls::TlsConnector;

@@ -22,18 +22,18 @@ use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, Transf
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_cluster::{fetch, node_tls, slot, SlotMap};
+use crate::sinks::valkey_mux::{Mux, MuxError};
 use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
-use glommio::sync::{Semaphore, StaticPermit};
 use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::valkey::command::array_strings;
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use shotover_protocols::valkey::frame::parse;
 use shotover_protocols::valkey::ValkeyFrame;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -48,7 +48,7 @@ pub struct ValkeySinkClusterConfig {
     /// `direct_destination`.
     #[serde(default, alias = "direct_destination")]
     pub direct_connection: Option<String>,
-    /// Connections per node in each worker core's shared pool. Default 1. Clients that
+    /// Shared (multiplexed) connections per node in each worker core. Default 1. Clients that
     /// change connection state (AUTH, HELLO, SELECT, CLIENT, transactions, blocking
     /// commands) get connections of their own instead.
     #[serde(default = "one")]
@@ -116,7 +116,8 @@ impl TransformConfig for ValkeySinkClusterConfig {
             tls: self.tls.as_ref().map(|t| t.build()).transpose()?,
             map: RefCell::new(SlotMap::default()),
             connection_count: self.connection_count,
-            pools: RefCell::new(HashMap::new()),
+            muxes: RefCell::new(HashMap::new()),
+            next_mux: Cell::new(0),
             failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkCluster", &ctx.chain_name]),
         });
         Ok(Box::new(ClusterBuilder(shared)))
@@ -130,23 +131,38 @@ struct Shared {
     timeout: Duration,
     tls: Option<futures_rustls::TlsConnector>,
     map: RefCell<SlotMap>,
-    /// Connections per node in each pool.
+    /// Shared connections per node.
     connection_count: usize,
-    /// Per node: the core's shared connections, lent to one client batch at a time.
-    pools: RefCell<HashMap<SocketAddr, NodePool>>,
+    /// Per node: the core's shared, multiplexed connections (up to `connection_count`),
+    /// which carry the batches of every client that keeps no state on its connection.
+    muxes: RefCell<HashMap<SocketAddr, Vec<Rc<Mux>>>>,
+    /// Spreads batches over a node's muxes.
+    next_mux: Cell<usize>,
     failed_requests: IntCounter,
 }
 
-/// A node's shared connections on one core. A batch holds a permit while it uses one, so
-/// there are never more than `connection_count` in use (or idle) per node and core.
-struct NodePool {
-    permits: Rc<Semaphore>,
-    idle: Vec<ValkeyConnection>,
+impl Shared {
+    /// One of the core's shared connections to `node`, round robin.
+    fn mux(&self, node: SocketAddr) -> Rc<Mux> {
+        let mut muxes = self.muxes.borrow_mut();
+        let list = muxes.entry(node).or_default();
+        let turn = self.next_mux.get();
+        self.next_mux.set(turn.wrapping_add(1));
+        if list.len() < self.connection_count {
+            let tls = self.tls.as_ref().map(|connector| node_tls(connector, node));
+            list.push(Rc::new(Mux::new(node, self.timeout, tls)));
+        }
+        let at = turn % list.len().max(1);
+        match list.get(at).or_else(|| list.first()) {
+            Some(mux) => mux.clone(),
+            None => Rc::new(Mux::new(node, self.timeout, None)),
+        }
+    }
 }
 
 /// Commands that change or depend on the state of their connection: a client that sends one
 /// gets connections of its own from then on, so that no state leaks between clients through
-/// the shared pool (and no blocking command holds a shared connection).
+/// the shared connections (and no blocking command holds one up).
 fn is_stateful(request: &Message) -> bool {
     const STATEFUL: &[&str] = &[
         "AUTH",
@@ -191,7 +207,6 @@ impl TransformBuilder for ClusterBuilder {
             txn: None,
             watch_node: None,
             dedicated: false,
-            borrowed: Vec::new(),
         })
     }
 }
@@ -206,10 +221,8 @@ pub struct ValkeySinkCluster {
     txn: Option<Txn>,
     /// The node of the keys under WATCH; a following MULTI must use it.
     watch_node: Option<SocketAddr>,
-    /// Once true, this client uses connections of its own instead of the core's pool.
+    /// Once true, this client uses connections of its own instead of the core's shared ones.
     dedicated: bool,
-    /// Pool permits held for the batch in flight.
-    borrowed: Vec<(SocketAddr, StaticPermit)>,
 }
 
 /// A transaction in progress. It is opened on a node only with its first command, once the
@@ -232,6 +245,33 @@ struct Sub {
     reply: Result<Bytes, String>,
     /// Written to its node: only a sub-request never sent may be retried elsewhere.
     sent: bool,
+    /// `raw` is `ASKING` followed by the command: two replies, the command's is the second.
+    asking: bool,
+}
+
+impl Sub {
+    fn replies(&self) -> usize {
+        if self.asking {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Takes this sub-request's replies, as many as [`Sub::replies`], in order.
+    fn take_replies(&mut self, replies: &mut impl Iterator<Item = Bytes>) {
+        let first = replies.next();
+        let reply = if self.asking {
+            let second = replies.next();
+            match first {
+                Some(ok) if ok.as_ref() == b"+OK\r\n" => second,
+                other => other,
+            }
+        } else {
+            first
+        };
+        self.reply = reply.ok_or_else(|| format!("node {}: missing reply", self.node));
+    }
 }
 
 /// How the replies of a request's sub-requests become its response.
@@ -307,7 +347,8 @@ impl ValkeySinkCluster {
                 Some(_) => Err("not sent".to_string()),
                 None => Err("no node serves this slot".to_string()),
             };
-            subs.push(Sub { node: node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), raw, slot, reply, sent: false });
+            let node = node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            subs.push(Sub { node, raw, slot, reply, sent: false, asking: false });
         };
         let merge = match name.as_slice() {
             b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
@@ -473,7 +514,11 @@ impl ValkeySinkCluster {
     }
 
     /// Sends every pending sub-request: all writes first, then the replies node by node.
+    /// True when a node could not be reached or its connection broke.
     async fn run(&mut self, subs: &mut [Sub], pending: &[usize]) -> bool {
+        if !self.dedicated {
+            return self.run_shared(subs, pending).await;
+        }
         let mut nodes: Vec<SocketAddr> = Vec::new();
         for &i in pending {
             if let Some(sub) = subs.get(i) {
@@ -521,16 +566,31 @@ impl ValkeySinkCluster {
                 if subs.get(i).is_none_or(|s| s.node != node) {
                     continue;
                 }
-                let reply = match self.conns.get_mut(&node) {
-                    Some(conn) => conn.next().await.map_err(|e| format!("node {node}: {e}")),
-                    None => Err(format!("node {node}: connection lost")),
-                };
-                if reply.is_err() {
+                let wanted = subs.get(i).map_or(0, Sub::replies);
+                let mut replies = Vec::with_capacity(wanted);
+                let mut failed = None;
+                for _ in 0..wanted {
+                    let reply = match self.conns.get_mut(&node) {
+                        Some(conn) => conn.next().await.map_err(|e| format!("node {node}: {e}")),
+                        None => Err(format!("node {node}: connection lost")),
+                    };
+                    match reply {
+                        Ok(r) => replies.push(r),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if failed.is_some() {
                     broken = true;
                     self.conns.remove(&node);
                 }
                 if let Some(sub) = subs.get_mut(i) {
-                    sub.reply = reply;
+                    match failed {
+                        Some(e) => sub.reply = Err(e),
+                        None => sub.take_replies(&mut replies.into_iter()),
+                    }
                 }
             }
         }
@@ -571,17 +631,12 @@ impl ValkeySinkCluster {
                             slot: sub.slot,
                             reply: Err(String::new()),
                             sent: false,
+                            asking: true,
                         };
                         let mut one = [asked];
                         self.run(&mut one, &[0]).await;
                         let [asked] = one;
-                        sub.reply = match asked.reply {
-                            Ok(ok) if ok.as_ref() == b"+OK\r\n" => match self.conns.get_mut(&addr) {
-                                Some(conn) => conn.next().await.map_err(|e| format!("node {addr}: {e}")),
-                                None => Err(format!("node {addr}: connection lost")),
-                            },
-                            other => other,
-                        };
+                        sub.reply = asked.reply;
                     }
                     _ => {}
                 }
@@ -594,42 +649,49 @@ impl ValkeySinkCluster {
         moved
     }
 
-    /// Borrows a pooled connection to each of `nodes` (waiting for a free one).
-    async fn checkout(&mut self, nodes: &[SocketAddr]) {
-        for node in nodes {
-            let permits = {
-                let mut pools = self.shared.pools.borrow_mut();
-                let pool = pools.entry(*node).or_insert_with(|| NodePool {
-                    permits: Rc::new(Semaphore::new(self.shared.connection_count as u64)),
-                    idle: Vec::new(),
-                });
-                pool.permits.clone()
-            };
-            let Ok(permit) = permits.acquire_static_permit(1).await else { continue };
-            let idle = self.shared.pools.borrow_mut().get_mut(node).and_then(|p| p.idle.pop());
-            if let Some(conn) = idle {
-                self.conns.insert(*node, conn);
+    /// [`Self::run`] over the core's shared connections: every node's sub-requests are
+    /// queued on its mux first, then the replies are awaited, so the nodes work in parallel.
+    async fn run_shared(&mut self, subs: &mut [Sub], pending: &[usize]) -> bool {
+        let mut tickets = Vec::new();
+        let mut buf = BytesMut::new();
+        for &i in pending {
+            let Some(node) = subs.get(i).map(|s| s.node).filter(|n| n.port() != 0) else { continue };
+            if tickets.iter().any(|(n, _)| *n == node) {
+                continue;
             }
-            self.borrowed.push((*node, permit));
+            buf.clear();
+            let mut replies = 0;
+            for &j in pending {
+                if let Some(sub) = subs.get(j).filter(|s| s.node == node) {
+                    buf.put_slice(&sub.raw);
+                    replies += sub.replies();
+                }
+            }
+            tickets.push((node, self.shared.mux(node).submit(&buf, replies)));
         }
-    }
-
-    /// Gives the borrowed connections back (healthy ones only) and releases the permits.
-    fn give_back(&mut self) {
-        let mut pools = self.shared.pools.borrow_mut();
-        for (node, conn) in self.conns.drain() {
-            if let Some(pool) = pools.get_mut(&node) {
-                if pool.idle.len() < self.shared.connection_count {
-                    pool.idle.push(conn);
+        let mut broken = false;
+        for (node, ticket) in tickets {
+            let (mut replies, error, sent) = match ticket.wait().await {
+                Ok(replies) => (replies.into_iter(), None, true),
+                Err(MuxError::NotSent(e)) => (Vec::new().into_iter(), Some(e), false),
+                Err(MuxError::Lost(e)) => (Vec::new().into_iter(), Some(e), true),
+            };
+            broken |= error.is_some();
+            for &i in pending {
+                let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) else { continue };
+                sub.sent = sent;
+                match &error {
+                    None => sub.take_replies(&mut replies),
+                    Some(e) => sub.reply = Err(e.clone()),
                 }
             }
         }
-        self.borrowed.clear();
+        broken
     }
 
     /// Sends one command to one node and waits for its reply.
     async fn send_one(&mut self, node: SocketAddr, raw: Bytes) -> Result<Bytes, String> {
-        let mut one = [Sub { node, raw, slot: None, reply: Err("not sent".into()), sent: false }];
+        let mut one = [Sub { node, raw, slot: None, reply: Err("not sent".into()), sent: false, asking: false }];
         if self.run(&mut one, &[0]).await {
             self.refresh_map().await;
         }
@@ -924,13 +986,6 @@ impl Transform for ValkeySinkCluster {
         if !self.dedicated && requests.iter().any(is_stateful) {
             self.dedicated = true;
         }
-        let pooled = !self.dedicated;
-        if pooled {
-            let mut nodes: Vec<SocketAddr> = pending.iter().filter_map(|&i| subs.get(i).map(|s| s.node)).collect();
-            nodes.sort();
-            nodes.dedup();
-            self.checkout(&nodes).await;
-        }
         let broken = self.run(&mut subs, &pending).await;
         let moved = self.follow_redirections(&mut subs).await;
         if broken {
@@ -953,9 +1008,6 @@ impl Transform for ValkeySinkCluster {
             if !retry.is_empty() {
                 self.run(&mut subs, &retry).await;
             }
-        }
-        if pooled {
-            self.give_back();
         }
         if moved {
             self.refresh_map().await;
