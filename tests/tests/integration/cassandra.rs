@@ -453,3 +453,30 @@ fn read_timeout_answers_every_waiting_request_then_closes() {
     node.freeze(false);
     assert_eq!(options_answer(port).0, 0x06, "SUPPORTED");
 }
+
+#[test]
+fn draining_waits_for_answers_the_node_still_owes() {
+    let node = Cassandra::start_single();
+    let port = free_port();
+    let mut shotover = Shotover::start(&cassandra_topology(port, &cassandra_sink(node.address())), port);
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let startup = [&[0, 1, 0, 11][..], b"CQL_VERSION", &[0, 5], b"3.0.0"].concat();
+    raw.write_all(&cql_request(3, 1, 0x01, &startup)).unwrap();
+    assert_eq!(read_cql_frame(&mut raw)[4], 0x02, "READY");
+    // A query the node is slow to answer (it is frozen), then the proxy is asked to stop.
+    node.freeze(true);
+    raw.write_all(&v3_query(2, "SELECT release_version FROM system.local")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    shotover.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    // The client is idle for far longer than the drain's idle wait: the connection stays
+    // open, because an answer is still owed.
+    std::thread::sleep(Duration::from_millis(1000));
+    node.freeze(false);
+    let frame = read_cql_frame(&mut raw);
+    assert_eq!((frame[2], frame[3], frame[4]), (0, 2, 0x08), "the RESULT for stream 2: {frame:?}");
+    let mut rest = Vec::new();
+    assert_eq!(raw.read_to_end(&mut rest).unwrap(), 0, "then the connection closes");
+    let status = shotover.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{}", shotover.output());
+}

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 /// so busy clients finish their work and no request that was read goes unanswered.
 pub const DRAIN_IDLE: Duration = Duration::from_millis(100);
 
+/// How often an idle connection that may close checks again whether the answers it still
+/// owes its client have come.
+const OWED_RECHECK: Duration = Duration::from_millis(5);
+
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -116,6 +120,8 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
     let mut closing = false;
     let mut idle_timer = idle_after.map(Timer::new);
     let mut last_activity = Instant::now();
+    // Set while the connection would close but still owes its client answers.
+    let mut awaiting_owed = false;
     let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
     loop {
         let event = poll_fn(|cx| {
@@ -149,11 +155,13 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
             }
             Event::Read(Ok(_)) => {
                 last_activity = Instant::now();
+                awaiting_owed = false;
                 handle_input(&mut client, &mut chain, &ctx, &peer).await
             }
             Event::Pushed => {
                 // Messages pushed to a subscriber count as activity, as they do for Valkey.
                 last_activity = Instant::now();
+                awaiting_owed = false;
                 run_chain(&mut client, &mut chain, Vec::new(), &ctx).await
             }
             Event::Idle => match (idle_after, idle_timer.as_mut()) {
@@ -162,8 +170,23 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
                     true
                 }
                 _ => {
-                    tracing::debug!(connection = %ctx.id, %peer, "closing idle connection");
-                    false
+                    if client.codec.outstanding() > 0 && !awaiting_owed {
+                        // Deliver what transforms hold (an empty batch asks for it) ...
+                        run_chain(&mut client, &mut chain, Vec::new(), &ctx).await;
+                    }
+                    awaiting_owed = client.codec.outstanding() > 0;
+                    if awaiting_owed {
+                        // ... and wait for answers still owed by the upstream (a slow query, a
+                        // long-polling Fetch): closing now would lose them. A shutdown's
+                        // deadline still ends the wait.
+                        if let Some(timer) = idle_timer.as_mut() {
+                            timer.reset(OWED_RECHECK);
+                        }
+                        true
+                    } else {
+                        tracing::debug!(connection = %ctx.id, %peer, "closing idle connection");
+                        false
+                    }
                 }
             },
             Event::Shutdown(kind) => {
