@@ -417,17 +417,23 @@ fn v3_query(stream: i16, cql: &str) -> Vec<u8> {
     cql_request(3, stream, 0x07, &body)
 }
 
+/// A raw CQL v3 connection through the proxy on `port`, past STARTUP (stream 1).
+fn v3_session(port: u16) -> TcpStream {
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let startup = [&[0, 1, 0, 11][..], b"CQL_VERSION", &[0, 5], b"3.0.0"].concat();
+    raw.write_all(&cql_request(3, 1, 0x01, &startup)).unwrap();
+    assert_eq!(read_cql_frame(&mut raw)[4], 0x02, "READY");
+    raw
+}
+
 #[test]
 fn read_timeout_answers_every_waiting_request_then_closes() {
     let node = Cassandra::start_single();
     let port = free_port();
     let sink = format!("{}            read_timeout: 2\n", cassandra_sink(node.address()));
     let shotover = Shotover::start(&cassandra_topology(port, &sink), port);
-    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let startup = [&[0, 1, 0, 11][..], b"CQL_VERSION", &[0, 5], b"3.0.0"].concat();
-    raw.write_all(&cql_request(3, 1, 0x01, &startup)).unwrap();
-    assert_eq!(read_cql_frame(&mut raw)[4], 0x02, "READY");
+    let mut raw = v3_session(port);
 
     // The node stops answering. Two batches wait on it; when the oldest request has waited
     // read_timeout, both get a Server error and the connection closes.
@@ -459,11 +465,7 @@ fn draining_waits_for_answers_the_node_still_owes() {
     let node = Cassandra::start_single();
     let port = free_port();
     let mut shotover = Shotover::start(&cassandra_topology(port, &cassandra_sink(node.address())), port);
-    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let startup = [&[0, 1, 0, 11][..], b"CQL_VERSION", &[0, 5], b"3.0.0"].concat();
-    raw.write_all(&cql_request(3, 1, 0x01, &startup)).unwrap();
-    assert_eq!(read_cql_frame(&mut raw)[4], 0x02, "READY");
+    let mut raw = v3_session(port);
     // A query the node is slow to answer (it is frozen), then the proxy is asked to stop.
     node.freeze(true);
     raw.write_all(&v3_query(2, "SELECT release_version FROM system.local")).unwrap();
