@@ -121,6 +121,13 @@ def raw(port, ca):
     except ConnectionClosed as closed:
         print("text_close_code=%s" % (closed.rcvd.code if closed.rcvd else None))
 
+    # A client that closes gets the closing handshake completed (code 1000, not 1006).
+    polite = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=10)
+    polite.send(frame(1, OPTIONS, b""))
+    polite.recv(timeout=20)
+    polite.close()
+    print("client_close_code=%s" % polite.close_code)
+
     # A client that wants some other subprotocol is refused at the upgrade.
     try:
         connect(url, subprotocols=["chat"], ssl=tls, open_timeout=10)

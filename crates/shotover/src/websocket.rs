@@ -221,6 +221,14 @@ impl AsyncRead for WebSocketStream {
                 this.payload.advance(n);
                 return Poll::Ready(Ok(n));
             }
+            // A client that pings without reading our pongs is not read from until it reads.
+            if this.ws.get_ref().output.len() > MAX_PENDING_OUTPUT {
+                match this.poll_send_output(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
             let message = this.ws.read();
             // Pongs and the reply to a close frame are queued by `read`: send them now if
             // the socket takes them (if not, the next read or write tries again).
@@ -234,7 +242,12 @@ impl AsyncRead for WebSocketStream {
                     let _ = this.poll_send_output(cx);
                     return Poll::Ready(Err(invalid("a text WebSocket message (CQL goes in binary messages)")));
                 }
-                Ok(Message::Close(_)) => return Poll::Ready(Ok(0)),
+                Ok(Message::Close(_)) => {
+                    // Complete the closing handshake: `read` queued the reply; flush it out.
+                    let _ = this.ws.flush();
+                    let _ = this.poll_send_output(cx);
+                    return Poll::Ready(Ok(0));
+                }
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
                     // tungstenite needs more bytes: read them into the caller's buffer,

@@ -356,7 +356,7 @@ fn websocket_topology(port: u16, tls: &str, chain: &str) -> String {
     )
 }
 
-const WEBSOCKET_RAW: [&str; 13] = [
+const WEBSOCKET_RAW: [&str; 14] = [
     "subprotocol=cql",
     "options=SUPPORTED",
     "startup=READY",
@@ -367,6 +367,7 @@ const WEBSOCKET_RAW: [&str; 13] = [
     "pong=True",
     "whole_frames=True",
     "text_close_code=1003",
+    "client_close_code=1000",
     "other_subprotocol=400",
     "plain_http=HTTP/1.1 400 Bad Request",
     "done",

@@ -436,3 +436,27 @@ fn concurrent_clients_share_node_connections_and_each_gets_its_own_replies() {
         assert_eq!(c.get::<_, String>(format!("w3-k{i}")).unwrap(), format!("3-4-{i}"));
     }
 }
+
+#[test]
+fn odd_requests_never_disturb_the_clients_sharing_a_node_connection() {
+    use std::io::{Read, Write};
+    let (_cluster, _shotover, port) = hiding_proxy();
+    let mut good = connect(port);
+    let _: () = good.set("shared", "value").unwrap();
+    // Requests that a node answers with more than one reply (a bare bulk string, a map, an
+    // inline command with a bad quote), or that change the connection for everyone on it
+    // (QUIT, ASKING), go on connections of their own.
+    for odd in [&b"$3\r\nfoo\r\n"[..], b"%1\r\n+a\r\n+b\r\n", b"GET \"a\r\n", b"*1\r\n$6\r\nASKING\r\n", b"QUIT\r\n"] {
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        raw.write_all(odd).unwrap();
+        let mut sink = [0u8; 256];
+        let _ = raw.read(&mut sink);
+        // Meanwhile, and after it, the other client gets exactly its own replies.
+        for i in 0..20 {
+            let _: () = good.set(format!("odd-{i}"), i).unwrap();
+            assert_eq!(good.get::<_, String>("shared").unwrap(), "value", "after {:?}", String::from_utf8_lossy(odd));
+            assert_eq!(good.get::<_, i64>(format!("odd-{i}")).unwrap(), i);
+        }
+    }
+}

@@ -67,6 +67,29 @@ fn line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((buf.get(..end)?, buf.get(end + 2..)?))
 }
 
+/// True when `raw` is exactly one command as clients send it: an array (`*N`) of N bulk
+/// strings and nothing else. Such a request gets exactly one reply, which is what lets the
+/// proxy share a connection between clients; inline commands and other RESP values (which a
+/// server may answer with several replies) are not.
+pub fn is_command_array(raw: &[u8]) -> bool {
+    let Some(rest) = raw.strip_prefix(b"*") else { return false };
+    let Some((count, mut rest)) = line(rest) else { return false };
+    let Some(count) = std::str::from_utf8(count).ok().and_then(|c| c.parse::<usize>().ok()) else { return false };
+    if count == 0 {
+        return false;
+    }
+    for _ in 0..count {
+        let Some(item) = rest.strip_prefix(b"$") else { return false };
+        let Some((len, after)) = line(item) else { return false };
+        let Some(len) = std::str::from_utf8(len).ok().and_then(|l| l.parse::<usize>().ok()) else { return false };
+        if after.get(len..len.saturating_add(2)) != Some(b"\r\n".as_slice()) {
+            return false;
+        }
+        rest = after.get(len + 2..).unwrap_or_default();
+    }
+    rest.is_empty()
+}
+
 /// The leading string elements of an array (`*`) or push (`>`) message, or the words of an
 /// inline request; stops at the first element that is not a bulk or simple string.
 /// Allocates: for the rare messages whose contents matter to the proxy.
@@ -251,6 +274,24 @@ pub fn key_slot(key: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_arrays_and_everything_else() {
+        assert!(is_command_array(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n"));
+        assert!(is_command_array(b"*1\r\n$0\r\n\r\n"));
+        for not in [
+            &b"GET a\r\n"[..],
+            b"$3\r\nfoo\r\n",
+            b"%1\r\n+a\r\n+b\r\n",
+            b"*2\r\n$3\r\nGET\r\n:1\r\n",
+            b"*1\r\n$3\r\nGET\r\n$1\r\na\r\n",
+            b"*2\r\n$3\r\nGET\r\n",
+            b"*0\r\n",
+            b"*1\r\n$5\r\nGET\r\n",
+        ] {
+            assert!(!is_command_array(not), "{:?}", String::from_utf8_lossy(not));
+        }
+    }
 
     #[test]
     fn view_of_array_and_inline() {

@@ -189,7 +189,9 @@ async fn drive(state: Rc<RefCell<State>>) {
                     Ok(()) => state.borrow_mut().written.extend(tickets),
                     Err(e) => {
                         conn = None;
-                        fail_all(tickets, &MuxError::NotSent(format!("node {node}: {e}")));
+                        // Part of the write (whole commands of several clients) may have
+                        // reached the node: they may have run, so they must not be retried.
+                        fail_all(tickets, &MuxError::Lost(format!("node {node}: {e}")));
                         let owed = std::mem::take(&mut state.borrow_mut().written);
                         fail_all(owed, &MuxError::Lost(format!("node {node}: {e}")));
                     }

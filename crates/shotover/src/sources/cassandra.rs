@@ -68,8 +68,10 @@ impl SourceCodec for CassandraCodec {
     }
 
     fn sent(&mut self, batch: &[Message]) {
-        // Every request's header is readable: the decoder cut it from a checked frame.
-        for h in batch.iter().filter_map(Message::cql_header) {
+        // Every request's header is readable: the decoder cut it from a checked frame. A
+        // negative stream id is the server's (EVENTs); a client that uses one is not waited
+        // for, or it would keep its connection open at every idle close.
+        for h in batch.iter().filter_map(Message::cql_header).filter(|h| h.stream_id >= 0) {
             self.waiting.insert(h.stream_id, h);
         }
     }

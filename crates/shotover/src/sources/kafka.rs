@@ -60,6 +60,10 @@ impl SourceCodec for KafkaCodec {
     }
 
     fn chain_failed(&mut self, error: &str, out: &mut BytesMut) {
+        // Every waiting request is answered here, but a sink below may still get the
+        // broker's answers to some of them, which would then answer newer requests: close
+        // after this write, and the client reconnects.
+        self.broken = true;
         for request in self.waiting.drain(..) {
             let response = Message::error_to(&request, ProxyError::Upstream, &format!("shotover: {error}"));
             match response.raw() {

@@ -6,32 +6,42 @@
 //! answers as the broker sends them), so an answer made here waits until every request
 //! before it has been answered from below. Not for CQL, whose answers carry stream ids.
 
+use crate::chain::ChainState;
 use crate::message::Message;
+use anyhow::Result;
 use std::collections::VecDeque;
 
 #[derive(Default)]
 pub struct InOrder {
-    /// One entry per request that expects an answer, oldest first: `Some` holds this
-    /// transform's own answer, `None` stands for a request sent on down.
+    /// Answers owed from below for requests sent down before any answer of this
+    /// transform's own was waiting: they come first.
+    lead: usize,
+    /// After those, one entry per request that expects an answer, oldest first: `Some`
+    /// holds this transform's own answer, `None` stands for a request sent on down.
     slots: VecDeque<Option<Message>>,
-    /// Entries that are `None`.
+    /// Entries of `slots` that are `None`.
     below: usize,
 }
 
 impl InOrder {
-    /// True when nothing is waiting: answers from below can pass straight through.
+    /// True when no answer of this transform's own is waiting for its turn.
     pub fn is_idle(&self) -> bool {
         self.slots.is_empty()
     }
 
     /// True when requests sent down are still unanswered.
     pub fn waits_below(&self) -> bool {
-        self.below > 0
+        self.lead > 0 || self.below > 0
     }
 
     /// `request` goes on down the chain.
     pub fn passed_down(&mut self, request: &Message) {
-        if request.expects_response() {
+        if !request.expects_response() {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.lead += 1;
+        } else {
             self.slots.push_back(None);
             self.below += 1;
         }
@@ -42,11 +52,43 @@ impl InOrder {
         self.slots.push_back(Some(answer));
     }
 
+    /// The chain failed: the source answers every waiting request itself, so nothing held
+    /// here may be sent any more, and nothing more is owed from below.
+    pub fn clear(&mut self) {
+        *self = InOrder::default();
+    }
+
+    /// Runs the rest of the chain. If it fails, the source answers every waiting request
+    /// itself, so what is held here is dropped.
+    pub async fn run_below(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        let result = state.call_next_transform().await;
+        if result.is_err() {
+            self.clear();
+        }
+        result
+    }
+
     /// Takes the answers that came up from below and returns every answer now due, in
-    /// request order; anything beyond the requests sent down is unsolicited and goes last.
+    /// request order; anything beyond the requests sent down is unsolicited and goes last
+    /// (pub/sub messages; they are taken for answers if they arrive while some are owed,
+    /// which can only let this transform's own answers out early).
     pub fn merge(&mut self, from_below: Vec<Message>) -> Vec<Message> {
+        if self.slots.is_empty() {
+            // The common case: nothing of ours waits, the answers pass as they are.
+            self.lead = self.lead.saturating_sub(from_below.len());
+            return from_below;
+        }
         let mut below = from_below.into_iter();
         let mut out = Vec::with_capacity(self.slots.len());
+        while self.lead > 0 {
+            match below.next() {
+                Some(answer) => {
+                    self.lead -= 1;
+                    out.push(answer);
+                }
+                None => return out,
+            }
+        }
         while let Some(front) = self.slots.front_mut() {
             let answer = match front.take() {
                 Some(own) => own,
@@ -94,6 +136,20 @@ mod tests {
         assert!(order.waits_below());
         assert_eq!(texts(&order.merge(vec![msg("below-1")])), ["below-1", "own-1"]);
         assert_eq!(texts(&order.merge(vec![msg("below-2"), msg("pushed")])), ["below-2", "own-2", "pushed"]);
+        assert!(order.is_idle() && !order.waits_below());
+    }
+
+    #[test]
+    fn answers_owed_from_earlier_batches_come_before_a_new_own_answer() {
+        let mut order = InOrder::default();
+        let request = msg("*1\r\n$4\r\nPING\r\n");
+        // Batch 1 passes straight through, and its answer comes in a later run.
+        order.passed_down(&request);
+        assert!(order.merge(Vec::new()).is_empty());
+        // Batch 2 is answered here: it must wait for batch 1's answer.
+        order.answered_here(msg("own"));
+        assert!(order.merge(Vec::new()).is_empty());
+        assert_eq!(texts(&order.merge(vec![msg("below-1")])), ["below-1", "own"]);
         assert!(order.is_idle() && !order.waits_below());
     }
 

@@ -310,6 +310,10 @@ impl Transform for KafkaSinkSingle {
             self.write_buf.clear();
             for request in &requests {
                 if let Err(e) = request.encode_into(&mut self.write_buf) {
+                    // The source answers every waiting request and closes: drop the
+                    // connection, whose late answers belong to nobody now.
+                    self.connection = None;
+                    self.in_flight.clear();
                     return Err(anyhow!("cannot encode a Kafka request: {e}"));
                 }
             }

@@ -199,13 +199,17 @@ impl Transform for QueryTypeFilter {
         // The common case, every request allowed and no error waiting for its turn,
         // allocates nothing.
         let mut requests = std::mem::take(&mut state.requests);
-        if self.order.is_idle() && requests.iter_mut().all(|r| self.allows(r)) {
-            state.requests = requests;
-            let mut responses = state.call_next_transform().await?;
-            self.learn_prepared(&mut responses);
-            return Ok(responses);
-        }
         let cql = requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
+        if self.order.is_idle() && requests.iter_mut().all(|r| self.allows(r)) {
+            if !cql {
+                // Counted, so that a later error of ours waits for these answers.
+                requests.iter().for_each(|r| self.order.passed_down(r));
+            }
+            state.requests = requests;
+            let mut responses = self.order.run_below(state).await?;
+            self.learn_prepared(&mut responses);
+            return Ok(if cql { responses } else { self.order.merge(responses) });
+        }
         // Classifying again is cheap and has no effect a second time (a PREPARE's stream id
         // is recorded once either way).
         let allowed: Vec<bool> = requests.iter_mut().map(|r| self.allows(r)).collect();
@@ -235,7 +239,7 @@ impl Transform for QueryTypeFilter {
         let mut from_below = if state.requests.is_empty() && !cql && !self.order.waits_below() {
             Vec::new()
         } else {
-            let mut responses = state.call_next_transform().await?;
+            let mut responses = self.order.run_below(state).await?;
             self.learn_prepared(&mut responses);
             responses
         };

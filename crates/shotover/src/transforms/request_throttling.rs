@@ -133,17 +133,21 @@ impl Transform for RequestThrottling {
     }
 
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
-        if state.requests.is_empty() && self.order.is_idle() {
-            return state.call_next_transform().await;
-        }
+        let cql = state.requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
         let now = state.requests.first().and_then(Message::received_at).unwrap_or_else(Instant::now);
         let total: u64 = state.requests.iter().map(cost).sum();
-        self.gcra.record_demand(total);
+        if total > 0 {
+            self.gcra.record_demand(total);
+        }
         // Below the limit a whole batch is admitted with one check.
         if self.order.is_idle() && self.gcra.try_admit(now, total) {
-            return state.call_next_transform().await;
+            if !cql {
+                // Counted, so that a later refusal waits for these answers.
+                state.requests.iter().for_each(|r| self.order.passed_down(r));
+            }
+            let responses = self.order.run_below(state).await?;
+            return Ok(if cql { responses } else { self.order.merge(responses) });
         }
-        let cql = state.requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
         // CQL answers carry their stream id, so a refusal goes up at once; Valkey and Kafka
         // answers keep request order (InOrder).
         let mut cql_refusals = Vec::new();
@@ -176,7 +180,7 @@ impl Transform for RequestThrottling {
             Vec::new()
         } else {
             state.requests = admitted;
-            state.call_next_transform().await?
+            self.order.run_below(state).await?
         };
         if cql {
             from_below.append(&mut cql_refusals);

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use prometheus::IntCounter;
 use serde::Deserialize;
-use shotover_protocols::valkey::command::array_strings;
+use shotover_protocols::valkey::command::{array_strings, is_command_array};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use shotover_protocols::valkey::frame::parse;
 use shotover_protocols::valkey::ValkeyFrame;
@@ -160,9 +160,10 @@ impl Shared {
     }
 }
 
-/// Commands that change or depend on the state of their connection: a client that sends one
-/// gets connections of its own from then on, so that no state leaks between clients through
-/// the shared connections (and no blocking command holds one up).
+/// Commands that change or depend on the state of their connection, or that are not plain
+/// command arrays: a client that sends one gets connections of its own from then on, so that
+/// no state leaks between clients through the shared connections (and no blocking command
+/// holds one up).
 fn is_stateful(request: &Message) -> bool {
     const STATEFUL: &[&str] = &[
         "AUTH",
@@ -186,7 +187,22 @@ fn is_stateful(request: &Message) -> bool {
         "XREADGROUP",
         "WAIT",
         "WAITAOF",
+        // These change what the connection carries for everyone on it: QUIT closes it,
+        // SYNC/PSYNC/REPLCONF turn it into a replication stream, ASKING applies to the
+        // next command whoever sends it, MONITOR streams every command.
+        "QUIT",
+        "SYNC",
+        "PSYNC",
+        "REPLCONF",
+        "ASKING",
+        "MONITOR",
     ];
+    // A shared connection pairs replies with requests by count: only a plain command array
+    // is sure to get exactly one reply (an inline command, or another RESP value, can get
+    // several, and would shift every other client's replies).
+    if !request.raw().is_some_and(|raw| is_command_array(raw)) {
+        return true;
+    }
     let Some(view) = request.valkey_request() else { return true };
     if view.is("CLIENT") {
         // CLIENT SETINFO only labels the connection (drivers send it on connect).
@@ -536,28 +552,25 @@ impl ValkeySinkCluster {
                     buf.put_slice(&sub.raw);
                 }
             }
-            let result = match self.connection(node).await {
-                Ok(conn) => conn.write_all(&buf).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
+            // A failed connect sent nothing (the commands may go elsewhere); a failed write
+            // may have sent part, so those commands count as sent and are not retried.
+            let (result, sent) = match self.connection(node).await {
+                Ok(conn) => (conn.write_all(&buf).await.map_err(anyhow::Error::from), true),
+                Err(e) => (Err(e), false),
             };
-            match result {
-                Ok(()) => {
-                    for &i in pending {
-                        if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
-                            sub.sent = true;
-                        }
+            for &i in pending {
+                if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
+                    sub.sent = sent;
+                    if let Err(e) = &result {
+                        sub.reply = Err(format!("{e:#}"));
                     }
-                    written.push(node)
                 }
-                Err(e) => {
+            }
+            match result {
+                Ok(()) => written.push(node),
+                Err(_) => {
                     broken = true;
                     self.conns.remove(&node);
-                    let reason = format!("{e:#}");
-                    for &i in pending {
-                        if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
-                            sub.reply = Err(reason.clone());
-                        }
-                    }
                 }
             }
         }
