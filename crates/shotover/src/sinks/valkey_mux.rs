@@ -129,9 +129,21 @@ impl Mux {
     }
 }
 
+impl Drop for Mux {
+    /// Lets the driver notice that nobody can submit any more: it ends once nothing is owed.
+    fn drop(&mut self) {
+        let driver = self.0.borrow_mut().driver.take();
+        if let Some(driver) = driver {
+            driver.wake();
+        }
+    }
+}
+
 enum Work {
     Write(BytesMut, Vec<Rc<RefCell<TicketState>>>),
     Reply(std::io::Result<Bytes>),
+    /// The mux is gone and nothing is owed: close the connection.
+    Exit,
 }
 
 fn fail_all(tickets: impl IntoIterator<Item = Rc<RefCell<TicketState>>>, error: &MuxError) {
@@ -161,6 +173,10 @@ async fn drive(state: Rc<RefCell<State>>) {
                         return Poll::Ready(Work::Reply(reply));
                     }
                 }
+            } else if Rc::strong_count(&state) == 1 {
+                // Only this task holds the state: the Mux was dropped (its node left the
+                // cluster) and every ticket is settled.
+                return Poll::Ready(Work::Exit);
             }
             st.driver = Some(cx.waker().clone());
             Poll::Pending
@@ -216,6 +232,7 @@ async fn drive(state: Rc<RefCell<State>>) {
                     finish(&ticket, Ok(replies));
                 }
             }
+            Work::Exit => return,
             Work::Reply(Err(e)) => {
                 conn = None;
                 let owed = std::mem::take(&mut state.borrow_mut().written);

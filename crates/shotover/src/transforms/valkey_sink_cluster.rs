@@ -844,7 +844,13 @@ impl ValkeySinkCluster {
         let mut nodes = self.shared.map.borrow().masters.clone();
         nodes.extend(self.shared.contact.iter().copied());
         match fetch(&nodes, self.shared.timeout, self.shared.tls.as_ref(), &self.session).await {
-            Ok(map) => *self.shared.map.borrow_mut() = map,
+            Ok(map) => {
+                // Shared connections to nodes that are no longer masters (failed over, or gone
+                // from the cluster) close once what they owe is answered.
+                let direct = self.shared.direct;
+                self.shared.muxes.borrow_mut().retain(|node, _| map.masters.contains(node) || Some(*node) == direct);
+                *self.shared.map.borrow_mut() = map;
+            }
             Err(e) => tracing::warn!("cannot refresh the cluster slot map: {e:#}"),
         }
     }
