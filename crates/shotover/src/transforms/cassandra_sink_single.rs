@@ -52,7 +52,7 @@ pub struct CassandraSinkSingleConfig {
     /// `host:port` of the node. Resolved once at startup.
     pub remote_address: String,
     /// Milliseconds to wait for a connection. Default 3000.
-    #[serde(default = "default_connect_timeout_ms")]
+    #[serde(default = "crate::sinks::default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Seconds a request may wait for its response before the client connection is
     /// closed. Default: no limit.
@@ -61,10 +61,6 @@ pub struct CassandraSinkSingleConfig {
     /// TLS to the node. Absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConnectorConfig>,
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    3000
 }
 
 impl CassandraSinkSingleConfig {
@@ -88,15 +84,7 @@ impl TransformConfig for CassandraSinkSingleConfig {
         &[Protocol::Cassandra]
     }
     fn validate(&self) -> Result<()> {
-        if let Some(tls) = &self.tls {
-            tls.build().context("tls")?;
-        }
-        if self.connect_timeout_ms == 0 {
-            return Err(anyhow!("connect_timeout_ms: must be at least 1"));
-        }
-        if self.read_timeout == Some(0) {
-            return Err(anyhow!("read_timeout: must be at least 1 second; leave it out for no limit"));
-        }
+        crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
         self.resolve().map(|_| ())
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {

@@ -30,7 +30,7 @@ use crate::message::{Message, Protocol, ProxyError};
 use crate::sinks::kafka::KafkaConnection;
 use crate::sinks::UpstreamTls;
 use crate::tls::TlsConnectorConfig;
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use glommio::timer::Timer;
@@ -52,7 +52,7 @@ pub struct KafkaSinkSingleConfig {
     /// The broker's port, on the proxy's machine.
     pub destination_port: u16,
     /// Milliseconds to wait for a connection. Default 3000.
-    #[serde(default = "default_connect_timeout_ms")]
+    #[serde(default = "crate::sinks::default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Seconds to wait for a response before closing the client connection. Default: no limit.
     #[serde(default)]
@@ -60,10 +60,6 @@ pub struct KafkaSinkSingleConfig {
     /// TLS to the broker. Absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConnectorConfig>,
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    3000
 }
 
 impl TransformConfig for KafkaSinkSingleConfig {
@@ -77,17 +73,9 @@ impl TransformConfig for KafkaSinkSingleConfig {
         &[Protocol::Kafka]
     }
     fn validate(&self) -> Result<()> {
-        if let Some(tls) = &self.tls {
-            tls.build().context("tls")?;
-        }
+        crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
         if self.destination_port == 0 {
             return Err(anyhow!("destination_port: must be a port number, 1 to 65535"));
-        }
-        if self.connect_timeout_ms == 0 {
-            return Err(anyhow!("connect_timeout_ms: must be at least 1"));
-        }
-        if self.read_timeout == Some(0) {
-            return Err(anyhow!("read_timeout: must be at least 1 second; leave it out for no limit"));
         }
         Ok(())
     }

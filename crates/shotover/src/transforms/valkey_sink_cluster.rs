@@ -54,7 +54,7 @@ pub struct ValkeySinkClusterConfig {
     #[serde(default = "one")]
     pub connection_count: usize,
     /// Milliseconds to wait for a connection to a node. Default 3000.
-    #[serde(default = "default_connect_timeout_ms")]
+    #[serde(default = "crate::sinks::default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// TLS to the nodes. Absent: plain TCP.
     #[serde(default)]
@@ -63,10 +63,6 @@ pub struct ValkeySinkClusterConfig {
 
 fn one() -> usize {
     1
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    3000
 }
 
 fn resolve(address: &str) -> Result<SocketAddr> {
@@ -100,13 +96,7 @@ impl TransformConfig for ValkeySinkClusterConfig {
         if self.connection_count == 0 {
             return Err(anyhow!("connection_count: must be at least 1"));
         }
-        if self.connect_timeout_ms == 0 {
-            return Err(anyhow!("connect_timeout_ms: must be at least 1"));
-        }
-        if let Some(tls) = &self.tls {
-            tls.build().context("tls")?;
-        }
-        Ok(())
+        crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, None)
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         let shared = Rc::new(Shared {

@@ -40,15 +40,11 @@ pub struct ValkeySinkSingleConfig {
     /// `host:port` of the Valkey server. Resolved once at startup.
     pub remote_address: String,
     /// Milliseconds to wait for a connection. Default 3000.
-    #[serde(default = "default_connect_timeout_ms")]
+    #[serde(default = "crate::sinks::default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// TLS to the server. Absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConnectorConfig>,
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    3000
 }
 
 impl ValkeySinkSingleConfig {
@@ -78,12 +74,7 @@ impl TransformConfig for ValkeySinkSingleConfig {
         &[Protocol::Valkey]
     }
     fn validate(&self) -> Result<()> {
-        if let Some(tls) = &self.tls {
-            tls.build().context("tls")?;
-        }
-        if self.connect_timeout_ms == 0 {
-            return Err(anyhow!("connect_timeout_ms: must be at least 1"));
-        }
+        crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, None)?;
         self.resolve().map(|_| ())
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
