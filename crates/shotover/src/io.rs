@@ -249,6 +249,23 @@ impl ReadBuffer {
         })
     }
 
+    /// [`ReadBuffer::poll_fill`] for an upstream connection, where end of stream is an error:
+    /// `UnexpectedEof` with the message `closed`.
+    pub fn poll_fill_upstream(
+        &mut self,
+        stream: &mut Stream,
+        cx: &mut Context<'_>,
+        mode: ReadMode,
+        closed: &'static str,
+    ) -> Poll<io::Result<()>> {
+        match self.poll_fill(stream, cx, mode) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, closed))),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Asks the core's busy poller whether `fd` has data, registering it on first use. If
     /// no poller can be had, says "ready" so the caller simply tries `recv`.
     fn poller_says_ready(&mut self, fd: RawFd) -> bool {

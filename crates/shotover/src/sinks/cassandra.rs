@@ -62,17 +62,12 @@ impl CassandraConnection {
             if frames.len() > before {
                 return Poll::Ready(Ok(()));
             }
-            match self.read.poll_fill(&mut self.stream, cx, mode) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the node closed the connection",
-                    )))
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            std::task::ready!(self.read.poll_fill_upstream(
+                &mut self.stream,
+                cx,
+                mode,
+                "the node closed the connection"
+            ))?;
         }
     }
 

@@ -43,17 +43,12 @@ impl KafkaConnection {
             if let Some(message) = self.take_message()? {
                 return Poll::Ready(Ok(message));
             }
-            match self.read.poll_fill(&mut self.stream, cx, mode) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the broker closed the connection",
-                    )))
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            std::task::ready!(self.read.poll_fill_upstream(
+                &mut self.stream,
+                cx,
+                mode,
+                "the broker closed the connection"
+            ))?;
         }
     }
 

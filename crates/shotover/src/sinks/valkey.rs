@@ -74,17 +74,12 @@ impl ValkeyConnection {
                 self.last_used = Instant::now();
                 return Poll::Ready(Ok(msg));
             }
-            match self.read.poll_fill(&mut self.stream, cx, mode) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "upstream closed the connection",
-                    )))
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            std::task::ready!(self.read.poll_fill_upstream(
+                &mut self.stream,
+                cx,
+                mode,
+                "upstream closed the connection"
+            ))?;
         }
     }
 
