@@ -61,6 +61,7 @@ pub fn safe_error_response(request: &[u8], code: i16) -> Result<Option<Bytes>, K
 pub fn safe_error_frame(request: &[u8], code: i16) -> Result<Option<KafkaFrame>, KafkaCodecError> {
     check_whole(request)?;
     let view = RequestHeaderView::parse(request)?;
+    let budget = std::cell::Cell::new(MAX_ANSWER_ITEMS);
     let api_key = view.api_key;
     let range = api_key.valid_versions();
     let mut api_version = view.api_version;
@@ -77,6 +78,7 @@ pub fn safe_error_frame(request: &[u8], code: i16) -> Result<Option<KafkaFrame>,
             api_key,
             version: api_version,
             flexible: view.header_version >= 2,
+            budget: &budget,
         };
         match api_key {
             ApiKey::Produce => match produce(body, code)? {
@@ -129,6 +131,13 @@ pub fn header_only_error_body(api_key: ApiKey, api_version: i16, code: i16) -> R
 }
 
 /// A request body still to read.
+/// Array elements one error answer may name, over all its arrays. Each element of the
+/// request (a topic name, a partition index: a few bytes) becomes a response struct of up
+/// to ~140 bytes, so without a cap a 100 MiB request could ask for gigabytes and abort the
+/// process. Real requests name far fewer; a larger one gets no error answer (the
+/// connection closes instead).
+pub const MAX_ANSWER_ITEMS: usize = 100_000;
+
 #[derive(Clone, Copy)]
 struct Body<'a> {
     reader: Reader<'a>,
@@ -136,6 +145,8 @@ struct Body<'a> {
     version: i16,
     /// Compact strings, arrays and bytes, and tag buffers (request header v2).
     flexible: bool,
+    /// Elements still allowed under [`MAX_ANSWER_ITEMS`], shared by every copy of the walker.
+    budget: &'a std::cell::Cell<usize>,
 }
 
 impl<'a> Body<'a> {
@@ -158,6 +169,8 @@ impl<'a> Body<'a> {
         if len > self.reader.remaining() / min_len.max(1) {
             return Err(KafkaCodecError::Truncated(what));
         }
+        let left = self.budget.get().checked_sub(len).ok_or(KafkaCodecError::Malformed("too many items to answer"))?;
+        self.budget.set(left);
         Ok(Some(len))
     }
 
@@ -769,6 +782,24 @@ mod tests {
         // in the request) dominate; the bound is generous but linear.
         assert!(asked < 64 * msg.len(), "asked for {asked} bytes for a {}-byte request", msg.len());
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    #[test]
+    fn a_request_naming_more_items_than_an_answer_may_hold_gets_none() {
+        // 200 000 empty keys (1 byte each) in FindCoordinator v4: each would become a
+        // Coordinator struct of ~140 bytes.
+        let keys = MAX_ANSWER_ITEMS as u32 * 2;
+        let mut msg = vec![0, 0, 0, 0, 0, 10, 0, 4, 0, 0, 0, 7, 0xff, 0xff, 0, 0];
+        uvarint(&mut msg, keys + 1);
+        msg.extend(std::iter::repeat_n(1u8, keys as usize)); // compact "" each
+        msg.push(0);
+        set_prefix(&mut msg);
+        let (out, asked, _) = measure(|| safe_error_response(&msg, FILTERED));
+        assert!(
+            matches!(out, Err(KafkaCodecError::Malformed("too many items to answer"))),
+            "refused for its size, not answered: {out:?}"
+        );
+        assert!(asked < 4 * msg.len(), "asked for {asked} bytes for a {}-byte request", msg.len());
     }
 
     fn request(api_key: ApiKey, version: i16, body: RequestKind) -> Vec<u8> {
