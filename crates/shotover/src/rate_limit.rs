@@ -169,6 +169,17 @@ impl Gcra {
         true
     }
 
+    /// The largest cost [`Gcra::try_admit`] can ever admit at the current rate (one burst).
+    /// A single request that costs more (a CQL BATCH of many statements) cannot be split,
+    /// so callers count it as this much, or it would be refused forever.
+    pub fn max_cost(&self) -> u64 {
+        let rate = self.share.rate();
+        if rate <= 0.0 {
+            return 1;
+        }
+        (rate * BURST.as_secs_f64()) as u64 + 1
+    }
+
     /// How long from `now` until `cost` requests would be admitted, if no others come first.
     pub fn wait_for(&self, now: Instant, cost: u64) -> Duration {
         let rate = self.share.rate();
@@ -247,6 +258,16 @@ mod tests {
         assert!(!gcra.try_admit(now, 199), "a batch of 199 at 50/s");
         assert!(gcra.try_admit(now, 40));
         assert!(!gcra.try_admit(now, 20), "the burst is used up");
+    }
+
+    #[test]
+    fn a_request_costing_up_to_max_cost_is_admitted_when_the_limiter_is_idle() {
+        let share = Arc::new(CoreShare::default());
+        share.set_rate(50.0);
+        let gcra = Gcra::new(share);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(gcra.max_cost(), 51);
+        assert!(gcra.try_admit(later, gcra.max_cost()));
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub struct RequestThrottling {
     throttled: IntCounter,
 }
 
-/// How many requests a message counts for: a Cassandra BATCH counts each statement.
+/// How many requests a message counts for: a Cassandra BATCH counts each statement (up to
+/// what one burst admits, [`Gcra::max_cost`], or a large BATCH would never pass).
 fn cost(request: &Message) -> u64 {
     if request.protocol() != Protocol::Cassandra || request.cql_header().map(|h| h.opcode) != Some(Opcode::Batch) {
         return 1;
@@ -114,13 +115,17 @@ fn cost(request: &Message) -> u64 {
 
 /// The answer to a request over the limit: the protocol's overload answer.
 impl RequestThrottling {
+    fn cost(&self, request: &Message) -> u64 {
+        cost(request).min(self.gcra.max_cost())
+    }
+
     /// The overload answer to a refused request. Kafka clients also get `throttle_time_ms`:
     /// how long until this core would admit the request, so they back off that long.
     fn overloaded(&self, request: &Message, now: Instant) -> Message {
         self.throttled.inc();
         let text = "shotover: too many requests, RequestThrottling limit reached";
         match request.protocol() {
-            Protocol::Kafka => Message::kafka_throttled_to(request, text, self.gcra.wait_for(now, cost(request))),
+            Protocol::Kafka => Message::kafka_throttled_to(request, text, self.gcra.wait_for(now, self.cost(request))),
             _ => Message::error_to(request, ProxyError::Overloaded, text),
         }
     }
@@ -153,7 +158,8 @@ impl Transform for RequestThrottling {
         let mut cql_refusals = Vec::new();
         let mut admitted = Vec::with_capacity(state.requests.len());
         for request in std::mem::take(&mut state.requests) {
-            if self.gcra.try_admit(now, cost(&request)) {
+            let cost = self.cost(&request);
+            if self.gcra.try_admit(now, cost) {
                 if !cql {
                     self.order.passed_down(&request);
                 }
@@ -168,7 +174,7 @@ impl Transform for RequestThrottling {
             } else {
                 // A Kafka Produce with acks=0 cannot be told it was refused: it waits for
                 // its turn instead (backpressure), so nothing is dropped unseen.
-                while !self.gcra.try_admit(Instant::now(), cost(&request)) {
+                while !self.gcra.try_admit(Instant::now(), cost) {
                     glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 admitted.push(request);
