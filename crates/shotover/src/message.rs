@@ -188,8 +188,17 @@ impl Message {
     /// quota is exceeded.
     pub fn kafka_throttled_to(request: &Message, text: &str, wait: std::time::Duration) -> Self {
         let code = kafka::error_response::THROTTLING_QUOTA_EXCEEDED;
-        let frame = request.raw.as_ref().and_then(|raw| kafka::safe_error::safe_error_frame(raw, code).ok().flatten());
-        let Some(mut frame) = frame else { return Message::error_to(request, ProxyError::Overloaded, text) };
+        let frame = match request.raw().map(|raw| kafka::safe_error::safe_error_frame(raw, code)) {
+            Some(Ok(Some(frame))) => frame,
+            // No answer is due (acks=0), or none can be made: what error_to gives then, without
+            // walking the request a second time.
+            Some(Ok(None)) | None => return Message::kafka_answer_to(request, Bytes::new()),
+            Some(Err(e)) => {
+                tracing::warn!("cannot answer a Kafka request with an error ({text}): {e}");
+                return Message::kafka_answer_to(request, Bytes::new());
+            }
+        };
+        let mut frame = frame;
         if let kafka::KafkaFrame::Response { body, .. } = &mut frame {
             let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
             kafka::api::set_throttle_time_ms(body, ms);

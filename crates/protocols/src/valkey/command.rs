@@ -74,14 +74,14 @@ fn line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 pub fn is_command_array(raw: &[u8]) -> bool {
     let Some(rest) = raw.strip_prefix(b"*") else { return false };
     let Some((count, mut rest)) = line(rest) else { return false };
-    let Some(count) = std::str::from_utf8(count).ok().and_then(|c| c.parse::<usize>().ok()) else { return false };
+    let Some(count) = parse_len(count).ok().and_then(|c| usize::try_from(c).ok()) else { return false };
     if count == 0 {
         return false;
     }
     for _ in 0..count {
         let Some(item) = rest.strip_prefix(b"$") else { return false };
         let Some((len, after)) = line(item) else { return false };
-        let Some(len) = std::str::from_utf8(len).ok().and_then(|l| l.parse::<usize>().ok()) else { return false };
+        let Some(len) = parse_len(len).ok().and_then(|l| usize::try_from(l).ok()) else { return false };
         if after.get(len..len.saturating_add(2)) != Some(b"\r\n".as_slice()) {
             return false;
         }

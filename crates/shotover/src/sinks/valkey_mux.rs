@@ -191,8 +191,15 @@ async fn drive(state: Rc<RefCell<State>>) {
                     match ValkeyConnection::connect(node, timeout, tls.as_ref()).await {
                         Ok(c) => conn = Some(c),
                         Err(e) => {
+                            // What was queued during the attempt fails too: each waiting for
+                            // a connect timeout of its own would make a dead node cost many.
                             let error = MuxError::NotSent(format!("cannot connect to cluster node {node}: {e}"));
-                            fail_all(tickets, &error);
+                            let queued = {
+                                let mut st = state.borrow_mut();
+                                st.outbox.clear();
+                                std::mem::take(&mut st.queued)
+                            };
+                            fail_all(tickets.into_iter().chain(queued), &error);
                             continue;
                         }
                     }

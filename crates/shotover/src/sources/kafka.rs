@@ -64,11 +64,11 @@ impl SourceCodec for KafkaCodec {
         // broker's answers to some of them, which would then answer newer requests: close
         // after this write, and the client reconnects.
         self.broken = true;
+        let text = format!("shotover: {error}");
         for request in self.waiting.drain(..) {
-            let response = Message::error_to(&request, ProxyError::Upstream, &format!("shotover: {error}"));
-            match response.raw() {
-                Some(bytes) if !bytes.is_empty() => out.extend_from_slice(bytes),
-                _ => self.broken = true,
+            // A request that cannot get an error answer gets none; the close tells the client.
+            if let Some(bytes) = Message::error_to(&request, ProxyError::Upstream, &text).raw() {
+                out.extend_from_slice(bytes);
             }
         }
     }
