@@ -41,6 +41,9 @@ fn kafka_clients_through_the_proxy_to_tansu() {
     assert!(out.contains(&format!("brokers=['127.0.0.1:{port}']")), "{out}");
     let metrics = shotover.metrics();
     assert_eq!(metric_value(&metrics, "failed_requests{chain=\"kafka\",transform=\"KafkaSinkSingle\"}"), 0.0);
+    // QueryCounter names Kafka requests by api key.
+    assert!(metric_value(&metrics, "query_count{name=\"kafka\",query=\"Produce\"}") >= 1.0, "{metrics}");
+    assert!(metric_value(&metrics, "query_count{name=\"kafka\",query=\"Fetch\"}") >= 1.0, "{metrics}");
 
     // Bytes that are not Kafka framing (a negative length): the connection closes with a log
     // line, and the proxy keeps serving.

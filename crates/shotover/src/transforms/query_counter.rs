@@ -51,7 +51,12 @@ struct QueryCounterBuilder {
 
 impl TransformBuilder for QueryCounterBuilder {
     fn build(&self) -> Box<dyn Transform> {
-        Box::new(QueryCounter { name: self.name.clone(), counter: self.counter.clone(), cache: HashMap::new() })
+        Box::new(QueryCounter {
+            name: self.name.clone(),
+            counter: self.counter.clone(),
+            cache: HashMap::new(),
+            kafka: HashMap::new(),
+        })
     }
 }
 
@@ -81,16 +86,6 @@ const CQL_LABELS: &[&str] = &[
     "REGISTER",
     "AUTH_RESPONSE",
 ];
-
-/// The `query` label of a Kafka request: its api key's name (`Produce`, `Fetch`, …), read
-/// from the header; api keys the proxy does not know are `OTHER`.
-fn kafka_label(request: &Message) -> String {
-    request
-        .raw()
-        .and_then(|raw| request_ids(raw).ok())
-        .and_then(|ids| ApiKey::try_from(ids.api_key).ok())
-        .map_or_else(|| OTHER.to_string(), |key| format!("{key:?}"))
-}
 
 /// The `query` label of a CQL request.
 fn cql_label(request: &mut Message) -> &'static str {
@@ -124,18 +119,26 @@ pub struct QueryCounter {
     counter: IntCounterVec,
     /// Upper-cased command name → its counter, so a repeated command costs one lookup.
     cache: HashMap<Vec<u8>, IntCounter>,
+    /// Kafka api key (-1 for any the proxy does not know) → its counter.
+    kafka: HashMap<i16, IntCounter>,
 }
 
 impl QueryCounter {
-    /// Counts under a label that is already bounded (a known Kafka api key).
-    fn count_label(&mut self, label: &str) {
-        if let Some(c) = self.cache.get(label.as_bytes()) {
+    /// Counts a Kafka request under its api key's name (`Produce`, `Fetch`, …), read from
+    /// the header; api keys the proxy does not know count as `OTHER`. The name is formatted
+    /// once per api key, not per request.
+    fn count_kafka(&mut self, request: &Message) {
+        let key =
+            request.raw().and_then(|raw| request_ids(raw).ok()).and_then(|ids| ApiKey::try_from(ids.api_key).ok());
+        let id = key.map_or(-1, |k| k as i16);
+        if let Some(c) = self.kafka.get(&id) {
             c.inc();
             return;
         }
-        let counter = self.counter.with_label_values(&[self.name.as_str(), label]);
+        let label = key.map_or_else(|| OTHER.to_string(), |k| format!("{k:?}"));
+        let counter = self.counter.with_label_values(&[self.name.as_str(), &label]);
         counter.inc();
-        self.cache.insert(label.as_bytes().to_vec(), counter);
+        self.kafka.insert(id, counter);
     }
 
     fn count(&mut self, upper: &[u8]) {
@@ -173,8 +176,7 @@ impl Transform for QueryCounter {
                     continue;
                 }
                 Protocol::Kafka => {
-                    let label = kafka_label(request);
-                    self.count_label(&label);
+                    self.count_kafka(request);
                     continue;
                 }
                 Protocol::Valkey => {}
