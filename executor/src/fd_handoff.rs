@@ -22,7 +22,7 @@ use nix::sys::socket::{
 };
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// Listening sockets by key, e.g. `source 127.0.0.1:6380` → one fd per core.
@@ -57,6 +57,25 @@ fn send(fd: &OwnedFd, text: &str, fds: &[RawFd]) -> Result<()> {
         .context("send on the hot reload socket")?;
     Ok(())
 }
+
+/// Waits, on the control core, until `fd` has something to read (a datagram, a connection
+/// to accept, or the peer's close), so that the blocking call after it returns at once
+/// instead of stalling the control thread. A zero-timeout poll(2) every [`READY_CHECK`]:
+/// hot reload is rare, and a few milliseconds of it go unnoticed.
+async fn readable(fd: &OwnedFd) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => crate::control::sleep(READY_CHECK).await,
+            Err(e) => return Err(e).context("wait on the hot reload socket"),
+        }
+    }
+}
+
+/// How often [`readable`] looks.
+const READY_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One datagram and the fds that came with it; an empty text means the peer closed.
 fn receive(fd: &OwnedFd) -> Result<(String, Vec<OwnedFd>)> {
@@ -144,6 +163,19 @@ impl Client {
             }
         }
     }
+
+    /// [`Client::wait_for_exit`] on the control core, without blocking it.
+    pub async fn exited(self) {
+        loop {
+            if readable(&self.fd).await.is_err() {
+                return;
+            }
+            match receive(&self.fd) {
+                Ok((text, _)) if !text.is_empty() => {}
+                _ => return,
+            }
+        }
+    }
 }
 
 /// The old instance's listening socket at the hot reload path. Dropping it removes the file
@@ -182,6 +214,12 @@ impl Server {
         self.path.clone()
     }
 
+    /// [`Server::accept`] on the control core, without blocking it.
+    pub async fn accepted(&self) -> Result<Peer> {
+        readable(&self.fd).await?;
+        self.accept()
+    }
+
     /// Waits for the next instance to connect.
     pub fn accept(&self) -> Result<Peer> {
         let raw = accept(self.fd.as_raw_fd()).context("accept on the hot reload socket")?;
@@ -208,6 +246,12 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// [`Peer::receive_request`] on the control core, without blocking it.
+    pub async fn request(&self) -> Result<Request> {
+        readable(&self.fd).await?;
+        self.receive_request()
+    }
+
     pub fn receive_request(&self) -> Result<Request> {
         let (text, _) = receive(&self.fd)?;
         match text.split(' ').collect::<Vec<_>>().as_slice() {

@@ -18,9 +18,9 @@
 //! spinning socket of the core, refreshed at most every [`REFRESH_AFTER`], says which of
 //! them have data. An epoll readiness change only sets a flag: it sends no interrupt.
 
+use crate::rt::TcpStream;
 use bytes::BytesMut;
-use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use futures_lite::io::AsyncRead;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{recv, MsgFlags};
 use std::cell::{Cell, RefCell};
@@ -124,73 +124,27 @@ impl BusyPoller {
     }
 }
 
-/// A connection's socket: plain TCP, or TCP under TLS (either side), or a client's
-/// WebSocket over either.
-pub enum Stream {
-    Plain(TcpStream),
-    TlsServer(Box<futures_rustls::server::TlsStream<TcpStream>>),
-    TlsClient(Box<futures_rustls::client::TlsStream<TcpStream>>),
-    WebSocket(Box<crate::websocket::WebSocketStream>),
+/// A socket that [`ReadBuffer`] reads from: any async reader, plus the fd that busy polling
+/// may `recv` from directly when the bytes need no decoding on the way (plain TCP; not TLS).
+pub trait SpinRead: AsyncRead + Unpin {
+    /// The fd to busy-poll, or `None` when every byte must go through [`AsyncRead`].
+    fn spin_fd(&self) -> Option<RawFd>;
 }
 
-impl Stream {
-    /// The fd that busy polling may `recv` from directly; none under TLS or WebSocket, where
-    /// every byte must go through rustls or tungstenite.
+impl SpinRead for TcpStream {
     fn spin_fd(&self) -> Option<RawFd> {
-        match self {
-            Stream::Plain(s) => Some(s.as_raw_fd()),
-            _ => None,
-        }
-    }
-
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::TlsServer(s) => s.get_ref().0,
-            Stream::TlsClient(s) => s.get_ref().0,
-            Stream::WebSocket(s) => s.inner().tcp(),
-        }
+        Some(self.as_raw_fd())
     }
 }
 
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_close(cx),
-            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_close(cx),
-            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_close(cx),
-            Stream::WebSocket(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
+/// True if the peer of socket `fd` has closed it (or it failed), known without reading
+/// anything: one non-blocking `MSG_PEEK`. Data waiting to be read means "open".
+pub fn peer_closed(fd: RawFd) -> bool {
+    let mut probe = [0u8; 1];
+    match recv(fd, &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => true,
+        Ok(_) | Err(nix::errno::Errno::EAGAIN) => false,
+        Err(_) => true,
     }
 }
 
@@ -215,7 +169,12 @@ pub struct ReadBuffer {
 
 impl ReadBuffer {
     /// Reads once from `stream` into the buffer. `Ready(Ok(0))` is end of stream.
-    pub fn poll_fill(&mut self, stream: &mut Stream, cx: &mut Context<'_>, mode: ReadMode) -> Poll<io::Result<usize>> {
+    pub fn poll_fill<S: SpinRead>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+        mode: ReadMode,
+    ) -> Poll<io::Result<usize>> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let spin_fd = stream.spin_fd().filter(|_| mode == ReadMode::Spin);
@@ -251,9 +210,9 @@ impl ReadBuffer {
 
     /// [`ReadBuffer::poll_fill`] for an upstream connection, where end of stream is an error:
     /// `UnexpectedEof` with the message `closed`.
-    pub fn poll_fill_upstream(
+    pub fn poll_fill_upstream<S: SpinRead>(
         &mut self,
-        stream: &mut Stream,
+        stream: &mut S,
         cx: &mut Context<'_>,
         mode: ReadMode,
         closed: &'static str,

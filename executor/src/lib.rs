@@ -4,7 +4,7 @@
 //! - [`listener`]: SO_REUSEPORT listeners, one per source per worker core, bound up front so
 //!   that a port held by another process is a startup error rather than silent sharing.
 //! - [`control`]: the control core's thread, which runs global periodic jobs.
-//! - [`hotreload`]: hands listening sockets to a new instance over a unix socket.
+//! - [`fd_handoff`]: hands listening sockets to a new instance over a unix socket.
 //! - [`shutdown`]: a per-core signal that tells connection tasks to finish and close.
 //! - [`runtime`]: starts one pinned glommio executor per worker CPU and runs the per-core
 //!   factory it is given; [`runtime::wait_for_signal`] blocks the main thread on SIGTERM/SIGINT.
@@ -13,8 +13,10 @@
 
 pub mod control;
 pub mod cores;
-pub mod hotreload;
+pub mod fd_handoff;
+pub mod io;
 pub mod listener;
+pub mod rt;
 pub mod runtime;
 pub mod shutdown;
 

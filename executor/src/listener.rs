@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// Backlog of each listener: room for connection bursts while a core is busy.
 pub const BACKLOG: i32 = 4096;
@@ -53,15 +53,6 @@ fn new_socket(addr: SocketAddr, reuseport: bool) -> Result<Socket> {
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     Ok(socket)
-}
-
-/// Turns an owned listening fd into a glommio listener on the calling executor.
-pub fn into_glommio(fd: OwnedFd) -> glommio::net::TcpListener {
-    use std::os::fd::FromRawFd;
-    let raw = fd.into_raw_fd();
-    // SAFETY: `raw` comes from `into_raw_fd` on an OwnedFd we own, so it is a valid, open
-    // listening TCP socket and nothing else will close it; glommio takes ownership here.
-    unsafe { glommio::net::TcpListener::from_raw_fd(raw) }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! [`Workers::shutdown_gradually`] …) and every worker looks at them on a timer, so no
 //! worker ever blocks on a channel.
 
-use crate::listener::into_glommio;
+use crate::rt::TcpListener;
 use crate::shutdown::{AcceptGate, AcceptState, Shutdown};
 use anyhow::{anyhow, Context, Result};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
@@ -50,7 +50,7 @@ pub struct WorkerContext {
     pub cpu: Option<usize>,
     /// This core's listeners, each with the index of its source. A source may have several
     /// on one core (after a hot reload from an instance with more cores).
-    pub listeners: Vec<(usize, glommio::net::TcpListener)>,
+    pub listeners: Vec<(usize, TcpListener)>,
     /// Asks the core's connections to drain or close.
     pub shutdown: Shutdown,
     /// Whether the core's accept loops accept.
@@ -133,7 +133,8 @@ impl Workers {
                     let shutdown = Shutdown::new();
                     let accept = AcceptGate::default();
                     let watcher = glommio::spawn_local(watch_commands(commands, shutdown.clone(), accept.clone()));
-                    let listeners = fds.into_iter().map(|(source, fd)| (source, into_glommio(fd))).collect();
+                    let listeners =
+                        fds.into_iter().map(|(source, fd)| (source, TcpListener::from_owned_fd(fd))).collect();
                     factory(WorkerContext { core, cpu, listeners, shutdown, accept, ready }).await;
                     drop(watcher);
                 })

@@ -1,16 +1,16 @@
 //! Hot reload, the proxy's side: which listening sockets this instance takes over, and the
-//! thread that hands them on to the next instance.
+//! task on the control core that hands them on to the next instance.
 //!
 //! Every source's listeners are keyed by its `listen_addr` (`source 127.0.0.1:6380`). A new
 //! instance deals the sockets it receives round-robin over its own worker cores, so every
 //! socket has a core accepting from it and no connection waits in a queue nobody reads,
 //! whatever the two instances' core counts. With fewer received sockets than cores it binds
 //! more into the same SO_REUSEPORT group. Sockets of sources it no longer has are closed.
-//! The wire protocol and fd passing are in [`shotover_executor::hotreload`].
+//! The wire protocol and fd passing are in [`shotover_executor::fd_handoff`].
 
 use anyhow::{Context, Result};
-use shotover_executor::hotreload::{ListenerMap, Peer, Request, Server};
-use shotover_executor::{listener, WorkerCommands};
+use shotover_executor::fd_handoff::{Client, ListenerMap, Peer, Request, Server};
+use shotover_executor::{listener, ControlHandle, WorkerCommands};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -94,19 +94,20 @@ pub struct SocketState {
 
 pub type HandedOver = Arc<SocketState>;
 
-/// Serves hot reload requests on `server` until one new instance takes over.
-pub fn serve(server: Server, commands: WorkerCommands, handed_over: HandedOver) {
+/// Serves hot reload requests on `server`, on the control core, until one new instance
+/// takes over.
+async fn serve(server: Server, commands: WorkerCommands, handed_over: HandedOver) {
     tracing::info!("hot reload socket ready at {}", server.path().display());
     loop {
-        let peer = match server.accept() {
+        let peer = match server.accepted().await {
             Ok(peer) => peer,
             Err(e) => {
                 tracing::warn!("hot reload: {e:#}");
-                std::thread::sleep(Duration::from_millis(100));
+                shotover_executor::control::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        match peer.receive_request() {
+        match peer.request().await {
             Ok(Request::SendListeners) => {}
             Ok(other) => {
                 tracing::warn!("hot reload: expected SEND_LISTENERS, got {other:?}");
@@ -138,7 +139,7 @@ pub fn serve(server: Server, commands: WorkerCommands, handed_over: HandedOver) 
             }
         };
         tracing::info!("hot reload: handed {count} listening sockets to a new instance; no longer accepting");
-        match peer.receive_request() {
+        match peer.request().await {
             Ok(Request::ShutdownGradually { seconds }) => {
                 commands.shutdown_gradually(Duration::from_secs(seconds));
                 let _ = peer.reply("OK");
@@ -160,18 +161,13 @@ pub fn serve(server: Server, commands: WorkerCommands, handed_over: HandedOver) 
     }
 }
 
-/// Creates the hot reload socket and serves it on a thread; false if it cannot be created.
-pub fn start_server(path: &Path, commands: WorkerCommands, handed_over: HandedOver) -> bool {
+/// Creates the hot reload socket and serves it on the control core; false if it cannot be
+/// created.
+pub fn start_server(path: &Path, commands: WorkerCommands, handed_over: HandedOver, control: &ControlHandle) -> bool {
     match Server::bind(path) {
         Ok(server) => {
             handed_over.serving.store(true, Ordering::Release);
-            let spawned = std::thread::Builder::new()
-                .name("hot-reload".into())
-                .spawn(move || serve(server, commands, handed_over));
-            if let Err(e) = spawned {
-                tracing::error!("hot reload: cannot start its thread: {e}");
-                return false;
-            }
+            control.spawn(serve(server, commands, handed_over));
             true
         }
         Err(e) => {
@@ -179,4 +175,21 @@ pub fn start_server(path: &Path, commands: WorkerCommands, handed_over: HandedOv
             false
         }
     }
+}
+
+/// After taking over from `previous`: waits on the control core for it to exit, then
+/// serves the hot reload socket at `path` for the next instance.
+pub fn serve_after_exit(
+    previous: Client,
+    path: PathBuf,
+    commands: WorkerCommands,
+    handed_over: HandedOver,
+    control: &ControlHandle,
+) {
+    let handle = control.clone();
+    control.spawn(async move {
+        previous.exited().await;
+        tracing::info!("hot reload: the old instance has exited");
+        start_server(&path, commands, handed_over, &handle);
+    });
 }

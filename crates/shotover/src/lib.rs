@@ -20,7 +20,6 @@ pub mod cli;
 pub mod config;
 pub mod cql;
 pub mod hot_reload;
-pub mod io;
 pub mod logging;
 pub mod message;
 pub mod observability;
@@ -28,6 +27,7 @@ pub mod rate_limit;
 pub mod runner;
 pub mod sinks;
 pub mod sources;
+pub mod stream;
 pub mod systemd;
 pub mod tls;
 pub mod transforms;
@@ -35,3 +35,6 @@ pub mod websocket;
 
 /// The codecs, for custom transforms that inspect or build frames.
 pub use shotover_protocols as protocols;
+
+/// The runtime facade (tasks, timers, TCP, a local channel), for custom transforms too.
+pub use shotover_executor::rt;

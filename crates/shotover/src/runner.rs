@@ -18,7 +18,7 @@ use crate::observability::{http, CoreMetrics, MetricsHub};
 use crate::sources::{accept_loop, SourceShared};
 use crate::systemd;
 use anyhow::{anyhow, bail, Context, Result};
-use shotover_executor::hotreload::{self, ListenerMap};
+use shotover_executor::fd_handoff::{self, ListenerMap};
 use shotover_executor::{control, cores, runtime, ControlHandle, RuntimeConfig, WorkerContext, WorkerFactory, Workers};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -95,7 +95,7 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     let mut previous = None;
     let mut inherited = ListenerMap::new();
     if let Some(path) = &options.hotreload_socket {
-        match hotreload::connect_to(path) {
+        match fd_handoff::connect_to(path) {
             Ok(None) => {}
             Ok(Some(client)) => match client.request_listeners() {
                 Ok(map) => {
@@ -151,19 +151,20 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
             by_name
         }),
     );
+    let control = control::start(control_core).context("cannot start the control core")?;
     if let Some(addr) = &config.observability_interface {
         let addr = addr.parse().map_err(|e| anyhow!("observability_interface {addr:?}: {e}"))?;
-        http::start(addr, hub.clone(), set_filter, control_core, previous.is_some())?;
+        http::start(addr, hub.clone(), set_filter, &control, previous.is_some())?;
     }
 
-    let control = control::start(control_core).context("cannot start the control core")?;
     let topology = Arc::new(topology);
     let factory_hub = hub.clone();
+    let worker_control = control.clone();
     let factory: WorkerFactory = Arc::new(move |ctx: WorkerContext| {
         let topology = topology.clone();
         let shared = shared.clone();
         let hub = factory_hub.clone();
-        Box::pin(run_worker(ctx, topology, shared, hub, control.clone()))
+        Box::pin(run_worker(ctx, topology, shared, hub, worker_control.clone()))
     });
     let runtime_config = RuntimeConfig { worker_cpus: cpus.iter().map(|c| Some(*c)).collect(), ..Default::default() };
     let workers = Workers::start(&runtime_config, listeners.per_core, factory)?;
@@ -187,17 +188,10 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
                     tracing::warn!("hot reload: the old instance did not accept the shutdown request: {e:#}");
                 }
                 systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
-                std::thread::Builder::new()
-                    .name("hot-reload".into())
-                    .spawn(move || {
-                        client.wait_for_exit();
-                        tracing::info!("hot reload: the old instance has exited");
-                        hot_reload::start_server(&path, commands, slot);
-                    })
-                    .context("cannot start the hot reload thread")?;
+                hot_reload::serve_after_exit(client, path, commands, slot, &control);
             }
             None => {
-                hot_reload::start_server(&path, commands, slot);
+                hot_reload::start_server(&path, commands, slot, &control);
                 systemd::notify("READY=1");
             }
         }
@@ -282,7 +276,7 @@ async fn run_worker(
     for (index, listener) in std::mem::take(&mut ctx.listeners) {
         let (Some(chain), Some(shared)) = (chains.get(index), shared.get(index)) else { continue };
         let (gate, shutdown) = (ctx.accept.clone(), ctx.shutdown.clone());
-        tasks.push(glommio::spawn_local(accept_loop(
+        tasks.push(crate::rt::spawn_local(accept_loop(
             listener,
             shared.clone(),
             chain.clone(),

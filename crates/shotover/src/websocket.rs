@@ -12,7 +12,7 @@
 //!   WebSocket CQL clients expect.
 //! - A text message is not CQL: the connection closes with code 1003 (unsupported data).
 
-use crate::io::Stream;
+use crate::stream::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use std::io::{self, ErrorKind, Read, Write};

@@ -5,7 +5,7 @@
 
 use super::{connect_stream, UpstreamTls};
 use crate::cql::CqlWire;
-use crate::io::{ReadBuffer, ReadMode, Stream};
+use crate::stream::{ReadBuffer, ReadMode, Stream};
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::AsyncWriteExt;
 use std::io;

@@ -1,7 +1,7 @@
 //! One connection to a Kafka broker, reading whole length-prefixed messages.
 
 use super::{connect_stream, UpstreamTls};
-use crate::io::{ReadBuffer, ReadMode, Stream};
+use crate::stream::{ReadBuffer, ReadMode, Stream};
 use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt;
 use shotover_protocols::kafka::framing;

@@ -11,11 +11,11 @@ pub mod valkey;
 pub mod valkey_cluster;
 pub mod valkey_mux;
 
-use crate::io::Stream;
+use crate::rt::TcpStream;
+use crate::stream::Stream;
 use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Context as _};
 use futures_rustls::TlsConnector;
-use glommio::net::TcpStream;
 use rustls_pki_types::ServerName;
 use std::io;
 use std::net::SocketAddr;
@@ -30,14 +30,14 @@ pub struct UpstreamTls {
 
 /// Connects to `addr` (and completes the TLS handshake, with `tls`), giving up after `timeout`.
 pub async fn connect_stream(addr: SocketAddr, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<Stream> {
-    let tcp = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
+    let tcp = TcpStream::connect_timeout(addr, timeout).await?;
     tcp.set_nodelay(true)?;
     Ok(match tls {
         None => Stream::Plain(tcp),
         Some(tls) => {
             let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
             let timed_out = async {
-                glommio::timer::sleep(timeout).await;
+                crate::rt::sleep(timeout).await;
                 Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
             };
             let tls_stream = futures_lite::future::or(handshake, timed_out)

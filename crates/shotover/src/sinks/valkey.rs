@@ -1,9 +1,8 @@
 //! One connection to a Valkey server.
 
-use crate::io::{ReadBuffer, ReadMode, Stream};
+use crate::stream::{ReadBuffer, ReadMode, Stream};
 use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt;
-use nix::sys::socket::{recv, MsgFlags};
 use shotover_protocols::valkey::framing::Scanner;
 use std::io;
 use std::net::SocketAddr;
@@ -50,12 +49,7 @@ impl ValkeyConnection {
         if self.last_used.elapsed() < IDLE_CHECK_AFTER || !self.read.buf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        match recv(self.stream.tcp().as_raw_fd(), &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-            Ok(0) => true,
-            Ok(_) | Err(nix::errno::Errno::EAGAIN) => false,
-            Err(_) => true,
-        }
+        shotover_executor::io::peer_closed(self.stream.tcp().as_raw_fd())
     }
 
     /// The next whole message already buffered, if any.

@@ -13,7 +13,7 @@
 
 use super::valkey::ValkeyConnection;
 use super::UpstreamTls;
-use crate::io::ReadMode;
+use crate::stream::ReadMode;
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -121,7 +121,7 @@ impl Mux {
         };
         // With no borrow held: the driver may run at once.
         if start {
-            glommio::spawn_local(drive(self.0.clone())).detach();
+            crate::rt::spawn_local(drive(self.0.clone())).detach();
         } else if let Some(driver) = driver {
             driver.wake();
         }

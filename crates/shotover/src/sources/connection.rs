@@ -9,13 +9,13 @@
 use super::ConnectionContext;
 use crate::chain::{Chain, CloseConnection};
 use crate::config::topology::Transport;
-use crate::io::{ReadBuffer, ReadMode, Stream};
 use crate::message::Message;
+use crate::rt::TcpStream;
+use crate::rt::Timer;
+use crate::stream::{ReadBuffer, ReadMode, Stream};
 use crate::websocket;
 use bytes::BytesMut;
 use futures_lite::io::AsyncWriteExt;
-use glommio::net::TcpStream;
-use glommio::timer::Timer;
 use shotover_executor::ShutdownKind;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -69,7 +69,7 @@ enum Event {
 async fn accept_tls(tcp: TcpStream, ctx: &ConnectionContext, peer: &str) -> Option<Stream> {
     let Some(acceptor) = &ctx.source.tls else { return Some(Stream::Plain(tcp)) };
     let timed_out = async {
-        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+        crate::rt::sleep(TLS_HANDSHAKE_TIMEOUT).await;
         Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
     };
     match futures_lite::future::or(acceptor.accept(tcp), timed_out).await {
@@ -87,7 +87,7 @@ async fn accept_websocket(stream: Stream, ctx: &ConnectionContext, peer: &str) -
         return Some(stream);
     }
     let timed_out = async {
-        glommio::timer::sleep(websocket::HANDSHAKE_TIMEOUT).await;
+        crate::rt::sleep(websocket::HANDSHAKE_TIMEOUT).await;
         Err("the client did not complete the WebSocket upgrade in time".to_string())
     };
     match futures_lite::future::or(websocket::accept(stream), timed_out).await {

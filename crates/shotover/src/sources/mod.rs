@@ -14,7 +14,7 @@ use crate::chain::ChainBuilder;
 use crate::config::topology::Transport;
 use crate::message::Protocol;
 use crate::observability::CoreMetrics;
-use glommio::net::{TcpListener, TcpStream};
+use crate::rt::{TcpListener, TcpStream};
 use shotover_executor::{AcceptGate, AcceptState, Shutdown};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -104,7 +104,7 @@ pub async fn accept_loop(
             // Leave new connections waiting in the backlog until a slot frees up.
             while source.open.load(Ordering::Acquire) >= source.connection_limit && gate.state() != AcceptState::Closed
             {
-                glommio::timer::sleep(LIMIT_POLL).await;
+                crate::rt::sleep(LIMIT_POLL).await;
             }
         }
         if !may_accept(&gate).await {
@@ -120,7 +120,7 @@ pub async fn accept_loop(
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 tracing::warn!(source = %source.name, "accept failed: {e}");
-                glommio::timer::sleep(LIMIT_POLL).await;
+                crate::rt::sleep(LIMIT_POLL).await;
                 continue;
             }
         };
@@ -133,7 +133,7 @@ pub async fn accept_loop(
             // Another core took the last slot between our check and the accept: hold this
             // connection until a slot frees up.
             while !source.try_reserve() && gate.state() != AcceptState::Closed {
-                glommio::timer::sleep(LIMIT_POLL).await;
+                crate::rt::sleep(LIMIT_POLL).await;
             }
             if gate.state() == AcceptState::Closed {
                 break;
@@ -155,7 +155,7 @@ pub async fn accept_loop(
         // log filter attaches the connection id and peer to every event of the connection.
         let span = tracing::debug_span!(target: "shotover::connection_span", "connection", id = %ctx.id,
             peer = %stream.peer_addr().map(|a| a.to_string()).unwrap_or_default());
-        glommio::spawn_local(
+        crate::rt::spawn_local(
             async move {
                 match protocol {
                     Protocol::Cassandra => {
@@ -175,7 +175,7 @@ pub async fn accept_loop(
     // how long the connections may take.
     shutdown.set_deadline(std::time::Instant::now() + DRAIN_TIMEOUT);
     while active.get() > 0 && !shutdown.past_deadline() {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        crate::rt::sleep(Duration::from_millis(10)).await;
     }
     if active.get() > 0 {
         tracing::warn!(source = %source.name, "{} connections still open at the shutdown deadline: closing them", active.get());

@@ -24,6 +24,7 @@
 
 use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, MessageId, Protocol, ProxyError};
+use crate::rt::Timer;
 use crate::sinks::cassandra::CassandraConnection;
 use crate::sinks::UpstreamTls;
 use crate::tls::TlsConnectorConfig;
@@ -31,7 +32,6 @@ use crate::transforms::valkey_sink_single::tls_server_name;
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
-use glommio::timer::Timer;
 use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::cassandra::frame::{CassandraBody, CassandraFrame};
@@ -358,7 +358,8 @@ impl Transform for CassandraSinkSingle {
             return Poll::Ready(());
         }
         let Some(conn) = self.connection.as_mut() else { return Poll::Pending };
-        let mode = if self.in_flight.is_empty() { crate::io::ReadMode::Wait } else { crate::io::ReadMode::Spin };
+        let mode =
+            if self.in_flight.is_empty() { crate::stream::ReadMode::Wait } else { crate::stream::ReadMode::Spin };
         match conn.poll_frames(cx, mode, &mut self.frames) {
             Poll::Ready(Ok(())) => {
                 self.accept_frames();

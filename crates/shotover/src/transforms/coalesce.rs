@@ -16,9 +16,9 @@
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, Protocol};
+use crate::rt::Timer;
 use anyhow::{bail, Result};
 use async_trait::async_trait;
-use glommio::timer::Timer;
 use serde::Deserialize;
 use std::future::Future;
 use std::pin::Pin;

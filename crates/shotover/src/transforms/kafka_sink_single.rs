@@ -25,15 +25,15 @@
 //!   closes the client connection.
 
 use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
-use crate::io::ReadMode;
 use crate::message::{Message, Protocol, ProxyError};
+use crate::rt::Timer;
 use crate::sinks::kafka::KafkaConnection;
 use crate::sinks::UpstreamTls;
+use crate::stream::ReadMode;
 use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use glommio::timer::Timer;
 use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::kafka::header::request_ids;
@@ -253,7 +253,7 @@ impl KafkaSinkSingle {
                 (Some(limit), Some(oldest)) => {
                     let left = limit.saturating_sub(oldest.sent_at.elapsed());
                     futures_lite::future::or(async { Some(conn.next().await) }, async {
-                        glommio::timer::sleep(left).await;
+                        crate::rt::sleep(left).await;
                         None
                     })
                     .await

@@ -175,7 +175,7 @@ impl Transform for RequestThrottling {
                 // A Kafka Produce with acks=0 cannot be told it was refused: it waits for
                 // its turn instead (backpressure), so nothing is dropped unseen.
                 while !self.gcra.try_admit(Instant::now(), cost) {
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                    crate::rt::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 admitted.push(request);
             }

@@ -28,13 +28,15 @@ use crate::chain::{BuildContext, Chain, ChainBuilder, ChainState, Transform, Tra
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
 use crate::message::{Message, Protocol, ProxyError};
+use crate::rt::local_channel::{self, Receiver as LocalReceiver, Sender as LocalSender};
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use bytes::BytesMut;
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use prometheus::IntCounter;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+use shotover_executor::control::{HttpHandler, HttpResponse};
+use shotover_executor::ControlHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -177,7 +179,7 @@ impl TransformConfig for TeeConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         if let Some(port) = self.http_api_port {
             // One API for all cores: the first core to build this Tee starts it.
-            self.api_started.get_or_init(|| start_api(port, self.result_source.clone()));
+            self.api_started.get_or_init(|| start_api(port, self.result_source.clone(), &ctx.control));
         }
         let mismatch = match &self.behavior {
             Behavior::SubchainOnMismatch(chain) => Some(ChainBuilder::new("mismatch_chain", chain, ctx)?),
@@ -200,53 +202,27 @@ impl TransformConfig for TeeConfig {
     }
 }
 
-/// Serves the result-source API on a thread of its own. If the port is taken (for example
-/// by the instance this one hot-reloads from, until it exits), it keeps trying.
-fn start_api(port: u16, source: Arc<ResultSource>) {
-    let spawned = std::thread::Builder::new().name("tee-api".into()).spawn(move || {
-        let mut warned = false;
-        let server = loop {
-            match tiny_http::Server::http(("127.0.0.1", port)) {
-                Ok(server) => break server,
-                Err(e) => {
-                    if !warned {
-                        tracing::warn!(
-                            "Tee: cannot serve the result-source API on 127.0.0.1:{port} yet ({e}); retrying"
-                        );
-                        warned = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
+/// Serves the result-source API on the control core. If the port is taken (for example by
+/// the instance this one hot-reloads from, until it exits), it keeps trying.
+fn start_api(port: u16, source: Arc<ResultSource>, control: &ControlHandle) {
+    const PATH: &str = "/transform/tee/result-source";
+    let handler: HttpHandler = Arc::new(move |request| match (request.method.as_str(), request.path.as_str()) {
+        ("GET", PATH) => HttpResponse::text(200, source.name()),
+        ("PUT", PATH) => {
+            let body = String::from_utf8_lossy(&request.body);
+            match source.set(body.trim()) {
+                Ok(()) => {
+                    tracing::info!("Tee: result source set to {}", body.trim());
+                    HttpResponse::text(200, source.name())
                 }
-            }
-        };
-        tracing::info!("Tee result-source API on http://127.0.0.1:{port}/transform/tee/result-source");
-        for mut request in server.incoming_requests() {
-            let path = request.url().split('?').next().unwrap_or_default().to_string();
-            let response = match (request.method(), path.as_str()) {
-                (tiny_http::Method::Get, "/transform/tee/result-source") => {
-                    tiny_http::Response::from_string(source.name())
-                }
-                (tiny_http::Method::Put, "/transform/tee/result-source") => {
-                    let mut body = String::new();
-                    let _ = request.as_reader().read_to_string(&mut body);
-                    match source.set(body.trim()) {
-                        Ok(()) => {
-                            tracing::info!("Tee: result source set to {}", body.trim());
-                            tiny_http::Response::from_string(source.name())
-                        }
-                        Err(e) => tiny_http::Response::from_string(e).with_status_code(400),
-                    }
-                }
-                _ => tiny_http::Response::from_string("not found: try GET or PUT /transform/tee/result-source")
-                    .with_status_code(404),
-            };
-            if let Err(e) = request.respond(response) {
-                tracing::debug!("Tee API client went away: {e}");
+                Err(e) => HttpResponse::text(400, e),
             }
         }
+        _ => HttpResponse::text(404, "not found: try GET or PUT /transform/tee/result-source"),
     });
-    if let Err(e) = spawned {
-        tracing::error!("Tee: cannot start the result-source API thread: {e}");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    if let Err(e) = control.serve_http(addr, "Tee result-source API", true, handler) {
+        tracing::error!("Tee: cannot serve the result-source API: {e:#}");
     }
 }
 
@@ -324,19 +300,19 @@ impl Tee {
     /// The buffer to the sub-chain's task, started on first use (on the worker core).
     fn sender(&mut self) -> &LocalSender<Job> {
         if self.sender.is_none() {
-            let (sender, receiver) = local_channel::new_bounded(self.buffer_size);
+            let (sender, receiver) = local_channel::bounded(self.buffer_size);
             if let Some(chain) = self.tee_chain.take() {
-                glommio::spawn_local(run_tee_chain(chain, receiver)).detach();
+                crate::rt::spawn_local(run_tee_chain(chain, receiver)).detach();
             }
             self.sender = Some(sender);
         }
-        self.sender.get_or_insert_with(|| local_channel::new_bounded(1).0)
+        self.sender.get_or_insert_with(|| local_channel::bounded(1).0)
     }
 
     /// Queues a batch for the sub-chain and waits for its responses.
     async fn tee_and_wait(&mut self, requests: Vec<Message>) -> Result<Vec<Message>, String> {
         let count = requests.len() as u64;
-        let (reply, responses) = local_channel::new_bounded(1);
+        let (reply, responses) = local_channel::bounded(1);
         let job = Job { requests, reply: Some(reply) };
         let timeout = self.timeout;
         let dropped = self.dropped.clone();
@@ -345,7 +321,7 @@ impl Tee {
             None => sender.send(job).await.is_ok(),
             Some(limit) => {
                 futures_lite::future::or(async { sender.send(job).await.is_ok() }, async {
-                    glommio::timer::sleep(limit).await;
+                    crate::rt::sleep(limit).await;
                     false
                 })
                 .await

@@ -606,7 +606,7 @@ impl ValkeySinkCluster {
         for round in 0..5 {
             if round > 1 {
                 // A slot being moved can bounce between nodes for a moment: back off a little.
-                glommio::timer::sleep(Duration::from_millis(20 * round)).await;
+                crate::rt::sleep(Duration::from_millis(20 * round)).await;
             }
             let mut pending = Vec::new();
             for (i, sub) in subs.iter_mut().enumerate() {

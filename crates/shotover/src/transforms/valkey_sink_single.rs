@@ -18,9 +18,9 @@
 //! connection is closed instead.
 
 use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
-use crate::io::ReadMode;
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::{UpstreamTls, ValkeyConnection};
+use crate::stream::ReadMode;
 use crate::tls::{server_name, TlsConnectorConfig};
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;

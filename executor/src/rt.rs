@@ -1,0 +1,175 @@
+//! The runtime facade: everything the proxy library needs from the async runtime on a
+//! worker core, so that glommio is named in this crate only.
+//!
+//! - tasks: [`spawn_local`] and [`Task`];
+//! - time: [`sleep`] and [`Timer`], a resettable deadline that can be polled by hand;
+//! - TCP: [`TcpStream`] and [`TcpListener`];
+//! - a bounded channel between tasks of one core: [`local_channel`].
+//!
+//! Everything here must run on a worker core (inside [`crate::Workers`]); nothing is `Send`.
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A task running on this core. Dropping it cancels the task; [`Task::detach`] lets it run on.
+#[must_use = "dropping a Task cancels it; call detach() to let it run"]
+pub struct Task<T>(glommio::Task<T>);
+
+impl<T> Task<T> {
+    /// Lets the task run to completion on its own.
+    pub fn detach(self) {
+        self.0.detach();
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = T;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Starts `future` as a task on the calling worker core.
+pub fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
+    Task(glommio::spawn_local(future))
+}
+
+/// Waits for `duration`.
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await;
+}
+
+/// A deadline that can be polled from a hand-written `poll` function and moved.
+pub struct Timer(glommio::timer::Timer);
+
+impl Timer {
+    /// Fires `after` from now.
+    pub fn new(after: Duration) -> Self {
+        Timer(glommio::timer::Timer::new(after))
+    }
+
+    /// Fires `after` from now instead.
+    pub fn reset(&mut self, after: Duration) {
+        self.0.reset(after);
+    }
+}
+
+impl Future for Timer {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// A TCP connection on this core.
+pub struct TcpStream(glommio::net::TcpStream);
+
+impl TcpStream {
+    /// Connects to `addr`, giving up after `timeout`.
+    pub async fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        glommio::net::TcpStream::connect_timeout(addr, timeout).await.map(TcpStream).map_err(io::Error::from)
+    }
+
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.0.set_nodelay(nodelay).map_err(io::Error::from)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.peer_addr().map_err(io::Error::from)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr().map_err(io::Error::from)
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// A listening TCP socket on this core.
+pub struct TcpListener(glommio::net::TcpListener);
+
+impl TcpListener {
+    /// Takes over a listening socket bound elsewhere (see [`crate::listener`]).
+    pub fn from_owned_fd(fd: OwnedFd) -> Self {
+        let raw = fd.into_raw_fd();
+        // SAFETY: `raw` comes from `into_raw_fd` on an OwnedFd we own, so it is a valid, open
+        // listening TCP socket and nothing else will close it; glommio takes ownership here.
+        TcpListener(unsafe { glommio::net::TcpListener::from_raw_fd(raw) })
+    }
+
+    /// The next connection.
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        self.0.accept().await.map(TcpStream).map_err(io::Error::from)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr().map_err(io::Error::from)
+    }
+}
+
+/// A bounded channel between tasks of one core.
+pub mod local_channel {
+    /// A send that failed: the receiver is gone (or, for `try_send`, the channel is full).
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct SendError;
+
+    /// The sending side; the channel closes when it is dropped.
+    pub struct Sender<T>(glommio::channels::local_channel::LocalSender<T>);
+    /// The receiving side.
+    pub struct Receiver<T>(glommio::channels::local_channel::LocalReceiver<T>);
+
+    /// A channel that holds at most `capacity` items.
+    pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+        let (s, r) = glommio::channels::local_channel::new_bounded(capacity);
+        (Sender(s), Receiver(r))
+    }
+
+    impl<T> Sender<T> {
+        /// Waits for room, then sends; an error once the receiver is gone.
+        pub async fn send(&self, item: T) -> Result<(), SendError> {
+            self.0.send(item).await.map_err(|_| SendError)
+        }
+
+        /// Sends if there is room now.
+        pub fn try_send(&self, item: T) -> Result<(), SendError> {
+            self.0.try_send(item).map_err(|_| SendError)
+        }
+    }
+
+    impl<T> Receiver<T> {
+        /// The next item; `None` once every sender is gone and the channel is empty.
+        pub async fn recv(&self) -> Option<T> {
+            self.0.recv().await
+        }
+    }
+}
