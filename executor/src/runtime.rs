@@ -14,7 +14,7 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often a worker looks at the shared commands.
@@ -56,12 +56,21 @@ pub struct WorkerContext {
     /// Whether the core's accept loops accept.
     pub accept: AcceptGate,
     ready: Arc<AtomicUsize>,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl WorkerContext {
     /// Says that this core is fully set up (chains built, accept loops running).
     pub fn ready(&self) {
         self.ready.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Says why this core cannot serve; the process then stops with that reason (see
+    /// [`Workers::wait_ready`]). The factory's future should return after it.
+    pub fn fail(&self, reason: String) {
+        if let Ok(mut slot) = self.failure.lock() {
+            slot.get_or_insert(reason);
+        }
     }
 }
 
@@ -87,6 +96,7 @@ pub struct Workers {
     /// Workers still running; each decrements on exit, panics included.
     running: Arc<AtomicUsize>,
     ready: Arc<AtomicUsize>,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 /// Decrements the running count when a worker thread ends, however it ends.
@@ -109,6 +119,7 @@ impl Workers {
         let commands = Arc::new(Commands::default());
         let running = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicUsize::new(0));
+        let failure = Arc::new(Mutex::new(None));
         let mut handles = Vec::new();
         for (core, (cpu, fds)) in config.worker_cpus.iter().copied().zip(listeners).enumerate() {
             let placement = match cpu {
@@ -125,6 +136,7 @@ impl Workers {
             let factory = factory.clone();
             let commands = commands.clone();
             let ready = ready.clone();
+            let failure = failure.clone();
             running.fetch_add(1, Ordering::AcqRel);
             let alive = Running(running.clone());
             let handle = builder
@@ -135,25 +147,34 @@ impl Workers {
                     let watcher = glommio::spawn_local(watch_commands(commands, shutdown.clone(), accept.clone()));
                     let listeners =
                         fds.into_iter().map(|(source, fd)| (source, TcpListener::from_owned_fd(fd))).collect();
-                    factory(WorkerContext { core, cpu, listeners, shutdown, accept, ready }).await;
+                    factory(WorkerContext { core, cpu, listeners, shutdown, accept, ready, failure }).await;
                     drop(watcher);
                 })
                 .map_err(|e| anyhow!("cannot start worker {core} on CPU {cpu:?}: {e}"))?;
             handles.push(handle);
         }
-        Ok(Workers { handles, commands, running, ready })
+        Ok(Workers { handles, commands, running, ready, failure })
     }
 
-    /// Waits until every worker said it is ready; false if one ended first or `timeout` passed.
-    pub fn wait_ready(&self, timeout: Duration) -> bool {
+    /// Waits until every worker said it is ready. An error, with the reason, if one failed
+    /// (see [`WorkerContext::fail`]), ended first, or `timeout` passed.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let until = Instant::now() + timeout;
         while self.ready.load(Ordering::Acquire) < self.handles.len() {
-            if self.any_finished() || Instant::now() >= until {
-                return false;
+            // A worker records its failure before it ends, so look at the failure after.
+            let ended = self.any_finished();
+            if let Some(reason) = self.failure.lock().ok().and_then(|f| f.clone()) {
+                return Err(anyhow!(reason));
+            }
+            if ended {
+                return Err(anyhow!("a worker core stopped while starting"));
+            }
+            if Instant::now() >= until {
+                return Err(anyhow!("the worker cores did not start within {timeout:?}"));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        true
+        Ok(())
     }
 
     /// Asks every worker to stop accepting and drain.
@@ -289,4 +310,49 @@ fn sigtimedwait(
     // null siginfo pointer, which the call permits; nix has no wrapper with a timeout.
     let signo = unsafe { nix::libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), timeout.as_ref()) };
     nix::sys::signal::Signal::try_from(signo).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_cores(factory: WorkerFactory) -> Workers {
+        let config = RuntimeConfig { worker_cpus: vec![None, None], ..Default::default() };
+        Workers::start(&config, vec![Vec::new(), Vec::new()], factory).unwrap()
+    }
+
+    #[test]
+    fn a_core_that_fails_to_start_fails_the_start_with_its_reason() {
+        let factory: WorkerFactory = Arc::new(|ctx: WorkerContext| {
+            Box::pin(async move {
+                if ctx.core == 1 {
+                    ctx.fail("core 1 cannot build its chains".into());
+                    return;
+                }
+                ctx.ready();
+                let handle = ctx.shutdown.register();
+                std::future::poll_fn(|cx| handle.poll(cx)).await;
+            })
+        });
+        let workers = two_cores(factory);
+        let err = workers.wait_ready(Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.to_string(), "core 1 cannot build its chains");
+        workers.stop();
+        assert!(workers.join());
+    }
+
+    #[test]
+    fn every_core_ready_is_ready() {
+        let factory: WorkerFactory = Arc::new(|ctx: WorkerContext| {
+            Box::pin(async move {
+                ctx.ready();
+                let handle = ctx.shutdown.register();
+                std::future::poll_fn(|cx| handle.poll(cx)).await;
+            })
+        });
+        let workers = two_cores(factory);
+        workers.wait_ready(Duration::from_secs(10)).unwrap();
+        workers.stop();
+        assert!(workers.join());
+    }
 }

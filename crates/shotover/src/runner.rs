@@ -1,13 +1,16 @@
-//! Startup and shutdown of the whole process.
+//! Startup and shutdown of the whole process. [`run`] reads the files; `start` runs the
+//! phases, one function each:
 //!
-//! 1. Read config.yaml, start logging, read topology.yaml: any error exits 1.
-//! 2. With `--hotreload-socket`, take over the listeners of the instance running there.
-//! 3. Bind every other source's listeners (one per worker core) before anything runs.
-//! 4. Start the control core (observability HTTP, periodic jobs) and the worker cores.
-//! 5. After a hot reload, tell the old instance to shut down gradually; then serve the hot
-//!    reload socket for the next instance.
-//! 6. Wait for SIGTERM/SIGINT (drain, exit 0), or for our own gradual shutdown to finish
-//!    after a newer instance took over (exit 0).
+//! 0. Read config.yaml, start logging, read topology.yaml: any error exits 1.
+//! 1. `choose_cores`: the worker CPUs and the control CPU.
+//! 2. `take_over`: with `--hotreload-socket`, the listeners of the instance running there.
+//! 3. Bind every other source's listeners (one per worker core), then `source_states`.
+//! 4. Start the control core (tick jobs, `/metrics`, `/filter`), then `start_workers`: a
+//!    core that cannot build its chains makes the whole start fail, with the reason.
+//! 5. `serve_hot_reload`: after a hot reload, tell the old instance to shut down gradually;
+//!    then serve the hot reload socket for the next instance, on the control core.
+//! 6. `wait_and_stop`: SIGTERM/SIGINT (drain, exit 0), or the end of our own gradual
+//!    shutdown after a newer instance took over (exit 0).
 
 use crate::chain::{BuildContext, ChainBuilder};
 use crate::config::topology::TransformRegistry;
@@ -17,7 +20,7 @@ use crate::logging::{self, LogFormat};
 use crate::observability::{http, CoreMetrics, MetricsHub};
 use crate::sources::{accept_loop, SourceShared};
 use crate::systemd;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use shotover_executor::fd_handoff::{self, ListenerMap};
 use shotover_executor::{control, cores, runtime, ControlHandle, RuntimeConfig, WorkerContext, WorkerFactory, Workers};
 use std::path::PathBuf;
@@ -77,6 +80,32 @@ pub fn run(options: Options, registry: TransformRegistry) -> i32 {
 }
 
 fn start(options: Options, config: Config, topology: Topology, set_filter: http::FilterSetter) -> Result<i32> {
+    let (cpus, control_core) = choose_cores(&options, &config)?;
+    runtime::block_stop_signals()?;
+    let (previous, inherited) = take_over(&options);
+    let listeners = hot_reload::assemble(
+        &topology.sources.iter().map(|s| s.listen_addr()).collect::<Vec<_>>(),
+        cpus.len(),
+        inherited,
+        options.hotreload_socket.is_some(),
+    )?;
+    let shared = source_states(&topology, &listeners.addrs)?;
+    let hub = MetricsHub::new();
+    add_connection_gauge(&hub, shared.clone());
+    let control = control::start(control_core).context("cannot start the control core")?;
+    if let Some(addr) = &config.observability_interface {
+        let addr = addr.parse().map_err(|e| anyhow!("observability_interface {addr:?}: {e}"))?;
+        http::start(addr, hub.clone(), set_filter, &control, previous.is_some())?;
+    }
+    let workers = start_workers(&cpus, listeners.per_core, Arc::new(topology), shared, hub, &control)?;
+    tracing::info!("shotover started with {} worker cores on CPUs {cpus:?}", cpus.len());
+    let handed_over = HandedOver::default();
+    serve_hot_reload(&options, previous, listeners.handover, &workers, &handed_over, &control);
+    Ok(wait_and_stop(&options, workers, &handed_over))
+}
+
+/// Phase 1: the worker CPUs and the control CPU, from the command line or config.yaml.
+fn choose_cores(options: &Options, config: &Config) -> Result<(Vec<usize>, Option<usize>)> {
     let cpus = match options.worker_cores.as_ref().or(config.worker_cores.as_ref()) {
         Some(list) => {
             let cpus = cores::parse_cpu_list(list).context("invalid worker cores")?;
@@ -89,35 +118,36 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
     if let Some(cpu) = control_core {
         cores::check_available(&[cpu]).context("invalid control core")?;
     }
-    runtime::block_stop_signals()?;
+    Ok((cpus, control_core))
+}
 
-    // A running instance on the hot reload socket hands us its listeners.
-    let mut previous = None;
-    let mut inherited = ListenerMap::new();
-    if let Some(path) = &options.hotreload_socket {
-        match fd_handoff::connect_to(path) {
-            Ok(None) => {}
-            Ok(Some(client)) => match client.request_listeners() {
-                Ok(map) => {
-                    tracing::info!(
-                        "hot reload: received {} listening sockets",
-                        map.values().map(Vec::len).sum::<usize>()
-                    );
-                    inherited = map;
-                    previous = Some(client);
-                }
-                Err(e) => tracing::warn!("hot reload: the running instance did not hand over its listeners: {e:#}"),
-            },
-            Err(e) => tracing::warn!("hot reload: {e:#}; starting without taking over"),
+/// Phase 2: with `--hotreload-socket`, the running instance there hands us its listeners.
+fn take_over(options: &Options) -> (Option<fd_handoff::Client>, ListenerMap) {
+    let Some(path) = &options.hotreload_socket else { return (None, ListenerMap::new()) };
+    match fd_handoff::connect_to(path) {
+        Ok(None) => (None, ListenerMap::new()),
+        Ok(Some(client)) => match client.request_listeners() {
+            Ok(map) => {
+                tracing::info!("hot reload: received {} listening sockets", map.values().map(Vec::len).sum::<usize>());
+                (Some(client), map)
+            }
+            Err(e) => {
+                tracing::warn!("hot reload: the running instance did not hand over its listeners: {e:#}");
+                (None, ListenerMap::new())
+            }
+        },
+        Err(e) => {
+            tracing::warn!("hot reload: {e:#}; starting without taking over");
+            (None, ListenerMap::new())
         }
     }
+}
 
-    // Bind everything first: a port in use is a startup error, before any core runs.
-    let listen_addrs: Vec<_> = topology.sources.iter().map(|s| s.listen_addr()).collect();
-    let listeners = hot_reload::assemble(&listen_addrs, cpus.len(), inherited, options.hotreload_socket.is_some())?;
+/// Phase 3: what every core's accept loops share about each source, once its listeners are
+/// bound (a port in use is a startup error before any core runs).
+fn source_states(topology: &Topology, addrs: &[std::net::SocketAddr]) -> Result<Vec<Arc<SourceShared>>> {
     let mut shared = Vec::new();
-    for (source, addr) in topology.sources.iter().zip(&listeners.addrs) {
-        let v = source;
+    for (v, addr) in topology.sources.iter().zip(addrs) {
         tracing::info!("{} source {:?} listening on {addr}", v.protocol, v.name);
         shared.push(Arc::new(SourceShared {
             listen_addr: *addr,
@@ -131,9 +161,10 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
             open: AtomicUsize::new(0),
         }));
     }
+    Ok(shared)
+}
 
-    let hub = MetricsHub::new();
-    let gauge_sources = shared.clone();
+fn add_connection_gauge(hub: &MetricsHub, sources: Vec<Arc<SourceShared>>) {
     hub.add_gauge(
         "shotover_available_connections_count",
         "How many more connections the source accepts before new ones are rejected or wait",
@@ -141,7 +172,7 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
         Box::new(move || {
             // Sources may share a name (the guide's own example does): their values add up.
             let mut by_name: Vec<(Vec<String>, i64)> = Vec::new();
-            for s in &gauge_sources {
+            for s in &sources {
                 let available = s.connection_limit.saturating_sub(s.open.load(Ordering::Acquire)) as i64;
                 match by_name.iter_mut().find(|(name, _)| name.first() == Some(&s.name)) {
                     Some((_, total)) => *total += available,
@@ -151,54 +182,69 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
             by_name
         }),
     );
-    let control = control::start(control_core).context("cannot start the control core")?;
-    if let Some(addr) = &config.observability_interface {
-        let addr = addr.parse().map_err(|e| anyhow!("observability_interface {addr:?}: {e}"))?;
-        http::start(addr, hub.clone(), set_filter, &control, previous.is_some())?;
-    }
+}
 
-    let topology = Arc::new(topology);
-    let factory_hub = hub.clone();
-    let worker_control = control.clone();
+/// Phase 4: one pinned worker per CPU. Any core that cannot build its chains makes this a
+/// startup error, with the reason.
+fn start_workers(
+    cpus: &[usize],
+    listeners: Vec<Vec<(usize, std::os::fd::OwnedFd)>>,
+    topology: Arc<Topology>,
+    shared: Vec<Arc<SourceShared>>,
+    hub: Arc<MetricsHub>,
+    control: &ControlHandle,
+) -> Result<Workers> {
+    let control = control.clone();
     let factory: WorkerFactory = Arc::new(move |ctx: WorkerContext| {
-        let topology = topology.clone();
-        let shared = shared.clone();
-        let hub = factory_hub.clone();
-        Box::pin(run_worker(ctx, topology, shared, hub, worker_control.clone()))
+        Box::pin(run_worker(ctx, topology.clone(), shared.clone(), hub.clone(), control.clone()))
     });
     let runtime_config = RuntimeConfig { worker_cpus: cpus.iter().map(|c| Some(*c)).collect(), ..Default::default() };
-    let workers = Workers::start(&runtime_config, listeners.per_core, factory)?;
-    if !workers.wait_ready(Duration::from_secs(60)) {
-        bail!("the worker cores did not start");
+    let workers = Workers::start(&runtime_config, listeners, factory)?;
+    if let Err(e) = workers.wait_ready(Duration::from_secs(60)) {
+        workers.stop();
+        workers.join();
+        return Err(e);
     }
-    tracing::info!("shotover started with {} worker cores on CPUs {cpus:?}", cpus.len());
+    Ok(workers)
+}
 
-    // Hot reload: tell the instance we took over to close its connections, and serve the
-    // socket for the next instance once that one has gone.
-    let handed_over = HandedOver::default();
-    if let Some(path) = options.hotreload_socket.clone() {
-        if let Ok(mut slot) = handed_over.listeners.lock() {
-            *slot = Some(listeners.handover);
-        }
-        let (commands, slot) = (workers.commands(), handed_over.clone());
-        match previous {
-            Some(client) => {
-                let seconds = options.hotreload_gradual_shutdown.as_secs();
-                if let Err(e) = client.request_gradual_shutdown(seconds) {
-                    tracing::warn!("hot reload: the old instance did not accept the shutdown request: {e:#}");
-                }
-                systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
-                hot_reload::serve_after_exit(client, path, commands, slot, &control);
-            }
-            None => {
-                hot_reload::start_server(&path, commands, slot, &control);
-                systemd::notify("READY=1");
-            }
-        }
-    } else {
+/// Phase 5: after a hot reload, tell the instance we took over to close its connections,
+/// and serve the socket for the next instance once that one has gone.
+fn serve_hot_reload(
+    options: &Options,
+    previous: Option<fd_handoff::Client>,
+    handover: ListenerMap,
+    workers: &Workers,
+    handed_over: &HandedOver,
+    control: &ControlHandle,
+) {
+    let Some(path) = options.hotreload_socket.clone() else {
         systemd::notify("READY=1");
+        return;
+    };
+    if let Ok(mut slot) = handed_over.listeners.lock() {
+        *slot = Some(handover);
     }
+    let (commands, slot) = (workers.commands(), handed_over.clone());
+    match previous {
+        Some(client) => {
+            let seconds = options.hotreload_gradual_shutdown.as_secs();
+            if let Err(e) = client.request_gradual_shutdown(seconds) {
+                tracing::warn!("hot reload: the old instance did not accept the shutdown request: {e:#}");
+            }
+            systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            hot_reload::serve_after_exit(client, path, commands, slot, control);
+        }
+        None => {
+            hot_reload::start_server(&path, commands, slot, control);
+            systemd::notify("READY=1");
+        }
+    }
+}
 
+/// Phase 6: wait for SIGTERM/SIGINT (drain, exit 0), or for our own gradual shutdown to
+/// finish after a newer instance took over (exit 0). Returns the exit code.
+fn wait_and_stop(options: &Options, workers: Workers, handed_over: &HandedOver) -> i32 {
     // After a hand-over the cores finish one by one as their connections close: wait for
     // all of them. Otherwise a core that ends means something went wrong.
     let handed = || handed_over.handed_over.lock().is_ok_and(|h| h.is_some());
@@ -220,14 +266,18 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
             // Remove the socket file, then close the connection the new instance waits on.
             let _ = std::fs::remove_file(path);
             drop(peer);
-            Ok(if clean { 0 } else { 1 })
+            if clean {
+                0
+            } else {
+                1
+            }
         }
         (Some(name), handed) => {
             tracing::info!("received {name}: no longer accepting, draining connections");
             // A second signal while draining means "stop now".
             if let Some(again) = runtime::wait_for_signal(|| workers.all_finished()) {
                 tracing::warn!("received {again} while draining: exiting without waiting for connections");
-                return Ok(1);
+                return 1;
             }
             let clean = workers.join();
             if let Some((path, peer)) = handed {
@@ -240,12 +290,16 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
                 let _ = std::fs::remove_file(path);
             }
             tracing::info!("shotover stopped");
-            Ok(if clean { 0 } else { 1 })
+            if clean {
+                0
+            } else {
+                1
+            }
         }
         (None, None) => {
             tracing::error!("a worker core stopped unexpectedly; shutting down");
             workers.join();
-            Ok(1)
+            1
         }
     }
 }
@@ -268,7 +322,7 @@ async fn run_worker(
         match ChainBuilder::new(&v.name, &v.chain, &base) {
             Ok(c) => chains.push(Rc::new(c)),
             Err(e) => {
-                tracing::error!("cannot build the chain of source {:?} on core {}: {e:#}", v.name, ctx.core);
+                ctx.fail(format!("cannot build the chain of source {:?} on core {}: {e:#}", v.name, ctx.core));
                 return;
             }
         }

@@ -11,6 +11,8 @@
 //! - [`header`]: the 9-byte header, and in-place helpers (stream id, opcode, direction).
 //! - [`compression`]: v3/v4 frame body compression (LZ4 with a length prefix, Snappy).
 //! - [`state`]: per-connection codec state: version, compression, segments on or off.
+//! - [`connection`]: [`connection::CqlWire`], one connection's frames in and out, either
+//!   side of the proxy: segments or plain frames, as its own handshake decided.
 //! - [`frame`]: [`CassandraFrame`], parsed from one whole frame only when asked, and encoded.
 //!   Bodies live in [`request`], [`result`] and [`response`].
 //! - [`mod@classify`]: sorts statements into query types, and remembers prepared statements'.
@@ -57,6 +59,7 @@
 mod captures;
 pub mod classify;
 pub mod compression;
+pub mod connection;
 pub mod frame;
 pub mod framing;
 pub mod header;

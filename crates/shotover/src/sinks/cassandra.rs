@@ -4,10 +4,10 @@
 //! sends, the READY it reads), so v5 segments and compression work as on the client side.
 
 use super::{connect_stream, UpstreamTls};
-use crate::cql::CqlWire;
 use crate::stream::{ReadBuffer, ReadMode, Stream};
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::AsyncWriteExt;
+use shotover_protocols::cassandra::connection::CqlWire;
 use std::io;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};

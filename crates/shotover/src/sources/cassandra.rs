@@ -5,9 +5,9 @@
 //! client matches them to its requests by stream id. EVENTs (stream id -1) are unsolicited.
 
 use super::connection::{Malformed, SourceCodec};
-use crate::cql::CqlWire;
 use crate::message::Message;
 use bytes::{Bytes, BytesMut};
+use shotover_protocols::cassandra::connection::CqlWire;
 use shotover_protocols::cassandra::header::{self, FrameHeader};
 use shotover_protocols::cassandra::response::{error_response, unsupported_version_response};
 use shotover_protocols::cassandra::{ErrorCode, Version};

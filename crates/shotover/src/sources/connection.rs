@@ -108,6 +108,56 @@ struct Client<C> {
     sink_read_at: Option<Instant>,
 }
 
+/// When a connection closes for want of traffic: the source's idle `timeout`, or a drain
+/// or gradual close of the core.
+struct Idle {
+    after: Option<Duration>,
+    timer: Option<Timer>,
+    last_activity: Instant,
+    /// Set once asked to drain or close: from then on the idle timer decides when to close.
+    closing: bool,
+    /// Set while the connection would close but still owes its client answers.
+    awaiting_owed: bool,
+}
+
+impl Idle {
+    fn new(after: Option<Duration>) -> Self {
+        Idle {
+            after,
+            timer: after.map(Timer::new),
+            last_activity: Instant::now(),
+            closing: false,
+            awaiting_owed: false,
+        }
+    }
+
+    fn activity(&mut self) {
+        self.last_activity = Instant::now();
+        self.awaiting_owed = false;
+    }
+
+    /// Drain: keep serving until the client pauses, then close. Close (gradual shutdown):
+    /// close at the first moment no request is waiting to be read.
+    fn shutdown(&mut self, kind: ShutdownKind) {
+        self.closing = true;
+        let wait = if kind == ShutdownKind::Close { Duration::ZERO } else { DRAIN_IDLE };
+        self.after = Some(self.after.map_or(wait, |d| d.min(wait)));
+        self.timer = Some(Timer::new(wait));
+    }
+
+    /// The timer fired. True when the client really was idle that long (otherwise the
+    /// timer is set again for the rest of the time).
+    fn expired(&mut self) -> bool {
+        match (self.after, self.timer.as_mut()) {
+            (Some(after), Some(timer)) if self.last_activity.elapsed() < after => {
+                timer.reset(after - self.last_activity.elapsed());
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
 /// Serves one client connection until it closes, idles out, or the core shuts down.
 pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: ConnectionContext, codec: C) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -115,87 +165,32 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
     let Some(stream) = accept_tls(tcp, &ctx, &peer).await else { return };
     let Some(mut stream) = accept_websocket(stream, &ctx, &peer).await else { return };
     let mut client = Client { codec, read: ReadBuffer::default(), out: BytesMut::new(), sink_read_at: None };
-    let mut idle_after = ctx.source.idle_timeout;
-    // Set once asked to drain or close: from then on the idle timer decides when to close.
-    let mut closing = false;
-    let mut idle_timer = idle_after.map(Timer::new);
-    let mut last_activity = Instant::now();
-    // Set while the connection would close but still owes its client answers.
-    let mut awaiting_owed = false;
+    let mut idle = Idle::new(ctx.source.idle_timeout);
     let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
     loop {
-        let event = poll_fn(|cx| {
-            if !closing {
-                if let Poll::Ready(kind) = ctx.shutdown.poll(cx) {
-                    return Poll::Ready(Event::Shutdown(kind));
-                }
-            }
-            if let Poll::Ready(r) = client.read.poll_fill(&mut stream, cx, ReadMode::Spin) {
-                return Poll::Ready(Event::Read(r));
-            }
-            if chain.poll_pushed(cx).is_ready() {
-                return Poll::Ready(Event::Pushed);
-            }
-            match idle_timer.as_mut().map(|t| Pin::new(t).poll(cx)) {
-                Some(Poll::Ready(_)) => Poll::Ready(Event::Idle),
-                _ => Poll::Pending,
-            }
-        })
-        .await;
-        let keep_open = match event {
+        let keep_open = match next_event(&mut client, &mut stream, &mut chain, &ctx, &mut idle).await {
             Event::Read(Ok(0)) => false,
-            Event::Read(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                // The transport itself was violated (a bad WebSocket frame, say).
-                tracing::warn!(connection = %ctx.id, %peer, "malformed input, closing the connection: {e}");
-                false
-            }
             Event::Read(Err(e)) => {
-                tracing::debug!(connection = %ctx.id, %peer, "client read failed: {e}");
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    // The transport itself was violated (a bad WebSocket frame, say).
+                    tracing::warn!(connection = %ctx.id, %peer, "malformed input, closing the connection: {e}");
+                } else {
+                    tracing::debug!(connection = %ctx.id, %peer, "client read failed: {e}");
+                }
                 false
             }
             Event::Read(Ok(_)) => {
-                last_activity = Instant::now();
-                awaiting_owed = false;
+                idle.activity();
                 handle_input(&mut client, &mut chain, &ctx, &peer).await
             }
             Event::Pushed => {
                 // Messages pushed to a subscriber count as activity, as they do for Valkey.
-                last_activity = Instant::now();
-                awaiting_owed = false;
+                idle.activity();
                 run_chain(&mut client, &mut chain, Vec::new(), &ctx).await
             }
-            Event::Idle => match (idle_after, idle_timer.as_mut()) {
-                (Some(after), Some(timer)) if last_activity.elapsed() < after => {
-                    timer.reset(after - last_activity.elapsed());
-                    true
-                }
-                _ => {
-                    if client.codec.outstanding() > 0 && !awaiting_owed {
-                        // Deliver what transforms hold (an empty batch asks for it) ...
-                        run_chain(&mut client, &mut chain, Vec::new(), &ctx).await;
-                    }
-                    awaiting_owed = client.codec.outstanding() > 0;
-                    if awaiting_owed {
-                        // ... and wait for answers still owed by the upstream (a slow query, a
-                        // long-polling Fetch): closing now would lose them. A shutdown's
-                        // deadline still ends the wait.
-                        if let Some(timer) = idle_timer.as_mut() {
-                            timer.reset(OWED_RECHECK);
-                        }
-                        true
-                    } else {
-                        tracing::debug!(connection = %ctx.id, %peer, "closing idle connection");
-                        false
-                    }
-                }
-            },
+            Event::Idle => idle_expired(&mut idle, &mut client, &mut chain, &ctx, &peer).await,
             Event::Shutdown(kind) => {
-                // Drain: keep serving until the client pauses, then close. Close (gradual
-                // shutdown): close at the first moment no request is waiting to be read.
-                closing = true;
-                let wait = if kind == ShutdownKind::Close { Duration::ZERO } else { DRAIN_IDLE };
-                idle_after = Some(idle_after.map_or(wait, |d| d.min(wait)));
-                idle_timer = Some(Timer::new(wait));
+                idle.shutdown(kind);
                 true
             }
         };
@@ -204,25 +199,88 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
             // empty batch asks every transform to deliver what it holds.
             run_chain(&mut client, &mut chain, Vec::new(), &ctx).await;
         }
-        if !client.out.is_empty() {
-            let written = match stream.write_all(&client.out).await {
-                Ok(()) => stream.flush().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
-                break;
-            }
-            client.out.clear();
-            if let Some(at) = client.sink_read_at.take() {
-                sink_to_source.observe(at.elapsed().as_secs_f64());
-            }
+        let written = write_out(&mut client, &mut stream).await;
+        if let Err(e) = &written {
+            tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
         }
-        if !keep_open {
+        if let (Ok(true), Some(at)) = (&written, client.sink_read_at) {
+            sink_to_source.observe(at.elapsed().as_secs_f64());
+            client.sink_read_at = None;
+        }
+        if !keep_open || written.is_err() {
             break;
         }
     }
     let _ = stream.close().await;
+}
+
+/// Waits for whichever comes first: client bytes, messages the chain has for the client,
+/// the idle timer, or the core's shutdown signal (once).
+async fn next_event<C: SourceCodec>(
+    client: &mut Client<C>,
+    stream: &mut Stream,
+    chain: &mut Chain,
+    ctx: &ConnectionContext,
+    idle: &mut Idle,
+) -> Event {
+    poll_fn(|cx| {
+        if !idle.closing {
+            if let Poll::Ready(kind) = ctx.shutdown.poll(cx) {
+                return Poll::Ready(Event::Shutdown(kind));
+            }
+        }
+        if let Poll::Ready(r) = client.read.poll_fill(stream, cx, ReadMode::Spin) {
+            return Poll::Ready(Event::Read(r));
+        }
+        if chain.poll_pushed(cx).is_ready() {
+            return Poll::Ready(Event::Pushed);
+        }
+        match idle.timer.as_mut().map(|t| Pin::new(t).poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Event::Idle),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The idle timer fired; returns false to close. A connection that still owes its client
+/// answers is not closed yet.
+async fn idle_expired<C: SourceCodec>(
+    idle: &mut Idle,
+    client: &mut Client<C>,
+    chain: &mut Chain,
+    ctx: &ConnectionContext,
+    peer: &str,
+) -> bool {
+    if !idle.expired() {
+        return true;
+    }
+    if client.codec.outstanding() > 0 && !idle.awaiting_owed {
+        // Deliver what transforms hold (an empty batch asks for it) ...
+        run_chain(client, chain, Vec::new(), ctx).await;
+    }
+    idle.awaiting_owed = client.codec.outstanding() > 0;
+    if idle.awaiting_owed {
+        // ... and wait for answers still owed by the upstream (a slow query, a long-polling
+        // Fetch): closing now would lose them. A shutdown's deadline still ends the wait.
+        if let Some(timer) = idle.timer.as_mut() {
+            timer.reset(OWED_RECHECK);
+        }
+        return true;
+    }
+    tracing::debug!(connection = %ctx.id, %peer, "closing idle connection");
+    false
+}
+
+/// Writes what the chain answered; `Ok(true)` when something was written.
+async fn write_out<C: SourceCodec>(client: &mut Client<C>, stream: &mut Stream) -> std::io::Result<bool> {
+    if client.out.is_empty() {
+        return Ok(false);
+    }
+    stream.write_all(&client.out).await?;
+    stream.flush().await?;
+    client.out.clear();
+    Ok(true)
 }
 
 /// Cuts the buffered bytes into a batch of whole requests and runs it. Malformed input

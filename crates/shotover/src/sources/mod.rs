@@ -3,7 +3,12 @@
 //! [`accept_loop`] runs on every worker core for every source: it takes connections from
 //! that core's listener, enforces the source's `connection_limit` (counted over all cores)
 //! and spawns one task per connection, which runs [`connection::serve`] with the source's
-//! protocol codec: [`valkey::ValkeyCodec`] or [`cassandra::CassandraCodec`].
+//! protocol codec: [`valkey::ValkeyCodec`], [`cassandra::CassandraCodec`] or
+//! [`kafka::KafkaCodec`].
+//!
+//! - [`connection`]: the connection loop every source shares, and [`connection::SourceCodec`],
+//!   a protocol's part of it.
+//! - [`valkey`], [`cassandra`], [`kafka`]: the codecs.
 
 pub mod cassandra;
 pub mod connection;

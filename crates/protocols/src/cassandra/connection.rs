@@ -8,9 +8,9 @@
 //! (v3/v4 bodies stay compressed as they came; v5 frames are never compressed, their
 //! segments are).
 
+use crate::cassandra::segment::{encode_segments, SegmentDecoder};
+use crate::cassandra::{framing, CassandraCodecError, CassandraCodecState, Compression};
 use bytes::{Bytes, BytesMut};
-use shotover_protocols::cassandra::segment::{encode_segments, SegmentDecoder};
-use shotover_protocols::cassandra::{framing, CassandraCodecError, CassandraCodecState, Compression};
 
 /// One connection's CQL transport state.
 #[derive(Debug, Default)]
