@@ -44,20 +44,84 @@ use std::time::Instant;
 
 pub use shotover_executor::ControlHandle;
 
-/// One transform's parsed configuration.
-pub trait TransformConfig: Debug + Send + Sync {
-    /// The name used in topology.yaml.
-    fn name(&self) -> &'static str;
-    /// True for transforms that answer requests themselves (sinks, NullSink, DebugReturner).
-    fn is_terminating(&self) -> bool;
+/// A transform, declared once: its name, whether it ends a chain, the protocols it serves,
+/// and how it is built. Implemented by the transform's configuration, the struct its YAML
+/// body deserializes into:
+///
+/// ```ignore
+/// impl TransformConfig for NullSinkConfig {
+///     const NAME: &'static str = "NullSink";
+///     const TERMINATING: bool = true;
+///     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra];
+///     fn build(&self, _: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+///         Ok(Box::new(|| NullSink))
+///     }
+/// }
+/// ```
+///
+/// Register it with [`TransformRegistry::register`](crate::config::topology::TransformRegistry::register).
+/// Chains hold configurations as [`AnyTransformConfig`], which every `TransformConfig` is.
+pub trait TransformConfig: Debug + Send + Sync + 'static {
+    /// The name used in topology.yaml, in metric labels and in errors.
+    const NAME: &'static str;
+    /// True for transforms that answer requests themselves (sinks, NullSink, DebugReturner):
+    /// such a transform must be the last of its chain.
+    const TERMINATING: bool;
     /// The source protocols this transform can serve.
-    fn protocols(&self) -> &'static [Protocol];
-    /// Checks the configuration beyond what parsing checks; errors name the field.
-    fn validate(&self) -> Result<()> {
+    const PROTOCOLS: &'static [Protocol];
+
+    /// The protocols this configuration serves: [`Self::PROTOCOLS`], unless they depend on
+    /// the fields (DebugReturner).
+    fn protocols(&self) -> &'static [Protocol] {
+        Self::PROTOCOLS
+    }
+
+    /// Runs once when the topology is loaded, before any core starts: checks the fields
+    /// beyond what parsing checks, and resolves what every core's [`build`](Self::build)
+    /// uses (addresses, TLS connectors, durations), keeping it in the configuration. An
+    /// error becomes a startup error at the transform's YAML path; name the field in it.
+    fn validate(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Creates the per-core builder.
+
+    /// Runs once per worker core and returns what makes the transform of each client
+    /// connection: usually a closure, `Ok(Box::new(move || MyTransform { .. }))`, that owns
+    /// what the core's connections share (metrics handles, rate limiters, connection pools,
+    /// an `Rc` of settings). Nothing here may block: no DNS or file I/O.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>>;
+}
+
+/// A parsed transform of a chain: the object-safe face of [`TransformConfig`], implemented
+/// for every `TransformConfig`.
+pub trait AnyTransformConfig: Debug + Send + Sync {
+    /// [`TransformConfig::NAME`].
+    fn name(&self) -> &'static str;
+    /// [`TransformConfig::TERMINATING`].
+    fn is_terminating(&self) -> bool;
+    /// [`TransformConfig::protocols`].
+    fn protocols(&self) -> &'static [Protocol];
+    /// [`TransformConfig::validate`].
+    fn validate(&mut self) -> Result<()>;
+    /// [`TransformConfig::build`].
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>>;
+}
+
+impl<C: TransformConfig> AnyTransformConfig for C {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+    fn is_terminating(&self) -> bool {
+        C::TERMINATING
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        TransformConfig::protocols(self)
+    }
+    fn validate(&mut self) -> Result<()> {
+        TransformConfig::validate(self)
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        TransformConfig::build(self, ctx)
+    }
 }
 
 /// What a transform is built with on a worker core.
@@ -79,17 +143,25 @@ impl BuildContext {
     }
 }
 
-/// Builds the transform for each connection on one core.
+/// Makes the transform of each client connection on one core. Any closure returning a
+/// [`Transform`] is one.
 pub trait TransformBuilder {
     fn build(&self) -> Box<dyn Transform>;
+}
+
+impl<F, T> TransformBuilder for F
+where
+    F: Fn() -> T,
+    T: Transform + 'static,
+{
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(self())
+    }
 }
 
 /// A transform serving one client connection.
 #[async_trait(?Send)]
 pub trait Transform {
-    /// The name used in topology.yaml, for metrics and logs.
-    fn name(&self) -> &'static str;
-
     /// Handles one batch: see the module documentation for the contract.
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>>;
 
@@ -98,6 +170,15 @@ pub trait Transform {
     fn poll_pushed(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
         Poll::Pending
     }
+}
+
+/// What a transform's file needs: `use shotover::chain::prelude::*;`.
+pub mod prelude {
+    pub use super::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+    pub use crate::message::{Message, Protocol};
+    pub use anyhow::Result;
+    pub use async_trait::async_trait;
+    pub use serde::Deserialize;
 }
 
 /// An error that ends the client connection after its responses are written, for state the
@@ -152,7 +233,7 @@ pub struct ChainBuilder {
 
 impl ChainBuilder {
     /// Builds chain `name` on this core; `base` gives the core's metrics and control handle.
-    pub fn new(name: &str, configs: &[Box<dyn TransformConfig>], base: &BuildContext) -> Result<Self> {
+    pub fn new(name: &str, configs: &[Box<dyn AnyTransformConfig>], base: &BuildContext) -> Result<Self> {
         let ctx = BuildContext { chain_name: name.to_string(), ..base.clone() };
         let builders = configs.iter().map(|c| Ok((c.name(), c.build(&ctx)?))).collect::<Result<_>>()?;
         Ok(ChainBuilder { name: name.into(), builders, metrics: base.metrics.clone() })

@@ -22,15 +22,9 @@ pub struct ValkeyGetRewriteConfig {
 }
 
 impl TransformConfig for ValkeyGetRewriteConfig {
-    fn name(&self) -> &'static str {
-        "ValkeyGetRewrite"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
-    }
+    const NAME: &'static str = "ValkeyGetRewrite";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(self.clone()))
     }
@@ -48,10 +42,6 @@ pub struct ValkeyGetRewrite {
 
 #[async_trait(?Send)]
 impl Transform for ValkeyGetRewrite {
-    fn name(&self) -> &'static str {
-        "ValkeyGetRewrite"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         // Which requests are GETs, read from the raw bytes without parsing them.
         let gets: Vec<bool> = state.requests.iter().map(|r| r.valkey_request().is_some_and(|v| v.is("GET"))).collect();

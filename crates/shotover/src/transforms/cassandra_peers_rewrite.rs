@@ -28,16 +28,10 @@ pub struct CassandraPeersRewriteConfig {
 }
 
 impl TransformConfig for CassandraPeersRewriteConfig {
-    fn name(&self) -> &'static str {
-        "CassandraPeersRewrite"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Cassandra]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "CassandraPeersRewrite";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
+    fn validate(&mut self) -> Result<()> {
         if self.port == 0 {
             bail!("port must be a port number, 1 to 65535");
         }
@@ -116,10 +110,6 @@ impl CassandraPeersRewrite {
 
 #[async_trait(?Send)]
 impl Transform for CassandraPeersRewrite {
-    fn name(&self) -> &'static str {
-        "CassandraPeersRewrite"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         for request in &mut state.requests {
             self.note_request(request);

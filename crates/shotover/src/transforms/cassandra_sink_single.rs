@@ -74,16 +74,10 @@ impl CassandraSinkSingleConfig {
 }
 
 impl TransformConfig for CassandraSinkSingleConfig {
-    fn name(&self) -> &'static str {
-        "CassandraSinkSingle"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Cassandra]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "CassandraSinkSingle";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
+    fn validate(&mut self) -> Result<()> {
         crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
         self.resolve().map(|_| ())
     }
@@ -285,10 +279,6 @@ impl CassandraSinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for CassandraSinkSingle {
-    fn name(&self) -> &'static str {
-        "CassandraSinkSingle"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         if self.timer_expired() {
             // The client connection closes and the source answers every request still

@@ -38,16 +38,10 @@ pub struct CoalesceConfig {
 }
 
 impl TransformConfig for CoalesceConfig {
-    fn name(&self) -> &'static str {
-        "Coalesce"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "Coalesce";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
+    fn validate(&mut self) -> Result<()> {
         match (self.flush_when_buffered_message_count, self.flush_when_millis_since_last_flush) {
             (None, None) => bail!(
                 "set flush_when_buffered_message_count, flush_when_millis_since_last_flush or both: without either Coalesce would never flush"
@@ -100,10 +94,6 @@ impl Coalesce {
 
 #[async_trait(?Send)]
 impl Transform for Coalesce {
-    fn name(&self) -> &'static str {
-        "Coalesce"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         // An empty batch asks for everything held (and carries pushed messages up); so does
         // a batch that must be answered in full.

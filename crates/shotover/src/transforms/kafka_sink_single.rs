@@ -63,16 +63,10 @@ pub struct KafkaSinkSingleConfig {
 }
 
 impl TransformConfig for KafkaSinkSingleConfig {
-    fn name(&self) -> &'static str {
-        "KafkaSinkSingle"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Kafka]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "KafkaSinkSingle";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Kafka];
+    fn validate(&mut self) -> Result<()> {
         crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
         if self.destination_port == 0 {
             return Err(anyhow!("destination_port: must be a port number, 1 to 65535"));
@@ -276,10 +270,6 @@ impl KafkaSinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for KafkaSinkSingle {
-    fn name(&self) -> &'static str {
-        "KafkaSinkSingle"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         let requests = std::mem::take(&mut state.requests);
         if !requests.is_empty() {

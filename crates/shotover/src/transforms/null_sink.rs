@@ -16,15 +16,9 @@ use serde::Deserialize;
 pub struct NullSinkConfig {}
 
 impl TransformConfig for NullSinkConfig {
-    fn name(&self) -> &'static str {
-        "NullSink"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra]
-    }
+    const NAME: &'static str = "NullSink";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(NullSinkBuilder))
     }
@@ -42,10 +36,6 @@ pub struct NullSink;
 
 #[async_trait(?Send)]
 impl Transform for NullSink {
-    fn name(&self) -> &'static str {
-        "NullSink"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         Ok(state.requests.iter().map(Message::empty_response_to).collect())
     }

@@ -82,15 +82,9 @@ impl TryFrom<RawQueryTypeFilter> for QueryTypeFilterConfig {
 }
 
 impl TransformConfig for QueryTypeFilterConfig {
-    fn name(&self) -> &'static str {
-        "QueryTypeFilter"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
+    const NAME: &'static str = "QueryTypeFilter";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         Ok(Box::new(QueryTypeFilterBuilder { config: self.clone(), prepared: Rc::default() }))
     }
@@ -191,10 +185,6 @@ impl QueryTypeFilter {
 
 #[async_trait(?Send)]
 impl Transform for QueryTypeFilter {
-    fn name(&self) -> &'static str {
-        "QueryTypeFilter"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         // The common case, every request allowed and no error waiting for its turn,
         // allocates nothing.

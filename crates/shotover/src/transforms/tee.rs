@@ -24,7 +24,9 @@
 //!   (`PUT` with body `regular-chain` or `tee-chain`) for every core at once. While it is
 //!   `tee-chain`, Tee always waits for both chains.
 
-use crate::chain::{BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    AnyTransformConfig, BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig,
+};
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
 use crate::message::{Message, Protocol, ProxyError};
@@ -45,7 +47,7 @@ pub enum Behavior {
     Ignore,
     FailOnMismatch,
     LogWarningOnMismatch,
-    SubchainOnMismatch(Vec<Box<dyn TransformConfig>>),
+    SubchainOnMismatch(Vec<Box<dyn AnyTransformConfig>>),
 }
 
 #[derive(Debug)]
@@ -56,7 +58,7 @@ pub struct TeeConfig {
     /// Batches that may wait for the sub-chain. Default 5.
     pub buffer_size: usize,
     /// The sub-chain every request is copied to.
-    pub chain: Vec<Box<dyn TransformConfig>>,
+    pub chain: Vec<Box<dyn AnyTransformConfig>>,
     /// Port of the result-source HTTP API on 127.0.0.1. Default: none.
     pub http_api_port: Option<u16>,
     /// Which chain answers the client, shared by every core.
@@ -87,7 +89,7 @@ fn default_buffer_size() -> usize {
 
 impl TeeConfig {
     /// The parser registered for `Tee`: its chains are parsed like a source's.
-    pub fn parse(ctx: &ParseContext<'_>, path: &str, body: Value) -> Result<Box<dyn TransformConfig>, ConfigError> {
+    pub fn parse(ctx: &ParseContext<'_>, path: &str, body: Value) -> Result<Self, ConfigError> {
         let raw: RawTee = ctx.from_value(path, body)?;
         let behavior_path = ctx.join(path, "behavior");
         let behavior = match raw.behavior {
@@ -123,7 +125,7 @@ impl TeeConfig {
             return Err(ctx.error(path, "set http_api_port or its older name switch_port, not both"));
         }
         let chain = ctx.parse_chain(&ctx.join(path, "chain"), raw.chain)?;
-        Ok(Box::new(TeeConfig {
+        Ok(TeeConfig {
             behavior,
             timeout_micros: raw.timeout_micros,
             buffer_size: raw.buffer_size,
@@ -131,7 +133,7 @@ impl TeeConfig {
             http_api_port: raw.http_api_port.or(raw.switch_port),
             result_source: Arc::new(ResultSource::default()),
             api_started: OnceLock::new(),
-        }))
+        })
     }
 }
 
@@ -165,15 +167,9 @@ impl ResultSource {
 }
 
 impl TransformConfig for TeeConfig {
-    fn name(&self) -> &'static str {
-        "Tee"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
+    const NAME: &'static str = "Tee";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         if let Some(port) = self.http_api_port {
             // One API for all cores: the first core to build this Tee starts it.
@@ -370,10 +366,6 @@ fn same(a: &Message, b: &Message) -> bool {
 
 #[async_trait(?Send)]
 impl Transform for Tee {
-    fn name(&self) -> &'static str {
-        "Tee"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         if state.requests.is_empty() {
             return state.call_next_transform().await;

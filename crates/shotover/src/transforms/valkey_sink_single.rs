@@ -64,16 +64,10 @@ pub fn tls_server_name(address: &str) -> Result<rustls_pki_types::ServerName<'st
 }
 
 impl TransformConfig for ValkeySinkSingleConfig {
-    fn name(&self) -> &'static str {
-        "ValkeySinkSingle"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "ValkeySinkSingle";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
+    fn validate(&mut self) -> Result<()> {
         crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, None)?;
         self.resolve().map(|_| ())
     }
@@ -420,10 +414,6 @@ impl ValkeySinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for ValkeySinkSingle {
-    fn name(&self) -> &'static str {
-        "ValkeySinkSingle"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         if let Some(reason) = self.lost.take() {
             return Err(CloseConnection(reason).into());
