@@ -38,20 +38,8 @@ impl TransformConfig for CassandraPeersRewriteConfig {
         Ok(())
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(PeersRewriteBuilder { port: self.port }))
-    }
-}
-
-struct PeersRewriteBuilder {
-    port: u16,
-}
-
-impl TransformBuilder for PeersRewriteBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(CassandraPeersRewrite {
-            port: Bytes::from((i32::from(self.port)).to_be_bytes().to_vec()),
-            waiting: HashSet::new(),
-        })
+        let port = Bytes::from((i32::from(self.port)).to_be_bytes().to_vec());
+        Ok(Box::new(move || CassandraPeersRewrite { port: port.clone(), waiting: HashSet::new() }))
     }
 }
 

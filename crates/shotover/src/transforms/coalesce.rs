@@ -52,27 +52,9 @@ impl TransformConfig for CoalesceConfig {
         }
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(CoalesceBuilder {
-            count: self.flush_when_buffered_message_count,
-            interval: self.flush_when_millis_since_last_flush.map(Duration::from_millis),
-        }))
-    }
-}
-
-struct CoalesceBuilder {
-    count: Option<usize>,
-    interval: Option<Duration>,
-}
-
-impl TransformBuilder for CoalesceBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(Coalesce {
-            count: self.count,
-            interval: self.interval,
-            buffer: Vec::new(),
-            last_flush: Instant::now(),
-            timer: None,
-        })
+        let count = self.flush_when_buffered_message_count;
+        let interval = self.flush_when_millis_since_last_flush.map(Duration::from_millis);
+        Ok(Box::new(move || Coalesce { count, interval, buffer: Vec::new(), last_flush: Instant::now(), timer: None }))
     }
 }
 

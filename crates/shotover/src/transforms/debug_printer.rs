@@ -21,15 +21,7 @@ impl TransformConfig for DebugPrinterConfig {
     const TERMINATING: bool = false;
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(DebugPrinterBuilder))
-    }
-}
-
-struct DebugPrinterBuilder;
-
-impl TransformBuilder for DebugPrinterBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(DebugPrinter)
+        Ok(Box::new(|| DebugPrinter))
     }
 }
 

@@ -63,18 +63,11 @@ impl TransformConfig for DebugReturnerConfig {
         }
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl TransformBuilder for DebugReturnerConfig {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(DebugReturner {
-            reply: match self {
-                DebugReturnerConfig::Valkey(s) => Some(Bytes::from(s.clone())),
-                DebugReturnerConfig::Fail => None,
-            },
-        })
+        let reply = match self {
+            DebugReturnerConfig::Valkey(s) => Some(Bytes::from(s.clone())),
+            DebugReturnerConfig::Fail => None,
+        };
+        Ok(Box::new(move || DebugReturner { reply: reply.clone() }))
     }
 }
 

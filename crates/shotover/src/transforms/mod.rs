@@ -41,7 +41,7 @@ use crate::config::topology::TransformRegistry;
 pub fn registry() -> TransformRegistry {
     let mut r = TransformRegistry::new();
     r.register::<valkey_sink_single::ValkeySinkSingleConfig>()
-        .register::<null_sink::NullSinkConfig>()
+        .register::<null_sink::NullSink>()
         .register::<debug_returner::DebugReturnerConfig>()
         .register::<debug_printer::DebugPrinterConfig>()
         .register::<query_counter::QueryCounterConfig>()

@@ -77,26 +77,9 @@ impl TransformConfig for ParallelMapConfig {
     const TERMINATING: bool = true;
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(ParallelMapBuilder {
-            chain: ChainBuilder::new("parallel_map_chain", &self.chain, ctx)?,
-            parallelism: self.parallelism as usize,
-            ordered: self.ordered_results,
-        }))
-    }
-}
-
-struct ParallelMapBuilder {
-    chain: ChainBuilder,
-    parallelism: usize,
-    ordered: bool,
-}
-
-impl TransformBuilder for ParallelMapBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(ParallelMap {
-            chains: (0..self.parallelism).map(|_| self.chain.build()).collect(),
-            ordered: self.ordered,
-        })
+        let chain = ChainBuilder::new("parallel_map_chain", &self.chain, ctx)?;
+        let (parallelism, ordered) = (self.parallelism as usize, self.ordered_results);
+        Ok(Box::new(move || ParallelMap { chains: (0..parallelism).map(|_| chain.build()).collect(), ordered }))
     }
 }
 

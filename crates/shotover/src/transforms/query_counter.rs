@@ -34,23 +34,13 @@ impl TransformConfig for QueryCounterConfig {
     const TERMINATING: bool = false;
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(QueryCounterBuilder { name: self.name.clone(), counter: ctx.metrics.query_count.clone() }))
-    }
-}
-
-struct QueryCounterBuilder {
-    name: String,
-    counter: IntCounterVec,
-}
-
-impl TransformBuilder for QueryCounterBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(QueryCounter {
-            name: self.name.clone(),
-            counter: self.counter.clone(),
+        let (name, counter) = (self.name.clone(), ctx.metrics.query_count.clone());
+        Ok(Box::new(move || QueryCounter {
+            name: name.clone(),
+            counter: counter.clone(),
             cache: HashMap::new(),
             kafka: HashMap::new(),
-        })
+        }))
     }
 }
 

@@ -86,25 +86,16 @@ impl TransformConfig for QueryTypeFilterConfig {
     const TERMINATING: bool = false;
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(QueryTypeFilterBuilder { config: self.clone(), prepared: Rc::default() }))
-    }
-}
-
-struct QueryTypeFilterBuilder {
-    config: QueryTypeFilterConfig,
-    /// Shared by the core's connections: drivers prepare a statement on one connection and
-    /// execute it on any other.
-    prepared: Rc<RefCell<PreparedQueryTypes>>,
-}
-
-impl TransformBuilder for QueryTypeFilterBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(QueryTypeFilter {
-            config: self.config.clone(),
-            prepared: self.prepared.clone(),
+        let config = self.clone();
+        // Shared by the core's connections: drivers prepare a statement on one connection and
+        // execute it on any other.
+        let prepared: Rc<RefCell<PreparedQueryTypes>> = Rc::default();
+        Ok(Box::new(move || QueryTypeFilter {
+            config: config.clone(),
+            prepared: prepared.clone(),
             preparing: HashMap::new(),
             order: InOrder::default(),
-        })
+        }))
     }
 }
 

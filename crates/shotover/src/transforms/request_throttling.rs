@@ -60,25 +60,14 @@ impl TransformConfig for RequestThrottlingConfig {
             ctx.control.every_tick(Box::new(move |elapsed| ticked.rebalance(elapsed)));
             global
         });
-        Ok(Box::new(RequestThrottlingBuilder {
-            gcra: Rc::new(Gcra::new(global.join())),
-            throttled: ctx.metrics.throttled_requests.with_label_values(&[&ctx.chain_name]),
-        }))
-    }
-}
-
-struct RequestThrottlingBuilder {
-    gcra: Rc<Gcra>,
-    throttled: IntCounter,
-}
-
-impl TransformBuilder for RequestThrottlingBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(RequestThrottling {
-            gcra: self.gcra.clone(),
+        // This core's share of the limit, for all its connections.
+        let gcra = Rc::new(Gcra::new(global.join()));
+        let throttled = ctx.metrics.throttled_requests.with_label_values(&[&ctx.chain_name]);
+        Ok(Box::new(move || RequestThrottling {
+            gcra: gcra.clone(),
             order: InOrder::default(),
-            throttled: self.throttled.clone(),
-        })
+            throttled: throttled.clone(),
+        }))
     }
 }
 

@@ -179,19 +179,25 @@ impl TransformConfig for TeeConfig {
             Behavior::SubchainOnMismatch(chain) => Some(ChainBuilder::new("mismatch_chain", chain, ctx)?),
             _ => None,
         };
-        Ok(Box::new(TeeBuilder {
-            chain: ChainBuilder::new("tee_chain", &self.chain, ctx)?,
-            mismatch,
-            compare: match self.behavior {
-                Behavior::Ignore => Compare::Ignore,
-                Behavior::FailOnMismatch => Compare::Fail,
-                Behavior::LogWarningOnMismatch => Compare::LogWarning,
-                Behavior::SubchainOnMismatch(_) => Compare::Subchain,
-            },
-            timeout: self.timeout_micros.map(Duration::from_micros),
-            buffer_size: self.buffer_size,
-            result_source: self.result_source.clone(),
-            dropped: ctx.metrics.tee_dropped_messages.with_label_values(&["Tee"]),
+        let chain = ChainBuilder::new("tee_chain", &self.chain, ctx)?;
+        let compare = match self.behavior {
+            Behavior::Ignore => Compare::Ignore,
+            Behavior::FailOnMismatch => Compare::Fail,
+            Behavior::LogWarningOnMismatch => Compare::LogWarning,
+            Behavior::SubchainOnMismatch(_) => Compare::Subchain,
+        };
+        let (timeout, buffer_size) = (self.timeout_micros.map(Duration::from_micros), self.buffer_size);
+        let result_source = self.result_source.clone();
+        let dropped = ctx.metrics.tee_dropped_messages.with_label_values(&["Tee"]);
+        Ok(Box::new(move || Tee {
+            tee_chain: Some(chain.build()),
+            sender: None,
+            mismatch: mismatch.as_ref().map(ChainBuilder::build),
+            compare,
+            timeout,
+            buffer_size,
+            result_source: result_source.clone(),
+            dropped: dropped.clone(),
         }))
     }
 }
@@ -252,31 +258,6 @@ enum Compare {
     Fail,
     LogWarning,
     Subchain,
-}
-
-struct TeeBuilder {
-    chain: ChainBuilder,
-    mismatch: Option<ChainBuilder>,
-    compare: Compare,
-    timeout: Option<Duration>,
-    buffer_size: usize,
-    result_source: Arc<ResultSource>,
-    dropped: IntCounter,
-}
-
-impl TransformBuilder for TeeBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(Tee {
-            tee_chain: Some(self.chain.build()),
-            sender: None,
-            mismatch: self.mismatch.as_ref().map(ChainBuilder::build),
-            compare: self.compare,
-            timeout: self.timeout,
-            buffer_size: self.buffer_size,
-            result_source: self.result_source.clone(),
-            dropped: self.dropped.clone(),
-        })
-    }
 }
 
 /// A batch for the sub-chain, and where to send its responses when someone waits for them.

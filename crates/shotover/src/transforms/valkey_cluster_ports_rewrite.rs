@@ -31,13 +31,8 @@ impl TransformConfig for ValkeyClusterPortsRewriteConfig {
     const TERMINATING: bool = false;
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl TransformBuilder for ValkeyClusterPortsRewriteConfig {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(ValkeyClusterPortsRewrite { new_port: self.new_port })
+        let new_port = self.new_port;
+        Ok(Box::new(move || ValkeyClusterPortsRewrite { new_port }))
     }
 }
 
