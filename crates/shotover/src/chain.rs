@@ -124,6 +124,34 @@ impl<C: TransformConfig> AnyTransformConfig for C {
     }
 }
 
+/// What [`TransformConfig::validate`] resolved once, for every core's
+/// [`TransformConfig::build`]: a `#[serde(skip)]` field of the configuration.
+pub struct Resolved<T>(Option<T>);
+
+impl<T> Resolved<T> {
+    /// Keeps what `validate` resolved.
+    pub fn set(&mut self, value: T) {
+        self.0 = Some(value);
+    }
+
+    /// What `validate` resolved; an error if it has not run.
+    pub fn get(&self) -> Result<&T> {
+        self.0.as_ref().ok_or_else(|| anyhow::anyhow!("the configuration was not validated before it was built"))
+    }
+}
+
+impl<T> Default for Resolved<T> {
+    fn default() -> Self {
+        Resolved(None)
+    }
+}
+
+impl<T> Debug for Resolved<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Resolved" } else { "Unresolved" })
+    }
+}
+
 /// What a transform is built with on a worker core.
 #[derive(Clone)]
 pub struct BuildContext {
@@ -174,7 +202,7 @@ pub trait Transform {
 
 /// What a transform's file needs: `use shotover::chain::prelude::*;`.
 pub mod prelude {
-    pub use super::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+    pub use super::{BuildContext, ChainState, Resolved, Transform, TransformBuilder, TransformConfig};
     pub use crate::message::{Message, Protocol};
     pub use anyhow::Result;
     pub use async_trait::async_trait;

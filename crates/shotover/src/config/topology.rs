@@ -491,6 +491,14 @@ sources:
     }
 
     #[test]
+    fn an_unresolvable_upstream_is_an_error_at_load() {
+        let text = "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.1:1\"\n      chain:\n        - ValkeySinkSingle:\n            remote_address: \"nowhere\"\n";
+        let err = load(text).unwrap_err();
+        assert_eq!(err.path, "sources[0].Valkey.chain[0].ValkeySinkSingle");
+        assert!(err.reason.starts_with("remote_address \"nowhere\" is not a reachable host:port: "), "{}", err.reason);
+    }
+
+    #[test]
     fn missing_file_names_the_file() {
         let err = Topology::load(Path::new("/nonexistent/topology.yaml"), &registry()).unwrap_err();
         assert_eq!(err.file, "/nonexistent/topology.yaml");
