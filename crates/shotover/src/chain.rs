@@ -7,11 +7,53 @@
 //! source ◀─responses── T1 returns  ◀────────────────────────  T2 … ◀── sink returns
 //! ```
 //!
-//! - A [`TransformConfig`] is the parsed YAML of one transform. It is shared by all cores.
-//! - [`TransformConfig::build`] runs once per worker core and returns a
-//!   [`TransformBuilder`], which owns what the core shares between connections.
-//! - [`TransformBuilder::build`] runs once per client connection and returns the
-//!   [`Transform`] that serves it. Nothing here is `Send`: a transform lives on one core.
+//! - A [`TransformConfig`] is the parsed YAML of one transform, and declares it: its
+//!   [`NAME`](TransformConfig::NAME) in topology.yaml, whether it is
+//!   [`TERMINATING`](TransformConfig::TERMINATING), and its [`PROTOCOLS`](TransformConfig::PROTOCOLS).
+//!   The registry registers it by type: `registry.register::<MyConfig>()`.
+//! - [`TransformConfig::validate`] runs once at load, before any core starts: it checks the
+//!   fields and keeps what it resolves (addresses, TLS connectors; see [`Resolved`] and
+//!   [`crate::sinks::settings`]). The configuration is then shared by all cores.
+//! - [`TransformConfig::build`] runs once per worker core and returns a [`TransformBuilder`]:
+//!   a closure that owns what the core shares between connections.
+//! - The closure runs once per client connection and returns the [`Transform`] that serves
+//!   it. Nothing here is `Send`: a transform lives on one core.
+//!
+//! A whole transform (`use shotover::chain::prelude::*` brings what it needs):
+//!
+//! ```
+//! use shotover::chain::prelude::*;
+//!
+//! #[derive(Debug, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct CountConfig {}
+//!
+//! impl TransformConfig for CountConfig {
+//!     const NAME: &'static str = "Count";
+//!     const TERMINATING: bool = false;
+//!     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
+//!     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+//!         // Shared by the core's connections.
+//!         let total = std::rc::Rc::new(std::cell::Cell::new(0u64));
+//!         Ok(Box::new(move || Count { total: total.clone() }))
+//!     }
+//! }
+//!
+//! pub struct Count {
+//!     total: std::rc::Rc<std::cell::Cell<u64>>,
+//! }
+//!
+//! #[async_trait(?Send)]
+//! impl Transform for Count {
+//!     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+//!         self.total.set(self.total.get() + state.requests.len() as u64);
+//!         state.call_next_transform().await
+//!     }
+//! }
+//!
+//! let mut registry = shotover::transforms::registry();
+//! registry.register::<CountConfig>();
+//! ```
 //! - [`Transform::transform`] gets the batch in [`ChainState::requests`], may change it,
 //!   calls [`ChainState::call_next_transform`] (unless it terminates the chain) and returns
 //!   responses, then any unsolicited messages:

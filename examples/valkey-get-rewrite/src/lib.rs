@@ -6,15 +6,12 @@
 //!     result: "Rewritten value"
 //! ```
 
-use anyhow::Result;
-use async_trait::async_trait;
-use serde::Deserialize;
-use shotover::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
-use shotover::message::{Frame, Message, Protocol};
+use shotover::chain::prelude::*;
+use shotover::message::Frame;
 use shotover::protocols::valkey::frame::bulk;
 
 /// The YAML of the transform.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValkeyGetRewriteConfig {
     /// The value every GET returns instead of the stored one.
@@ -25,14 +22,10 @@ impl TransformConfig for ValkeyGetRewriteConfig {
     const NAME: &'static str = "ValkeyGetRewrite";
     const TERMINATING: bool = false;
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
+    /// Once per core; the closure makes the transform of each client connection.
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl TransformBuilder for ValkeyGetRewriteConfig {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(ValkeyGetRewrite { result: self.result.clone() })
+        let result = self.result.clone();
+        Ok(Box::new(move || ValkeyGetRewrite { result: result.clone() }))
     }
 }
 
