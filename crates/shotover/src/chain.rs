@@ -7,11 +7,53 @@
 //! source ◀─responses── T1 returns  ◀────────────────────────  T2 … ◀── sink returns
 //! ```
 //!
-//! - A [`TransformConfig`] is the parsed YAML of one transform. It is shared by all cores.
-//! - [`TransformConfig::build`] runs once per worker core and returns a
-//!   [`TransformBuilder`], which owns what the core shares between connections.
-//! - [`TransformBuilder::build`] runs once per client connection and returns the
-//!   [`Transform`] that serves it. Nothing here is `Send`: a transform lives on one core.
+//! - A [`TransformConfig`] is the parsed YAML of one transform, and declares it: its
+//!   [`NAME`](TransformConfig::NAME) in topology.yaml, whether it is
+//!   [`TERMINATING`](TransformConfig::TERMINATING), and its [`PROTOCOLS`](TransformConfig::PROTOCOLS).
+//!   The registry registers it by type: `registry.register::<MyConfig>()`.
+//! - [`TransformConfig::validate`] runs once at load, before any core starts: it checks the
+//!   fields and keeps what it resolves (addresses, TLS connectors; see [`Resolved`] and
+//!   [`crate::sinks::settings`]). The configuration is then shared by all cores.
+//! - [`TransformConfig::build`] runs once per worker core and returns a [`TransformBuilder`]:
+//!   a closure that owns what the core shares between connections.
+//! - The closure runs once per client connection and returns the [`Transform`] that serves
+//!   it. Nothing here is `Send`: a transform lives on one core.
+//!
+//! A whole transform (`use shotover::chain::prelude::*` brings what it needs):
+//!
+//! ```
+//! use shotover::chain::prelude::*;
+//!
+//! #[derive(Debug, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct CountConfig {}
+//!
+//! impl TransformConfig for CountConfig {
+//!     const NAME: &'static str = "Count";
+//!     const TERMINATING: bool = false;
+//!     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
+//!     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+//!         // Shared by the core's connections.
+//!         let total = std::rc::Rc::new(std::cell::Cell::new(0u64));
+//!         Ok(Box::new(move || Count { total: total.clone() }))
+//!     }
+//! }
+//!
+//! pub struct Count {
+//!     total: std::rc::Rc<std::cell::Cell<u64>>,
+//! }
+//!
+//! #[async_trait(?Send)]
+//! impl Transform for Count {
+//!     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+//!         self.total.set(self.total.get() + state.requests.len() as u64);
+//!         state.call_next_transform().await
+//!     }
+//! }
+//!
+//! let mut registry = shotover::transforms::registry();
+//! registry.register::<CountConfig>();
+//! ```
 //! - [`Transform::transform`] gets the batch in [`ChainState::requests`], may change it,
 //!   calls [`ChainState::call_next_transform`] (unless it terminates the chain) and returns
 //!   responses, then any unsolicited messages:
@@ -44,20 +86,112 @@ use std::time::Instant;
 
 pub use shotover_executor::ControlHandle;
 
-/// One transform's parsed configuration.
-pub trait TransformConfig: Debug + Send + Sync {
-    /// The name used in topology.yaml.
-    fn name(&self) -> &'static str;
-    /// True for transforms that answer requests themselves (sinks, NullSink, DebugReturner).
-    fn is_terminating(&self) -> bool;
+/// A transform, declared once: its name, whether it ends a chain, the protocols it serves,
+/// and how it is built. Implemented by the transform's configuration, the struct its YAML
+/// body deserializes into:
+///
+/// ```ignore
+/// impl TransformConfig for NullSinkConfig {
+///     const NAME: &'static str = "NullSink";
+///     const TERMINATING: bool = true;
+///     const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra];
+///     fn build(&self, _: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+///         Ok(Box::new(|| NullSink))
+///     }
+/// }
+/// ```
+///
+/// Register it with [`TransformRegistry::register`](crate::config::topology::TransformRegistry::register).
+/// Chains hold configurations as [`AnyTransformConfig`], which every `TransformConfig` is.
+pub trait TransformConfig: Debug + Send + Sync + 'static {
+    /// The name used in topology.yaml, in metric labels and in errors.
+    const NAME: &'static str;
+    /// True for transforms that answer requests themselves (sinks, NullSink, DebugReturner):
+    /// such a transform must be the last of its chain.
+    const TERMINATING: bool;
     /// The source protocols this transform can serve.
-    fn protocols(&self) -> &'static [Protocol];
-    /// Checks the configuration beyond what parsing checks; errors name the field.
-    fn validate(&self) -> Result<()> {
+    const PROTOCOLS: &'static [Protocol];
+
+    /// The protocols this configuration serves: [`Self::PROTOCOLS`], unless they depend on
+    /// the fields (DebugReturner).
+    fn protocols(&self) -> &'static [Protocol] {
+        Self::PROTOCOLS
+    }
+
+    /// Runs once when the topology is loaded, before any core starts: checks the fields
+    /// beyond what parsing checks, and resolves what every core's [`build`](Self::build)
+    /// uses (addresses, TLS connectors, durations), keeping it in the configuration. An
+    /// error becomes a startup error at the transform's YAML path; name the field in it.
+    fn validate(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Creates the per-core builder.
+
+    /// Runs once per worker core and returns what makes the transform of each client
+    /// connection: usually a closure, `Ok(Box::new(move || MyTransform { .. }))`, that owns
+    /// what the core's connections share (metrics handles, rate limiters, connection pools,
+    /// an `Rc` of settings). Nothing here may block: no DNS or file I/O.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>>;
+}
+
+/// A parsed transform of a chain: the object-safe face of [`TransformConfig`], implemented
+/// for every `TransformConfig`.
+pub trait AnyTransformConfig: Debug + Send + Sync {
+    /// [`TransformConfig::NAME`].
+    fn name(&self) -> &'static str;
+    /// [`TransformConfig::TERMINATING`].
+    fn is_terminating(&self) -> bool;
+    /// [`TransformConfig::protocols`].
+    fn protocols(&self) -> &'static [Protocol];
+    /// [`TransformConfig::validate`].
+    fn validate(&mut self) -> Result<()>;
+    /// [`TransformConfig::build`].
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>>;
+}
+
+impl<C: TransformConfig> AnyTransformConfig for C {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+    fn is_terminating(&self) -> bool {
+        C::TERMINATING
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        TransformConfig::protocols(self)
+    }
+    fn validate(&mut self) -> Result<()> {
+        TransformConfig::validate(self)
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        TransformConfig::build(self, ctx)
+    }
+}
+
+/// What [`TransformConfig::validate`] resolved once, for every core's
+/// [`TransformConfig::build`]: a `#[serde(skip)]` field of the configuration.
+pub struct Resolved<T>(Option<T>);
+
+impl<T> Resolved<T> {
+    /// Keeps what `validate` resolved.
+    pub fn set(&mut self, value: T) {
+        self.0 = Some(value);
+    }
+
+    /// What `validate` resolved; an error if it has not run.
+    pub fn get(&self) -> Result<&T> {
+        self.0.as_ref().ok_or_else(|| anyhow::anyhow!("the configuration was not validated before it was built"))
+    }
+}
+
+impl<T> Default for Resolved<T> {
+    fn default() -> Self {
+        Resolved(None)
+    }
+}
+
+impl<T> Debug for Resolved<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Resolved" } else { "Unresolved" })
+    }
 }
 
 /// What a transform is built with on a worker core.
@@ -79,17 +213,25 @@ impl BuildContext {
     }
 }
 
-/// Builds the transform for each connection on one core.
+/// Makes the transform of each client connection on one core. Any closure returning a
+/// [`Transform`] is one.
 pub trait TransformBuilder {
     fn build(&self) -> Box<dyn Transform>;
+}
+
+impl<F, T> TransformBuilder for F
+where
+    F: Fn() -> T,
+    T: Transform + 'static,
+{
+    fn build(&self) -> Box<dyn Transform> {
+        Box::new(self())
+    }
 }
 
 /// A transform serving one client connection.
 #[async_trait(?Send)]
 pub trait Transform {
-    /// The name used in topology.yaml, for metrics and logs.
-    fn name(&self) -> &'static str;
-
     /// Handles one batch: see the module documentation for the contract.
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>>;
 
@@ -98,6 +240,15 @@ pub trait Transform {
     fn poll_pushed(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
         Poll::Pending
     }
+}
+
+/// What a transform's file needs: `use shotover::chain::prelude::*;`.
+pub mod prelude {
+    pub use super::{BuildContext, ChainState, Resolved, Transform, TransformBuilder, TransformConfig};
+    pub use crate::message::{Message, Protocol};
+    pub use anyhow::Result;
+    pub use async_trait::async_trait;
+    pub use serde::Deserialize;
 }
 
 /// An error that ends the client connection after its responses are written, for state the
@@ -152,7 +303,7 @@ pub struct ChainBuilder {
 
 impl ChainBuilder {
     /// Builds chain `name` on this core; `base` gives the core's metrics and control handle.
-    pub fn new(name: &str, configs: &[Box<dyn TransformConfig>], base: &BuildContext) -> Result<Self> {
+    pub fn new(name: &str, configs: &[Box<dyn AnyTransformConfig>], base: &BuildContext) -> Result<Self> {
         let ctx = BuildContext { chain_name: name.to_string(), ..base.clone() };
         let builders = configs.iter().map(|c| Ok((c.name(), c.build(&ctx)?))).collect::<Result<_>>()?;
         Ok(ChainBuilder { name: name.into(), builders, metrics: base.metrics.clone() })

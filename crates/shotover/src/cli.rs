@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! let mut registry = shotover::transforms::registry();
-//! // shotover::import_transform!(registry, my_crate::MyTransformConfig, "MyTransform");
+//! // registry.register::<my_crate::MyTransformConfig>();
 //! shotover::cli::run_main(registry);
 //! ```
 
@@ -70,11 +70,12 @@ pub fn run_main(registry: TransformRegistry) -> ! {
     std::process::exit(run(options, registry));
 }
 
-/// Registers a custom transform: `import_transform!(registry, MyConfig, "MyTransform")`
-/// makes `- MyTransform: {...}` in topology.yaml deserialize into `MyConfig`.
+/// Registers a custom transform: `import_transform!(registry, MyConfig)` makes
+/// `- <MyConfig::NAME>: {...}` in topology.yaml deserialize into `MyConfig`. The same as
+/// `registry.register::<MyConfig>()`.
 #[macro_export]
 macro_rules! import_transform {
-    ($registry:expr, $config:ty, $name:literal) => {
-        $registry.register::<$config>($name)
+    ($registry:expr, $config:ty) => {
+        $registry.register::<$config>()
     };
 }

@@ -2,8 +2,9 @@
 //!
 //! Layout:
 //! - [`message`]: [`message::Message`]: raw bytes, a lazily parsed frame, ids, the modified flag.
-//! - [`chain`]: the transform API ([`chain::Transform`], [`chain::TransformConfig`]) and the
-//!   chain that runs it.
+//! - [`chain`]: the transform API ([`chain::TransformConfig`], [`chain::Transform`],
+//!   [`chain::ChainState`], and [`chain::prelude`] for a transform's imports) and the chain
+//!   that runs it.
 //! - [`config`]: config.yaml and topology.yaml, parsed then validated with YAML paths.
 //! - [`sources`]: accept loops, the connection loop, and each protocol's source codec.
 //! - [`sinks`]: upstream connections used by sink transforms.

@@ -6,15 +6,12 @@
 //!     result: "Rewritten value"
 //! ```
 
-use anyhow::Result;
-use async_trait::async_trait;
-use serde::Deserialize;
-use shotover::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
-use shotover::message::{Frame, Message, Protocol};
+use shotover::chain::prelude::*;
+use shotover::message::Frame;
 use shotover::protocols::valkey::frame::bulk;
 
 /// The YAML of the transform.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValkeyGetRewriteConfig {
     /// The value every GET returns instead of the stored one.
@@ -22,23 +19,13 @@ pub struct ValkeyGetRewriteConfig {
 }
 
 impl TransformConfig for ValkeyGetRewriteConfig {
-    fn name(&self) -> &'static str {
-        "ValkeyGetRewrite"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
-    }
+    const NAME: &'static str = "ValkeyGetRewrite";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
+    /// Once per core; the closure makes the transform of each client connection.
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl TransformBuilder for ValkeyGetRewriteConfig {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(ValkeyGetRewrite { result: self.result.clone() })
+        let result = self.result.clone();
+        Ok(Box::new(move || ValkeyGetRewrite { result: result.clone() }))
     }
 }
 
@@ -48,10 +35,6 @@ pub struct ValkeyGetRewrite {
 
 #[async_trait(?Send)]
 impl Transform for ValkeyGetRewrite {
-    fn name(&self) -> &'static str {
-        "ValkeyGetRewrite"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         // Which requests are GETs, read from the raw bytes without parsing them.
         let gets: Vec<bool> = state.requests.iter().map(|r| r.valkey_request().is_some_and(|v| v.is("GET"))).collect();

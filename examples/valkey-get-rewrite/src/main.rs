@@ -2,6 +2,6 @@
 
 fn main() {
     let mut registry = shotover::transforms::registry();
-    shotover::import_transform!(registry, valkey_get_rewrite::ValkeyGetRewriteConfig, "ValkeyGetRewrite");
+    registry.register::<valkey_get_rewrite::ValkeyGetRewriteConfig>();
     shotover::cli::run_main(registry);
 }

@@ -16,7 +16,7 @@
 //! transform's name to its parser, so that custom builds can add their own transforms.
 
 use super::{from_value, join_path, read_yaml, ConfigError};
-use crate::chain::TransformConfig;
+use crate::chain::{AnyTransformConfig, TransformConfig};
 use crate::message::Protocol;
 use crate::tls::TlsAcceptorConfig;
 use serde::de::DeserializeOwned;
@@ -24,9 +24,11 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Parses one transform's YAML body found at `path`.
-pub type TransformParser = fn(&ParseContext<'_>, &str, Value) -> Result<Box<dyn TransformConfig>, ConfigError>;
+type TransformParser =
+    Arc<dyn Fn(&ParseContext<'_>, &str, Value) -> Result<Box<dyn AnyTransformConfig>, ConfigError> + Send + Sync>;
 
 /// What a transform's parser may use: the file name for errors, and the registry and
 /// protocol for the sub-chains of transforms such as Tee and ParallelMap.
@@ -38,7 +40,7 @@ pub struct ParseContext<'a> {
 
 impl ParseContext<'_> {
     /// Parses a sub-chain at `path`, with the same rules as a source's chain.
-    pub fn parse_chain(&self, path: &str, value: Value) -> Result<Vec<Box<dyn TransformConfig>>, ConfigError> {
+    pub fn parse_chain(&self, path: &str, value: Value) -> Result<Vec<Box<dyn AnyTransformConfig>>, ConfigError> {
         self.registry.parse_chain(self.file, path, value, self.protocol)
     }
 
@@ -75,28 +77,29 @@ impl TransformRegistry {
         Self::default()
     }
 
-    /// Adds transform `name`, whose body deserializes into `C`.
-    pub fn register<C: TransformConfig + DeserializeOwned + 'static>(&mut self, name: &'static str) -> &mut Self {
-        fn parse<C: TransformConfig + DeserializeOwned + 'static>(
-            ctx: &ParseContext<'_>,
-            path: &str,
-            body: Value,
-        ) -> Result<Box<dyn TransformConfig>, ConfigError> {
-            Ok(Box::new(ctx.from_value::<C>(path, body)?))
-        }
-        self.register_parser(name, parse::<C>)
+    /// Adds transform `C` under its [`TransformConfig::NAME`]; its YAML body deserializes
+    /// into `C`. A transform registered under the same name before is replaced.
+    pub fn register<C: TransformConfig + DeserializeOwned>(&mut self) -> &mut Self {
+        self.register_parser(|ctx: &ParseContext<'_>, path: &str, body: Value| ctx.from_value::<C>(path, body))
     }
 
-    /// Adds transform `name` with a parser of its own, for transforms whose body holds a
+    /// Adds transform `C` with a parser of its own, for transforms whose body holds a
     /// sub-chain (see [`ParseContext::parse_chain`]).
-    pub fn register_parser(&mut self, name: &'static str, parser: TransformParser) -> &mut Self {
-        self.entries.retain(|(n, _)| *n != name);
-        self.entries.push((name, parser));
+    pub fn register_parser<C, P>(&mut self, parser: P) -> &mut Self
+    where
+        C: TransformConfig,
+        P: Fn(&ParseContext<'_>, &str, Value) -> Result<C, ConfigError> + Send + Sync + 'static,
+    {
+        self.entries.retain(|(n, _)| *n != C::NAME);
+        let parser: TransformParser = Arc::new(move |ctx: &ParseContext<'_>, path: &str, body: Value| {
+            Ok(Box::new(parser(ctx, path, body)?) as Box<dyn AnyTransformConfig>)
+        });
+        self.entries.push((C::NAME, parser));
         self
     }
 
-    fn get(&self, name: &str) -> Option<TransformParser> {
-        self.entries.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+    fn get(&self, name: &str) -> Option<&TransformParser> {
+        self.entries.iter().find(|(n, _)| *n == name).map(|(_, p)| p)
     }
 
     fn names(&self) -> Vec<&'static str> {
@@ -112,12 +115,12 @@ impl TransformRegistry {
         path: &str,
         value: Value,
         protocol: Protocol,
-    ) -> Result<Vec<Box<dyn TransformConfig>>, ConfigError> {
+    ) -> Result<Vec<Box<dyn AnyTransformConfig>>, ConfigError> {
         let err = |path: String, reason: String| ConfigError { file: file.into(), path, reason };
         let Value::Sequence(items) = value else {
             return Err(err(path.into(), "a chain must be a list of transforms".into()));
         };
-        let mut chain: Vec<Box<dyn TransformConfig>> = Vec::with_capacity(items.len());
+        let mut chain: Vec<Box<dyn AnyTransformConfig>> = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             let item_path = format!("{path}[{i}]");
             // `- NullSink` and `- NullSink: {...}` are both accepted.
@@ -143,7 +146,7 @@ impl TransformRegistry {
             };
             let transform_path = join_path(&item_path, &name);
             let ctx = ParseContext { file, registry: self, protocol };
-            let transform = parse(&ctx, &transform_path, body)?;
+            let mut transform = parse(&ctx, &transform_path, body)?;
             if !transform.protocols().contains(&protocol) {
                 return Err(err(item_path, format!("{name} cannot be used in a {protocol} chain")));
             }
@@ -229,7 +232,7 @@ pub struct SourceConfig {
     /// Cassandra only: TCP or WebSocket. Default TCP.
     pub transport: Transport,
     /// The transforms, first to last.
-    pub chain: Vec<Box<dyn TransformConfig>>,
+    pub chain: Vec<Box<dyn AnyTransformConfig>>,
 }
 
 /// The older name of [`SourceConfig`], from when every source was a Valkey source.
@@ -457,15 +460,9 @@ sources:
     struct CassandraOnly {}
 
     impl TransformConfig for CassandraOnly {
-        fn name(&self) -> &'static str {
-            "CassandraOnly"
-        }
-        fn is_terminating(&self) -> bool {
-            true
-        }
-        fn protocols(&self) -> &'static [Protocol] {
-            &[Protocol::Cassandra]
-        }
+        const NAME: &'static str = "CassandraOnly";
+        const TERMINATING: bool = true;
+        const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
         fn build(&self, _: &BuildContext) -> anyhow::Result<Box<dyn TransformBuilder>> {
             anyhow::bail!("not for tests")
         }
@@ -474,7 +471,7 @@ sources:
     #[test]
     fn wrong_protocol_transform_is_an_error() {
         let mut r = registry();
-        r.register::<CassandraOnly>("CassandraOnly");
+        r.register::<CassandraOnly>();
         let text = "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.1:1\"\n      chain:\n        - CassandraOnly\n";
         let err = Topology::from_str("t.yaml", text, &r).unwrap_err();
         assert_eq!(err.path, "sources[0].Valkey.chain[0]");
@@ -491,6 +488,14 @@ sources:
         let err = load(text).unwrap_err();
         assert_eq!(err.path, "sources[0].Valkey.chain[0].ValkeySinkSingle.connect_timeout_ms");
         assert!(err.reason.contains("invalid type"), "{}", err.reason);
+    }
+
+    #[test]
+    fn an_unresolvable_upstream_is_an_error_at_load() {
+        let text = "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.1:1\"\n      chain:\n        - ValkeySinkSingle:\n            remote_address: \"nowhere\"\n";
+        let err = load(text).unwrap_err();
+        assert_eq!(err.path, "sources[0].Valkey.chain[0].ValkeySinkSingle");
+        assert!(err.reason.starts_with("remote_address \"nowhere\" is not a reachable host:port: "), "{}", err.reason);
     }
 
     #[test]

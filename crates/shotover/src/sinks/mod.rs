@@ -4,17 +4,21 @@
 //! - [`valkey_cluster`]: slot maps of a Valkey Cluster.
 //! - [`cassandra`]: one connection to a Cassandra node that reads whole CQL frames.
 //! - [`kafka`]: one connection to a Kafka broker that reads whole messages.
+//! - [`settings`]: the connection settings every sink shares, resolved once at load.
 
 pub mod cassandra;
 pub mod kafka;
+pub mod settings;
 pub mod valkey;
 pub mod valkey_cluster;
 pub mod valkey_mux;
 
+pub use settings::{
+    default_connect_timeout_ms, resolve_address, tls_server_name, validate_connection, ConnectSettings, Upstream,
+};
+
 use crate::rt::TcpStream;
 use crate::stream::Stream;
-use crate::tls::TlsConnectorConfig;
-use anyhow::{anyhow, Context as _};
 use futures_rustls::TlsConnector;
 use rustls_pki_types::ServerName;
 use std::io;
@@ -46,27 +50,4 @@ pub async fn connect_stream(addr: SocketAddr, timeout: Duration, tls: Option<&Up
             Stream::TlsClient(Box::new(tls_stream))
         }
     })
-}
-
-/// `connect_timeout_ms` when a sink's YAML leaves it out.
-pub fn default_connect_timeout_ms() -> u64 {
-    3000
-}
-
-/// The checks every sink's connection settings share; errors name the YAML field.
-pub fn validate_connection(
-    tls: Option<&TlsConnectorConfig>,
-    connect_timeout_ms: u64,
-    read_timeout: Option<u64>,
-) -> anyhow::Result<()> {
-    if let Some(tls) = tls {
-        tls.build().context("tls")?;
-    }
-    if connect_timeout_ms == 0 {
-        return Err(anyhow!("connect_timeout_ms: must be at least 1"));
-    }
-    if read_timeout == Some(0) {
-        return Err(anyhow!("read_timeout: must be at least 1 second; leave it out for no limit"));
-    }
-    Ok(())
 }

@@ -28,36 +28,18 @@ pub struct CassandraPeersRewriteConfig {
 }
 
 impl TransformConfig for CassandraPeersRewriteConfig {
-    fn name(&self) -> &'static str {
-        "CassandraPeersRewrite"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Cassandra]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "CassandraPeersRewrite";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
+    fn validate(&mut self) -> Result<()> {
         if self.port == 0 {
             bail!("port must be a port number, 1 to 65535");
         }
         Ok(())
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(PeersRewriteBuilder { port: self.port }))
-    }
-}
-
-struct PeersRewriteBuilder {
-    port: u16,
-}
-
-impl TransformBuilder for PeersRewriteBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(CassandraPeersRewrite {
-            port: Bytes::from((i32::from(self.port)).to_be_bytes().to_vec()),
-            waiting: HashSet::new(),
-        })
+        let port = Bytes::from((i32::from(self.port)).to_be_bytes().to_vec());
+        Ok(Box::new(move || CassandraPeersRewrite { port: port.clone(), waiting: HashSet::new() }))
     }
 }
 
@@ -116,10 +98,6 @@ impl CassandraPeersRewrite {
 
 #[async_trait(?Send)]
 impl Transform for CassandraPeersRewrite {
-    fn name(&self) -> &'static str {
-        "CassandraPeersRewrite"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         for request in &mut state.requests {
             self.note_request(request);

@@ -22,14 +22,13 @@
 //! - With `read_timeout`, a request unanswered for that many seconds closes the client
 //!   connection.
 
-use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, MessageId, Protocol, ProxyError};
 use crate::rt::Timer;
 use crate::sinks::cassandra::CassandraConnection;
-use crate::sinks::UpstreamTls;
+use crate::sinks::Upstream;
 use crate::tls::TlsConnectorConfig;
-use crate::transforms::valkey_sink_single::tls_server_name;
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::IntCounter;
@@ -41,10 +40,10 @@ use shotover_protocols::cassandra::result::ResultBody;
 use shotover_protocols::cassandra::{Compression, Consistency, Opcode};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,72 +60,34 @@ pub struct CassandraSinkSingleConfig {
     /// TLS to the node. Absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConnectorConfig>,
-}
-
-impl CassandraSinkSingleConfig {
-    fn resolve(&self) -> Result<SocketAddr> {
-        self.remote_address
-            .to_socket_addrs()
-            .with_context(|| format!("remote_address {:?} is not a reachable host:port", self.remote_address))?
-            .next()
-            .ok_or_else(|| anyhow!("remote_address {:?} resolves to no address", self.remote_address))
-    }
+    /// The fields above, resolved by `validate`.
+    #[serde(skip)]
+    upstream: Resolved<Upstream>,
 }
 
 impl TransformConfig for CassandraSinkSingleConfig {
-    fn name(&self) -> &'static str {
-        "CassandraSinkSingle"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Cassandra]
-    }
-    fn validate(&self) -> Result<()> {
-        crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
-        self.resolve().map(|_| ())
+    const NAME: &'static str = "CassandraSinkSingle";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
+    fn validate(&mut self) -> Result<()> {
+        let upstream =
+            Upstream::resolve(&self.remote_address, self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
+        self.upstream.set(upstream);
+        Ok(())
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        let tls = match &self.tls {
-            Some(tls) => {
-                Some(UpstreamTls { connector: tls.build()?, server_name: tls_server_name(&self.remote_address)? })
-            }
-            None => None,
-        };
-        Ok(Box::new(CassandraSinkSingleBuilder {
-            tls,
-            address: self.resolve()?,
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            read_timeout: self.read_timeout.map(Duration::from_secs),
-            failed_requests: ctx.metrics.failed_requests.with_label_values(&["CassandraSinkSingle", &ctx.chain_name]),
-        }))
-    }
-}
-
-struct CassandraSinkSingleBuilder {
-    tls: Option<UpstreamTls>,
-    address: SocketAddr,
-    connect_timeout: Duration,
-    read_timeout: Option<Duration>,
-    failed_requests: IntCounter,
-}
-
-impl TransformBuilder for CassandraSinkSingleBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(CassandraSinkSingle {
-            tls: self.tls.clone(),
-            address: self.address,
-            connect_timeout: self.connect_timeout,
-            read_timeout: self.read_timeout,
+        let upstream = Rc::new(self.upstream.get()?.clone());
+        let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
+        Ok(Box::new(move || CassandraSinkSingle {
+            upstream: upstream.clone(),
             connection: None,
             in_flight: HashMap::new(),
             session: Session::default(),
             ready: Vec::new(),
             frames: Vec::new(),
             timer: None,
-            failed_requests: self.failed_requests.clone(),
-        })
+            failed_requests: failed_requests.clone(),
+        }))
     }
 }
 
@@ -152,10 +113,7 @@ struct InFlight {
 }
 
 pub struct CassandraSinkSingle {
-    tls: Option<UpstreamTls>,
-    address: SocketAddr,
-    connect_timeout: Duration,
-    read_timeout: Option<Duration>,
+    upstream: Rc<Upstream>,
     connection: Option<CassandraConnection>,
     /// By stream id.
     in_flight: HashMap<i16, InFlight>,
@@ -242,7 +200,8 @@ impl CassandraSinkSingle {
 
     /// Opens a connection and replays the session on it.
     async fn connect(&mut self) -> std::io::Result<CassandraConnection> {
-        let mut conn = CassandraConnection::connect(self.address, self.connect_timeout, self.tls.as_ref()).await?;
+        let up = &self.upstream;
+        let mut conn = CassandraConnection::connect(up.address, up.connect_timeout, up.tls.as_ref()).await?;
         let Some(startup) = self.session.startup.clone() else { return Ok(conn) };
         let replay_err = |what: &str| std::io::Error::other(format!("replaying the session: {what}"));
         let mut frames = Vec::new();
@@ -285,10 +244,6 @@ impl CassandraSinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for CassandraSinkSingle {
-    fn name(&self) -> &'static str {
-        "CassandraSinkSingle"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         if self.timer_expired() {
             // The client connection closes and the source answers every request still
@@ -298,7 +253,7 @@ impl Transform for CassandraSinkSingle {
             self.in_flight.clear();
             return Err(CloseConnection(format!(
                 "no response from the Cassandra node within the read_timeout of {:?}",
-                self.read_timeout.unwrap_or_default()
+                self.upstream.read_timeout.unwrap_or_default()
             ))
             .into());
         }
@@ -308,10 +263,13 @@ impl Transform for CassandraSinkSingle {
                 match self.connect().await {
                     Ok(conn) => self.connection = Some(conn),
                     Err(e) => {
-                        tracing::warn!("cannot connect to the Cassandra node {}: {e}", self.address);
+                        tracing::warn!("cannot connect to the Cassandra node {}: {e}", self.upstream.address);
                         for request in &requests {
                             self.failed_requests.inc();
-                            let text = format!("shotover: cannot connect to the Cassandra node {}: {e}", self.address);
+                            let text = format!(
+                                "shotover: cannot connect to the Cassandra node {}: {e}",
+                                self.upstream.address
+                            );
                             self.ready.push(Message::error_to(request, ProxyError::Overloaded, &text));
                         }
                         return Ok(std::mem::take(&mut self.ready));
@@ -338,7 +296,7 @@ impl Transform for CassandraSinkSingle {
                 None => Err(std::io::Error::other("not connected")),
             };
             if let Err(e) = sent {
-                tracing::warn!("sending to the Cassandra node {} failed: {e}", self.address);
+                tracing::warn!("sending to the Cassandra node {} failed: {e}", self.upstream.address);
                 self.fail_in_flight(&e.to_string());
             }
         }
@@ -367,7 +325,7 @@ impl Transform for CassandraSinkSingle {
             }
             Poll::Ready(Err(e)) => {
                 if !self.in_flight.is_empty() {
-                    tracing::warn!("the connection to the Cassandra node {} failed: {e}", self.address);
+                    tracing::warn!("the connection to the Cassandra node {} failed: {e}", self.upstream.address);
                 }
                 self.fail_in_flight(&e.to_string());
                 return Poll::Ready(());
@@ -385,13 +343,13 @@ impl CassandraSinkSingle {
 
     fn timer_expired(&self) -> bool {
         // Without a read_timeout, skip the walk over the requests in flight.
-        let Some(limit) = self.read_timeout else { return false };
+        let Some(limit) = self.upstream.read_timeout else { return false };
         self.oldest_sent().is_some_and(|oldest| oldest.elapsed() >= limit)
     }
 
     /// Ready when the oldest request in flight has waited `read_timeout`.
     fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(limit) = self.read_timeout else { return Poll::Pending };
+        let Some(limit) = self.upstream.read_timeout else { return Poll::Pending };
         if self.timer.is_none() {
             // Armed for the oldest request in flight; answers arriving disarm it, so the walk
             // over the requests in flight happens once per answered batch, not per poll.

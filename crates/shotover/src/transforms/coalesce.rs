@@ -38,16 +38,10 @@ pub struct CoalesceConfig {
 }
 
 impl TransformConfig for CoalesceConfig {
-    fn name(&self) -> &'static str {
-        "Coalesce"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "Coalesce";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
+    fn validate(&mut self) -> Result<()> {
         match (self.flush_when_buffered_message_count, self.flush_when_millis_since_last_flush) {
             (None, None) => bail!(
                 "set flush_when_buffered_message_count, flush_when_millis_since_last_flush or both: without either Coalesce would never flush"
@@ -58,27 +52,9 @@ impl TransformConfig for CoalesceConfig {
         }
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(CoalesceBuilder {
-            count: self.flush_when_buffered_message_count,
-            interval: self.flush_when_millis_since_last_flush.map(Duration::from_millis),
-        }))
-    }
-}
-
-struct CoalesceBuilder {
-    count: Option<usize>,
-    interval: Option<Duration>,
-}
-
-impl TransformBuilder for CoalesceBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(Coalesce {
-            count: self.count,
-            interval: self.interval,
-            buffer: Vec::new(),
-            last_flush: Instant::now(),
-            timer: None,
-        })
+        let count = self.flush_when_buffered_message_count;
+        let interval = self.flush_when_millis_since_last_flush.map(Duration::from_millis);
+        Ok(Box::new(move || Coalesce { count, interval, buffer: Vec::new(), last_flush: Instant::now(), timer: None }))
     }
 }
 
@@ -100,10 +76,6 @@ impl Coalesce {
 
 #[async_trait(?Send)]
 impl Transform for Coalesce {
-    fn name(&self) -> &'static str {
-        "Coalesce"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         // An empty batch asks for everything held (and carries pushed messages up); so does
         // a batch that must be answered in full.

@@ -17,25 +17,11 @@ use shotover_protocols::kafka::ApiKey;
 pub struct DebugPrinterConfig {}
 
 impl TransformConfig for DebugPrinterConfig {
-    fn name(&self) -> &'static str {
-        "DebugPrinter"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
+    const NAME: &'static str = "DebugPrinter";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(DebugPrinterBuilder))
-    }
-}
-
-struct DebugPrinterBuilder;
-
-impl TransformBuilder for DebugPrinterBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(DebugPrinter)
+        Ok(Box::new(|| DebugPrinter))
     }
 }
 
@@ -69,10 +55,6 @@ fn describe(m: &mut Message, response: bool) -> String {
 
 #[async_trait(?Send)]
 impl Transform for DebugPrinter {
-    fn name(&self) -> &'static str {
-        "DebugPrinter"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         for request in &mut state.requests {
             tracing::info!("Request: {}", describe(request, false));

@@ -51,32 +51,23 @@ impl TryFrom<RawDebugReturner> for DebugReturnerConfig {
 }
 
 impl TransformConfig for DebugReturnerConfig {
-    fn name(&self) -> &'static str {
-        "DebugReturner"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
+    const NAME: &'static str = "DebugReturner";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
+    /// `Valkey: <text>` answers with a Valkey bulk string, so only Valkey chains may use it.
     fn protocols(&self) -> &'static [Protocol] {
         match self {
             DebugReturnerConfig::Valkey(_) => &[Protocol::Valkey],
             // A failed chain gets each protocol's own error answer from its source.
-            DebugReturnerConfig::Fail => &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka],
+            DebugReturnerConfig::Fail => Self::PROTOCOLS,
         }
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl TransformBuilder for DebugReturnerConfig {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(DebugReturner {
-            reply: match self {
-                DebugReturnerConfig::Valkey(s) => Some(Bytes::from(s.clone())),
-                DebugReturnerConfig::Fail => None,
-            },
-        })
+        let reply = match self {
+            DebugReturnerConfig::Valkey(s) => Some(Bytes::from(s.clone())),
+            DebugReturnerConfig::Fail => None,
+        };
+        Ok(Box::new(move || DebugReturner { reply: reply.clone() }))
     }
 }
 
@@ -86,10 +77,6 @@ pub struct DebugReturner {
 
 #[async_trait(?Send)]
 impl Transform for DebugReturner {
-    fn name(&self) -> &'static str {
-        "DebugReturner"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         let Some(reply) = &self.reply else {
             bail!("Intentional fail");

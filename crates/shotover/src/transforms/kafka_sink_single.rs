@@ -24,17 +24,18 @@
 //!   request connects again. With `read_timeout`, a response later than that many seconds
 //!   closes the client connection.
 
-use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, Protocol, ProxyError};
 use crate::rt::Timer;
 use crate::sinks::kafka::KafkaConnection;
-use crate::sinks::UpstreamTls;
+use crate::sinks::{ConnectSettings, Upstream};
 use crate::stream::ReadMode;
 use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use prometheus::IntCounter;
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 use shotover_protocols::kafka::header::request_ids;
 use shotover_protocols::kafka::rewrite::{names_brokers, rewrite_brokers};
@@ -43,8 +44,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,70 +62,42 @@ pub struct KafkaSinkSingleConfig {
     /// TLS to the broker. Absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConnectorConfig>,
+    /// `tls` and the timeouts, resolved by `validate`.
+    #[serde(skip)]
+    settings: Resolved<ConnectSettings>,
 }
 
 impl TransformConfig for KafkaSinkSingleConfig {
-    fn name(&self) -> &'static str {
-        "KafkaSinkSingle"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Kafka]
-    }
-    fn validate(&self) -> Result<()> {
-        crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
+    const NAME: &'static str = "KafkaSinkSingle";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Kafka];
+    fn validate(&mut self) -> Result<()> {
+        let settings = ConnectSettings::resolve(self.tls.as_ref(), self.connect_timeout_ms, self.read_timeout)?;
         if self.destination_port == 0 {
             return Err(anyhow!("destination_port: must be a port number, 1 to 65535"));
         }
+        self.settings.set(settings);
         Ok(())
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        // The broker is on the source's machine: its address depends on the source, not on
+        // this transform's YAML, and needs no lookup.
         let listen = ctx.listen_addr.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let ip = if listen.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { listen.ip() };
         let address = SocketAddr::new(ip, self.destination_port);
-        let tls = match &self.tls {
-            Some(tls) => {
-                Some(UpstreamTls { connector: tls.build()?, server_name: crate::tls::server_name(&ip.to_string())? })
-            }
-            None => None,
-        };
-        Ok(Box::new(KafkaSinkSingleBuilder {
-            tls,
-            address,
-            proxy_port: i32::from(listen.port()),
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            read_timeout: self.read_timeout.map(Duration::from_secs),
-            failed_requests: ctx.metrics.failed_requests.with_label_values(&["KafkaSinkSingle", &ctx.chain_name]),
-        }))
-    }
-}
-
-struct KafkaSinkSingleBuilder {
-    tls: Option<UpstreamTls>,
-    address: SocketAddr,
-    proxy_port: i32,
-    connect_timeout: Duration,
-    read_timeout: Option<Duration>,
-    failed_requests: IntCounter,
-}
-
-impl TransformBuilder for KafkaSinkSingleBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(KafkaSinkSingle {
-            tls: self.tls.clone(),
-            address: self.address,
-            proxy_port: self.proxy_port,
-            connect_timeout: self.connect_timeout,
-            read_timeout: self.read_timeout,
+        let upstream = Rc::new(self.settings.get()?.upstream(address, || Ok(ServerName::IpAddress(ip.into())))?);
+        let proxy_port = i32::from(listen.port());
+        let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
+        Ok(Box::new(move || KafkaSinkSingle {
+            upstream: upstream.clone(),
+            proxy_port,
             connection: None,
             write_buf: BytesMut::new(),
             in_flight: VecDeque::new(),
             ready: Vec::new(),
             timer: None,
-            failed_requests: self.failed_requests.clone(),
-        })
+            failed_requests: failed_requests.clone(),
+        }))
     }
 }
 
@@ -136,11 +110,8 @@ struct InFlight {
 }
 
 pub struct KafkaSinkSingle {
-    tls: Option<UpstreamTls>,
-    address: SocketAddr,
+    upstream: Rc<Upstream>,
     proxy_port: i32,
-    connect_timeout: Duration,
-    read_timeout: Option<Duration>,
     connection: Option<KafkaConnection>,
     write_buf: BytesMut,
     /// Oldest first: the broker answers in this order.
@@ -220,13 +191,13 @@ impl KafkaSinkSingle {
 
     fn lost(&mut self, reason: &str) {
         if !self.in_flight.is_empty() {
-            tracing::warn!("the connection to the Kafka broker {} failed: {reason}", self.address);
+            tracing::warn!("the connection to the Kafka broker {} failed: {reason}", self.upstream.address);
         }
         self.fail_in_flight(&format!("shotover: the Kafka broker connection failed: {reason}"));
     }
 
     fn timed_out(&self) -> bool {
-        match (self.read_timeout, self.in_flight.front()) {
+        match (self.upstream.read_timeout, self.in_flight.front()) {
             (Some(limit), Some(oldest)) => oldest.sent_at.elapsed() >= limit,
             _ => false,
         }
@@ -240,7 +211,7 @@ impl KafkaSinkSingle {
         self.in_flight.clear();
         CloseConnection(format!(
             "no response from the Kafka broker within the read_timeout of {:?}",
-            self.read_timeout.unwrap_or_default()
+            self.upstream.read_timeout.unwrap_or_default()
         ))
         .into()
     }
@@ -249,7 +220,7 @@ impl KafkaSinkSingle {
     async fn wait_for_all(&mut self) -> Result<()> {
         while !self.in_flight.is_empty() {
             let Some(conn) = self.connection.as_mut() else { return Ok(()) };
-            let next = match (self.read_timeout, self.in_flight.front()) {
+            let next = match (self.upstream.read_timeout, self.in_flight.front()) {
                 (Some(limit), Some(oldest)) => {
                     let left = limit.saturating_sub(oldest.sent_at.elapsed());
                     futures_lite::future::or(async { Some(conn.next().await) }, async {
@@ -276,19 +247,22 @@ impl KafkaSinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for KafkaSinkSingle {
-    fn name(&self) -> &'static str {
-        "KafkaSinkSingle"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         let requests = std::mem::take(&mut state.requests);
         if !requests.is_empty() {
             if self.connection.is_none() {
-                match KafkaConnection::connect(self.address, self.connect_timeout, self.tls.as_ref()).await {
+                match KafkaConnection::connect(
+                    self.upstream.address,
+                    self.upstream.connect_timeout,
+                    self.upstream.tls.as_ref(),
+                )
+                .await
+                {
                     Ok(conn) => self.connection = Some(conn),
                     Err(e) => {
-                        tracing::warn!("cannot connect to the Kafka broker {}: {e}", self.address);
-                        let text = format!("shotover: cannot connect to the Kafka broker {}: {e}", self.address);
+                        tracing::warn!("cannot connect to the Kafka broker {}: {e}", self.upstream.address);
+                        let text =
+                            format!("shotover: cannot connect to the Kafka broker {}: {e}", self.upstream.address);
                         let mut failed = self.fail(&requests, &text);
                         self.ready.append(&mut failed);
                         return Ok(std::mem::take(&mut self.ready));
@@ -317,7 +291,7 @@ impl Transform for KafkaSinkSingle {
                 None => Err(std::io::Error::other("not connected")),
             };
             if let Err(e) = written {
-                tracing::warn!("sending to the Kafka broker {} failed: {e}", self.address);
+                tracing::warn!("sending to the Kafka broker {} failed: {e}", self.upstream.address);
                 self.fail_in_flight(&format!("shotover: sending to the Kafka broker failed: {e}"));
             }
         }
@@ -353,7 +327,9 @@ impl Transform for KafkaSinkSingle {
             Poll::Pending => {}
         }
         // Ready at the read timeout of the oldest request: the next run fails the chain.
-        let (Some(limit), Some(oldest)) = (self.read_timeout, self.in_flight.front()) else { return Poll::Pending };
+        let (Some(limit), Some(oldest)) = (self.upstream.read_timeout, self.in_flight.front()) else {
+            return Poll::Pending;
+        };
         let sent_at = oldest.sent_at;
         let timer = self.timer.get_or_insert_with(|| Timer::new(limit.saturating_sub(sent_at.elapsed())));
         Pin::new(timer).poll(cx).map(|_| ())

@@ -37,23 +37,23 @@ pub mod valkey_sink_single;
 
 use crate::config::topology::TransformRegistry;
 
-/// Every built-in transform, by its topology.yaml name.
+/// Every built-in transform, each under its [`TransformConfig::NAME`](crate::chain::TransformConfig::NAME).
 pub fn registry() -> TransformRegistry {
     let mut r = TransformRegistry::new();
-    r.register::<valkey_sink_single::ValkeySinkSingleConfig>("ValkeySinkSingle")
-        .register::<null_sink::NullSinkConfig>("NullSink")
-        .register::<debug_returner::DebugReturnerConfig>("DebugReturner")
-        .register::<debug_printer::DebugPrinterConfig>("DebugPrinter")
-        .register::<query_counter::QueryCounterConfig>("QueryCounter")
-        .register::<query_type_filter::QueryTypeFilterConfig>("QueryTypeFilter")
-        .register::<valkey_cluster_ports_rewrite::ValkeyClusterPortsRewriteConfig>("ValkeyClusterPortsRewrite")
-        .register::<valkey_sink_cluster::ValkeySinkClusterConfig>("ValkeySinkCluster")
-        .register::<coalesce::CoalesceConfig>("Coalesce")
-        .register::<cassandra_sink_single::CassandraSinkSingleConfig>("CassandraSinkSingle")
-        .register::<cassandra_peers_rewrite::CassandraPeersRewriteConfig>("CassandraPeersRewrite")
-        .register::<kafka_sink_single::KafkaSinkSingleConfig>("KafkaSinkSingle")
-        .register::<request_throttling::RequestThrottlingConfig>("RequestThrottling")
-        .register_parser("Tee", tee::TeeConfig::parse)
-        .register_parser("ParallelMap", parallel_map::ParallelMapConfig::parse);
+    r.register::<valkey_sink_single::ValkeySinkSingleConfig>()
+        .register::<null_sink::NullSink>()
+        .register::<debug_returner::DebugReturnerConfig>()
+        .register::<debug_printer::DebugPrinterConfig>()
+        .register::<query_counter::QueryCounterConfig>()
+        .register::<query_type_filter::QueryTypeFilterConfig>()
+        .register::<valkey_cluster_ports_rewrite::ValkeyClusterPortsRewriteConfig>()
+        .register::<valkey_sink_cluster::ValkeySinkClusterConfig>()
+        .register::<coalesce::CoalesceConfig>()
+        .register::<cassandra_sink_single::CassandraSinkSingleConfig>()
+        .register::<cassandra_peers_rewrite::CassandraPeersRewriteConfig>()
+        .register::<kafka_sink_single::KafkaSinkSingleConfig>()
+        .register::<request_throttling::RequestThrottlingConfig>()
+        .register_parser(tee::TeeConfig::parse)
+        .register_parser(parallel_map::ParallelMapConfig::parse);
     r
 }

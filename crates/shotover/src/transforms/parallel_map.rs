@@ -14,7 +14,9 @@
 //! first. With `ordered_results` the responses come back in request order; without it they
 //! come back instance by instance, as each instance finishes. ParallelMap ends its chain.
 
-use crate::chain::{BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    AnyTransformConfig, BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig,
+};
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
 use crate::message::{Message, Protocol};
@@ -33,7 +35,7 @@ pub struct ParallelMapConfig {
     /// Return responses in request order. Default true.
     pub ordered_results: bool,
     /// The sub-chain; it must end with a terminating transform.
-    pub chain: Vec<Box<dyn crate::chain::TransformConfig>>,
+    pub chain: Vec<Box<dyn AnyTransformConfig>>,
 }
 
 #[derive(Deserialize)]
@@ -51,7 +53,7 @@ fn default_true() -> bool {
 
 impl ParallelMapConfig {
     /// The parser registered for `ParallelMap`: the sub-chain is parsed like a source's.
-    pub fn parse(ctx: &ParseContext<'_>, path: &str, body: Value) -> Result<Box<dyn TransformConfig>, ConfigError> {
+    pub fn parse(ctx: &ParseContext<'_>, path: &str, body: Value) -> Result<Self, ConfigError> {
         let raw: RawParallelMap = ctx.from_value(path, body)?;
         if raw.parallelism == 0 {
             return Err(ctx.error(&ctx.join(path, "parallelism"), "must be at least 1"));
@@ -66,41 +68,18 @@ impl ParallelMapConfig {
             ));
         }
         let chain = ctx.parse_chain(&ctx.join(path, "chain"), raw.chain)?;
-        Ok(Box::new(ParallelMapConfig { parallelism: raw.parallelism, ordered_results: raw.ordered_results, chain }))
+        Ok(ParallelMapConfig { parallelism: raw.parallelism, ordered_results: raw.ordered_results, chain })
     }
 }
 
 impl TransformConfig for ParallelMapConfig {
-    fn name(&self) -> &'static str {
-        "ParallelMap"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
+    const NAME: &'static str = "ParallelMap";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(ParallelMapBuilder {
-            chain: ChainBuilder::new("parallel_map_chain", &self.chain, ctx)?,
-            parallelism: self.parallelism as usize,
-            ordered: self.ordered_results,
-        }))
-    }
-}
-
-struct ParallelMapBuilder {
-    chain: ChainBuilder,
-    parallelism: usize,
-    ordered: bool,
-}
-
-impl TransformBuilder for ParallelMapBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(ParallelMap {
-            chains: (0..self.parallelism).map(|_| self.chain.build()).collect(),
-            ordered: self.ordered,
-        })
+        let chain = ChainBuilder::new("parallel_map_chain", &self.chain, ctx)?;
+        let (parallelism, ordered) = (self.parallelism as usize, self.ordered_results);
+        Ok(Box::new(move || ParallelMap { chains: (0..parallelism).map(|_| chain.build()).collect(), ordered }))
     }
 }
 
@@ -113,10 +92,6 @@ type Running<'a> = Pin<Box<dyn Future<Output = Result<Vec<Message>>> + 'a>>;
 
 #[async_trait(?Send)]
 impl Transform for ParallelMap {
-    fn name(&self) -> &'static str {
-        "ParallelMap"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         let n = self.chains.len().max(1);
         let total = state.requests.len();

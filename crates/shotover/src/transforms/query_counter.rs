@@ -30,33 +30,17 @@ pub struct QueryCounterConfig {
 }
 
 impl TransformConfig for QueryCounterConfig {
-    fn name(&self) -> &'static str {
-        "QueryCounter"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
+    const NAME: &'static str = "QueryCounter";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(QueryCounterBuilder { name: self.name.clone(), counter: ctx.metrics.query_count.clone() }))
-    }
-}
-
-struct QueryCounterBuilder {
-    name: String,
-    counter: IntCounterVec,
-}
-
-impl TransformBuilder for QueryCounterBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(QueryCounter {
-            name: self.name.clone(),
-            counter: self.counter.clone(),
+        let (name, counter) = (self.name.clone(), ctx.metrics.query_count.clone());
+        Ok(Box::new(move || QueryCounter {
+            name: name.clone(),
+            counter: counter.clone(),
             cache: HashMap::new(),
             kafka: HashMap::new(),
-        })
+        }))
     }
 }
 
@@ -163,10 +147,6 @@ impl QueryCounter {
 
 #[async_trait(?Send)]
 impl Transform for QueryCounter {
-    fn name(&self) -> &'static str {
-        "QueryCounter"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         for request in &mut state.requests {
             match request.protocol() {

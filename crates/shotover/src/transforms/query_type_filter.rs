@@ -82,35 +82,20 @@ impl TryFrom<RawQueryTypeFilter> for QueryTypeFilterConfig {
 }
 
 impl TransformConfig for QueryTypeFilterConfig {
-    fn name(&self) -> &'static str {
-        "QueryTypeFilter"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
+    const NAME: &'static str = "QueryTypeFilter";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(QueryTypeFilterBuilder { config: self.clone(), prepared: Rc::default() }))
-    }
-}
-
-struct QueryTypeFilterBuilder {
-    config: QueryTypeFilterConfig,
-    /// Shared by the core's connections: drivers prepare a statement on one connection and
-    /// execute it on any other.
-    prepared: Rc<RefCell<PreparedQueryTypes>>,
-}
-
-impl TransformBuilder for QueryTypeFilterBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(QueryTypeFilter {
-            config: self.config.clone(),
-            prepared: self.prepared.clone(),
+        let config = self.clone();
+        // Shared by the core's connections: drivers prepare a statement on one connection and
+        // execute it on any other.
+        let prepared: Rc<RefCell<PreparedQueryTypes>> = Rc::default();
+        Ok(Box::new(move || QueryTypeFilter {
+            config: config.clone(),
+            prepared: prepared.clone(),
             preparing: HashMap::new(),
             order: InOrder::default(),
-        })
+        }))
     }
 }
 
@@ -191,10 +176,6 @@ impl QueryTypeFilter {
 
 #[async_trait(?Send)]
 impl Transform for QueryTypeFilter {
-    fn name(&self) -> &'static str {
-        "QueryTypeFilter"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         // The common case, every request allowed and no error waiting for its turn,
         // allocates nothing.

@@ -41,16 +41,10 @@ impl std::fmt::Debug for GlobalRate {
 }
 
 impl TransformConfig for RequestThrottlingConfig {
-    fn name(&self) -> &'static str {
-        "RequestThrottling"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "RequestThrottling";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
+    fn validate(&mut self) -> Result<()> {
         if self.max_requests_per_second < 50 {
             bail!(
                 "max_requests_per_second is {}, but must be at least 50 so that drivers can finish their startup",
@@ -66,25 +60,14 @@ impl TransformConfig for RequestThrottlingConfig {
             ctx.control.every_tick(Box::new(move |elapsed| ticked.rebalance(elapsed)));
             global
         });
-        Ok(Box::new(RequestThrottlingBuilder {
-            gcra: Rc::new(Gcra::new(global.join())),
-            throttled: ctx.metrics.throttled_requests.with_label_values(&[&ctx.chain_name]),
-        }))
-    }
-}
-
-struct RequestThrottlingBuilder {
-    gcra: Rc<Gcra>,
-    throttled: IntCounter,
-}
-
-impl TransformBuilder for RequestThrottlingBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(RequestThrottling {
-            gcra: self.gcra.clone(),
+        // This core's share of the limit, for all its connections.
+        let gcra = Rc::new(Gcra::new(global.join()));
+        let throttled = ctx.metrics.throttled_requests.with_label_values(&[&ctx.chain_name]);
+        Ok(Box::new(move || RequestThrottling {
+            gcra: gcra.clone(),
             order: InOrder::default(),
-            throttled: self.throttled.clone(),
-        })
+            throttled: throttled.clone(),
+        }))
     }
 }
 
@@ -133,10 +116,6 @@ impl RequestThrottling {
 
 #[async_trait(?Send)]
 impl Transform for RequestThrottling {
-    fn name(&self) -> &'static str {
-        "RequestThrottling"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         let cql = state.requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
         let now = state.requests.first().and_then(Message::received_at).unwrap_or_else(Instant::now);

@@ -24,7 +24,9 @@
 //!   (`PUT` with body `regular-chain` or `tee-chain`) for every core at once. While it is
 //!   `tee-chain`, Tee always waits for both chains.
 
-use crate::chain::{BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    AnyTransformConfig, BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig,
+};
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
 use crate::message::{Message, Protocol, ProxyError};
@@ -47,7 +49,7 @@ pub enum Behavior {
     Ignore,
     FailOnMismatch,
     LogWarningOnMismatch,
-    SubchainOnMismatch(Vec<Box<dyn TransformConfig>>),
+    SubchainOnMismatch(Vec<Box<dyn AnyTransformConfig>>),
 }
 
 #[derive(Debug)]
@@ -58,7 +60,7 @@ pub struct TeeConfig {
     /// Batches that may wait for the sub-chain. Default 5.
     pub buffer_size: usize,
     /// The sub-chain every request is copied to.
-    pub chain: Vec<Box<dyn TransformConfig>>,
+    pub chain: Vec<Box<dyn AnyTransformConfig>>,
     /// Port of the result-source HTTP API on 127.0.0.1. Default: none.
     pub http_api_port: Option<u16>,
     /// Which chain answers the client, shared by every core.
@@ -89,7 +91,7 @@ fn default_buffer_size() -> usize {
 
 impl TeeConfig {
     /// The parser registered for `Tee`: its chains are parsed like a source's.
-    pub fn parse(ctx: &ParseContext<'_>, path: &str, body: Value) -> Result<Box<dyn TransformConfig>, ConfigError> {
+    pub fn parse(ctx: &ParseContext<'_>, path: &str, body: Value) -> Result<Self, ConfigError> {
         let raw: RawTee = ctx.from_value(path, body)?;
         let behavior_path = ctx.join(path, "behavior");
         let behavior = match raw.behavior {
@@ -125,7 +127,7 @@ impl TeeConfig {
             return Err(ctx.error(path, "set http_api_port or its older name switch_port, not both"));
         }
         let chain = ctx.parse_chain(&ctx.join(path, "chain"), raw.chain)?;
-        Ok(Box::new(TeeConfig {
+        Ok(TeeConfig {
             behavior,
             timeout_micros: raw.timeout_micros,
             buffer_size: raw.buffer_size,
@@ -133,7 +135,7 @@ impl TeeConfig {
             http_api_port: raw.http_api_port.or(raw.switch_port),
             result_source: Arc::new(ResultSource::default()),
             api_started: OnceLock::new(),
-        }))
+        })
     }
 }
 
@@ -167,15 +169,9 @@ impl ResultSource {
 }
 
 impl TransformConfig for TeeConfig {
-    fn name(&self) -> &'static str {
-        "Tee"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka]
-    }
+    const NAME: &'static str = "Tee";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey, Protocol::Cassandra, Protocol::Kafka];
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         if let Some(port) = self.http_api_port {
             // One API for all cores: the first core to build this Tee starts it.
@@ -185,19 +181,25 @@ impl TransformConfig for TeeConfig {
             Behavior::SubchainOnMismatch(chain) => Some(ChainBuilder::new("mismatch_chain", chain, ctx)?),
             _ => None,
         };
-        Ok(Box::new(TeeBuilder {
-            chain: ChainBuilder::new("tee_chain", &self.chain, ctx)?,
-            mismatch,
-            compare: match self.behavior {
-                Behavior::Ignore => Compare::Ignore,
-                Behavior::FailOnMismatch => Compare::Fail,
-                Behavior::LogWarningOnMismatch => Compare::LogWarning,
-                Behavior::SubchainOnMismatch(_) => Compare::Subchain,
-            },
-            timeout: self.timeout_micros.map(Duration::from_micros),
-            buffer_size: self.buffer_size,
-            result_source: self.result_source.clone(),
-            dropped: ctx.metrics.tee_dropped_messages.with_label_values(&["Tee"]),
+        let chain = ChainBuilder::new("tee_chain", &self.chain, ctx)?;
+        let compare = match self.behavior {
+            Behavior::Ignore => Compare::Ignore,
+            Behavior::FailOnMismatch => Compare::Fail,
+            Behavior::LogWarningOnMismatch => Compare::LogWarning,
+            Behavior::SubchainOnMismatch(_) => Compare::Subchain,
+        };
+        let (timeout, buffer_size) = (self.timeout_micros.map(Duration::from_micros), self.buffer_size);
+        let result_source = self.result_source.clone();
+        let dropped = ctx.metrics.tee_dropped_messages.with_label_values(&["Tee"]);
+        Ok(Box::new(move || Tee {
+            tee_chain: Some(chain.build()),
+            sender: None,
+            mismatch: mismatch.as_ref().map(ChainBuilder::build),
+            compare,
+            timeout,
+            buffer_size,
+            result_source: result_source.clone(),
+            dropped: dropped.clone(),
         }))
     }
 }
@@ -232,31 +234,6 @@ enum Compare {
     Fail,
     LogWarning,
     Subchain,
-}
-
-struct TeeBuilder {
-    chain: ChainBuilder,
-    mismatch: Option<ChainBuilder>,
-    compare: Compare,
-    timeout: Option<Duration>,
-    buffer_size: usize,
-    result_source: Arc<ResultSource>,
-    dropped: IntCounter,
-}
-
-impl TransformBuilder for TeeBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(Tee {
-            tee_chain: Some(self.chain.build()),
-            sender: None,
-            mismatch: self.mismatch.as_ref().map(ChainBuilder::build),
-            compare: self.compare,
-            timeout: self.timeout,
-            buffer_size: self.buffer_size,
-            result_source: self.result_source.clone(),
-            dropped: self.dropped.clone(),
-        })
-    }
 }
 
 /// A batch for the sub-chain, and where to send its responses when someone waits for them.
@@ -346,10 +323,6 @@ fn same(a: &Message, b: &Message) -> bool {
 
 #[async_trait(?Send)]
 impl Transform for Tee {
-    fn name(&self) -> &'static str {
-        "Tee"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         if state.requests.is_empty() {
             return state.call_next_transform().await;

@@ -27,23 +27,12 @@ pub struct ValkeyClusterPortsRewriteConfig {
 }
 
 impl TransformConfig for ValkeyClusterPortsRewriteConfig {
-    fn name(&self) -> &'static str {
-        "ValkeyClusterPortsRewrite"
-    }
-    fn is_terminating(&self) -> bool {
-        false
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
-    }
+    const NAME: &'static str = "ValkeyClusterPortsRewrite";
+    const TERMINATING: bool = false;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl TransformBuilder for ValkeyClusterPortsRewriteConfig {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(ValkeyClusterPortsRewrite { new_port: self.new_port })
+        let new_port = self.new_port;
+        Ok(Box::new(move || ValkeyClusterPortsRewrite { new_port }))
     }
 }
 
@@ -76,10 +65,6 @@ pub struct ValkeyClusterPortsRewrite {
 
 #[async_trait(?Send)]
 impl Transform for ValkeyClusterPortsRewrite {
-    fn name(&self) -> &'static str {
-        "ValkeyClusterPortsRewrite"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         // Rare: only batches that ask for the topology pay for this.
         let asks: Vec<(usize, Topology)> =

@@ -74,16 +74,10 @@ fn resolve(address: &str) -> Result<SocketAddr> {
 }
 
 impl TransformConfig for ValkeySinkClusterConfig {
-    fn name(&self) -> &'static str {
-        "ValkeySinkCluster"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
-    }
-    fn validate(&self) -> Result<()> {
+    const NAME: &'static str = "ValkeySinkCluster";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
+    fn validate(&mut self) -> Result<()> {
         if self.first_contact_points.is_empty() {
             return Err(anyhow!("first_contact_points: give at least one node"));
         }
@@ -967,10 +961,6 @@ fn frame_message(request: &Message, frame: ValkeyFrame) -> Message {
 
 #[async_trait(?Send)]
 impl Transform for ValkeySinkCluster {
-    fn name(&self) -> &'static str {
-        "ValkeySinkCluster"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         let requests = std::mem::take(&mut state.requests);
         if requests.is_empty() {

@@ -17,11 +17,12 @@
 //! session carries over. Subscriptions cannot be carried over, so a subscribed client's
 //! connection is closed instead.
 
-use crate::chain::{BuildContext, ChainState, CloseConnection, Transform, TransformBuilder, TransformConfig};
-use crate::message::{Message, Protocol};
-use crate::sinks::valkey::{UpstreamTls, ValkeyConnection};
+use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
 use crate::stream::ReadMode;
-use crate::tls::{server_name, TlsConnectorConfig};
+use crate::message::{Message, Protocol};
+use crate::sinks::valkey::ValkeyConnection;
+use crate::sinks::Upstream;
+use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -30,9 +31,9 @@ use serde::Deserialize;
 use shotover_protocols::valkey::command::{array_strings, request_args, RequestView};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::collections::{HashSet, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,69 +46,26 @@ pub struct ValkeySinkSingleConfig {
     /// TLS to the server. Absent: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsConnectorConfig>,
-}
-
-impl ValkeySinkSingleConfig {
-    fn resolve(&self) -> Result<SocketAddr> {
-        self.remote_address
-            .to_socket_addrs()
-            .with_context(|| format!("remote_address {:?} is not a reachable host:port", self.remote_address))?
-            .next()
-            .ok_or_else(|| anyhow!("remote_address {:?} resolves to no address", self.remote_address))
-    }
-}
-
-/// The TLS server name for `host:port`: the host part.
-pub fn tls_server_name(address: &str) -> Result<rustls_pki_types::ServerName<'static>> {
-    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-    server_name(host.trim_start_matches('[').trim_end_matches(']'))
+    /// The fields above, resolved by `validate`.
+    #[serde(skip)]
+    upstream: Resolved<Upstream>,
 }
 
 impl TransformConfig for ValkeySinkSingleConfig {
-    fn name(&self) -> &'static str {
-        "ValkeySinkSingle"
-    }
-    fn is_terminating(&self) -> bool {
-        true
-    }
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Valkey]
-    }
-    fn validate(&self) -> Result<()> {
-        crate::sinks::validate_connection(self.tls.as_ref(), self.connect_timeout_ms, None)?;
-        self.resolve().map(|_| ())
+    const NAME: &'static str = "ValkeySinkSingle";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
+    fn validate(&mut self) -> Result<()> {
+        let upstream = Upstream::resolve(&self.remote_address, self.tls.as_ref(), self.connect_timeout_ms, None)?;
+        self.upstream.set(upstream);
+        Ok(())
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        let tls = match &self.tls {
-            Some(tls) => {
-                Some(UpstreamTls { connector: tls.build()?, server_name: tls_server_name(&self.remote_address)? })
-            }
-            None => None,
-        };
-        Ok(Box::new(ValkeySinkSingleBuilder {
-            tls,
-            address: self.resolve()?,
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkSingle", &ctx.chain_name]),
-            source_to_sink: ctx.metrics.source_to_sink_latency.with_label_values(&["ValkeySinkSingle"]),
-        }))
-    }
-}
-
-struct ValkeySinkSingleBuilder {
-    tls: Option<UpstreamTls>,
-    address: SocketAddr,
-    connect_timeout: Duration,
-    failed_requests: IntCounter,
-    source_to_sink: Histogram,
-}
-
-impl TransformBuilder for ValkeySinkSingleBuilder {
-    fn build(&self) -> Box<dyn Transform> {
-        Box::new(ValkeySinkSingle {
-            tls: self.tls.clone(),
-            address: self.address,
-            connect_timeout: self.connect_timeout,
+        let upstream = Rc::new(self.upstream.get()?.clone());
+        let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
+        let source_to_sink = ctx.metrics.source_to_sink_latency.with_label_values(&[Self::NAME]);
+        Ok(Box::new(move || ValkeySinkSingle {
+            upstream: upstream.clone(),
             connection: None,
             write_buf: BytesMut::new(),
             pushed: VecDeque::new(),
@@ -116,9 +74,9 @@ impl TransformBuilder for ValkeySinkSingleBuilder {
             monitor: false,
             resp3: false,
             lost: None,
-            failed_requests: self.failed_requests.clone(),
-            source_to_sink: self.source_to_sink.clone(),
-        })
+            failed_requests: failed_requests.clone(),
+            source_to_sink: source_to_sink.clone(),
+        }))
     }
 }
 
@@ -176,9 +134,7 @@ impl SessionCommand {
 }
 
 pub struct ValkeySinkSingle {
-    tls: Option<UpstreamTls>,
-    address: SocketAddr,
-    connect_timeout: Duration,
+    upstream: Rc<Upstream>,
     connection: Option<ValkeyConnection>,
     write_buf: BytesMut,
     /// Unsolicited messages waiting for delivery, in arrival order.
@@ -296,16 +252,17 @@ impl ValkeySinkSingle {
     /// Connects if needed, replaying the session on a new connection.
     async fn connection(&mut self) -> Result<&mut ValkeyConnection> {
         if self.connection.as_ref().is_some_and(|c| c.closed_while_idle()) {
-            tracing::debug!("upstream {} closed an idle connection; reconnecting", self.address);
+            tracing::debug!("upstream {} closed an idle connection; reconnecting", self.upstream.address);
             self.connection_lost("closed while idle");
             if let Some(reason) = &self.lost {
                 return Err(anyhow!(reason.clone()));
             }
         }
         if self.connection.is_none() {
-            let mut conn = ValkeyConnection::connect(self.address, self.connect_timeout, self.tls.as_ref())
+            let up = &self.upstream;
+            let mut conn = ValkeyConnection::connect(up.address, up.connect_timeout, up.tls.as_ref())
                 .await
-                .with_context(|| format!("cannot connect to upstream {}", self.address))?;
+                .with_context(|| format!("cannot connect to upstream {}", up.address))?;
             for (_, raw) in &self.session {
                 conn.write_all(raw).await.context("cannot restore the session on a new upstream connection")?;
                 let reply = conn.next().await.context("cannot restore the session on a new upstream connection")?;
@@ -420,10 +377,6 @@ impl ValkeySinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for ValkeySinkSingle {
-    fn name(&self) -> &'static str {
-        "ValkeySinkSingle"
-    }
-
     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
         if let Some(reason) = self.lost.take() {
             return Err(CloseConnection(reason).into());
