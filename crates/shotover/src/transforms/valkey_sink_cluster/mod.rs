@@ -304,3 +304,80 @@ impl Transform for ValkeySinkCluster {
         Ok(responses)
     }
 }
+
+/// What the tests of every file share: a slot map of three masters, and requests.
+#[cfg(test)]
+mod fixtures {
+    use super::plan::command;
+    use super::Routes;
+    use crate::message::{Message, Protocol};
+    use crate::sinks::valkey_cluster::SlotMap;
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Instant;
+
+    const fn node(last: u8) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), 7000))
+    }
+
+    /// Master of slots 0-5460: `hello` (slot 866), `bar` (5061).
+    pub(super) const A: SocketAddr = node(1);
+    /// Master of slots 5461-10922: `c` (7365).
+    pub(super) const B: SocketAddr = node(2);
+    /// Master of slots 10923-16383: `foo` and `{foo}x` (12182), `a` (15495).
+    pub(super) const C: SocketAddr = node(3);
+    /// Not a master: a `direct_connection` or a contact point.
+    pub(super) const D: SocketAddr = node(4);
+
+    pub(super) fn three_masters() -> SlotMap {
+        SlotMap::from_ranges(&[(0, 5460, A), (5461, 10922, B), (10923, 16383, C)])
+    }
+
+    /// Routing over `map`, without `direct_connection` or contact points.
+    pub(super) fn routes(map: &SlotMap) -> Routes<'_> {
+        Routes { map, direct: None, contact: &[] }
+    }
+
+    /// A request as a client sends it: an array of bulk strings.
+    pub(super) fn request(parts: &[&[u8]]) -> Message {
+        Message::from_bytes(command(parts), Protocol::Valkey, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Result<ValkeySinkClusterConfig, serde_yaml_ng::Error> {
+        serde_yaml_ng::from_str(yaml)
+    }
+
+    #[test]
+    fn config_defaults_and_direct_destination_alias() {
+        let c = config("first_contact_points: [\"127.0.0.1:2220\"]\ndirect_destination: \"127.0.0.1:2221\"\n").unwrap();
+        assert_eq!(c.first_contact_points, vec!["127.0.0.1:2220".to_string()]);
+        assert_eq!(c.direct_connection.as_deref(), Some("127.0.0.1:2221"));
+        assert_eq!((c.connection_count, c.connect_timeout_ms), (1, 3000));
+        assert!(c.tls.is_none());
+        c.validate().unwrap();
+        assert_eq!((c.name(), c.is_terminating(), c.protocols()), ("ValkeySinkCluster", true, &[Protocol::Valkey][..]));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let error = |yaml: &str| format!("{:#}", config(yaml).unwrap().validate().unwrap_err());
+        assert_eq!(error("first_contact_points: []"), "first_contact_points: give at least one node");
+        assert_eq!(
+            error("first_contact_points: [\"127.0.0.1:2220\"]\nconnection_count: 0"),
+            "connection_count: must be at least 1"
+        );
+        assert!(
+            error("first_contact_points: [\"127.0.0.1:2220\", \"no port\"]").starts_with("first_contact_points[1]: ")
+        );
+        assert!(error("first_contact_points: [\"127.0.0.1:2220\"]\ndirect_connection: \"x\"")
+            .starts_with("direct_connection: "));
+        assert!(
+            config("first_contact_points: [\"127.0.0.1:2220\"]\nread_timeout: 5").is_err(),
+            "unknown fields are refused"
+        );
+    }
+}

@@ -91,3 +91,76 @@ pub(super) fn is_stateful(request: &Message) -> bool {
     }
     STATEFUL.iter().any(|name| view.is(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{request, routes, three_masters, A, B, C, D};
+    use super::*;
+    use crate::message::{Frame, Protocol};
+    use bytes::Bytes;
+    use shotover_protocols::valkey::ValkeyFrame;
+    use std::time::Instant;
+
+    #[test]
+    fn keys_route_to_the_master_of_their_slot() {
+        let map = three_masters();
+        let routes = routes(&map);
+        assert_eq!(routes.node_for(b"hello"), (Some(A), 866));
+        assert_eq!(routes.node_for(b"c"), (Some(B), 7365));
+        assert_eq!(routes.node_for(b"foo"), (Some(C), 12182));
+        assert_eq!(routes.node_for(b"{foo}x"), (Some(C), 12182), "a hash tag picks the slot");
+        assert_eq!(routes.key_node(&request(&[b"GET", b"c"])), Some(B));
+        assert_eq!(routes.key_node(&request(&[b"WATCH", b"hello", b"foo"])), Some(A), "the first key decides");
+        assert_eq!(routes.key_node(&request(&[b"PING"])), None);
+        let unknown = SlotMap::from_ranges(&[(0, 5460, A)]);
+        assert_eq!(super::super::fixtures::routes(&unknown).node_for(b"foo"), (None, 12182));
+    }
+
+    #[test]
+    fn commands_without_a_key_go_to_direct_connection_then_first_master_then_contact() {
+        let map = three_masters();
+        let contact = [D];
+        assert_eq!(Routes { map: &map, direct: Some(D), contact: &[] }.default_node(), Some(D));
+        assert_eq!(Routes { map: &map, direct: None, contact: &contact }.default_node(), Some(A));
+        let empty = SlotMap::default();
+        assert_eq!(Routes { map: &empty, direct: None, contact: &contact }.default_node(), Some(D));
+        assert_eq!(Routes { map: &empty, direct: None, contact: &[] }.default_node(), None);
+    }
+
+    #[test]
+    fn commands_that_keep_state_on_the_connection_are_stateful() {
+        for parts in [
+            &[&b"AUTH"[..], b"secret"][..],
+            &[b"hello", b"3"],
+            &[b"SELECT", b"1"],
+            &[b"multi"],
+            &[b"WATCH", b"foo"],
+            &[b"BLPOP", b"foo", b"0"],
+            &[b"CLIENT", b"SETNAME", b"me"],
+            &[b"MONITOR"],
+            &[b"ASKING"],
+        ] {
+            assert!(is_stateful(&request(parts)), "{parts:?}");
+        }
+        for parts in [
+            &[&b"GET"[..], b"foo"][..],
+            &[b"MGET", b"foo", b"hello"],
+            &[b"PING"],
+            &[b"CLIENT", b"SETINFO", b"LIB-NAME", b"x"],
+            &[b"client", b"setinfo", b"lib-ver", b"1"],
+        ] {
+            assert!(!is_stateful(&request(parts)), "{parts:?}");
+        }
+    }
+
+    #[test]
+    fn requests_that_are_not_one_command_array_are_stateful() {
+        let raw =
+            |bytes: &'static [u8]| Message::from_bytes(Bytes::from_static(bytes), Protocol::Valkey, Instant::now());
+        assert!(is_stateful(&raw(b"PING\r\n")), "inline command");
+        assert!(is_stateful(&raw(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n")), "two commands in one message");
+        assert!(is_stateful(&raw(b"*1\r\n:1\r\n")), "not bulk strings");
+        let built = Message::from_frame(Frame::Valkey(ValkeyFrame::Array { data: Vec::new(), attributes: None }));
+        assert!(is_stateful(&built), "no raw bytes");
+    }
+}
