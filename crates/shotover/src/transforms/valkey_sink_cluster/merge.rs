@@ -135,3 +135,134 @@ pub(super) fn reply_message(request: &Message, raw: Bytes) -> Message {
 fn frame_message(request: &Message, frame: ValkeyFrame) -> Message {
     Message::response_to(request, crate::message::Frame::Valkey(frame))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{request, routes, three_masters, A};
+    use super::*;
+    use crate::sinks::valkey_cluster::SlotMap;
+
+    /// Plans `parts` over `map` (after another request, so that its sub-requests do not start
+    /// the batch), gives its sub-requests `replies` in order and merges them: the response's
+    /// bytes, and how many failed requests were counted.
+    fn respond_with(map: &SlotMap, parts: &[&[u8]], replies: &[Result<&'static [u8], &str>]) -> (Bytes, u64) {
+        let mut subs = Vec::new();
+        routes(map).plan(&request(&[b"GET", b"bar"]), &mut subs);
+        let request = request(parts);
+        let plan = routes(map).plan(&request, &mut subs);
+        assert_eq!(plan.subs.len(), replies.len(), "one reply per sub-request of {parts:?}");
+        for (sub, reply) in subs.get_mut(plan.subs.clone()).unwrap_or_default().iter_mut().zip(replies) {
+            sub.reply = reply.map(Bytes::from_static).map_err(str::to_string);
+        }
+        let failed = IntCounter::new("failed_requests", "test").unwrap();
+        let response = merge(&request, &plan, &subs, &failed);
+        assert_eq!(response.request_id(), Some(request.id()));
+        (response.to_bytes().unwrap(), failed.get())
+    }
+
+    fn respond(parts: &[&[u8]], replies: &[Result<&'static [u8], &str>]) -> Bytes {
+        let (response, failed) = respond_with(&three_masters(), parts, replies);
+        assert_eq!(failed, 0);
+        response
+    }
+
+    #[test]
+    fn mget_values_come_back_in_the_order_of_the_keys() {
+        // Sub-requests: MGET foo {foo}x (C), MGET hello (A), MGET c (B).
+        let replies = [Ok(&b"*2\r\n$3\r\nv-f\r\n$-1\r\n"[..]), Ok(b"*1\r\n$3\r\nv-h\r\n"), Ok(b"*1\r\n$3\r\nv-c\r\n")];
+        let response = respond(&[b"MGET", b"foo", b"hello", b"{foo}x", b"c"], &replies);
+        assert_eq!(response, &b"*4\r\n$3\r\nv-f\r\n$3\r\nv-h\r\n$-1\r\n$3\r\nv-c\r\n"[..]);
+        // A reply shorter than asked for leaves nulls, not values of other keys.
+        let response = respond(&[b"MGET", b"foo", b"hello", b"{foo}x"], &[Ok(b"*1\r\n$1\r\n1\r\n"), Ok(b"*0\r\n")]);
+        assert_eq!(response, &b"*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n"[..]);
+    }
+
+    #[test]
+    fn integer_replies_are_summed() {
+        let response = respond(&[b"DEL", b"foo", b"hello", b"c"], &[Ok(b":1\r\n"), Ok(b":0\r\n"), Ok(b":1\r\n")]);
+        assert_eq!(response, &b":2\r\n"[..]);
+        let response = respond(&[b"DBSIZE"], &[Ok(b":3\r\n"), Ok(b":4\r\n"), Ok(b":5\r\n")]);
+        assert_eq!(response, &b":12\r\n"[..]);
+    }
+
+    #[test]
+    fn keys_are_joined_script_exists_needs_every_master_and_flushall_answers_once() {
+        let keys = [Ok(&b"*1\r\n$3\r\nfoo\r\n"[..]), Ok(b"*0\r\n"), Ok(b"*2\r\n$1\r\nc\r\n$1\r\nk\r\n")];
+        assert_eq!(respond(&[b"KEYS", b"*"], &keys), &b"*3\r\n$3\r\nfoo\r\n$1\r\nc\r\n$1\r\nk\r\n"[..]);
+        let exists =
+            [Ok(&b"*3\r\n:1\r\n:1\r\n:0\r\n"[..]), Ok(b"*3\r\n:1\r\n:0\r\n:0\r\n"), Ok(b"*3\r\n:1\r\n:1\r\n:0\r\n")];
+        assert_eq!(respond(&[b"SCRIPT", b"EXISTS", b"s1", b"s2", b"s3"], &exists), &b"*3\r\n:1\r\n:0\r\n:0\r\n"[..]);
+        let ok = [Ok(&b"+OK\r\n"[..]); 3];
+        assert_eq!(respond(&[b"FLUSHALL"], &ok), &b"+OK\r\n"[..]);
+    }
+
+    #[test]
+    fn an_error_reply_from_any_node_is_the_response() {
+        let oom = &b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"[..];
+        let response = respond(&[b"MSET", b"hello", b"1", b"foo", b"2"], &[Ok(b"+OK\r\n"), Ok(oom)]);
+        assert_eq!(response, oom);
+        let wrong = &b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"[..];
+        let response = respond(&[b"MGET", b"foo", b"hello"], &[Ok(wrong), Ok(b"*1\r\n$1\r\n1\r\n")]);
+        assert_eq!(response, wrong);
+        assert_eq!(respond(&[b"GET", b"foo"], &[Ok(wrong)]), wrong);
+    }
+
+    #[test]
+    fn a_sub_request_without_a_reply_fails_the_request_and_counts() {
+        let lost = Err("node 10.0.0.3:7000: connection lost");
+        let (response, failed) = respond_with(&three_masters(), &[b"DEL", b"hello", b"foo"], &[Ok(b":1\r\n"), lost]);
+        assert_eq!(
+            (response, failed),
+            (Bytes::from_static(b"-ERR shotover: node 10.0.0.3:7000: connection lost\r\n"), 1)
+        );
+        let partial = SlotMap::from_ranges(&[(0, 5460, A)]);
+        let unserved = Err("no node serves this slot");
+        let (response, failed) = respond_with(&partial, &[b"MGET", b"hello", b"foo"], &[Ok(b"*1\r\n:1\r\n"), unserved]);
+        assert_eq!((response, failed), (Bytes::from_static(b"-ERR shotover: no node serves this slot\r\n"), 1));
+    }
+
+    #[test]
+    fn what_the_proxy_refuses_is_answered_but_not_counted_as_failed() {
+        for (parts, answer) in [
+            (
+                &[&b"SUBSCRIBE"[..], b"news"][..],
+                &b"-ERR shotover: SUBSCRIBE is not supported by ValkeySinkCluster yet\r\n"[..],
+            ),
+            (&[b"psubscribe", b"n*"], b"-ERR shotover: PSUBSCRIBE is not supported by ValkeySinkCluster yet\r\n"),
+            (&[b"monitor"], b"-ERR shotover: MONITOR is not supported by ValkeySinkCluster yet\r\n"),
+            (&[b"exec"], b"-ERR EXEC without MULTI\r\n"),
+            (&[b"DISCARD"], b"-ERR DISCARD without MULTI\r\n"),
+            (&[b"SCAN", b"nope"], b"-ERR invalid cursor\r\n"),
+        ] {
+            assert_eq!(respond(parts, &[]), answer);
+        }
+        let map = three_masters();
+        let mut modified = request(&[b"GET", b"foo"]);
+        modified.frame_mut().unwrap();
+        let mut subs = Vec::new();
+        let plan = routes(&map).plan(&modified, &mut subs);
+        let failed = IntCounter::new("failed_requests", "test").unwrap();
+        let response = merge(&modified, &plan, &subs, &failed).to_bytes().unwrap();
+        assert_eq!(
+            (response, failed.get()),
+            (Bytes::from_static(b"-ERR shotover: cannot route a modified request\r\n"), 0)
+        );
+    }
+
+    #[test]
+    fn scan_cursors_become_cluster_wide() {
+        // Master 0 of 3 has more: its cursor 17 moves up a byte, the master's index below it.
+        let reply = respond(&[b"SCAN", b"0"], &[Ok(b"*2\r\n$2\r\n17\r\n*1\r\n$2\r\nk1\r\n")]);
+        assert_eq!(reply, &b"*2\r\n$4\r\n4352\r\n*1\r\n$2\r\nk1\r\n"[..]);
+        let reply = respond(&[b"SCAN", b"1", b"COUNT", b"5"], &[Ok(b"*2\r\n$2\r\n33\r\n*0\r\n")]);
+        assert_eq!(reply, &b"*2\r\n$4\r\n8449\r\n*0\r\n"[..]);
+        // Master 1 is done: go on with master 2 from its start.
+        let reply = respond(&[b"SCAN", b"1"], &[Ok(b"*2\r\n$1\r\n0\r\n*1\r\n$1\r\nk\r\n")]);
+        assert_eq!(reply, &b"*2\r\n$1\r\n2\r\n*1\r\n$1\r\nk\r\n"[..]);
+        // The last master is done: so is the scan.
+        let reply = respond(&[b"SCAN", b"2"], &[Ok(b"*2\r\n$1\r\n0\r\n*0\r\n")]);
+        assert_eq!(reply, &b"*2\r\n$1\r\n0\r\n*0\r\n"[..]);
+        let (response, failed) = respond_with(&three_masters(), &[b"SCAN", b"0"], &[Ok(b"+OK\r\n")]);
+        assert_eq!((response, failed), (Bytes::from_static(b"-ERR shotover: unexpected SCAN reply\r\n"), 1));
+    }
+}

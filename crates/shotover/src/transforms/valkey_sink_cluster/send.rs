@@ -265,3 +265,36 @@ impl ValkeySinkCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::A;
+    use super::*;
+
+    fn sub(asking: bool) -> Sub {
+        Sub { node: A, raw: Bytes::new(), slot: None, reply: Err("not sent".into()), sent: false, asking }
+    }
+
+    #[test]
+    fn a_sub_request_takes_its_own_replies() {
+        let (plain, asking) = (sub(false), sub(true));
+        assert_eq!((plain.replies(), asking.replies()), (1, 2));
+        let mut replies = [&b"$1\r\n1\r\n"[..], b"+OK\r\n", b"$1\r\n2\r\n", b"-ERR no\r\n", b":5\r\n"]
+            .map(Bytes::from_static)
+            .into_iter();
+        let mut first = sub(false);
+        first.take_replies(&mut replies);
+        assert_eq!(first.reply, Ok(Bytes::from_static(b"$1\r\n1\r\n")));
+        // After ASKING's +OK, the command's reply.
+        let mut asked = sub(true);
+        asked.take_replies(&mut replies);
+        assert_eq!(asked.reply, Ok(Bytes::from_static(b"$1\r\n2\r\n")));
+        // ASKING refused: its error is the reply, and the command's reply is used up.
+        let mut refused = sub(true);
+        refused.take_replies(&mut replies);
+        assert_eq!(refused.reply, Ok(Bytes::from_static(b"-ERR no\r\n")));
+        let mut missing = sub(false);
+        missing.take_replies(&mut replies);
+        assert_eq!(missing.reply, Err("node 10.0.0.1:7000: missing reply".to_string()));
+    }
+}

@@ -149,3 +149,21 @@ impl ValkeySinkCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::request;
+    use super::*;
+
+    #[test]
+    fn multi_and_watch_start_a_transaction() {
+        for parts in [&[&b"MULTI"[..]][..], &[b"multi"], &[b"WATCH", b"foo"], &[b"Watch", b"foo", b"bar"]] {
+            assert!(is_transaction_command(&request(parts)), "{parts:?}");
+        }
+        // Without an open transaction these are answered by the plan ("... without MULTI"),
+        // or, for UNWATCH, planned like any command without a key.
+        for parts in [&[&b"EXEC"[..]][..], &[b"DISCARD"], &[b"UNWATCH"], &[b"GET", b"MULTI"], &[b"MULTIPLY"]] {
+            assert!(!is_transaction_command(&request(parts)), "{parts:?}");
+        }
+    }
+}
