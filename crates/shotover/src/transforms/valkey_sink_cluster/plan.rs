@@ -9,7 +9,7 @@
 //! the proxy answers itself (pub/sub subscriptions, `MONITOR`, transaction commands outside
 //! a transaction) get no sub-request and a [`Merge::Error`].
 
-use super::route::Routes;
+use super::route::{is_script, script_key, Routes};
 use crate::message::Message;
 use crate::sinks::valkey_cluster::slot;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -206,15 +206,13 @@ impl Routes<'_> {
                     _ => Merge::AllOk,
                 }
             }
-            b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
-                let numkeys =
-                    args.get(1).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<usize>().ok());
-                match (numkeys, args.get(2)) {
-                    (Some(n), Some(key)) if n > 0 => {
+            script if is_script(script) => {
+                match script_key(args) {
+                    Some(key) => {
                         let (node, s) = self.node_for(key);
                         push(subs, node, raw.clone(), Some(s));
                     }
-                    _ => push(subs, self.default_node(), raw.clone(), None),
+                    None => push(subs, self.default_node(), raw.clone(), None),
                 }
                 Merge::Single
             }

@@ -31,12 +31,32 @@ impl Routes<'_> {
         (self.map.master_of(slot), slot)
     }
 
-    /// The node a command's first key lives on, if it has one.
+    /// The node a command's first key lives on, if it has one. The first argument is taken
+    /// as the key, except for scripts and functions (see [`script_key`]).
     pub(super) fn key_node(&self, request: &Message) -> Option<SocketAddr> {
         let raw = request.raw()?;
         let words = array_strings(raw);
-        let key = words.get(1)?;
+        let key = match words.split_first()? {
+            (name, args) if is_script(&name.to_ascii_uppercase()) => script_key(args)?,
+            (_, args) => args.first()?,
+        };
         self.map.master_of(slot(key))
+    }
+}
+
+/// `EVAL`, `EVALSHA`, `FCALL` and their `_RO` variants, whose keys follow a key count
+/// (`name` in upper case).
+pub(super) fn is_script(name: &[u8]) -> bool {
+    matches!(name, b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO")
+}
+
+/// The first key of a script or function call, from its arguments (script or function,
+/// `numkeys`, keys...): `None` when `numkeys` is 0 or not a number.
+pub(super) fn script_key<'a>(args: &[&'a [u8]]) -> Option<&'a [u8]> {
+    let numkeys = args.get(1).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<usize>().ok());
+    match (numkeys, args.get(2)) {
+        (Some(n), Some(key)) if n > 0 => Some(key),
+        _ => None,
     }
 }
 
@@ -114,6 +134,17 @@ mod tests {
         assert_eq!(routes.key_node(&request(&[b"PING"])), None);
         let unknown = SlotMap::from_ranges(&[(0, 5460, A)]);
         assert_eq!(super::super::fixtures::routes(&unknown).node_for(b"foo"), (None, 12182));
+    }
+
+    #[test]
+    fn scripts_in_a_transaction_are_pinned_by_their_first_key() {
+        let map = three_masters();
+        let routes = routes(&map);
+        assert_eq!(routes.key_node(&request(&[b"EVAL", b"return 1", b"1", b"c"])), Some(B));
+        assert_eq!(routes.key_node(&request(&[b"evalsha_ro", b"sha", b"2", b"hello", b"foo"])), Some(A));
+        assert_eq!(routes.key_node(&request(&[b"FCALL", b"f", b"1", b"foo", b"arg"])), Some(C));
+        assert_eq!(routes.key_node(&request(&[b"EVAL", b"return 1", b"0", b"c"])), None, "numkeys 0: no key");
+        assert_eq!(routes.key_node(&request(&[b"EVAL", b"return 1"])), None);
     }
 
     #[test]
