@@ -9,6 +9,8 @@
 //! - [`sources`]: accept loops, the connection loop, and each protocol's source codec.
 //! - [`sinks`]: upstream connections used by sink transforms.
 //! - [`transforms`]: one module per built-in transform, and their registry.
+//! - [`in_order`]: keeps the answers a transform makes itself in request order among the
+//!   answers from further down the chain.
 //! - [`stream`]: a connection's socket (plain, TLS or WebSocket) and its read buffer.
 //! - [`websocket`]: the WebSocket transport of Cassandra sources.
 //! - [`tls`]: rustls acceptors and connectors built from the YAML `tls` blocks.
@@ -28,6 +30,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod hot_reload;
+pub mod in_order;
 pub mod logging;
 pub mod message;
 pub mod observability;

@@ -1,7 +1,9 @@
 //! Upstream connections used by sink transforms.
 //!
 //! - [`valkey`]: one connection to a Valkey server that reads whole RESP messages.
-//! - [`valkey_cluster`]: slot maps of a Valkey Cluster.
+//! - [`valkey_slots`]: the slot map of a Valkey Cluster: which master owns which slot.
+//! - [`valkey_mux`]: one connection to a Valkey node shared by the clients of a core
+//!   (ValkeySinkCluster), replies handed back in the order requests were queued.
 //! - [`cassandra`]: one connection to a Cassandra node that reads whole CQL frames.
 //! - [`kafka`]: one connection to a Kafka broker that reads whole messages.
 //! - [`settings`]: the connection settings every sink shares, resolved once at load.
@@ -10,12 +12,10 @@ pub mod cassandra;
 pub mod kafka;
 pub mod settings;
 pub mod valkey;
-pub mod valkey_cluster;
 pub mod valkey_mux;
+pub mod valkey_slots;
 
-pub use settings::{
-    default_connect_timeout_ms, resolve_address, tls_server_name, validate_connection, ConnectSettings, Upstream,
-};
+pub use settings::{default_connect_timeout_ms, resolve_address, tls_server_name, ConnectSettings, Upstream};
 
 use crate::rt::TcpStream;
 use crate::stream::Stream;

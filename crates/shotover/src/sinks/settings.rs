@@ -117,16 +117,6 @@ pub fn tls_server_name(address: &str) -> Result<ServerName<'static>> {
     server_name(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
-/// The checks of [`ConnectSettings::resolve`], without keeping the result. Errors name the
-/// YAML field.
-pub fn validate_connection(
-    tls: Option<&TlsConnectorConfig>,
-    connect_timeout_ms: u64,
-    read_timeout: Option<u64>,
-) -> Result<()> {
-    ConnectSettings::resolve(tls, connect_timeout_ms, read_timeout).map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,6 @@ pub mod cassandra_sink_single;
 pub mod coalesce;
 pub mod debug_printer;
 pub mod debug_returner;
-pub mod in_order;
 pub mod kafka_sink_single;
 pub mod null_sink;
 pub mod parallel_map;

@@ -12,8 +12,8 @@
 //! Valkey commands are classified by `shotover_protocols::valkey::command::classify`.
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::in_order::InOrder;
 use crate::message::{Frame, Message, Protocol, ProxyError};
-use crate::transforms::in_order::InOrder;
 use anyhow::Result;
 use async_trait::async_trait;
 use serde::Deserialize;

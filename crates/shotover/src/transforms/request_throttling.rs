@@ -12,9 +12,9 @@
 //! place among the batch's responses. The minimum of 50 lets drivers finish their startup.
 
 use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::in_order::InOrder;
 use crate::message::{Frame, Message, Protocol, ProxyError};
 use crate::rate_limit::{Gcra, GlobalRate};
-use crate::transforms::in_order::InOrder;
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 use prometheus::IntCounter;

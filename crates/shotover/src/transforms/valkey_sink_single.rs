@@ -18,10 +18,10 @@
 //! connection is closed instead.
 
 use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
-use crate::stream::ReadMode;
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::Upstream;
+use crate::stream::ReadMode;
 use crate::tls::TlsConnectorConfig;
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;

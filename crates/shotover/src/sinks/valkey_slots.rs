@@ -93,6 +93,17 @@ impl SlotMap {
         Ok(map)
     }
 
+    /// A map of the given inclusive slot ranges, masters in the order given: for tests that
+    /// route without a cluster.
+    #[cfg(test)]
+    pub(crate) fn from_ranges(ranges: &[(u16, u16, SocketAddr)]) -> SlotMap {
+        let mut map = SlotMap { slots: vec![None; SLOTS], masters: Vec::new(), fetched_at: Some(Instant::now()) };
+        for (start, end, addr) in ranges {
+            map.moved_range(i64::from(*start), i64::from(*end), *addr);
+        }
+        map
+    }
+
     fn moved_range(&mut self, start: i64, end: i64, addr: SocketAddr) {
         let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else { return };
         for slot in start..=end.min(SLOTS as u16 - 1) {
@@ -160,5 +171,17 @@ mod tests {
         map.moved(5, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(map.master_of(5), Some("127.0.0.1:7001".parse().unwrap()));
         assert_eq!(map.masters.len(), 3);
+    }
+
+    #[test]
+    fn map_from_ranges() {
+        let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:7000".parse().unwrap(), "10.0.0.2:7000".parse().unwrap());
+        let map = SlotMap::from_ranges(&[(0, 99, a), (100, 16383, b)]);
+        assert_eq!(map.masters, vec![a, b]);
+        assert_eq!((map.master_of(0), map.master_of(99), map.master_of(100)), (Some(a), Some(a), Some(b)));
+        assert_eq!(map.master_of(16383), Some(b));
+        let partial = SlotMap::from_ranges(&[(0, 9, a)]);
+        assert_eq!((partial.master_of(9), partial.master_of(10)), (Some(a), None));
+        assert!(!partial.is_stale());
     }
 }

@@ -1,0 +1,379 @@
+//! ValkeySinkCluster: a Valkey Cluster behind one address. Clients that know nothing of
+//! clusters see a single node (hiding mode); with `direct_connection`, commands without a key
+//! go to that node (handling mode).
+//!
+//! ```yaml
+//! - ValkeySinkCluster:
+//!     first_contact_points: ["127.0.0.1:2220", "127.0.0.1:2221"]
+//!     connect_timeout_ms: 3000
+//! ```
+//!
+//! How a batch runs: every request is planned into one or more sub-requests, each for the
+//! master of its key's slot (multi-key commands are split by slot, node-wide commands go to
+//! every master). All sub-requests for a node go out in one write, to all nodes before any
+//! reply is read, so the nodes work concurrently. Replies are merged back into one response
+//! per request, in request order. `MOVED` updates the slot map and retries; `ASK` retries once
+//! with `ASKING`; connection errors drop the connection and refresh the slot map.
+//!
+//! What runs across the cluster:
+//! - commands with a key go to the master of the key's slot (the first argument is taken as
+//!   the key; a command whose first argument is not a key reaches its node through `MOVED`);
+//!   `EVAL`/`FCALL` and their variants are routed by their first key;
+//! - `MGET`, `MSET` and multi-key `DEL`/`EXISTS`/`UNLINK`/`TOUCH` are split by slot and their
+//!   replies merged; `DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB` and `SCRIPT` go to every master;
+//! - commands without a key (`PING`, `INFO`, `CLUSTER`, `AUTH`, `HELLO`, ...) go to the
+//!   `direct_connection` node, else to a master;
+//! - `SCAN` walks every master in turn: the proxy's cursor holds the node's cursor and the
+//!   master's index (masters in address order, at most 256);
+//! - transactions (`MULTI`/`EXEC`/`DISCARD`, `WATCH`/`UNWATCH`) run on the one node their keys
+//!   live on, one command at a time: a command for another node answers `CROSSSLOT`, and
+//!   `EXEC` then answers `EXECABORT` (Valkey Cluster itself wants a transaction's keys in one
+//!   slot).
+//!
+//! Not supported (a clear error reply, never a hang): subscribing to pub/sub channels
+//! (`SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE` and their `UNSUBSCRIBE`s) and `MONITOR`.
+//! `PUBLISH` and `SPUBLISH` work, routed by their channel.
+//!
+//! The code, by job: `route.rs` says which node and which kind of connection a request
+//! needs, `plan.rs` splits requests into sub-requests, `send.rs` writes them and reads the
+//! replies (redirections included), `merge.rs` makes the replies one response per request,
+//! and `transaction.rs` runs MULTI/EXEC and WATCH. This file holds the configuration, what
+//! the clients of one core share, and the [`Transform`] that ties the steps together.
+
+mod merge;
+mod plan;
+mod route;
+mod send;
+mod transaction;
+
+use crate::chain::{BuildContext, ChainState, Resolved, Transform, TransformBuilder, TransformConfig};
+use crate::message::{Message, Protocol};
+use crate::sinks::valkey::ValkeyConnection;
+use crate::sinks::valkey_mux::Mux;
+use crate::sinks::valkey_slots::{node_tls, SlotMap};
+use crate::sinks::{resolve_address, ConnectSettings};
+use crate::tls::TlsConnectorConfig;
+use anyhow::{anyhow, Context as _, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use merge::merge;
+use plan::{Plan, Sub};
+use prometheus::IntCounter;
+use route::{is_stateful, Routes};
+use serde::Deserialize;
+use shotover_protocols::valkey::frame::is_error_reply as is_error;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use transaction::{is_transaction_command, Txn};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValkeySinkClusterConfig {
+    /// Nodes to ask for the cluster's slot map, in order.
+    pub first_contact_points: Vec<String>,
+    /// Handling mode: commands without a key go to this node. Also accepted as
+    /// `direct_destination`.
+    #[serde(default, alias = "direct_destination")]
+    pub direct_connection: Option<String>,
+    /// Shared (multiplexed) connections per node in each worker core. Default 1. Clients that
+    /// change connection state (AUTH, HELLO, SELECT, CLIENT, transactions, blocking
+    /// commands) get connections of their own instead.
+    #[serde(default = "one")]
+    pub connection_count: usize,
+    /// Milliseconds to wait for a connection to a node. Default 3000.
+    #[serde(default = "crate::sinks::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// TLS to the nodes. Absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsConnectorConfig>,
+    /// What `validate` resolved: the addresses, TLS and timeout.
+    #[serde(skip)]
+    resolved: Resolved<Addresses>,
+}
+
+/// The configuration's addresses and connection settings, resolved once at load.
+struct Addresses {
+    contact: Vec<SocketAddr>,
+    direct: Option<SocketAddr>,
+    settings: ConnectSettings,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl TransformConfig for ValkeySinkClusterConfig {
+    const NAME: &'static str = "ValkeySinkCluster";
+    const TERMINATING: bool = true;
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Valkey];
+
+    fn validate(&mut self) -> Result<()> {
+        if self.first_contact_points.is_empty() {
+            return Err(anyhow!("first_contact_points: give at least one node"));
+        }
+        let contact = (self.first_contact_points.iter().enumerate())
+            .map(|(i, address)| resolve_address(address).with_context(|| format!("first_contact_points[{i}]")))
+            .collect::<Result<_>>()?;
+        let direct = self.direct_connection.as_deref().map(resolve_address).transpose().context("direct_connection")?;
+        if self.connection_count == 0 {
+            return Err(anyhow!("connection_count: must be at least 1"));
+        }
+        let settings = ConnectSettings::resolve(self.tls.as_ref(), self.connect_timeout_ms, None)?;
+        self.resolved.set(Addresses { contact, direct, settings });
+        Ok(())
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+        let resolved = self.resolved.get()?;
+        let shared = Rc::new(Shared {
+            contact: resolved.contact.clone(),
+            direct: resolved.direct,
+            timeout: resolved.settings.connect_timeout,
+            tls: resolved.settings.tls.clone(),
+            map: RefCell::new(SlotMap::default()),
+            connection_count: self.connection_count,
+            muxes: RefCell::new(HashMap::new()),
+            next_mux: Cell::new(0),
+            failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkCluster", &ctx.chain_name]),
+        });
+        Ok(Box::new(move || ValkeySinkCluster {
+            shared: shared.clone(),
+            conns: HashMap::new(),
+            session: Vec::new(),
+            txn: None,
+            watch_node: None,
+            dedicated: false,
+        }))
+    }
+}
+
+/// What the connections of one core share: addresses, TLS and the slot map.
+struct Shared {
+    contact: Vec<SocketAddr>,
+    direct: Option<SocketAddr>,
+    timeout: Duration,
+    tls: Option<futures_rustls::TlsConnector>,
+    map: RefCell<SlotMap>,
+    /// Shared connections per node.
+    connection_count: usize,
+    /// Per node: the core's shared, multiplexed connections (up to `connection_count`),
+    /// which carry the batches of every client that keeps no state on its connection.
+    muxes: RefCell<HashMap<SocketAddr, Vec<Rc<Mux>>>>,
+    /// Spreads batches over a node's muxes.
+    next_mux: Cell<usize>,
+    failed_requests: IntCounter,
+}
+
+impl Shared {
+    /// One of the core's shared connections to `node`, round robin.
+    fn mux(&self, node: SocketAddr) -> Rc<Mux> {
+        let mut muxes = self.muxes.borrow_mut();
+        let list = muxes.entry(node).or_default();
+        let turn = self.next_mux.get();
+        self.next_mux.set(turn.wrapping_add(1));
+        if list.len() < self.connection_count {
+            let tls = self.tls.as_ref().map(|connector| node_tls(connector, node));
+            list.push(Rc::new(Mux::new(node, self.timeout, tls)));
+        }
+        let at = turn % list.len().max(1);
+        match list.get(at).or_else(|| list.first()) {
+            Some(mux) => mux.clone(),
+            None => Rc::new(Mux::new(node, self.timeout, None)),
+        }
+    }
+}
+
+impl Shared {
+    /// Routing over the slot map as it is now.
+    fn routes<R>(&self, f: impl FnOnce(&Routes<'_>) -> R) -> R {
+        let map = self.map.borrow();
+        f(&Routes { map: &map, direct: self.direct, contact: &self.contact })
+    }
+}
+
+pub struct ValkeySinkCluster {
+    shared: Rc<Shared>,
+    conns: HashMap<SocketAddr, ValkeyConnection>,
+    /// HELLO and AUTH commands that succeeded, replayed on every new node connection so
+    /// that this client's credentials apply on every node it uses, and only for it.
+    session: Vec<Bytes>,
+    /// An open MULTI: commands go, in order, to the one node its keys live on.
+    txn: Option<Txn>,
+    /// The node of the keys under WATCH; a following MULTI must use it.
+    watch_node: Option<SocketAddr>,
+    /// Once true, this client uses connections of its own instead of the core's shared ones.
+    dedicated: bool,
+}
+
+impl ValkeySinkCluster {
+    /// Splits one request into sub-requests (appended to `subs`); see [`Routes::plan`].
+    fn plan(&self, request: &Message, subs: &mut Vec<Sub>) -> Plan {
+        self.shared.routes(|routes| routes.plan(request, subs))
+    }
+
+    fn default_node(&self) -> Option<SocketAddr> {
+        self.shared.routes(|routes| routes.default_node())
+    }
+
+    /// The node a command's first key lives on, if it has one.
+    fn key_node(&self, request: &Message) -> Option<SocketAddr> {
+        self.shared.routes(|routes| routes.key_node(request))
+    }
+}
+
+#[async_trait(?Send)]
+impl Transform for ValkeySinkCluster {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+        let requests = std::mem::take(&mut state.requests);
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.shared.map.borrow().is_empty() || self.shared.map.borrow().is_stale() {
+            self.refresh_map().await;
+        }
+        if self.txn.is_some() || self.watch_node.is_some() || requests.iter().any(is_transaction_command) {
+            self.dedicated = true;
+            // Transactions run one command at a time, pinned to the node of their keys.
+            let mut responses = Vec::with_capacity(requests.len());
+            for request in &requests {
+                responses.push(self.transaction_step(request).await);
+            }
+            return Ok(responses);
+        }
+        let mut subs = Vec::new();
+        let plans: Vec<Plan> = requests.iter().map(|r| self.plan(r, &mut subs)).collect();
+        let pending: Vec<usize> =
+            (0..subs.len()).filter(|&i| subs.get(i).is_some_and(|s| s.node.port() != 0)).collect();
+        if !self.dedicated && requests.iter().any(is_stateful) {
+            self.dedicated = true;
+        }
+        let broken = self.run(&mut subs, &pending).await;
+        let moved = self.follow_redirections(&mut subs).await;
+        if broken {
+            // A node could not be reached (after a failover, say): ask the cluster again and
+            // send what never left the proxy to its slot's current master.
+            self.refresh_map().await;
+            let retry: Vec<usize> = (0..subs.len())
+                .filter(|&i| {
+                    let Some(sub) = subs.get_mut(i) else { return false };
+                    let current = sub.slot.and_then(|s| self.shared.map.borrow().master_of(s));
+                    match current {
+                        Some(node) if sub.reply.is_err() && !sub.sent && node != sub.node => {
+                            sub.node = node;
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+                .collect();
+            if !retry.is_empty() {
+                self.run(&mut subs, &retry).await;
+            }
+        }
+        if moved {
+            self.refresh_map().await;
+        }
+        let mut responses = Vec::with_capacity(requests.len());
+        for (request, plan) in requests.iter().zip(&plans) {
+            let response = merge(request, plan, &subs, &self.shared.failed_requests);
+            if plan.session && response.raw().is_some_and(|r| !is_error(r)) {
+                if let Some(raw) = request.raw() {
+                    self.session.push(raw.clone());
+                    // Other nodes learn the new session when they reconnect.
+                    let keep = subs.get(plan.subs.clone()).and_then(|s| s.first()).map(|s| s.node);
+                    self.conns.retain(|node, _| Some(*node) == keep);
+                }
+            }
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+}
+
+/// What the tests of every file share: a slot map of three masters, and requests.
+#[cfg(test)]
+mod fixtures {
+    use super::plan::command;
+    use super::Routes;
+    use crate::message::{Message, Protocol};
+    use crate::sinks::valkey_slots::SlotMap;
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Instant;
+
+    const fn node(last: u8) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), 7000))
+    }
+
+    /// Master of slots 0-5460: `hello` (slot 866), `bar` (5061).
+    pub(super) const A: SocketAddr = node(1);
+    /// Master of slots 5461-10922: `c` (7365).
+    pub(super) const B: SocketAddr = node(2);
+    /// Master of slots 10923-16383: `foo` and `{foo}x` (12182), `a` (15495).
+    pub(super) const C: SocketAddr = node(3);
+    /// Not a master: a `direct_connection` or a contact point.
+    pub(super) const D: SocketAddr = node(4);
+
+    pub(super) fn three_masters() -> SlotMap {
+        SlotMap::from_ranges(&[(0, 5460, A), (5461, 10922, B), (10923, 16383, C)])
+    }
+
+    /// Routing over `map`, without `direct_connection` or contact points.
+    pub(super) fn routes(map: &SlotMap) -> Routes<'_> {
+        Routes { map, direct: None, contact: &[] }
+    }
+
+    /// A request as a client sends it: an array of bulk strings.
+    pub(super) fn request(parts: &[&[u8]]) -> Message {
+        Message::from_bytes(command(parts), Protocol::Valkey, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Result<ValkeySinkClusterConfig, serde_yaml_ng::Error> {
+        serde_yaml_ng::from_str(yaml)
+    }
+
+    #[test]
+    fn config_defaults_and_direct_destination_alias() {
+        let mut c =
+            config("first_contact_points: [\"127.0.0.1:2220\"]\ndirect_destination: \"127.0.0.1:2221\"\n").unwrap();
+        assert_eq!(c.first_contact_points, vec!["127.0.0.1:2220".to_string()]);
+        assert_eq!(c.direct_connection.as_deref(), Some("127.0.0.1:2221"));
+        assert_eq!((c.connection_count, c.connect_timeout_ms), (1, 3000));
+        assert!(c.tls.is_none());
+        c.validate().unwrap();
+        let resolved = c.resolved.get().unwrap();
+        assert_eq!(resolved.contact, vec!["127.0.0.1:2220".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(resolved.direct, Some("127.0.0.1:2221".parse().unwrap()));
+        assert_eq!(resolved.settings.connect_timeout, Duration::from_millis(3000));
+        assert_eq!(
+            (ValkeySinkClusterConfig::NAME, ValkeySinkClusterConfig::TERMINATING, ValkeySinkClusterConfig::PROTOCOLS),
+            ("ValkeySinkCluster", true, &[Protocol::Valkey][..])
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let error = |yaml: &str| format!("{:#}", config(yaml).unwrap().validate().unwrap_err());
+        assert_eq!(error("first_contact_points: []"), "first_contact_points: give at least one node");
+        assert_eq!(
+            error("first_contact_points: [\"127.0.0.1:2220\"]\nconnection_count: 0"),
+            "connection_count: must be at least 1"
+        );
+        assert!(
+            error("first_contact_points: [\"127.0.0.1:2220\", \"no port\"]").starts_with("first_contact_points[1]: ")
+        );
+        assert!(error("first_contact_points: [\"127.0.0.1:2220\"]\ndirect_connection: \"x\"")
+            .starts_with("direct_connection: "));
+        assert!(
+            config("first_contact_points: [\"127.0.0.1:2220\"]\nread_timeout: 5").is_err(),
+            "unknown fields are refused"
+        );
+    }
+}

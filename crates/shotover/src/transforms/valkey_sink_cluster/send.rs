@@ -1,0 +1,300 @@
+//! Sending: sub-requests go out to their nodes and their replies come back.
+//!
+//! Clients that keep no state on their connection share the core's multiplexed connections
+//! to each node ([`Mux`](crate::sinks::valkey_mux::Mux)); the others (see
+//! [`super::route::is_stateful`]) get connections of their own, on which their `AUTH`/`HELLO`
+//! session is replayed. Either way every node's sub-requests go out before any reply is
+//! awaited. `MOVED` and `ASK` replies are followed
+//! here, and the slot map is fetched again when it proves wrong or a node is lost.
+
+use super::plan::Sub;
+use super::ValkeySinkCluster;
+use crate::sinks::valkey::ValkeyConnection;
+use crate::sinks::valkey_mux::MuxError;
+use crate::sinks::valkey_slots::{fetch, node_tls};
+use anyhow::{anyhow, Context as _, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use shotover_protocols::valkey::frame::is_error_reply as is_error;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+impl Sub {
+    fn replies(&self) -> usize {
+        if self.asking {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Takes this sub-request's replies, as many as [`Sub::replies`], in order.
+    fn take_replies(&mut self, replies: &mut impl Iterator<Item = Bytes>) {
+        let first = replies.next();
+        let reply = if self.asking {
+            let second = replies.next();
+            match first {
+                Some(ok) if ok.as_ref() == b"+OK\r\n" => second,
+                other => other,
+            }
+        } else {
+            first
+        };
+        self.reply = reply.ok_or_else(|| format!("node {}: missing reply", self.node));
+    }
+}
+
+impl ValkeySinkCluster {
+    /// Connects to `node` if needed, replaying the client's session.
+    async fn connection(&mut self, node: SocketAddr) -> Result<&mut ValkeyConnection> {
+        if !self.conns.contains_key(&node) {
+            let tls = self.shared.tls.as_ref().map(|connector| node_tls(connector, node));
+            let mut conn = ValkeyConnection::connect(node, self.shared.timeout, tls.as_ref())
+                .await
+                .with_context(|| format!("cannot connect to cluster node {node}"))?;
+            for raw in &self.session {
+                conn.write_all(raw).await?;
+                let reply = conn.next().await?;
+                if is_error(&reply) {
+                    return Err(anyhow!(
+                        "node {node} refused the session: {}",
+                        String::from_utf8_lossy(&reply).trim_end()
+                    ));
+                }
+            }
+            self.conns.insert(node, conn);
+        }
+        self.conns.get_mut(&node).ok_or_else(|| anyhow!("no connection to {node}"))
+    }
+
+    /// Sends every pending sub-request: all writes first, then the replies node by node.
+    /// True when a node could not be reached or its connection broke.
+    pub(super) async fn run(&mut self, subs: &mut [Sub], pending: &[usize]) -> bool {
+        if !self.dedicated {
+            return self.run_shared(subs, pending).await;
+        }
+        let mut nodes: Vec<SocketAddr> = Vec::new();
+        for &i in pending {
+            if let Some(sub) = subs.get(i) {
+                if sub.node.port() != 0 && !nodes.contains(&sub.node) {
+                    nodes.push(sub.node);
+                }
+            }
+        }
+        let mut broken = false;
+        let mut written = Vec::new();
+        for node in nodes {
+            let mut buf = BytesMut::new();
+            for &i in pending {
+                if let Some(sub) = subs.get(i).filter(|s| s.node == node) {
+                    buf.put_slice(&sub.raw);
+                }
+            }
+            // A failed connect sent nothing (the commands may go elsewhere); a failed write
+            // may have sent part, so those commands count as sent and are not retried.
+            let (result, sent) = match self.connection(node).await {
+                Ok(conn) => (conn.write_all(&buf).await.map_err(anyhow::Error::from), true),
+                Err(e) => (Err(e), false),
+            };
+            for &i in pending {
+                if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
+                    sub.sent = sent;
+                    if let Err(e) = &result {
+                        sub.reply = Err(format!("{e:#}"));
+                    }
+                }
+            }
+            match result {
+                Ok(()) => written.push(node),
+                Err(_) => {
+                    broken = true;
+                    self.conns.remove(&node);
+                }
+            }
+        }
+        for node in written {
+            for &i in pending {
+                if subs.get(i).is_none_or(|s| s.node != node) {
+                    continue;
+                }
+                let wanted = subs.get(i).map_or(0, Sub::replies);
+                let mut replies = Vec::with_capacity(wanted);
+                let mut failed = None;
+                for _ in 0..wanted {
+                    let reply = match self.conns.get_mut(&node) {
+                        Some(conn) => conn.next().await.map_err(|e| format!("node {node}: {e}")),
+                        None => Err(format!("node {node}: connection lost")),
+                    };
+                    match reply {
+                        Ok(r) => replies.push(r),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if failed.is_some() {
+                    broken = true;
+                    self.conns.remove(&node);
+                }
+                if let Some(sub) = subs.get_mut(i) {
+                    match failed {
+                        Some(e) => sub.reply = Err(e),
+                        None => sub.take_replies(&mut replies.into_iter()),
+                    }
+                }
+            }
+        }
+        broken
+    }
+
+    /// Follows MOVED and ASK redirections, a few times at most.
+    pub(super) async fn follow_redirections(&mut self, subs: &mut [Sub]) -> bool {
+        let mut moved = false;
+        for round in 0..5 {
+            if round > 1 {
+                // A slot being moved can bounce between nodes for a moment: back off a little.
+                crate::rt::sleep(Duration::from_millis(20 * round)).await;
+            }
+            let mut pending = Vec::new();
+            for (i, sub) in subs.iter_mut().enumerate() {
+                let Ok(reply) = &sub.reply else { continue };
+                let text = String::from_utf8_lossy(reply);
+                let mut words = text.trim_end().split(' ');
+                let (kind, slot, addr) = (words.next(), words.next(), words.next());
+                let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) else { continue };
+                match kind {
+                    Some("-MOVED") => {
+                        if let Some(s) = slot.and_then(|s| s.parse::<u16>().ok()) {
+                            self.shared.map.borrow_mut().moved(s, addr);
+                        }
+                        moved = true;
+                        sub.node = addr;
+                        pending.push(i);
+                    }
+                    Some("-ASK") => {
+                        // ASKING applies to the next command only: send both together.
+                        let mut raw = BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
+                        raw.put_slice(&sub.raw);
+                        let asked = Sub {
+                            node: addr,
+                            raw: raw.freeze(),
+                            slot: sub.slot,
+                            reply: Err(String::new()),
+                            sent: false,
+                            asking: true,
+                        };
+                        let mut one = [asked];
+                        self.run(&mut one, &[0]).await;
+                        let [asked] = one;
+                        sub.reply = asked.reply;
+                    }
+                    _ => {}
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            self.run(subs, &pending).await;
+        }
+        moved
+    }
+
+    /// [`Self::run`] over the core's shared connections: every node's sub-requests are
+    /// queued on its mux first, then the replies are awaited, so the nodes work in parallel.
+    async fn run_shared(&mut self, subs: &mut [Sub], pending: &[usize]) -> bool {
+        let mut tickets = Vec::new();
+        let mut buf = BytesMut::new();
+        for &i in pending {
+            let Some(node) = subs.get(i).map(|s| s.node).filter(|n| n.port() != 0) else { continue };
+            if tickets.iter().any(|(n, _)| *n == node) {
+                continue;
+            }
+            buf.clear();
+            let mut replies = 0;
+            for &j in pending {
+                if let Some(sub) = subs.get(j).filter(|s| s.node == node) {
+                    buf.put_slice(&sub.raw);
+                    replies += sub.replies();
+                }
+            }
+            tickets.push((node, self.shared.mux(node).submit(&buf, replies)));
+        }
+        let mut broken = false;
+        for (node, ticket) in tickets {
+            let (mut replies, error, sent) = match ticket.wait().await {
+                Ok(replies) => (replies.into_iter(), None, true),
+                Err(MuxError::NotSent(e)) => (Vec::new().into_iter(), Some(e), false),
+                Err(MuxError::Lost(e)) => (Vec::new().into_iter(), Some(e), true),
+            };
+            broken |= error.is_some();
+            for &i in pending {
+                let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) else { continue };
+                sub.sent = sent;
+                match &error {
+                    None => sub.take_replies(&mut replies),
+                    Some(e) => sub.reply = Err(e.clone()),
+                }
+            }
+        }
+        broken
+    }
+
+    /// Sends one command to one node and waits for its reply.
+    pub(super) async fn send_one(&mut self, node: SocketAddr, raw: Bytes) -> Result<Bytes, String> {
+        let mut one = [Sub { node, raw, slot: None, reply: Err("not sent".into()), sent: false, asking: false }];
+        if self.run(&mut one, &[0]).await {
+            self.refresh_map().await;
+        }
+        let [sub] = one;
+        sub.reply
+    }
+
+    /// Fetches the slot map again, from a known master or a contact point.
+    pub(super) async fn refresh_map(&mut self) {
+        let mut nodes = self.shared.map.borrow().masters.clone();
+        nodes.extend(self.shared.contact.iter().copied());
+        match fetch(&nodes, self.shared.timeout, self.shared.tls.as_ref(), &self.session).await {
+            Ok(map) => {
+                // Shared connections to nodes that are no longer masters (failed over, or gone
+                // from the cluster) close once what they owe is answered.
+                let direct = self.shared.direct;
+                self.shared.muxes.borrow_mut().retain(|node, _| map.masters.contains(node) || Some(*node) == direct);
+                *self.shared.map.borrow_mut() = map;
+            }
+            Err(e) => tracing::warn!("cannot refresh the cluster slot map: {e:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::A;
+    use super::*;
+
+    fn sub(asking: bool) -> Sub {
+        Sub { node: A, raw: Bytes::new(), slot: None, reply: Err("not sent".into()), sent: false, asking }
+    }
+
+    #[test]
+    fn a_sub_request_takes_its_own_replies() {
+        let (plain, asking) = (sub(false), sub(true));
+        assert_eq!((plain.replies(), asking.replies()), (1, 2));
+        let mut replies = [&b"$1\r\n1\r\n"[..], b"+OK\r\n", b"$1\r\n2\r\n", b"-ERR no\r\n", b":5\r\n"]
+            .map(Bytes::from_static)
+            .into_iter();
+        let mut first = sub(false);
+        first.take_replies(&mut replies);
+        assert_eq!(first.reply, Ok(Bytes::from_static(b"$1\r\n1\r\n")));
+        // After ASKING's +OK, the command's reply.
+        let mut asked = sub(true);
+        asked.take_replies(&mut replies);
+        assert_eq!(asked.reply, Ok(Bytes::from_static(b"$1\r\n2\r\n")));
+        // ASKING refused: its error is the reply, and the command's reply is used up.
+        let mut refused = sub(true);
+        refused.take_replies(&mut replies);
+        assert_eq!(refused.reply, Ok(Bytes::from_static(b"-ERR no\r\n")));
+        let mut missing = sub(false);
+        missing.take_replies(&mut replies);
+        assert_eq!(missing.reply, Err("node 10.0.0.1:7000: missing reply".to_string()));
+    }
+}

@@ -1,0 +1,169 @@
+//! Transactions: `MULTI`/`EXEC`/`DISCARD` and `WATCH`/`UNWATCH`.
+//!
+//! Valkey Cluster runs a transaction on one node, so a client's transaction is pinned to the
+//! node of its keys: the node of the keys under `WATCH`, else the node of the first queued
+//! command's key (a command without a key uses [`super::route::Routes::default_node`]).
+//! `MULTI` reaches that node only once it is known. A command for another node answers
+//! `CROSSSLOT` and makes `EXEC` answer `EXECABORT` (the node's transaction is discarded).
+//! While a transaction or a `WATCH` is open, the client's requests run one at a time on
+//! connections of its own; requests outside `MULTI` (after `WATCH`) are planned as usual.
+
+use super::merge::{merge, reply_message};
+use super::ValkeySinkCluster;
+use crate::message::Message;
+use bytes::Bytes;
+use shotover_protocols::valkey::frame::is_error_reply as is_error;
+use std::net::SocketAddr;
+
+/// A transaction in progress. It is opened on a node only with its first command, once the
+/// node is known from that command's key.
+pub(super) struct Txn {
+    pub(super) node: Option<SocketAddr>,
+    /// A command could not join the transaction: EXEC answers EXECABORT.
+    pub(super) aborted: bool,
+}
+
+/// Requests that start a transaction or a WATCH.
+pub(super) fn is_transaction_command(request: &Message) -> bool {
+    request.valkey_request().is_some_and(|v| v.is("MULTI") || v.is("WATCH"))
+}
+
+impl ValkeySinkCluster {
+    /// Runs one request while a transaction (or WATCH) is in progress.
+    pub(super) async fn transaction_step(&mut self, request: &Message) -> Message {
+        let name = request.valkey_request().map(|v| v.name.to_ascii_uppercase()).unwrap_or_default();
+        let raw = request.raw().cloned().unwrap_or_default();
+        let shared = self.shared.clone();
+        let reply = |r: Result<Bytes, String>| match r {
+            Ok(raw) => reply_message(request, raw),
+            Err(e) => {
+                shared.failed_requests.inc();
+                Message::valkey_error_to(request, format!("ERR shotover: {e}"))
+            }
+        };
+        let local = |text: &'static [u8]| reply_message(request, Bytes::from_static(text));
+        match name.as_slice() {
+            b"WATCH" => {
+                let node = self.key_node(request);
+                match (node, self.watch_node) {
+                    (None, _) => local(b"-ERR shotover: WATCH needs a key whose slot is known\r\n"),
+                    (Some(n), Some(w)) if n != w => {
+                        local(b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+                    }
+                    (Some(n), _) => {
+                        self.watch_node = Some(n);
+                        reply(self.send_one(n, raw).await)
+                    }
+                }
+            }
+            b"UNWATCH" => match self.watch_node.take() {
+                Some(n) if self.txn.is_none() => reply(self.send_one(n, raw).await),
+                Some(n) => {
+                    self.watch_node = Some(n);
+                    self.txn_command(request, raw).await
+                }
+                None => local(b"+OK\r\n"),
+            },
+            b"MULTI" => {
+                if self.txn.is_some() {
+                    return local(b"-ERR MULTI calls can not be nested\r\n");
+                }
+                self.txn = Some(Txn { node: self.watch_node, aborted: false });
+                match self.watch_node {
+                    Some(n) => reply(self.send_one(n, raw).await),
+                    None => local(b"+OK\r\n"),
+                }
+            }
+            b"EXEC" | b"DISCARD" => {
+                let Some(txn) = self.txn.take() else {
+                    return Message::valkey_error_to(
+                        request,
+                        format!("ERR {} without MULTI", String::from_utf8_lossy(&name)),
+                    );
+                };
+                self.watch_node = None;
+                let exec = name.as_slice() == b"EXEC";
+                match (txn.node, txn.aborted) {
+                    (Some(n), true) => {
+                        let _ = self.send_one(n, Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")).await;
+                        local(if exec {
+                            b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                        } else {
+                            b"+OK\r\n"
+                        })
+                    }
+                    (Some(n), false) => reply(self.send_one(n, raw).await),
+                    (None, true) if exec => local(b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+                    (None, _) => local(if exec { b"*0\r\n" } else { b"+OK\r\n" }),
+                }
+            }
+            _ if self.txn.is_some() => self.txn_command(request, raw).await,
+            _ => {
+                let mut subs = Vec::new();
+                let plan = self.plan(request, &mut subs);
+                let pending: Vec<usize> =
+                    (0..subs.len()).filter(|&i| subs.get(i).is_some_and(|s| s.node.port() != 0)).collect();
+                let broken = self.run(&mut subs, &pending).await;
+                if self.follow_redirections(&mut subs).await || broken {
+                    self.refresh_map().await;
+                }
+                merge(request, &plan, &subs, &self.shared.failed_requests)
+            }
+        }
+    }
+
+    /// Queues a command in the open transaction, opening it on the command's node first.
+    async fn txn_command(&mut self, request: &Message, raw: Bytes) -> Message {
+        let target = self.key_node(request);
+        let pinned = self.txn.as_ref().and_then(|t| t.node);
+        let node = match (pinned, target) {
+            (Some(p), Some(t)) if p != t => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.aborted = true;
+                }
+                return Message::valkey_error_to(request, "CROSSSLOT Keys in request don't hash to the same slot");
+            }
+            (Some(p), _) => p,
+            (None, t) => {
+                let Some(node) = t.or_else(|| self.default_node()) else {
+                    return Message::valkey_error_to(request, "ERR shotover: no cluster node is known");
+                };
+                match self.send_one(node, Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")).await {
+                    Ok(ok) if !is_error(&ok) => {
+                        if let Some(txn) = self.txn.as_mut() {
+                            txn.node = Some(node);
+                        }
+                        node
+                    }
+                    Ok(err) => return reply_message(request, err),
+                    Err(e) => return Message::valkey_error_to(request, format!("ERR shotover: {e}")),
+                }
+            }
+        };
+        match self.send_one(node, raw).await {
+            Ok(raw) => reply_message(request, raw),
+            Err(e) => {
+                self.shared.failed_requests.inc();
+                Message::valkey_error_to(request, format!("ERR shotover: {e}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::request;
+    use super::*;
+
+    #[test]
+    fn multi_and_watch_start_a_transaction() {
+        for parts in [&[&b"MULTI"[..]][..], &[b"multi"], &[b"WATCH", b"foo"], &[b"Watch", b"foo", b"bar"]] {
+            assert!(is_transaction_command(&request(parts)), "{parts:?}");
+        }
+        // Without an open transaction these are answered by the plan ("... without MULTI"),
+        // or, for UNWATCH, planned like any command without a key.
+        for parts in [&[&b"EXEC"[..]][..], &[b"DISCARD"], &[b"UNWATCH"], &[b"GET", b"MULTI"], &[b"MULTIPLY"]] {
+            assert!(!is_transaction_command(&request(parts)), "{parts:?}");
+        }
+    }
+}
