@@ -75,13 +75,24 @@ impl InOrder {
     pub fn merge(&mut self, from_below: Vec<Message>) -> Vec<Message> {
         if self.slots.is_empty() {
             // The common case: nothing of ours waits, the answers pass as they are.
-            self.lead = self.lead.saturating_sub(from_below.len());
+            let answers = from_below.iter().filter(|m| !m.is_pushed()).count();
+            self.lead = self.lead.saturating_sub(answers);
             return from_below;
         }
         let mut below = from_below.into_iter();
         let mut out = Vec::with_capacity(self.slots.len());
+        // The next answer from below; pushed messages met on the way go out where they are.
+        let mut next_answer = |out: &mut Vec<Message>| {
+            for message in below.by_ref() {
+                if !message.is_pushed() {
+                    return Some(message);
+                }
+                out.push(message);
+            }
+            None
+        };
         while self.lead > 0 {
-            match below.next() {
+            match next_answer(&mut out) {
                 Some(answer) => {
                     self.lead -= 1;
                     out.push(answer);
@@ -92,7 +103,7 @@ impl InOrder {
         while let Some(front) = self.slots.front_mut() {
             let answer = match front.take() {
                 Some(own) => own,
-                None => match below.next() {
+                None => match next_answer(&mut out) {
                     Some(answer) => {
                         self.below = self.below.saturating_sub(1);
                         answer

@@ -95,6 +95,9 @@ pub struct Message {
     request_id: Option<MessageId>,
     /// When the bytes were read from a socket, for the latency metrics.
     received_at: Option<Instant>,
+    /// True for a message the upstream sent unasked (a pub/sub message, a RESP3 push,
+    /// MONITOR output): it answers no request.
+    pushed: bool,
 }
 
 impl Message {
@@ -111,7 +114,31 @@ impl Message {
             id: next_id(),
             request_id: None,
             received_at: Some(received_at),
+            pushed: false,
         }
+    }
+
+    /// A message the upstream sent unasked (see [`Message::is_pushed`]).
+    pub fn pushed(raw: Bytes, protocol: Protocol, received_at: Instant) -> Self {
+        let mut m = Message::from_bytes(raw, protocol, received_at);
+        m.pushed = true;
+        m
+    }
+
+    /// True for a message that answers no request: a pub/sub message, a RESP3 push or
+    /// MONITOR output. Such messages travel up the chain among the responses, where the
+    /// upstream sent them; whoever pairs responses with requests skips them.
+    pub fn is_pushed(&self) -> bool {
+        self.pushed
+    }
+
+    /// The answer to a Valkey request whose reply the client must not see (`CLIENT REPLY
+    /// OFF` or `SKIP` is in effect, or the request came after `QUIT`): it writes nothing.
+    pub fn silent_response_to(request: &Message) -> Self {
+        let mut m = Message::from_bytes(Bytes::new(), request.protocol, Instant::now());
+        m.received_at = None;
+        m.request_id = Some(request.id);
+        m
     }
 
     /// A Kafka response, with the api key and version of the request it answers (needed to
@@ -147,6 +174,7 @@ impl Message {
             id: next_id(),
             request_id: None,
             received_at: None,
+            pushed: false,
         }
     }
 

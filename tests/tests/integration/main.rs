@@ -9,6 +9,7 @@ mod config_errors;
 mod cql_double;
 mod deployment;
 mod failures;
+mod fidelity;
 mod hot_reload;
 mod kafka;
 mod limits;

@@ -139,6 +139,28 @@ pub fn request_args(raw: &[u8]) -> Vec<&[u8]> {
     args
 }
 
+/// True for commands that may wait for long before the server answers them: the blocking
+/// list, sorted set and stream reads, and WAIT/WAITAOF. (XREAD and XREADGROUP block only
+/// with BLOCK, but counting them all costs nothing that matters.)
+pub fn may_block(view: &RequestView<'_>) -> bool {
+    const BLOCKING: [&str; 12] = [
+        "BLPOP",
+        "BRPOP",
+        "BLMOVE",
+        "BRPOPLPUSH",
+        "BZPOPMIN",
+        "BZPOPMAX",
+        "BLMPOP",
+        "BZMPOP",
+        "XREAD",
+        "XREADGROUP",
+        "WAIT",
+        "WAITAOF",
+    ];
+    view.name.first().is_some_and(|c| matches!(c.to_ascii_uppercase(), b'B' | b'X' | b'W'))
+        && BLOCKING.iter().any(|name| view.is(name))
+}
+
 /// Classifies an upper-cased command name. Unknown commands are [`QueryType::Write`], the
 /// conservative choice: a deny list of writes also stops commands the proxy cannot name.
 pub fn classify(upper: &[u8]) -> QueryType {

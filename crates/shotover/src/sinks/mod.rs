@@ -1,6 +1,8 @@
 //! Upstream connections used by sink transforms.
 //!
 //! - [`valkey`]: one connection to a Valkey server that reads whole RESP messages.
+//! - [`valkey_follow`]: which upstream messages answer which request on a client's own
+//!   Valkey connection, from what the server sends.
 //! - [`valkey_slots`]: the slot map of a Valkey Cluster: which master owns which slot.
 //! - [`valkey_mux`]: one connection to a Valkey node shared by the clients of a core
 //!   (ValkeySinkCluster), replies handed back in the order requests were queued.
@@ -12,6 +14,7 @@ pub mod cassandra;
 pub mod kafka;
 pub mod settings;
 pub mod valkey;
+pub mod valkey_follow;
 pub mod valkey_mux;
 pub mod valkey_slots;
 

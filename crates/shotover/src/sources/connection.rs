@@ -14,12 +14,13 @@ use crate::rt::TcpStream;
 use crate::rt::Timer;
 use crate::stream::{ReadBuffer, ReadMode, Stream};
 use crate::websocket;
+use bytes::Buf;
 use bytes::BytesMut;
-use futures_lite::io::AsyncWriteExt;
+use futures_lite::io::{AsyncWrite, AsyncWriteExt};
 use shotover_executor::ShutdownKind;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// After shutdown starts, a connection is closed once its client has been idle this long,
@@ -29,6 +30,13 @@ pub const DRAIN_IDLE: Duration = Duration::from_millis(100);
 /// How often an idle connection that may close checks again whether the answers it still
 /// owes its client have come.
 const OWED_RECHECK: Duration = Duration::from_millis(5);
+
+/// Answers waiting for a client that does not read them, past which its requests are no
+/// longer read (so a client that pipelines without reading costs bounded memory).
+pub const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
+
+/// Requests read ahead while a blocking request runs (to see the client go away).
+const MAX_READ_AHEAD: usize = 1024 * 1024;
 
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,10 +64,17 @@ pub trait SourceCodec {
     fn must_close(&self) -> bool {
         false
     }
+    /// True when a request of `batch` may wait long for its answer (a blocking command):
+    /// the connection then watches for its client going away while the chain runs.
+    fn may_block(&self, _batch: &[Message]) -> bool {
+        false
+    }
 }
 
 enum Event {
     Read(std::io::Result<usize>),
+    /// Everything owed to the client is written, or writing failed.
+    Written(std::io::Result<()>),
     Pushed,
     Idle,
     Shutdown(ShutdownKind),
@@ -99,11 +114,13 @@ async fn accept_websocket(stream: Stream, ctx: &ConnectionContext, peer: &str) -
     }
 }
 
-/// One connection's buffers and codec.
+/// One connection's codec and output.
 struct Client<C> {
     codec: C,
-    read: ReadBuffer,
+    /// Answers not yet written to the client.
     out: BytesMut,
+    /// True when `out` was written in part and the stream may still hold bytes (TLS).
+    unflushed: bool,
     /// When the sink read the first response of the batch being written.
     sink_read_at: Option<Instant>,
 }
@@ -164,11 +181,12 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
     let _ = tcp.set_nodelay(true);
     let Some(stream) = accept_tls(tcp, &ctx, &peer).await else { return };
     let Some(mut stream) = accept_websocket(stream, &ctx, &peer).await else { return };
-    let mut client = Client { codec, read: ReadBuffer::default(), out: BytesMut::new(), sink_read_at: None };
+    let mut client = Client { codec, out: BytesMut::new(), unflushed: false, sink_read_at: None };
+    let mut read = ReadBuffer::default();
     let mut idle = Idle::new(ctx.source.idle_timeout);
     let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
     loop {
-        let keep_open = match next_event(&mut client, &mut stream, &mut chain, &ctx, &mut idle).await {
+        let keep_open = match next_event(&mut client, &mut read, &mut stream, &mut chain, &ctx, &mut idle).await {
             Event::Read(Ok(0)) => false,
             Event::Read(Err(e)) => {
                 if e.kind() == std::io::ErrorKind::InvalidData {
@@ -181,7 +199,7 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
             }
             Event::Read(Ok(_)) => {
                 idle.activity();
-                handle_input(&mut client, &mut chain, &ctx, &peer).await
+                handle_input(&mut client, &mut read, &mut stream, &mut chain, &ctx, &peer).await
             }
             Event::Pushed => {
                 // Messages pushed to a subscriber count as activity, as they do for Valkey.
@@ -193,21 +211,26 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
                 idle.shutdown(kind);
                 true
             }
+            Event::Written(Ok(())) => {
+                if let Some(at) = client.sink_read_at.take() {
+                    sink_to_source.observe(at.elapsed().as_secs_f64());
+                }
+                true
+            }
+            Event::Written(Err(e)) => {
+                tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
+                break;
+            }
         };
-        if !keep_open && client.codec.outstanding() > 0 {
-            // Requests a transform holds back (Coalesce) are answered before closing: an
-            // empty batch asks every transform to deliver what it holds.
-            run_chain(&mut client, &mut chain, Vec::new(), &ctx).await;
-        }
-        let written = write_out(&mut client, &mut stream).await;
-        if let Err(e) = &written {
-            tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
-        }
-        if let (Ok(true), Some(at)) = (&written, client.sink_read_at) {
-            sink_to_source.observe(at.elapsed().as_secs_f64());
-            client.sink_read_at = None;
-        }
-        if !keep_open || written.is_err() {
+        if !keep_open {
+            if client.codec.outstanding() > 0 {
+                // Requests a transform holds back (Coalesce) are answered before closing: an
+                // empty batch asks every transform to deliver what it holds.
+                run_chain(&mut client, &mut chain, Vec::new(), &ctx).await;
+            }
+            if let Err(e) = write_all(&mut client, &mut stream).await {
+                tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
+            }
             break;
         }
     }
@@ -215,22 +238,30 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
 }
 
 /// Waits for whichever comes first: client bytes, messages the chain has for the client,
-/// the idle timer, or the core's shutdown signal (once).
+/// the idle timer, or the core's shutdown signal (once). Meanwhile it writes what the client
+/// is owed as far as the client reads it, and stops reading requests while more than
+/// [`MAX_REPLY_BACKLOG`] bytes of answers wait for a client that does not read them.
 async fn next_event<C: SourceCodec>(
     client: &mut Client<C>,
+    read: &mut ReadBuffer,
     stream: &mut Stream,
     chain: &mut Chain,
     ctx: &ConnectionContext,
     idle: &mut Idle,
 ) -> Event {
     poll_fn(|cx| {
+        if let Poll::Ready(written) = poll_write_out(client, stream, cx) {
+            return Poll::Ready(Event::Written(written));
+        }
         if !idle.closing {
             if let Poll::Ready(kind) = ctx.shutdown.poll(cx) {
                 return Poll::Ready(Event::Shutdown(kind));
             }
         }
-        if let Poll::Ready(r) = client.read.poll_fill(stream, cx, ReadMode::Spin) {
-            return Poll::Ready(Event::Read(r));
+        if client.out.len() < MAX_REPLY_BACKLOG {
+            if let Poll::Ready(r) = read.poll_fill(stream, cx, ReadMode::Spin) {
+                return Poll::Ready(Event::Read(r));
+            }
         }
         if chain.poll_pushed(cx).is_ready() {
             return Poll::Ready(Event::Pushed);
@@ -241,6 +272,29 @@ async fn next_event<C: SourceCodec>(
         }
     })
     .await
+}
+
+/// Writes as much of the client's answers as it takes now. Ready once they are all
+/// written (and flushed), or on a write error; pending while the client is not reading,
+/// or when there is nothing to write.
+fn poll_write_out<C>(client: &mut Client<C>, stream: &mut Stream, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    if client.out.is_empty() && !client.unflushed {
+        return Poll::Pending;
+    }
+    while !client.out.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, &client.out) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                client.out.advance(n);
+                client.unflushed = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    let flushed = std::task::ready!(Pin::new(&mut *stream).poll_flush(cx));
+    client.unflushed = false;
+    Poll::Ready(flushed)
 }
 
 /// The idle timer fired; returns false to close. A connection that still owes its client
@@ -272,34 +326,66 @@ async fn idle_expired<C: SourceCodec>(
     false
 }
 
-/// Writes what the chain answered; `Ok(true)` when something was written.
-async fn write_out<C: SourceCodec>(client: &mut Client<C>, stream: &mut Stream) -> std::io::Result<bool> {
-    if client.out.is_empty() {
-        return Ok(false);
-    }
-    stream.write_all(&client.out).await?;
-    stream.flush().await?;
-    client.out.clear();
-    Ok(true)
+/// Writes everything the client is owed, waiting for it to read (before closing).
+async fn write_all<C>(client: &mut Client<C>, stream: &mut Stream) -> std::io::Result<()> {
+    poll_fn(|cx| match poll_write_out(client, stream, cx) {
+        Poll::Pending if client.out.is_empty() && !client.unflushed => Poll::Ready(Ok(())),
+        other => other,
+    })
+    .await
 }
 
 /// Cuts the buffered bytes into a batch of whole requests and runs it. Malformed input
 /// ends the connection after the codec's error reply.
 async fn handle_input<C: SourceCodec>(
     client: &mut Client<C>,
+    read: &mut ReadBuffer,
+    stream: &mut Stream,
     chain: &mut Chain,
     ctx: &ConnectionContext,
     peer: &str,
 ) -> bool {
     let mut batch = Vec::new();
-    let malformed = client.codec.decode(&mut client.read.buf, Instant::now(), &mut batch).err();
-    let mut keep_open = batch.is_empty() || run_chain(client, chain, batch, ctx).await;
+    let malformed = client.codec.decode(&mut read.buf, Instant::now(), &mut batch).err();
+    let mut keep_open = if batch.is_empty() {
+        true
+    } else if client.codec.may_block(&batch) {
+        // A request that may block for long (BLPOP ...) must not outlive its client: if the
+        // client goes away meanwhile, the chain is dropped, and with it the upstream
+        // connection, so the server stops waiting for it (and pops nothing for nobody).
+        let run = std::pin::pin!(run_chain(client, chain, batch, ctx));
+        match futures_lite::future::or(async { Some(run.await) }, client_gone(read, stream)).await {
+            Some(keep_open) => keep_open,
+            None => {
+                tracing::debug!(connection = %ctx.id, %peer, "client went away during a blocking request");
+                return false;
+            }
+        }
+    } else {
+        run_chain(client, chain, batch, ctx).await
+    };
     if let Some(m) = malformed {
         tracing::warn!(connection = %ctx.id, %peer, "malformed request, closing the connection: {}", m.reason);
         client.out.extend_from_slice(&m.reply);
         keep_open = false;
     }
     keep_open
+}
+
+/// Ready (with `None`) once the client has closed its connection or it failed. Bytes it
+/// sends meanwhile stay in `read` for the next batch, up to [`MAX_READ_AHEAD`].
+async fn client_gone<T>(read: &mut ReadBuffer, stream: &mut Stream) -> Option<T> {
+    poll_fn(|cx| {
+        while read.buf.len() < MAX_READ_AHEAD {
+            match read.poll_fill(stream, cx, ReadMode::Wait) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Runs one batch through the chain and encodes what it returns. Returns false to close.

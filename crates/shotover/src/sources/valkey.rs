@@ -1,14 +1,16 @@
 //! The Valkey codec of the connection loop: RESP requests in, RESP replies out.
 //!
 //! Replies answer requests in order. A transform may hold requests back (Coalesce) and
-//! answer them in a later batch, so the codec counts requests sent and answered; replies
-//! beyond the outstanding requests are unsolicited (pub/sub). It also follows HELLO, so
-//! replies the proxy makes itself use the protocol version the client chose.
+//! answer them in a later batch, so the codec counts requests sent and answered; messages
+//! the upstream pushed unasked ([`Message::is_pushed`]: pub/sub, RESP3 pushes, MONITOR
+//! output) are written where they came and answer nothing. It also follows HELLO and RESET,
+//! so replies the proxy makes itself use the protocol version the client chose, and QUIT:
+//! once QUIT is answered the connection closes, as Valkey closes it.
 
 use super::connection::{Malformed, SourceCodec};
 use crate::message::{Message, Protocol};
 use bytes::BytesMut;
-use shotover_protocols::valkey::command::{request_args, RequestView};
+use shotover_protocols::valkey::command::{may_block, request_args};
 use shotover_protocols::valkey::frame::is_error_reply;
 use shotover_protocols::valkey::framing::Scanner;
 use shotover_protocols::valkey::RespVersion;
@@ -23,8 +25,17 @@ pub struct ValkeyCodec {
     /// Requests sent down the chain and responses returned for them so far.
     sent: u64,
     answered: u64,
-    /// HELLO/RESET requests not answered yet: (request number, the protocol they switch to).
-    switches: VecDeque<(u64, RespVersion)>,
+    /// HELLO, RESET and QUIT requests not answered yet, by request number.
+    switches: VecDeque<(u64, Switch)>,
+    /// Set once QUIT is answered: the connection closes after this write.
+    quit: bool,
+}
+
+/// What a request changes once it is answered without an error.
+#[derive(Debug, Clone, Copy)]
+enum Switch {
+    Protocol(RespVersion),
+    Quit,
 }
 
 impl ValkeyCodec {
@@ -35,6 +46,7 @@ impl ValkeyCodec {
             sent: 0,
             answered: 0,
             switches: VecDeque::new(),
+            quit: false,
         }
     }
 }
@@ -60,25 +72,34 @@ impl SourceCodec for ValkeyCodec {
     fn sent(&mut self, batch: &[Message]) {
         let first = self.sent;
         self.sent += batch.len() as u64;
-        // Rare: only batches with HELLO or RESET pay for this.
+        // Rare: only batches with HELLO, RESET or QUIT pay for this.
         for (i, m) in batch.iter().enumerate() {
-            if m.valkey_request().is_some_and(|v: RequestView<'_>| v.is("HELLO") || v.is("RESET")) {
-                if let Some(version) = protocol_switch(m) {
-                    self.switches.push_back((first + i as u64, version));
-                }
+            let Some(view) = m.valkey_request() else { continue };
+            let switch = if view.is("HELLO") || view.is("RESET") {
+                protocol_switch(m).map(Switch::Protocol)
+            } else if view.is("QUIT") {
+                Some(Switch::Quit)
+            } else {
+                None
+            };
+            if let Some(switch) = switch {
+                self.switches.push_back((first + i as u64, switch));
             }
         }
     }
 
     fn encode(&mut self, mut responses: Vec<Message>, out: &mut BytesMut, connection: &str) {
         for response in &mut responses {
-            if self.outstanding() > 0 {
+            if !response.is_pushed() && self.outstanding() > 0 {
                 let number = self.answered;
                 self.answered += 1;
                 if self.switches.front().is_some_and(|(n, _)| *n == number) {
-                    if let Some((_, version)) = self.switches.pop_front() {
-                        if response.raw().is_some_and(|r| !is_error_reply(r)) {
-                            self.resp = version;
+                    if let Some((_, switch)) = self.switches.pop_front() {
+                        let ok = response.raw().is_some_and(|r| !r.is_empty() && !is_error_reply(r));
+                        match switch {
+                            Switch::Protocol(version) if ok => self.resp = version,
+                            Switch::Quit if ok => self.quit = true,
+                            _ => {}
                         }
                     }
                 }
@@ -104,6 +125,14 @@ impl SourceCodec for ValkeyCodec {
 
     fn outstanding(&self) -> u64 {
         self.sent - self.answered
+    }
+
+    fn must_close(&self) -> bool {
+        self.quit
+    }
+
+    fn may_block(&self, batch: &[Message]) -> bool {
+        batch.iter().any(|m| m.valkey_request().is_some_and(|v| may_block(&v)))
     }
 }
 

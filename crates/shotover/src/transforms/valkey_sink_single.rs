@@ -8,9 +8,18 @@
 //!     connect_timeout_ms: 3000
 //! ```
 //!
-//! The whole batch is written in one write and its replies are read back in order. Replies
-//! nobody asked for (pub/sub messages, MONITOR output, RESP3 pushes) are returned after the
-//! batch's responses, or through [`Transform::poll_pushed`] while the client is idle.
+//! The whole batch is written in one write and its replies are read back in order. Which
+//! upstream message answers which request follows what the server sends
+//! ([`crate::sinks::valkey_follow`]): a `SUBSCRIBE` to three channels waits for three
+//! confirmations, an `UNSUBSCRIBE` the server refuses with one `-NOSUB` waits for no more.
+//! Messages nobody asked for (pub/sub messages, MONITOR output, RESP3 pushes such as
+//! client-tracking invalidations) are returned where they came among the responses, marked
+//! pushed, or through [`Transform::poll_pushed`] while the client is idle.
+//!
+//! `CLIENT REPLY OFF|SKIP|ON` is played by the proxy: the server keeps replying, and the
+//! proxy answers the requests whose replies the client turned off with nothing. After
+//! `QUIT`'s reply, the requests behind it are neither sent nor answered, and the client
+//! connection closes (the server closed its side).
 //!
 //! When the upstream is down, each request gets `-ERR` and `failed_requests` counts it; the
 //! next batch reconnects and replays HELLO, AUTH, SELECT and CLIENT SETNAME so the client's
@@ -20,6 +29,7 @@
 use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
+use crate::sinks::valkey_follow::{Class, Expect, Follower};
 use crate::sinks::Upstream;
 use crate::stream::ReadMode;
 use crate::tls::TlsConnectorConfig;
@@ -28,9 +38,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter};
 use serde::Deserialize;
-use shotover_protocols::valkey::command::{array_strings, request_args, RequestView};
+use shotover_protocols::valkey::command::{request_args, RequestView};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -70,45 +80,12 @@ impl TransformConfig for ValkeySinkSingleConfig {
             write_buf: BytesMut::new(),
             pushed: VecDeque::new(),
             session: Vec::new(),
-            subscriptions: Subscriptions::default(),
-            monitor: false,
-            resp3: false,
+            follower: Follower::default(),
+            reply_mode: ReplyMode::On,
             lost: None,
             failed_requests: failed_requests.clone(),
             source_to_sink: source_to_sink.clone(),
         }))
-    }
-}
-
-/// Channels, patterns and shard channels the upstream connection is subscribed to.
-#[derive(Default)]
-struct Subscriptions {
-    channels: HashSet<Bytes>,
-    patterns: HashSet<Bytes>,
-    shard: HashSet<Bytes>,
-}
-
-impl Subscriptions {
-    fn any(&self) -> bool {
-        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty())
-    }
-
-    /// Updates the sets from a (un)subscribe confirmation; ignores other messages.
-    fn track(&mut self, raw: &[u8]) {
-        let items = array_strings(raw);
-        let (Some(kind), name) = (items.first(), items.get(1)) else {
-            return;
-        };
-        let name = || Bytes::copy_from_slice(name.copied().unwrap_or_default());
-        match kind.to_ascii_lowercase().as_slice() {
-            b"subscribe" => drop(self.channels.insert(name())),
-            b"psubscribe" => drop(self.patterns.insert(name())),
-            b"ssubscribe" => drop(self.shard.insert(name())),
-            b"unsubscribe" => drop(self.channels.remove(&name())),
-            b"punsubscribe" => drop(self.patterns.remove(&name())),
-            b"sunsubscribe" => drop(self.shard.remove(&name())),
-            _ => {}
-        }
     }
 }
 
@@ -141,87 +118,51 @@ pub struct ValkeySinkSingle {
     pushed: VecDeque<Message>,
     /// The last successful session commands, as sent by the client.
     session: Vec<(SessionCommand, Bytes)>,
-    subscriptions: Subscriptions,
-    /// After MONITOR every upstream message is unsolicited.
-    monitor: bool,
-    /// After HELLO 3 the server may push messages at any time (client tracking).
-    resp3: bool,
+    /// Subscriptions, MONITOR and RESP3, as the server's replies show them.
+    follower: Follower,
+    /// `CLIENT REPLY`, as the client last set it (the server itself always replies).
+    reply_mode: ReplyMode,
     /// Set when the upstream connection was lost with state that cannot be restored.
     lost: Option<String>,
     failed_requests: IntCounter,
     source_to_sink: Histogram,
 }
 
-/// What the sink does with one request.
-enum Plan {
-    Send,
-    /// Answered by the proxy without sending.
-    Answer(&'static str),
+/// Whether the client wants replies (`CLIENT REPLY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    /// No reply for the next command, then on again.
+    SkipNext,
 }
 
-fn plan(request: &Message) -> Plan {
-    let Some(view) = request.valkey_request() else {
-        return Plan::Send;
-    };
-    if view.is("CLIENT") {
-        let args = request.raw().map(|r| request_args(r)).unwrap_or_default();
-        let reply_mode = args.get(1).map(|m| m.to_ascii_uppercase());
-        if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"REPLY")) && reply_mode.as_deref() != Some(b"ON") {
-            // Without replies the proxy could not pair responses with requests.
-            return Plan::Answer("ERR CLIENT REPLY OFF and SKIP are not supported through shotover");
-        }
+/// What the sink does with one request of a batch.
+enum Step {
+    /// Sent upstream; `silent` when the client turned its reply off.
+    Send { expect: Expect, silent: bool },
+    /// Answered by the proxy without sending.
+    Answer(Message),
+}
+
+/// `CLIENT REPLY ON|OFF|SKIP` in its exact form.
+fn client_reply(request: &Message, view: &RequestView<'_>) -> Option<ReplyMode> {
+    if !view.is("CLIENT") || view.argc != 2 {
+        return None;
     }
-    Plan::Send
+    let args = request_args(request.raw()?);
+    if !args.first()?.eq_ignore_ascii_case(b"REPLY") {
+        return None;
+    }
+    match args.get(1)?.to_ascii_uppercase().as_slice() {
+        b"ON" => Some(ReplyMode::On),
+        b"OFF" => Some(ReplyMode::Off),
+        b"SKIP" => Some(ReplyMode::SkipNext),
+        _ => None,
+    }
 }
 
 impl ValkeySinkSingle {
-    /// Replies the request at hand will produce; the first is its response, the rest are
-    /// delivered as unsolicited messages.
-    fn expected_replies(&self, view: &RequestView<'_>) -> usize {
-        let by_kind = |set: &HashSet<Bytes>| {
-            if view.argc > 0 {
-                view.argc
-            } else {
-                set.len().max(1)
-            }
-        };
-        if view.is("SUBSCRIBE") || view.is("PSUBSCRIBE") || view.is("SSUBSCRIBE") {
-            view.argc.max(1)
-        } else if view.is("UNSUBSCRIBE") {
-            by_kind(&self.subscriptions.channels)
-        } else if view.is("PUNSUBSCRIBE") {
-            by_kind(&self.subscriptions.patterns)
-        } else if view.is("SUNSUBSCRIBE") {
-            by_kind(&self.subscriptions.shard)
-        } else {
-            1
-        }
-    }
-
-    /// True for upstream messages that answer no request.
-    fn is_unsolicited(&self, raw: &[u8], request: Option<&RequestView<'_>>) -> bool {
-        if self.monitor {
-            // MONITOR output is all simple strings; RESET (or QUIT) ends it with its reply.
-            let ends_monitor = request.is_some_and(|v| v.is("RESET") || v.is("QUIT"));
-            return !(ends_monitor && (raw == b"+RESET\r\n" || raw == b"+OK\r\n"));
-        }
-        let kind_is = |kinds: &[&[u8]]| {
-            array_strings(raw).first().is_some_and(|k| kinds.iter().any(|want| k.eq_ignore_ascii_case(want)))
-        };
-        match raw.first() {
-            Some(b'>') => !kind_is(&[
-                b"subscribe",
-                b"psubscribe",
-                b"ssubscribe",
-                b"unsubscribe",
-                b"punsubscribe",
-                b"sunsubscribe",
-            ]),
-            Some(b'*') if self.subscriptions.any() => kind_is(&[b"message", b"pmessage", b"smessage"]),
-            _ => false,
-        }
-    }
-
     fn remember_session(&mut self, view: &RequestView<'_>, raw: &Bytes) {
         let kind = if view.is("HELLO") {
             SessionCommand::Hello
@@ -233,16 +174,11 @@ impl ValkeySinkSingle {
             SessionCommand::SetName
         } else if view.is("RESET") {
             self.session.clear();
-            self.subscriptions = Subscriptions::default();
-            self.monitor = false;
-            self.resp3 = false;
+            self.reply_mode = ReplyMode::On;
             return;
         } else {
             return;
         };
-        if kind == SessionCommand::Hello {
-            self.resp3 = request_args(raw).first().is_some_and(|v| *v == b"3");
-        }
         self.session.retain(|(k, _)| *k != kind);
         self.session.push((kind, raw.clone()));
         // A stable sort keeps the client's order within a phase.
@@ -281,7 +217,7 @@ impl ValkeySinkSingle {
     /// Drops a broken connection; remembers if that lost state the client relies on.
     fn connection_lost(&mut self, reason: &str) {
         self.connection = None;
-        if self.subscriptions.any() || self.monitor {
+        if self.follower.subscribed() || self.follower.monitor {
             self.lost = Some(format!("upstream connection lost while subscribed or monitoring: {reason}"));
         }
     }
@@ -291,43 +227,96 @@ impl ValkeySinkSingle {
         Message::valkey_error_to(request, format!("ERR shotover: {reason}"))
     }
 
-    /// Sends the batch and reads one response per request.
+    /// What to do with each request of a batch, in order: `CLIENT REPLY` is played here,
+    /// and nothing after `QUIT` is sent.
+    fn steps(&mut self, requests: &[Message]) -> Vec<Step> {
+        let mut quit = false;
+        let mut steps = Vec::with_capacity(requests.len());
+        for request in requests {
+            let view = request.valkey_request();
+            if quit {
+                steps.push(Step::Answer(Message::silent_response_to(request)));
+                continue;
+            }
+            // In RESP2 while subscribed the server refuses CLIENT REPLY: let it say so.
+            let resp2_subscribed = self.follower.subscribed() && !self.follower.resp3;
+            if let Some(mode) = view.as_ref().and_then(|v| client_reply(request, v)).filter(|_| !resp2_subscribed) {
+                self.reply_mode = mode;
+                let answer = match mode {
+                    ReplyMode::On => {
+                        let mut ok =
+                            Message::from_bytes(Bytes::from_static(b"+OK\r\n"), Protocol::Valkey, Instant::now());
+                        ok.set_request_id(request.id());
+                        ok
+                    }
+                    _ => Message::silent_response_to(request),
+                };
+                steps.push(Step::Answer(answer));
+                continue;
+            }
+            let silent = match self.reply_mode {
+                ReplyMode::On => false,
+                ReplyMode::Off => true,
+                ReplyMode::SkipNext => {
+                    self.reply_mode = ReplyMode::On;
+                    true
+                }
+            };
+            quit = view.as_ref().is_some_and(|v| v.is("QUIT"));
+            steps.push(Step::Send { expect: view.as_ref().map_or(Expect::One, Expect::of), silent });
+        }
+        steps
+    }
+
+    /// Sends the batch and reads back every request's replies, with anything pushed among
+    /// them where it came.
     async fn send(&mut self, requests: Vec<Message>) -> Vec<Message> {
-        let plans: Vec<Plan> = requests.iter().map(plan).collect();
+        let steps = self.steps(&requests);
         self.write_buf.clear();
-        for (request, plan) in requests.iter().zip(&plans) {
-            if matches!(plan, Plan::Send) {
+        for (request, step) in requests.iter().zip(&steps) {
+            if matches!(step, Step::Send { .. }) {
                 if let Err(e) = request.encode_into(&mut self.write_buf) {
                     tracing::warn!("cannot encode request: {e}");
                 }
             }
         }
         let mut responses = Vec::with_capacity(requests.len());
-        let write_buf = std::mem::take(&mut self.write_buf);
-        let written = match self.connection().await {
-            Ok(conn) => conn.write_all(&write_buf).await.map_err(|e| format!("upstream write failed: {e}")),
-            Err(e) => Err(format!("{e:#}")),
-        };
-        self.write_buf = write_buf;
-        if let Some(at) = requests.first().and_then(|r| r.received_at()) {
-            self.source_to_sink.observe(at.elapsed().as_secs_f64());
-        }
-        if let Err(reason) = written {
-            self.connection_lost(&reason);
-            return requests.iter().map(|r| self.error_to(r, &reason)).collect();
+        if !self.write_buf.is_empty() {
+            let write_buf = std::mem::take(&mut self.write_buf);
+            let written = match self.connection().await {
+                Ok(conn) => conn.write_all(&write_buf).await.map_err(|e| format!("upstream write failed: {e}")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            self.write_buf = write_buf;
+            if let Some(at) = requests.first().and_then(|r| r.received_at()) {
+                self.source_to_sink.observe(at.elapsed().as_secs_f64());
+            }
+            if let Err(reason) = written {
+                self.connection_lost(&reason);
+                for (request, step) in requests.iter().zip(steps) {
+                    responses.push(match step {
+                        Step::Answer(answer) => answer,
+                        Step::Send { .. } => self.error_to(request, &reason),
+                    });
+                }
+                return responses;
+            }
         }
         let mut failure: Option<String> = None;
-        for (request, plan) in requests.iter().zip(plans) {
-            if let Plan::Answer(text) = plan {
-                responses.push(Message::valkey_error_to(request, text));
-                continue;
-            }
+        for (request, step) in requests.iter().zip(steps) {
+            let (mut expect, silent) = match step {
+                Step::Answer(answer) => {
+                    responses.push(answer);
+                    continue;
+                }
+                Step::Send { expect, silent } => (expect, silent),
+            };
             if let Some(reason) = &failure {
                 responses.push(self.error_to(request, reason));
                 continue;
             }
-            match self.read_replies(request).await {
-                Ok(response) => responses.push(response),
+            match self.read_replies(request, &mut expect, silent, &mut responses).await {
+                Ok(()) => {}
                 Err(reason) => {
                     responses.push(self.error_to(request, &reason));
                     self.connection_lost(&reason);
@@ -338,40 +327,56 @@ impl ValkeySinkSingle {
         responses
     }
 
-    /// Reads the replies of one request: returns the first, queues the rest as unsolicited.
-    async fn read_replies(&mut self, request: &Message) -> Result<Message, String> {
+    /// Reads until `request` is answered, as the server decides: its first reply is its
+    /// response (nothing, when `silent`), further confirmations and anything pushed go to
+    /// `out` as pushed messages, in the order they came.
+    async fn read_replies(
+        &mut self,
+        request: &Message,
+        expect: &mut Expect,
+        silent: bool,
+        out: &mut Vec<Message>,
+    ) -> Result<(), String> {
         let view = request.valkey_request();
-        let expected = view.as_ref().map(|v| self.expected_replies(v)).unwrap_or(1);
-        let mut response = None;
-        let mut received = 0;
-        while received < expected {
+        let mut answered = false;
+        loop {
             let conn = self.connection.as_mut().ok_or("upstream connection closed")?;
             let raw = conn.next().await.map_err(|e| format!("upstream read failed: {e}"))?;
             let now = Instant::now();
-            if self.is_unsolicited(&raw, view.as_ref()) {
-                self.pushed.push_back(Message::from_bytes(raw, Protocol::Valkey, now));
+            let class = self.follower.classify(&raw, Some(expect));
+            self.follower.observe(&raw);
+            if class == Class::Pushed {
+                out.push(Message::pushed(raw, Protocol::Valkey, now));
                 continue;
             }
-            received += 1;
-            self.subscriptions.track(&raw);
-            let mut message = Message::from_bytes(raw, Protocol::Valkey, now);
-            message.set_request_id(request.id());
-            if response.is_none() {
-                response = Some(message);
-            } else {
-                self.pushed.push_back(message);
-            }
-        }
-        let response = response.ok_or("no reply")?;
-        if let (Some(view), Some(raw)) = (view, request.raw()) {
-            if !response.raw().is_some_and(|r| is_error(r)) {
-                if view.is("MONITOR") {
-                    self.monitor = true;
+            let done = self.follower.reply_completes(&raw, expect);
+            if !answered {
+                answered = true;
+                if let (Some(view), Some(request_raw)) = (&view, request.raw()) {
+                    self.follower.answered(view, &raw);
+                    if !is_error(&raw) {
+                        self.remember_session(view, request_raw);
+                    }
                 }
-                self.remember_session(&view, raw);
+                // A RESP3 confirmation is a push, which the server sends even with replies off.
+                if silent && raw.first() != Some(&b'>') {
+                    out.push(Message::silent_response_to(request));
+                } else {
+                    let mut message = Message::from_bytes(raw, Protocol::Valkey, now);
+                    message.set_request_id(request.id());
+                    out.push(message);
+                }
+            } else if !(silent && raw.first() != Some(&b'>')) {
+                out.push(Message::pushed(raw, Protocol::Valkey, now));
+            }
+            if done {
+                if view.as_ref().is_some_and(|v| v.is("QUIT")) {
+                    // The server closes its side after QUIT's reply.
+                    self.connection = None;
+                }
+                return Ok(());
             }
         }
-        Ok(response)
     }
 }
 
@@ -382,10 +387,13 @@ impl Transform for ValkeySinkSingle {
             return Err(CloseConnection(reason).into());
         }
         let requests = std::mem::take(&mut state.requests);
-        let mut responses = if requests.is_empty() { Vec::new() } else { self.send(requests).await };
+        // Pushed messages that came while the client was idle go first.
+        let mut responses: Vec<Message> = self.pushed.drain(..).collect();
+        if !requests.is_empty() {
+            responses.extend(self.send(requests).await);
+        }
         // If the upstream was lost while subscribed, this batch is still answered; `lost`
         // makes poll_pushed ready at once and the next call closes the client connection.
-        responses.extend(self.pushed.drain(..));
         Ok(responses)
     }
 
@@ -395,7 +403,7 @@ impl Transform for ValkeySinkSingle {
         }
         // Only a subscribed, monitoring or RESP3 connection is sent anything unasked; waiting
         // on any other would cost a wakeup per reply.
-        if !(self.subscriptions.any() || self.monitor || self.resp3) {
+        if !(self.follower.subscribed() || self.follower.monitor || self.follower.resp3) {
             return Poll::Pending;
         }
         let Some(conn) = self.connection.as_mut() else {
@@ -405,8 +413,8 @@ impl Transform for ValkeySinkSingle {
         loop {
             match conn.poll_next(cx, ReadMode::Wait) {
                 Poll::Ready(Ok(raw)) => {
-                    self.subscriptions.track(&raw);
-                    self.pushed.push_back(Message::from_bytes(raw, Protocol::Valkey, Instant::now()));
+                    self.follower.observe(&raw);
+                    self.pushed.push_back(Message::pushed(raw, Protocol::Valkey, Instant::now()));
                 }
                 Poll::Ready(Err(e)) => {
                     error = Some(e);
