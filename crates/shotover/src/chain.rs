@@ -74,6 +74,10 @@
 //!   asked for (pub/sub messages). The source then runs the chain with an empty batch and
 //!   the sink returns those messages as responses.
 
+mod error;
+
+pub use error::{ChainError, ChainResult, Retry, Side};
+
 use crate::message::{Message, Protocol};
 use crate::observability::CoreMetrics;
 use anyhow::{bail, Result};
