@@ -17,13 +17,15 @@
 //! session carries over. Subscriptions cannot be carried over, so a subscribed client's
 //! connection is closed instead.
 
-use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
+};
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::Upstream;
 use crate::stream::ReadMode;
 use crate::tls::TlsConnectorConfig;
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter};
@@ -64,19 +66,7 @@ impl TransformConfig for ValkeySinkSingleConfig {
         let upstream = Rc::new(self.upstream.get()?.clone());
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
         let source_to_sink = ctx.metrics.source_to_sink_latency.with_label_values(&[Self::NAME]);
-        Ok(Box::new(move || ValkeySinkSingle {
-            upstream: upstream.clone(),
-            connection: None,
-            write_buf: BytesMut::new(),
-            pushed: VecDeque::new(),
-            session: Vec::new(),
-            subscriptions: Subscriptions::default(),
-            monitor: false,
-            resp3: false,
-            lost: None,
-            failed_requests: failed_requests.clone(),
-            source_to_sink: source_to_sink.clone(),
-        }))
+        Ok(Box::new(move || ValkeySinkSingle::new(upstream.clone(), failed_requests.clone(), source_to_sink.clone())))
     }
 }
 
@@ -175,6 +165,22 @@ fn plan(request: &Message) -> Plan {
 }
 
 impl ValkeySinkSingle {
+    fn new(upstream: Rc<Upstream>, failed_requests: IntCounter, source_to_sink: Histogram) -> Self {
+        ValkeySinkSingle {
+            upstream,
+            connection: None,
+            write_buf: BytesMut::new(),
+            pushed: VecDeque::new(),
+            session: Vec::new(),
+            subscriptions: Subscriptions::default(),
+            monitor: false,
+            resp3: false,
+            lost: None,
+            failed_requests,
+            source_to_sink,
+        }
+    }
+
     /// Replies the request at hand will produce; the first is its response, the rest are
     /// delivered as unsolicited messages.
     fn expected_replies(&self, view: &RequestView<'_>) -> usize {
@@ -249,33 +255,41 @@ impl ValkeySinkSingle {
         self.session.sort_by_key(|(k, _)| k.phase());
     }
 
-    /// Connects if needed, replaying the session on a new connection.
-    async fn connection(&mut self) -> Result<&mut ValkeyConnection> {
+    /// Connects if needed, replaying the session on a new connection. Its errors come before
+    /// any of the client's requests is written: all are retry-safe.
+    async fn connection(&mut self) -> ChainResult<&mut ValkeyConnection> {
         if self.connection.as_ref().is_some_and(|c| c.closed_while_idle()) {
             tracing::debug!("upstream {} closed an idle connection; reconnecting", self.upstream.address);
             self.connection_lost("closed while idle");
             if let Some(reason) = &self.lost {
-                return Err(anyhow!(reason.clone()));
+                return Err(ChainError::upstream(reason.clone()).retry_safe());
             }
         }
         if self.connection.is_none() {
             let up = &self.upstream;
-            let mut conn = ValkeyConnection::connect(up.address, up.connect_timeout, up.tls.as_ref())
-                .await
-                .with_context(|| format!("cannot connect to upstream {}", up.address))?;
+            let mut conn =
+                ValkeyConnection::connect(up.address, up.connect_timeout, up.tls.as_ref()).await.map_err(|e| {
+                    ChainError::upstream(format!("cannot connect to upstream {}", up.address)).caused_by(e).retry_safe()
+                })?;
+            let restore = |e: std::io::Error| {
+                ChainError::upstream("cannot restore the session on a new upstream connection")
+                    .caused_by(e)
+                    .retry_safe()
+            };
             for (_, raw) in &self.session {
-                conn.write_all(raw).await.context("cannot restore the session on a new upstream connection")?;
-                let reply = conn.next().await.context("cannot restore the session on a new upstream connection")?;
+                conn.write_all(raw).await.map_err(restore)?;
+                let reply = conn.next().await.map_err(restore)?;
                 if is_error(&reply) {
-                    return Err(anyhow!(
+                    return Err(ChainError::upstream(format!(
                         "upstream refused to restore the session: {}",
                         String::from_utf8_lossy(&reply).trim_end()
-                    ));
+                    ))
+                    .retry_safe());
                 }
             }
             self.connection = Some(conn);
         }
-        self.connection.as_mut().ok_or_else(|| anyhow!("no upstream connection"))
+        self.connection.as_mut().ok_or_else(|| ChainError::proxy("no upstream connection").retry_safe())
     }
 
     /// Drops a broken connection; remembers if that lost state the client relies on.
@@ -304,15 +318,19 @@ impl ValkeySinkSingle {
         }
         let mut responses = Vec::with_capacity(requests.len());
         let write_buf = std::mem::take(&mut self.write_buf);
+        // A failed write may have sent part of the batch: retry-unsafe.
         let written = match self.connection().await {
-            Ok(conn) => conn.write_all(&write_buf).await.map_err(|e| format!("upstream write failed: {e}")),
-            Err(e) => Err(format!("{e:#}")),
+            Ok(conn) => {
+                conn.write_all(&write_buf).await.map_err(|e| ChainError::upstream("upstream write failed").caused_by(e))
+            }
+            Err(e) => Err(e),
         };
         self.write_buf = write_buf;
         if let Some(at) = requests.first().and_then(|r| r.received_at()) {
             self.source_to_sink.observe(at.elapsed().as_secs_f64());
         }
-        if let Err(reason) = written {
+        if let Err(e) = written {
+            let reason = e.to_string();
             self.connection_lost(&reason);
             return requests.iter().map(|r| self.error_to(r, &reason)).collect();
         }
@@ -328,7 +346,8 @@ impl ValkeySinkSingle {
             }
             match self.read_replies(request).await {
                 Ok(response) => responses.push(response),
-                Err(reason) => {
+                Err(e) => {
+                    let reason = e.to_string();
                     responses.push(self.error_to(request, &reason));
                     self.connection_lost(&reason);
                     failure = Some(reason);
@@ -339,14 +358,15 @@ impl ValkeySinkSingle {
     }
 
     /// Reads the replies of one request: returns the first, queues the rest as unsolicited.
-    async fn read_replies(&mut self, request: &Message) -> Result<Message, String> {
+    /// Its errors come after the request was written: retry-unsafe.
+    async fn read_replies(&mut self, request: &Message) -> ChainResult<Message> {
         let view = request.valkey_request();
         let expected = view.as_ref().map(|v| self.expected_replies(v)).unwrap_or(1);
         let mut response = None;
         let mut received = 0;
         while received < expected {
-            let conn = self.connection.as_mut().ok_or("upstream connection closed")?;
-            let raw = conn.next().await.map_err(|e| format!("upstream read failed: {e}"))?;
+            let conn = self.connection.as_mut().ok_or_else(|| ChainError::upstream("upstream connection closed"))?;
+            let raw = conn.next().await.map_err(|e| ChainError::upstream("upstream read failed").caused_by(e))?;
             let now = Instant::now();
             if self.is_unsolicited(&raw, view.as_ref()) {
                 self.pushed.push_back(Message::from_bytes(raw, Protocol::Valkey, now));
@@ -362,7 +382,7 @@ impl ValkeySinkSingle {
                 self.pushed.push_back(message);
             }
         }
-        let response = response.ok_or("no reply")?;
+        let response = response.ok_or_else(|| ChainError::proxy("no reply"))?;
         if let (Some(view), Some(raw)) = (view, request.raw()) {
             if !response.raw().is_some_and(|r| is_error(r)) {
                 if view.is("MONITOR") {
@@ -377,9 +397,10 @@ impl ValkeySinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for ValkeySinkSingle {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         if let Some(reason) = self.lost.take() {
-            return Err(CloseConnection(reason).into());
+            // The batch in hand is not written; the subscriptions cannot be restored.
+            return Err(ChainError::upstream(reason).retry_safe().close_connection());
         }
         let requests = std::mem::take(&mut state.requests);
         let mut responses = if requests.is_empty() { Vec::new() } else { self.send(requests).await };

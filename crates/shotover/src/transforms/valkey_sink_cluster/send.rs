@@ -9,10 +9,10 @@
 
 use super::plan::Sub;
 use super::ValkeySinkCluster;
+use crate::chain::{ChainError, ChainResult};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_mux::MuxError;
 use crate::sinks::valkey_slots::{fetch, node_tls};
-use anyhow::{anyhow, Context as _, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::net::SocketAddr;
@@ -44,26 +44,29 @@ impl Sub {
 }
 
 impl ValkeySinkCluster {
-    /// Connects to `node` if needed, replaying the client's session.
-    async fn connection(&mut self, node: SocketAddr) -> Result<&mut ValkeyConnection> {
+    /// Connects to `node` if needed, replaying the client's session. Its errors come
+    /// before any of the client's commands is written: all are retry-safe, so the commands
+    /// may go to another node.
+    async fn connection(&mut self, node: SocketAddr) -> ChainResult<&mut ValkeyConnection> {
         if !self.conns.contains_key(&node) {
             let tls = self.shared.tls.as_ref().map(|connector| node_tls(connector, node));
-            let mut conn = ValkeyConnection::connect(node, self.shared.timeout, tls.as_ref())
-                .await
-                .with_context(|| format!("cannot connect to cluster node {node}"))?;
+            let mut conn = ValkeyConnection::connect(node, self.shared.timeout, tls.as_ref()).await.map_err(|e| {
+                ChainError::upstream(format!("cannot connect to cluster node {node}")).caused_by(e).retry_safe()
+            })?;
             for raw in &self.session {
-                conn.write_all(raw).await?;
-                let reply = conn.next().await?;
+                conn.write_all(raw).await.map_err(|e| ChainError::from(e).retry_safe())?;
+                let reply = conn.next().await.map_err(|e| ChainError::from(e).retry_safe())?;
                 if is_error(&reply) {
-                    return Err(anyhow!(
+                    return Err(ChainError::upstream(format!(
                         "node {node} refused the session: {}",
                         String::from_utf8_lossy(&reply).trim_end()
-                    ));
+                    ))
+                    .retry_safe());
                 }
             }
             self.conns.insert(node, conn);
         }
-        self.conns.get_mut(&node).ok_or_else(|| anyhow!("no connection to {node}"))
+        self.conns.get_mut(&node).ok_or_else(|| ChainError::proxy(format!("no connection to {node}")).retry_safe())
     }
 
     /// Sends every pending sub-request: all writes first, then the replies node by node.
@@ -89,17 +92,19 @@ impl ValkeySinkCluster {
                     buf.put_slice(&sub.raw);
                 }
             }
-            // A failed connect sent nothing (the commands may go elsewhere); a failed write
-            // may have sent part, so those commands count as sent and are not retried.
-            let (result, sent) = match self.connection(node).await {
-                Ok(conn) => (conn.write_all(&buf).await.map_err(anyhow::Error::from), true),
-                Err(e) => (Err(e), false),
+            // A failed connect sent nothing (retry-safe: the commands may go elsewhere); a
+            // failed write may have sent part (an I/O error is retry-unsafe), so those commands
+            // count as sent and are not retried.
+            let result = match self.connection(node).await {
+                Ok(conn) => conn.write_all(&buf).await.map_err(ChainError::from),
+                Err(e) => Err(e),
             };
+            let sent = result.as_ref().err().is_none_or(|e| !e.is_retry_safe());
             for &i in pending {
                 if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
                     sub.sent = sent;
                     if let Err(e) = &result {
-                        sub.reply = Err(format!("{e:#}"));
+                        sub.reply = Err(e.to_string());
                     }
                 }
             }
