@@ -278,6 +278,15 @@ pub struct ChainState<'a> {
     remaining: &'a mut [Slot],
 }
 
+impl ChainState<'static> {
+    /// The state a terminating transform (a sink) gets as the last of its chain: for unit
+    /// tests that run one transform by itself.
+    #[cfg(test)]
+    pub(crate) fn last(requests: Vec<Message>) -> Self {
+        ChainState { requests, complete: false, remaining: &mut [] }
+    }
+}
+
 impl ChainState<'_> {
     /// Runs the rest of the chain on `self.requests` and returns its responses.
     pub async fn call_next_transform(&mut self) -> ChainResult {

@@ -348,3 +348,40 @@ impl Transform for KafkaSinkSingle {
         Pin::new(timer).poll(cx).map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Side;
+    use crate::sinks::testing::{closed_port, on_a_core};
+    use std::time::Duration;
+
+    fn sink(address: SocketAddr, read_timeout: Option<Duration>) -> KafkaSinkSingle {
+        let upstream = Upstream { address, tls: None, connect_timeout: Duration::from_secs(1), read_timeout };
+        KafkaSinkSingle::new(Rc::new(upstream), 9192, IntCounter::new("failed", "failed").unwrap())
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_an_upstream_failure_safe_to_retry() {
+        let address = closed_port();
+        let (side, retry, close, text) = on_a_core(move || async move {
+            let e = sink(address, None).connect().await.err().expect("nothing listens there");
+            (e.side(), e.retry(), e.closes_connection(), e.to_string())
+        });
+        assert_eq!((side, retry, close), (Side::Upstream, Retry::Safe, false));
+        assert!(text.starts_with(&format!("cannot connect to the Kafka broker {address}: ")), "{text}");
+    }
+
+    #[test]
+    fn a_read_timeout_is_an_upstream_failure_unsafe_to_retry_that_closes_the_connection() {
+        let mut sink = sink(closed_port(), Some(Duration::from_secs(1)));
+        let request = Message::from_bytes(Bytes::from_static(b"\0\0\0\0"), Protocol::Kafka, Instant::now());
+        let sent_at = Instant::now().checked_sub(Duration::from_secs(2)).unwrap();
+        sink.in_flight.push_back(InFlight { request, sent_at });
+        let e = futures_lite::future::block_on(sink.transform(&mut ChainState::last(Vec::new())))
+            .expect_err("the oldest request waited too long");
+        assert_eq!((e.side(), e.retry(), e.closes_connection()), (Side::Upstream, Retry::Unsafe, true));
+        assert_eq!(e.to_string(), "no response from the Kafka broker within the read_timeout of 1s");
+        assert!(sink.in_flight.is_empty() && sink.connection.is_none());
+    }
+}

@@ -274,7 +274,15 @@ impl ValkeySinkCluster {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::A;
+    use super::super::Shared;
     use super::*;
+    use crate::chain::{Retry, Side};
+    use crate::sinks::testing::{closed_port, on_a_core};
+    use crate::sinks::valkey_slots::SlotMap;
+    use prometheus::IntCounter;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+    use std::rc::Rc;
 
     fn sub(asking: bool) -> Sub {
         Sub { node: A, raw: Bytes::new(), slot: None, reply: Err("not sent".into()), sent: false, asking }
@@ -301,5 +309,46 @@ mod tests {
         let mut missing = sub(false);
         missing.take_replies(&mut replies);
         assert_eq!(missing.reply, Err("node 10.0.0.1:7000: missing reply".to_string()));
+    }
+
+    /// A client with connections of its own, of a cluster whose only node is `node`.
+    fn dedicated_client(node: SocketAddr) -> ValkeySinkCluster {
+        let shared = Shared {
+            contact: vec![node],
+            direct: None,
+            timeout: Duration::from_secs(1),
+            tls: None,
+            map: RefCell::new(SlotMap::default()),
+            connection_count: 1,
+            muxes: RefCell::new(HashMap::new()),
+            next_mux: Cell::new(0),
+            failed_requests: IntCounter::new("failed", "failed").unwrap(),
+        };
+        ValkeySinkCluster {
+            shared: Rc::new(shared),
+            conns: HashMap::new(),
+            session: Vec::new(),
+            txn: None,
+            watch_node: None,
+            dedicated: true,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_node_is_an_upstream_failure_safe_to_retry_elsewhere() {
+        let node = closed_port();
+        let ((side, retry, text), (broken, sent, reply)) = on_a_core(move || async move {
+            let mut client = dedicated_client(node);
+            let e = client.connection(node).await.err().expect("nothing listens there");
+            let mut one = [Sub { node, raw: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), ..sub(false) }];
+            let broken = client.run(&mut one, &[0]).await;
+            let [sub] = one;
+            ((e.side(), e.retry(), e.to_string()), (broken, sub.sent, sub.reply))
+        });
+        assert_eq!((side, retry), (Side::Upstream, Retry::Safe));
+        assert!(text.starts_with(&format!("cannot connect to cluster node {node}: ")), "{text}");
+        // Retry-safe: the command counts as not sent, so it may go to the slot's new master.
+        assert!(broken && !sent);
+        assert_eq!(reply, Err(text));
     }
 }
