@@ -73,6 +73,25 @@
 //! - [`Transform::poll_pushed`] lets a sink say that its upstream sent something nobody
 //!   asked for (pub/sub messages). The source then runs the chain with an empty batch and
 //!   the sink returns those messages as responses.
+//! - A run fails with a [`ChainError`] ([`ChainResult`] is `Result<Vec<Message>, ChainError>`):
+//!   which [`Side`] failed (the client's request, the upstream, or the proxy itself), whether
+//!   a [`Retry`] of the failed requests is safe (nothing was written upstream) or not (they
+//!   may have been applied; the default), whether the client connection must close
+//!   ([`ChainError::close_connection`], for state the proxy cannot restore), and a message
+//!   with its causes. The source answers every request still waiting with the error's text
+//!   (`-ERR shotover: <text>` for Valkey), logs `chain failed: <text>`, and closes the
+//!   connection if asked to. `?` turns an `std::io::Error` into an upstream failure and an
+//!   `anyhow::Error` or [`CodecError`](crate::message::CodecError) into one of the proxy,
+//!   all retry-unsafe; say more where the code knows more:
+//!
+//!   ```ignore
+//!   conn.connect().await.map_err(|e| ChainError::upstream("cannot connect").caused_by(e).retry_safe())?;
+//!   ```
+//!
+//!   A sink that can answer each request with an error of its protocol does so instead
+//!   (`-ERR`, an ERROR frame, NETWORK_EXCEPTION) and returns `Ok`: the connection and the
+//!   rest of the batch carry on. [`TransformConfig::validate`] and [`TransformConfig::build`]
+//!   are not chain runs: their errors are `anyhow` errors, reported at startup.
 
 mod error;
 
