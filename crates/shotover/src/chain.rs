@@ -45,7 +45,7 @@
 //!
 //! #[async_trait(?Send)]
 //! impl Transform for Count {
-//!     async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+//!     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
 //!         self.total.set(self.total.get() + state.requests.len() as u64);
 //!         state.call_next_transform().await
 //!     }
@@ -73,10 +73,33 @@
 //! - [`Transform::poll_pushed`] lets a sink say that its upstream sent something nobody
 //!   asked for (pub/sub messages). The source then runs the chain with an empty batch and
 //!   the sink returns those messages as responses.
+//! - A run fails with a [`ChainError`] ([`ChainResult`] is `Result<Vec<Message>, ChainError>`):
+//!   which [`Side`] failed (the client's request, the upstream, or the proxy itself), whether
+//!   a [`Retry`] of the failed requests is safe (nothing was written upstream) or not (they
+//!   may have been applied; the default), whether the client connection must close
+//!   ([`ChainError::close_connection`], for state the proxy cannot restore), and a message
+//!   with its causes. The source answers every request still waiting with the error's text
+//!   (`-ERR shotover: <text>` for Valkey), logs `chain failed: <text>`, and closes the
+//!   connection if asked to. `?` turns an `std::io::Error` into an upstream failure and an
+//!   `anyhow::Error` or [`CodecError`](crate::message::CodecError) into one of the proxy,
+//!   all retry-unsafe; say more where the code knows more:
+//!
+//!   ```ignore
+//!   conn.connect().await.map_err(|e| ChainError::upstream("cannot connect").caused_by(e).retry_safe())?;
+//!   ```
+//!
+//!   A sink that can answer each request with an error of its protocol does so instead
+//!   (`-ERR`, an ERROR frame, NETWORK_EXCEPTION) and returns `Ok`: the connection and the
+//!   rest of the batch carry on. [`TransformConfig::validate`] and [`TransformConfig::build`]
+//!   are not chain runs: their errors are `anyhow` errors, reported at startup.
+
+mod error;
+
+pub use error::{ChainError, ChainResult, Retry, Side};
 
 use crate::message::{Message, Protocol};
 use crate::observability::CoreMetrics;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use prometheus::{Histogram, IntCounter};
 use std::fmt::Debug;
@@ -233,7 +256,7 @@ where
 #[async_trait(?Send)]
 pub trait Transform {
     /// Handles one batch: see the module documentation for the contract.
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>>;
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult;
 
     /// Ready when this transform has unsolicited messages to deliver. Polled while the
     /// connection is idle; must not lose data when it returns `Pending`.
@@ -244,18 +267,17 @@ pub trait Transform {
 
 /// What a transform's file needs: `use shotover::chain::prelude::*;`.
 pub mod prelude {
-    pub use super::{BuildContext, ChainState, Resolved, Transform, TransformBuilder, TransformConfig};
+    pub use super::{
+        BuildContext, ChainError, ChainResult, ChainState, Resolved, Retry, Side, Transform, TransformBuilder,
+        TransformConfig,
+    };
     pub use crate::message::{Message, Protocol};
+    /// For [`TransformConfig::validate`] and [`TransformConfig::build`]: configuration
+    /// errors are `anyhow` errors.
     pub use anyhow::Result;
     pub use async_trait::async_trait;
     pub use serde::Deserialize;
 }
-
-/// An error that ends the client connection after its responses are written, for state the
-/// proxy cannot restore (for example subscriptions lost with their upstream connection).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CloseConnection(pub String);
 
 /// A transform with its metrics.
 struct Slot {
@@ -275,12 +297,21 @@ pub struct ChainState<'a> {
     remaining: &'a mut [Slot],
 }
 
+impl ChainState<'static> {
+    /// The state a terminating transform (a sink) gets as the last of its chain: for unit
+    /// tests that run one transform by itself.
+    #[cfg(test)]
+    pub(crate) fn last(requests: Vec<Message>) -> Self {
+        ChainState { requests, complete: false, remaining: &mut [] }
+    }
+}
+
 impl ChainState<'_> {
     /// Runs the rest of the chain on `self.requests` and returns its responses.
-    pub async fn call_next_transform(&mut self) -> Result<Vec<Message>> {
+    pub async fn call_next_transform(&mut self) -> ChainResult {
         let remaining = std::mem::take(&mut self.remaining);
         let Some((slot, rest)) = remaining.split_first_mut() else {
-            bail!("the chain ended without a terminating transform");
+            return Err(ChainError::proxy("the chain ended without a terminating transform"));
         };
         self.remaining = rest;
         let start = Instant::now();
@@ -345,17 +376,17 @@ pub struct Chain {
 
 impl Chain {
     /// Runs one batch through the whole chain. Some answers may come in later runs.
-    pub async fn process(&mut self, requests: Vec<Message>) -> Result<Vec<Message>> {
+    pub async fn process(&mut self, requests: Vec<Message>) -> ChainResult {
         self.run(requests, false).await
     }
 
     /// Runs one batch through the whole chain and returns only once every request of it
     /// has been answered (see [`ChainState::complete`]).
-    pub async fn process_complete(&mut self, requests: Vec<Message>) -> Result<Vec<Message>> {
+    pub async fn process_complete(&mut self, requests: Vec<Message>) -> ChainResult {
         self.run(requests, true).await
     }
 
-    async fn run(&mut self, requests: Vec<Message>, complete: bool) -> Result<Vec<Message>> {
+    async fn run(&mut self, requests: Vec<Message>, complete: bool) -> ChainResult {
         let start = Instant::now();
         self.request_batch.observe(requests.len() as f64);
         let mut state = ChainState { requests, complete, remaining: &mut self.slots };

@@ -6,9 +6,8 @@
 //! answers as the broker sends them), so an answer made here waits until every request
 //! before it has been answered from below. Not for CQL, whose answers carry stream ids.
 
-use crate::chain::ChainState;
+use crate::chain::{ChainResult, ChainState};
 use crate::message::Message;
-use anyhow::Result;
 use std::collections::VecDeque;
 
 #[derive(Default)]
@@ -60,7 +59,7 @@ impl InOrder {
 
     /// Runs the rest of the chain. If it fails, the source answers every waiting request
     /// itself, so what is held here is dropped.
-    pub async fn run_below(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    pub async fn run_below(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let result = state.call_next_transform().await;
         if result.is_err() {
             self.clear();

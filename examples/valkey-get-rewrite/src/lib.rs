@@ -35,7 +35,7 @@ pub struct ValkeyGetRewrite {
 
 #[async_trait(?Send)]
 impl Transform for ValkeyGetRewrite {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         // Which requests are GETs, read from the raw bytes without parsing them.
         let gets: Vec<bool> = state.requests.iter().map(|r| r.valkey_request().is_some_and(|v| v.is("GET"))).collect();
         let mut responses = state.call_next_transform().await?;

@@ -18,6 +18,9 @@ pub mod valkey_follow;
 pub mod valkey_mux;
 pub mod valkey_slots;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use settings::{default_connect_timeout_ms, resolve_address, tls_server_name, ConnectSettings, Upstream};
 
 use crate::rt::TcpStream;

@@ -5,6 +5,7 @@
 //! client matches them to its requests by stream id. EVENTs (stream id -1) are unsolicited.
 
 use super::connection::{Malformed, SourceCodec};
+use crate::chain::ChainError;
 use crate::message::Message;
 use bytes::{Bytes, BytesMut};
 use shotover_protocols::cassandra::connection::CqlWire;
@@ -103,7 +104,7 @@ impl SourceCodec for CassandraCodec {
         }
     }
 
-    fn chain_failed(&mut self, error: &str, out: &mut BytesMut) {
+    fn chain_failed(&mut self, error: &ChainError, out: &mut BytesMut) {
         let message = format!("shotover: {error}");
         let frames: Vec<Bytes> = self
             .waiting
@@ -179,7 +180,7 @@ mod tests {
         codec.encode(vec![response], &mut out, "test");
         assert_eq!(codec.outstanding(), 4);
         out.clear();
-        codec.chain_failed("the node went away", &mut out);
+        codec.chain_failed(&ChainError::upstream("the node went away"), &mut out);
         let mut got = answers(&out);
         got.sort();
         let server_error = 0x0000;

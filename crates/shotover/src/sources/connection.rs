@@ -7,7 +7,7 @@
 //! the core's shutdown signal.
 
 use super::ConnectionContext;
-use crate::chain::{Chain, CloseConnection};
+use crate::chain::{Chain, ChainError};
 use crate::config::topology::Transport;
 use crate::message::Message;
 use crate::rt::TcpStream;
@@ -55,8 +55,9 @@ pub trait SourceCodec {
     fn sent(&mut self, batch: &[Message]);
     /// Writes the chain's responses (and unsolicited messages) to `out`.
     fn encode(&mut self, responses: Vec<Message>, out: &mut BytesMut, connection: &str);
-    /// Writes an error answer for every request still waiting, after the chain failed.
-    fn chain_failed(&mut self, error: &str, out: &mut BytesMut);
+    /// Writes an error answer for every request still waiting, after the chain failed with
+    /// `error` (its text, `error.to_string()`, is what the client is told).
+    fn chain_failed(&mut self, error: &ChainError, out: &mut BytesMut);
     /// Requests the chain has taken and not answered yet.
     fn outstanding(&self) -> u64;
     /// True when the connection must close after what was written (a response could not
@@ -403,9 +404,9 @@ async fn run_chain<C: SourceCodec>(
             !client.codec.must_close()
         }
         Err(e) => {
-            let close = e.is::<CloseConnection>();
-            tracing::warn!(connection = %ctx.id, "chain failed{}: {e:#}", if close { ", closing the connection" } else { "" });
-            client.codec.chain_failed(&format!("{e:#}"), &mut client.out);
+            let close = e.closes_connection();
+            tracing::warn!(connection = %ctx.id, "chain failed{}: {e}", if close { ", closing the connection" } else { "" });
+            client.codec.chain_failed(&e, &mut client.out);
             !close && !client.codec.must_close()
         }
     }

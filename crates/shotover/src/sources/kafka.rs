@@ -7,6 +7,7 @@
 //! chain fails.
 
 use super::connection::{Malformed, SourceCodec};
+use crate::chain::ChainError;
 use crate::message::{Message, Protocol, ProxyError};
 use bytes::{Bytes, BytesMut};
 use shotover_protocols::kafka::framing;
@@ -59,7 +60,7 @@ impl SourceCodec for KafkaCodec {
         }
     }
 
-    fn chain_failed(&mut self, error: &str, out: &mut BytesMut) {
+    fn chain_failed(&mut self, error: &ChainError, out: &mut BytesMut) {
         // Every waiting request is answered here, but a sink below may still get the
         // broker's answers to some of them, which would then answer newer requests: close
         // after this write, and the client reconnects.

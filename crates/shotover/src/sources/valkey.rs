@@ -8,6 +8,7 @@
 //! once QUIT is answered the connection closes, as Valkey closes it.
 
 use super::connection::{Malformed, SourceCodec};
+use crate::chain::ChainError;
 use crate::message::{Message, Protocol};
 use bytes::BytesMut;
 use shotover_protocols::valkey::command::{may_block, request_args};
@@ -114,8 +115,8 @@ impl SourceCodec for ValkeyCodec {
         }
     }
 
-    fn chain_failed(&mut self, error: &str, out: &mut BytesMut) {
-        let line = format!("-ERR shotover: {}\r\n", error.replace(['\r', '\n'], " "));
+    fn chain_failed(&mut self, error: &ChainError, out: &mut BytesMut) {
+        let line = format!("-ERR shotover: {}\r\n", error.to_string().replace(['\r', '\n'], " "));
         for _ in 0..self.outstanding() {
             out.extend_from_slice(line.as_bytes());
         }

@@ -9,7 +9,7 @@
 //! column) come back with `native_port` set to `port`. Only QUERY requests that name a peers
 //! table are looked at; their answers are recognised by stream id, whenever they arrive.
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Frame, Message, Protocol};
 use anyhow::{bail, Result};
 use async_trait::async_trait;
@@ -98,7 +98,7 @@ impl CassandraPeersRewrite {
 
 #[async_trait(?Send)]
 impl Transform for CassandraPeersRewrite {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         for request in &mut state.requests {
             self.note_request(request);
         }

@@ -22,7 +22,9 @@
 //! - With `read_timeout`, a request unanswered for that many seconds closes the client
 //!   connection.
 
-use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
+};
 use crate::message::{Message, MessageId, Protocol, ProxyError};
 use crate::rt::Timer;
 use crate::sinks::cassandra::CassandraConnection;
@@ -78,16 +80,7 @@ impl TransformConfig for CassandraSinkSingleConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         let upstream = Rc::new(self.upstream.get()?.clone());
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
-        Ok(Box::new(move || CassandraSinkSingle {
-            upstream: upstream.clone(),
-            connection: None,
-            in_flight: HashMap::new(),
-            session: Session::default(),
-            ready: Vec::new(),
-            frames: Vec::new(),
-            timer: None,
-            failed_requests: failed_requests.clone(),
-        }))
+        Ok(Box::new(move || CassandraSinkSingle::new(upstream.clone(), failed_requests.clone())))
     }
 }
 
@@ -130,6 +123,19 @@ pub struct CassandraSinkSingle {
 const REPLAY_STREAM: i16 = i16::MAX;
 
 impl CassandraSinkSingle {
+    fn new(upstream: Rc<Upstream>, failed_requests: IntCounter) -> Self {
+        CassandraSinkSingle {
+            upstream,
+            connection: None,
+            in_flight: HashMap::new(),
+            session: Session::default(),
+            ready: Vec::new(),
+            frames: Vec::new(),
+            timer: None,
+            failed_requests,
+        }
+    }
+
     /// Remembers what a request changes in the session, to replay it later.
     fn remember_request(&mut self, header: &FrameHeader, raw: &Bytes) {
         match header.opcode {
@@ -184,12 +190,12 @@ impl CassandraSinkSingle {
     }
 
     /// The connection is gone: every request in flight gets a Server error.
-    fn fail_in_flight(&mut self, reason: &str) {
+    fn fail_in_flight(&mut self, error: &ChainError) {
         self.connection = None;
         self.timer = None;
         for (_, request) in self.in_flight.drain() {
             self.failed_requests.inc();
-            let text = format!("shotover: the Cassandra node connection failed before the response: {reason}");
+            let text = format!("shotover: the Cassandra node connection failed before the response: {error}");
             let frame =
                 CassandraFrame::error(&request.header, shotover_protocols::cassandra::ErrorCode::SERVER_ERROR, text);
             let mut m = Message::from_frame(crate::message::Frame::Cassandra(Box::new(frame)));
@@ -198,8 +204,16 @@ impl CassandraSinkSingle {
         }
     }
 
-    /// Opens a connection and replays the session on it.
-    async fn connect(&mut self) -> std::io::Result<CassandraConnection> {
+    /// Opens a connection and replays the session on it. Nothing of the client's requests
+    /// is written yet: its errors are retry-safe.
+    async fn connect(&mut self) -> ChainResult<CassandraConnection> {
+        let address = self.upstream.address;
+        self.open().await.map_err(|e| {
+            ChainError::upstream(format!("cannot connect to the Cassandra node {address}")).caused_by(e).retry_safe()
+        })
+    }
+
+    async fn open(&mut self) -> std::io::Result<CassandraConnection> {
         let up = &self.upstream;
         let mut conn = CassandraConnection::connect(up.address, up.connect_timeout, up.tls.as_ref()).await?;
         let Some(startup) = self.session.startup.clone() else { return Ok(conn) };
@@ -244,18 +258,18 @@ impl CassandraSinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for CassandraSinkSingle {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         if self.timer_expired() {
             // The client connection closes and the source answers every request still
             // waiting; this connection to the node, with its late answers, goes too.
             self.connection = None;
             self.timer = None;
             self.in_flight.clear();
-            return Err(CloseConnection(format!(
+            return Err(ChainError::upstream(format!(
                 "no response from the Cassandra node within the read_timeout of {:?}",
                 self.upstream.read_timeout.unwrap_or_default()
             ))
-            .into());
+            .close_connection());
         }
         let requests = std::mem::take(&mut state.requests);
         if !requests.is_empty() {
@@ -263,13 +277,11 @@ impl Transform for CassandraSinkSingle {
                 match self.connect().await {
                     Ok(conn) => self.connection = Some(conn),
                     Err(e) => {
-                        tracing::warn!("cannot connect to the Cassandra node {}: {e}", self.upstream.address);
+                        // Nothing was sent: Overloaded tells the client to try again later.
+                        tracing::warn!("{e}");
+                        let text = format!("shotover: {e}");
                         for request in &requests {
                             self.failed_requests.inc();
-                            let text = format!(
-                                "shotover: cannot connect to the Cassandra node {}: {e}",
-                                self.upstream.address
-                            );
                             self.ready.push(Message::error_to(request, ProxyError::Overloaded, &text));
                         }
                         return Ok(std::mem::take(&mut self.ready));
@@ -297,14 +309,15 @@ impl Transform for CassandraSinkSingle {
             };
             if let Err(e) = sent {
                 tracing::warn!("sending to the Cassandra node {} failed: {e}", self.upstream.address);
-                self.fail_in_flight(&e.to_string());
+                // Part of the batch may have been written: an upstream failure, retry-unsafe.
+                self.fail_in_flight(&e.into());
             }
         }
         // Whatever the node has answered already goes up now; the rest follows through
         // poll_pushed as it arrives.
         if let Some(conn) = self.connection.as_mut() {
             if let Err(e) = conn.take_frames(&mut self.frames) {
-                self.fail_in_flight(&e.to_string());
+                self.fail_in_flight(&e.into());
             }
         }
         self.accept_frames();
@@ -327,7 +340,7 @@ impl Transform for CassandraSinkSingle {
                 if !self.in_flight.is_empty() {
                     tracing::warn!("the connection to the Cassandra node {} failed: {e}", self.upstream.address);
                 }
-                self.fail_in_flight(&e.to_string());
+                self.fail_in_flight(&e.into());
                 return Poll::Ready(());
             }
             Poll::Pending => {}
@@ -360,5 +373,44 @@ impl CassandraSinkSingle {
             Some(timer) => Pin::new(timer).poll(cx).map(|_| ()),
             None => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{Retry, Side};
+    use crate::sinks::testing::{closed_port, on_a_core};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    fn sink(address: SocketAddr, read_timeout: Option<Duration>) -> CassandraSinkSingle {
+        let upstream = Upstream { address, tls: None, connect_timeout: Duration::from_secs(1), read_timeout };
+        CassandraSinkSingle::new(Rc::new(upstream), IntCounter::new("failed", "failed").unwrap())
+    }
+
+    #[test]
+    fn an_unreachable_node_is_an_upstream_failure_safe_to_retry() {
+        let address = closed_port();
+        let (side, retry, close, text) = on_a_core(move || async move {
+            let e = sink(address, None).connect().await.err().expect("nothing listens there");
+            (e.side(), e.retry(), e.closes_connection(), e.to_string())
+        });
+        assert_eq!((side, retry, close), (Side::Upstream, Retry::Safe, false));
+        assert!(text.starts_with(&format!("cannot connect to the Cassandra node {address}: ")), "{text}");
+    }
+
+    #[test]
+    fn a_read_timeout_is_an_upstream_failure_unsafe_to_retry_that_closes_the_connection() {
+        let mut sink = sink(closed_port(), Some(Duration::from_secs(1)));
+        // The header of a v4 OPTIONS request on stream 1.
+        let header = FrameHeader::parse(&[0x04, 0, 0, 1, 0x05, 0, 0, 0, 0]).unwrap();
+        let sent_at = Instant::now().checked_sub(Duration::from_secs(2)).unwrap();
+        sink.in_flight.insert(1, InFlight { request_id: 1, header, sent_at });
+        let e = futures_lite::future::block_on(sink.transform(&mut ChainState::last(Vec::new())))
+            .expect_err("the oldest request waited too long");
+        assert_eq!((e.side(), e.retry(), e.closes_connection()), (Side::Upstream, Retry::Unsafe, true));
+        assert_eq!(e.to_string(), "no response from the Cassandra node within the read_timeout of 1s");
+        assert!(sink.in_flight.is_empty());
     }
 }

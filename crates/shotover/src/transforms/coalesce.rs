@@ -14,7 +14,7 @@
 //! With only the count set, a client that waits for each reply before sending the next
 //! request waits until enough other requests arrive on its connection.
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, Protocol};
 use crate::rt::Timer;
 use anyhow::{bail, Result};
@@ -76,7 +76,7 @@ impl Coalesce {
 
 #[async_trait(?Send)]
 impl Transform for Coalesce {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         // An empty batch asks for everything held (and carries pushed messages up); so does
         // a batch that must be answered in full.
         let flush_all = state.requests.is_empty() || state.complete;

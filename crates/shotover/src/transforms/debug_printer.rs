@@ -4,7 +4,7 @@
 //! - DebugPrinter
 //! ```
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, Protocol};
 use anyhow::Result;
 use async_trait::async_trait;
@@ -55,7 +55,7 @@ fn describe(m: &mut Message, response: bool) -> String {
 
 #[async_trait(?Send)]
 impl Transform for DebugPrinter {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         for request in &mut state.requests {
             tracing::info!("Request: {}", describe(request, false));
         }

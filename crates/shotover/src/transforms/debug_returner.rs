@@ -7,9 +7,9 @@
 //! - DebugReturner: Fail # every batch fails; clients get error replies
 //! ```
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainError, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Frame, Message, Protocol};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -77,9 +77,10 @@ pub struct DebugReturner {
 
 #[async_trait(?Send)]
 impl Transform for DebugReturner {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let Some(reply) = &self.reply else {
-            bail!("Intentional fail");
+            // Nothing goes upstream from here: the client may send the requests again.
+            return Err(ChainError::proxy("Intentional fail").retry_safe());
         };
         Ok(state
             .requests

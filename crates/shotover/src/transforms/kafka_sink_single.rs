@@ -24,7 +24,9 @@
 //!   request connects again. With `read_timeout`, a response later than that many seconds
 //!   closes the client connection.
 
-use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    BuildContext, ChainError, ChainResult, ChainState, Resolved, Retry, Transform, TransformBuilder, TransformConfig,
+};
 use crate::message::{Message, Protocol, ProxyError};
 use crate::rt::Timer;
 use crate::sinks::kafka::KafkaConnection;
@@ -88,16 +90,7 @@ impl TransformConfig for KafkaSinkSingleConfig {
         let upstream = Rc::new(self.settings.get()?.upstream(address, || Ok(ServerName::IpAddress(ip.into())))?);
         let proxy_port = i32::from(listen.port());
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
-        Ok(Box::new(move || KafkaSinkSingle {
-            upstream: upstream.clone(),
-            proxy_port,
-            connection: None,
-            write_buf: BytesMut::new(),
-            in_flight: VecDeque::new(),
-            ready: Vec::new(),
-            timer: None,
-            failed_requests: failed_requests.clone(),
-        }))
+        Ok(Box::new(move || KafkaSinkSingle::new(upstream.clone(), proxy_port, failed_requests.clone())))
     }
 }
 
@@ -124,6 +117,28 @@ pub struct KafkaSinkSingle {
 }
 
 impl KafkaSinkSingle {
+    fn new(upstream: Rc<Upstream>, proxy_port: i32, failed_requests: IntCounter) -> Self {
+        KafkaSinkSingle {
+            upstream,
+            proxy_port,
+            connection: None,
+            write_buf: BytesMut::new(),
+            in_flight: VecDeque::new(),
+            ready: Vec::new(),
+            timer: None,
+            failed_requests,
+        }
+    }
+
+    /// Connects to the broker. Nothing of the client's requests is written yet: its errors
+    /// are retry-safe.
+    async fn connect(&self) -> ChainResult<KafkaConnection> {
+        let up = &self.upstream;
+        KafkaConnection::connect(up.address, up.connect_timeout, up.tls.as_ref()).await.map_err(|e| {
+            ChainError::upstream(format!("cannot connect to the Kafka broker {}", up.address)).caused_by(e).retry_safe()
+        })
+    }
+
     /// Error responses for `requests` (those that expect one), counted as failed.
     fn fail(&self, requests: &[Message], text: &str) -> Vec<Message> {
         requests
@@ -137,19 +152,20 @@ impl KafkaSinkSingle {
     }
 
     /// The connection is gone: every request in flight gets NETWORK_EXCEPTION, in order.
-    fn fail_in_flight(&mut self, text: &str) {
+    fn fail_in_flight(&mut self, error: &ChainError) {
         self.connection = None;
         self.timer = None;
+        let text = format!("shotover: {error}");
         for waiting in std::mem::take(&mut self.in_flight) {
             self.failed_requests.inc();
-            self.ready.push(Message::error_to(&waiting.request, ProxyError::Upstream, text));
+            self.ready.push(Message::error_to(&waiting.request, ProxyError::Upstream, &text));
         }
     }
 
     /// Pairs a message from the broker with the oldest request in flight.
-    fn accept(&mut self, raw: Bytes) -> Result<(), String> {
+    fn accept(&mut self, raw: Bytes) -> ChainResult<()> {
         let Some(waiting) = self.in_flight.pop_front() else {
-            return Err("the broker sent a response nobody asked for".into());
+            return Err(ChainError::upstream("the broker sent a response nobody asked for"));
         };
         self.timer = None;
         let request = waiting.request;
@@ -180,20 +196,21 @@ impl KafkaSinkSingle {
             match conn.take_message() {
                 Ok(Some(raw)) => {
                     if let Err(e) = self.accept(raw) {
-                        self.lost(&e);
+                        self.lost(e);
                     }
                 }
                 Ok(None) => return,
-                Err(e) => self.lost(&e.to_string()),
+                Err(e) => self.lost(e.into()),
             }
         }
     }
 
-    fn lost(&mut self, reason: &str) {
+    /// The connection failed with requests written and waiting: retry-unsafe.
+    fn lost(&mut self, reason: ChainError) {
         if !self.in_flight.is_empty() {
             tracing::warn!("the connection to the Kafka broker {} failed: {reason}", self.upstream.address);
         }
-        self.fail_in_flight(&format!("shotover: the Kafka broker connection failed: {reason}"));
+        self.fail_in_flight(&reason.context("the Kafka broker connection failed"));
     }
 
     fn timed_out(&self) -> bool {
@@ -205,19 +222,19 @@ impl KafkaSinkSingle {
 
     /// The client connection closes: the source answers every request still waiting, and
     /// this broker connection, with its late answers, goes too.
-    fn read_timeout_error(&mut self) -> anyhow::Error {
+    fn read_timeout_error(&mut self) -> ChainError {
         self.connection = None;
         self.timer = None;
         self.in_flight.clear();
-        CloseConnection(format!(
+        ChainError::upstream(format!(
             "no response from the Kafka broker within the read_timeout of {:?}",
             self.upstream.read_timeout.unwrap_or_default()
         ))
-        .into()
+        .close_connection()
     }
 
     /// Reads until every request in flight is answered (or the connection fails).
-    async fn wait_for_all(&mut self) -> Result<()> {
+    async fn wait_for_all(&mut self) -> ChainResult<()> {
         while !self.in_flight.is_empty() {
             let Some(conn) = self.connection.as_mut() else { return Ok(()) };
             let next = match (self.upstream.read_timeout, self.in_flight.front()) {
@@ -235,10 +252,10 @@ impl KafkaSinkSingle {
                 None => return Err(self.read_timeout_error()),
                 Some(Ok(raw)) => {
                     if let Err(e) = self.accept(raw) {
-                        self.lost(&e);
+                        self.lost(e);
                     }
                 }
-                Some(Err(e)) => self.lost(&e.to_string()),
+                Some(Err(e)) => self.lost(e.into()),
             }
         }
         Ok(())
@@ -247,22 +264,15 @@ impl KafkaSinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for KafkaSinkSingle {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let requests = std::mem::take(&mut state.requests);
         if !requests.is_empty() {
             if self.connection.is_none() {
-                match KafkaConnection::connect(
-                    self.upstream.address,
-                    self.upstream.connect_timeout,
-                    self.upstream.tls.as_ref(),
-                )
-                .await
-                {
+                match self.connect().await {
                     Ok(conn) => self.connection = Some(conn),
                     Err(e) => {
-                        tracing::warn!("cannot connect to the Kafka broker {}: {e}", self.upstream.address);
-                        let text =
-                            format!("shotover: cannot connect to the Kafka broker {}: {e}", self.upstream.address);
+                        tracing::warn!("{e}");
+                        let text = format!("shotover: {e}");
                         let mut failed = self.fail(&requests, &text);
                         self.ready.append(&mut failed);
                         return Ok(std::mem::take(&mut self.ready));
@@ -273,10 +283,12 @@ impl Transform for KafkaSinkSingle {
             for request in &requests {
                 if let Err(e) = request.encode_into(&mut self.write_buf) {
                     // The source answers every waiting request and closes: drop the
-                    // connection, whose late answers belong to nobody now.
+                    // connection, whose late answers belong to nobody now. Nothing of this
+                    // batch was written, but requests of earlier ones may be waiting.
+                    let retry = if self.in_flight.is_empty() { Retry::Safe } else { Retry::Unsafe };
                     self.connection = None;
                     self.in_flight.clear();
-                    return Err(anyhow!("cannot encode a Kafka request: {e}"));
+                    return Err(ChainError::proxy(format!("cannot encode a Kafka request: {e}")).with_retry(retry));
                 }
             }
             let now = Instant::now();
@@ -292,7 +304,8 @@ impl Transform for KafkaSinkSingle {
             };
             if let Err(e) = written {
                 tracing::warn!("sending to the Kafka broker {} failed: {e}", self.upstream.address);
-                self.fail_in_flight(&format!("shotover: sending to the Kafka broker failed: {e}"));
+                // Part of the batch may have been written: retry-unsafe.
+                self.fail_in_flight(&ChainError::upstream("sending to the Kafka broker failed").caused_by(e));
             }
         }
         self.take_read();
@@ -315,12 +328,12 @@ impl Transform for KafkaSinkSingle {
         match conn.poll_next(cx, mode) {
             Poll::Ready(Ok(raw)) => {
                 if let Err(e) = self.accept(raw) {
-                    self.lost(&e);
+                    self.lost(e);
                 }
                 return Poll::Ready(());
             }
             Poll::Ready(Err(e)) => {
-                self.lost(&e.to_string());
+                self.lost(e.into());
                 // Answers to deliver, or a closed idle connection (nothing to do).
                 return if self.ready.is_empty() { Poll::Pending } else { Poll::Ready(()) };
             }
@@ -333,5 +346,42 @@ impl Transform for KafkaSinkSingle {
         let sent_at = oldest.sent_at;
         let timer = self.timer.get_or_insert_with(|| Timer::new(limit.saturating_sub(sent_at.elapsed())));
         Pin::new(timer).poll(cx).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Side;
+    use crate::sinks::testing::{closed_port, on_a_core};
+    use std::time::Duration;
+
+    fn sink(address: SocketAddr, read_timeout: Option<Duration>) -> KafkaSinkSingle {
+        let upstream = Upstream { address, tls: None, connect_timeout: Duration::from_secs(1), read_timeout };
+        KafkaSinkSingle::new(Rc::new(upstream), 9192, IntCounter::new("failed", "failed").unwrap())
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_an_upstream_failure_safe_to_retry() {
+        let address = closed_port();
+        let (side, retry, close, text) = on_a_core(move || async move {
+            let e = sink(address, None).connect().await.err().expect("nothing listens there");
+            (e.side(), e.retry(), e.closes_connection(), e.to_string())
+        });
+        assert_eq!((side, retry, close), (Side::Upstream, Retry::Safe, false));
+        assert!(text.starts_with(&format!("cannot connect to the Kafka broker {address}: ")), "{text}");
+    }
+
+    #[test]
+    fn a_read_timeout_is_an_upstream_failure_unsafe_to_retry_that_closes_the_connection() {
+        let mut sink = sink(closed_port(), Some(Duration::from_secs(1)));
+        let request = Message::from_bytes(Bytes::from_static(b"\0\0\0\0"), Protocol::Kafka, Instant::now());
+        let sent_at = Instant::now().checked_sub(Duration::from_secs(2)).unwrap();
+        sink.in_flight.push_back(InFlight { request, sent_at });
+        let e = futures_lite::future::block_on(sink.transform(&mut ChainState::last(Vec::new())))
+            .expect_err("the oldest request waited too long");
+        assert_eq!((e.side(), e.retry(), e.closes_connection()), (Side::Upstream, Retry::Unsafe, true));
+        assert_eq!(e.to_string(), "no response from the Kafka broker within the read_timeout of 1s");
+        assert!(sink.in_flight.is_empty() && sink.connection.is_none());
     }
 }

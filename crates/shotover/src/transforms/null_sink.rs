@@ -18,7 +18,7 @@ impl TransformConfig for NullSink {
 
 #[async_trait(?Send)]
 impl Transform for NullSink {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         Ok(state.requests.iter().map(Message::empty_response_to).collect())
     }
 }

@@ -15,12 +15,13 @@
 //! come back instance by instance, as each instance finishes. ParallelMap ends its chain.
 
 use crate::chain::{
-    AnyTransformConfig, BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig,
+    AnyTransformConfig, BuildContext, Chain, ChainBuilder, ChainError, ChainResult, ChainState, Transform,
+    TransformBuilder, TransformConfig,
 };
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
 use crate::message::{Message, Protocol};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -88,11 +89,11 @@ pub struct ParallelMap {
     ordered: bool,
 }
 
-type Running<'a> = Pin<Box<dyn Future<Output = Result<Vec<Message>>> + 'a>>;
+type Running<'a> = Pin<Box<dyn Future<Output = ChainResult> + 'a>>;
 
 #[async_trait(?Send)]
 impl Transform for ParallelMap {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let n = self.chains.len().max(1);
         let total = state.requests.len();
         let mut batches: Vec<Vec<Message>> = (0..n).map(|_| Vec::with_capacity(total / n + 1)).collect();
@@ -161,10 +162,12 @@ impl Transform for ParallelMap {
         for (i, (responses, size)) in results.into_iter().zip(&sizes).enumerate() {
             let responses = responses.unwrap_or_default();
             if responses.len() < *size {
-                bail!(
+                // A sub-chain that broke the contract: its requests went down and may have
+                // been applied.
+                return Err(ChainError::proxy(format!(
                     "instance {i} of the ParallelMap chain returned {} responses for {size} requests",
                     responses.len()
-                );
+                )));
             }
             per_chain.push(responses.into_iter());
         }

@@ -9,7 +9,7 @@
 //!     name: "DR chain"
 //! ```
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Frame, Message, Protocol};
 use anyhow::Result;
 use async_trait::async_trait;
@@ -147,7 +147,7 @@ impl QueryCounter {
 
 #[async_trait(?Send)]
 impl Transform for QueryCounter {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         for request in &mut state.requests {
             match request.protocol() {
                 Protocol::Cassandra => {

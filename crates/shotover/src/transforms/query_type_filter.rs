@@ -11,7 +11,7 @@
 //!
 //! Valkey commands are classified by `shotover_protocols::valkey::command::classify`.
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::in_order::InOrder;
 use crate::message::{Frame, Message, Protocol, ProxyError};
 use anyhow::Result;
@@ -176,7 +176,7 @@ impl QueryTypeFilter {
 
 #[async_trait(?Send)]
 impl Transform for QueryTypeFilter {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         // The common case, every request allowed and no error waiting for its turn,
         // allocates nothing.
         let mut requests = std::mem::take(&mut state.requests);

@@ -11,7 +11,7 @@
 //! not sent on: it gets the protocol's overload answer (for Valkey an error reply), in its
 //! place among the batch's responses. The minimum of 50 lets drivers finish their startup.
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::in_order::InOrder;
 use crate::message::{Frame, Message, Protocol, ProxyError};
 use crate::rate_limit::{Gcra, GlobalRate};
@@ -116,7 +116,7 @@ impl RequestThrottling {
 
 #[async_trait(?Send)]
 impl Transform for RequestThrottling {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let cql = state.requests.first().is_some_and(|r| r.protocol() == Protocol::Cassandra);
         let now = state.requests.first().and_then(Message::received_at).unwrap_or_else(Instant::now);
         let total: u64 = state.requests.iter().map(cost).sum();

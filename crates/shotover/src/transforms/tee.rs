@@ -25,13 +25,14 @@
 //!   `tee-chain`, Tee always waits for both chains.
 
 use crate::chain::{
-    AnyTransformConfig, BuildContext, Chain, ChainBuilder, ChainState, Transform, TransformBuilder, TransformConfig,
+    AnyTransformConfig, BuildContext, Chain, ChainBuilder, ChainError, ChainResult, ChainState, Retry, Transform,
+    TransformBuilder, TransformConfig,
 };
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
 use crate::message::{Message, Protocol, ProxyError};
 use crate::rt::local_channel::{self, Receiver as LocalReceiver, Sender as LocalSender};
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use prometheus::IntCounter;
@@ -239,7 +240,7 @@ enum Compare {
 /// A batch for the sub-chain, and where to send its responses when someone waits for them.
 struct Job {
     requests: Vec<Message>,
-    reply: Option<LocalSender<Result<Vec<Message>, String>>>,
+    reply: Option<LocalSender<ChainResult>>,
 }
 
 pub struct Tee {
@@ -259,7 +260,7 @@ async fn run_tee_chain(mut chain: Chain, jobs: LocalReceiver<Job>) {
     while let Some(job) = jobs.recv().await {
         // In full: a waiting Tee pairs these answers with the main chain's, and answers a
         // sub-chain sink held back would otherwise pile up unread.
-        let result = chain.process_complete(job.requests).await.map_err(|e| format!("{e:#}"));
+        let result = chain.process_complete(job.requests).await;
         match job.reply {
             Some(reply) => {
                 let _ = reply.try_send(result);
@@ -287,7 +288,7 @@ impl Tee {
     }
 
     /// Queues a batch for the sub-chain and waits for its responses.
-    async fn tee_and_wait(&mut self, requests: Vec<Message>) -> Result<Vec<Message>, String> {
+    async fn tee_and_wait(&mut self, requests: Vec<Message>) -> ChainResult {
         let count = requests.len() as u64;
         let (reply, responses) = local_channel::bounded(1);
         let job = Job { requests, reply: Some(reply) };
@@ -306,9 +307,10 @@ impl Tee {
         };
         if !queued {
             dropped.inc_by(count);
-            return Err("the Tee buffer stayed full".into());
+            // The sub-chain never got the batch.
+            return Err(ChainError::proxy("the Tee buffer stayed full").retry_safe());
         }
-        responses.recv().await.unwrap_or_else(|| Err("the Tee sub-chain stopped".into()))
+        responses.recv().await.unwrap_or_else(|| Err(ChainError::proxy("the Tee sub-chain stopped")))
     }
 }
 
@@ -323,7 +325,7 @@ fn same(a: &Message, b: &Message) -> bool {
 
 #[async_trait(?Send)]
 impl Transform for Tee {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         if state.requests.is_empty() {
             return state.call_next_transform().await;
         }
@@ -345,7 +347,9 @@ impl Transform for Tee {
         let regular = regular?;
         let (mut answer, other) = match tee {
             Ok(tee) if tee_answers => (tee, Ok(regular)),
-            Err(e) if tee_answers => return Err(anyhow!("Tee sub-chain: {e}")),
+            // The down-chain ran the batch too: whatever the sub-chain says, the requests may
+            // have been applied.
+            Err(e) if tee_answers => return Err(e.context("Tee sub-chain").with_retry(Retry::Unsafe)),
             tee => (regular, tee),
         };
         if self.compare == Compare::Ignore {
@@ -397,7 +401,7 @@ impl Transform for Tee {
                         .map(|(_, m)| m)
                         .collect();
                     if let Err(e) = chain.process_complete(requests).await {
-                        tracing::warn!("Tee: the SubchainOnMismatch chain failed: {e:#}");
+                        tracing::warn!("Tee: the SubchainOnMismatch chain failed: {e}");
                     }
                 }
             }

@@ -10,7 +10,7 @@
 //! which share its format) and `CLUSTER SHARDS`, and every `MOVED` and `ASK` redirection.
 //! The node addresses are kept, so the proxy must listen on `new_port` beside each node.
 
-use crate::chain::{BuildContext, ChainState, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Frame, Message, Protocol};
 use anyhow::Result;
 use async_trait::async_trait;
@@ -65,7 +65,7 @@ pub struct ValkeyClusterPortsRewrite {
 
 #[async_trait(?Send)]
 impl Transform for ValkeyClusterPortsRewrite {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         // Rare: only batches that ask for the topology pay for this.
         let asks: Vec<(usize, Topology)> =
             state.requests.iter().enumerate().filter_map(|(i, r)| topology_request(r).map(|t| (i, t))).collect();

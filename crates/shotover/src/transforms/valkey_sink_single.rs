@@ -26,14 +26,16 @@
 //! session carries over. Subscriptions cannot be carried over, so a subscribed client's
 //! connection is closed instead.
 
-use crate::chain::{BuildContext, ChainState, CloseConnection, Resolved, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
+};
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_follow::{Class, Expect, Follower};
 use crate::sinks::Upstream;
 use crate::stream::ReadMode;
 use crate::tls::TlsConnectorConfig;
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter};
@@ -74,18 +76,7 @@ impl TransformConfig for ValkeySinkSingleConfig {
         let upstream = Rc::new(self.upstream.get()?.clone());
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
         let source_to_sink = ctx.metrics.source_to_sink_latency.with_label_values(&[Self::NAME]);
-        Ok(Box::new(move || ValkeySinkSingle {
-            upstream: upstream.clone(),
-            connection: None,
-            write_buf: BytesMut::new(),
-            pushed: VecDeque::new(),
-            session: Vec::new(),
-            follower: Follower::default(),
-            reply_mode: ReplyMode::On,
-            lost: None,
-            failed_requests: failed_requests.clone(),
-            source_to_sink: source_to_sink.clone(),
-        }))
+        Ok(Box::new(move || ValkeySinkSingle::new(upstream.clone(), failed_requests.clone(), source_to_sink.clone())))
     }
 }
 
@@ -163,6 +154,21 @@ fn client_reply(request: &Message, view: &RequestView<'_>) -> Option<ReplyMode> 
 }
 
 impl ValkeySinkSingle {
+    fn new(upstream: Rc<Upstream>, failed_requests: IntCounter, source_to_sink: Histogram) -> Self {
+        ValkeySinkSingle {
+            upstream,
+            connection: None,
+            write_buf: BytesMut::new(),
+            pushed: VecDeque::new(),
+            session: Vec::new(),
+            follower: Follower::default(),
+            reply_mode: ReplyMode::On,
+            lost: None,
+            failed_requests,
+            source_to_sink,
+        }
+    }
+
     fn remember_session(&mut self, view: &RequestView<'_>, raw: &Bytes) {
         let kind = if view.is("HELLO") {
             SessionCommand::Hello
@@ -185,33 +191,41 @@ impl ValkeySinkSingle {
         self.session.sort_by_key(|(k, _)| k.phase());
     }
 
-    /// Connects if needed, replaying the session on a new connection.
-    async fn connection(&mut self) -> Result<&mut ValkeyConnection> {
+    /// Connects if needed, replaying the session on a new connection. Its errors come before
+    /// any of the client's requests is written: all are retry-safe.
+    async fn connection(&mut self) -> ChainResult<&mut ValkeyConnection> {
         if self.connection.as_ref().is_some_and(|c| c.closed_while_idle()) {
             tracing::debug!("upstream {} closed an idle connection; reconnecting", self.upstream.address);
             self.connection_lost("closed while idle");
             if let Some(reason) = &self.lost {
-                return Err(anyhow!(reason.clone()));
+                return Err(ChainError::upstream(reason.clone()).retry_safe());
             }
         }
         if self.connection.is_none() {
             let up = &self.upstream;
-            let mut conn = ValkeyConnection::connect(up.address, up.connect_timeout, up.tls.as_ref())
-                .await
-                .with_context(|| format!("cannot connect to upstream {}", up.address))?;
+            let mut conn =
+                ValkeyConnection::connect(up.address, up.connect_timeout, up.tls.as_ref()).await.map_err(|e| {
+                    ChainError::upstream(format!("cannot connect to upstream {}", up.address)).caused_by(e).retry_safe()
+                })?;
+            let restore = |e: std::io::Error| {
+                ChainError::upstream("cannot restore the session on a new upstream connection")
+                    .caused_by(e)
+                    .retry_safe()
+            };
             for (_, raw) in &self.session {
-                conn.write_all(raw).await.context("cannot restore the session on a new upstream connection")?;
-                let reply = conn.next().await.context("cannot restore the session on a new upstream connection")?;
+                conn.write_all(raw).await.map_err(restore)?;
+                let reply = conn.next().await.map_err(restore)?;
                 if is_error(&reply) {
-                    return Err(anyhow!(
+                    return Err(ChainError::upstream(format!(
                         "upstream refused to restore the session: {}",
                         String::from_utf8_lossy(&reply).trim_end()
-                    ));
+                    ))
+                    .retry_safe());
                 }
             }
             self.connection = Some(conn);
         }
-        self.connection.as_mut().ok_or_else(|| anyhow!("no upstream connection"))
+        self.connection.as_mut().ok_or_else(|| ChainError::proxy("no upstream connection").retry_safe())
     }
 
     /// Drops a broken connection; remembers if that lost state the client relies on.
@@ -283,15 +297,20 @@ impl ValkeySinkSingle {
         let mut responses = Vec::with_capacity(requests.len());
         if !self.write_buf.is_empty() {
             let write_buf = std::mem::take(&mut self.write_buf);
+            // A failed write may have sent part of the batch: retry-unsafe.
             let written = match self.connection().await {
-                Ok(conn) => conn.write_all(&write_buf).await.map_err(|e| format!("upstream write failed: {e}")),
-                Err(e) => Err(format!("{e:#}")),
+                Ok(conn) => conn
+                    .write_all(&write_buf)
+                    .await
+                    .map_err(|e| ChainError::upstream("upstream write failed").caused_by(e)),
+                Err(e) => Err(e),
             };
             self.write_buf = write_buf;
             if let Some(at) = requests.first().and_then(|r| r.received_at()) {
                 self.source_to_sink.observe(at.elapsed().as_secs_f64());
             }
-            if let Err(reason) = written {
+            if let Err(e) = written {
+                let reason = e.to_string();
                 self.connection_lost(&reason);
                 for (request, step) in requests.iter().zip(steps) {
                     responses.push(match step {
@@ -317,7 +336,8 @@ impl ValkeySinkSingle {
             }
             match self.read_replies(request, &mut expect, silent, &mut responses).await {
                 Ok(()) => {}
-                Err(reason) => {
+                Err(e) => {
+                    let reason = e.to_string();
                     responses.push(self.error_to(request, &reason));
                     self.connection_lost(&reason);
                     failure = Some(reason);
@@ -329,19 +349,20 @@ impl ValkeySinkSingle {
 
     /// Reads until `request` is answered, as the server decides: its first reply is its
     /// response (nothing, when `silent`), further confirmations and anything pushed go to
-    /// `out` as pushed messages, in the order they came.
+    /// `out` as pushed messages, in the order they came. Its errors come after the request
+    /// was written: retry-unsafe.
     async fn read_replies(
         &mut self,
         request: &Message,
         expect: &mut Expect,
         silent: bool,
         out: &mut Vec<Message>,
-    ) -> Result<(), String> {
+    ) -> ChainResult<()> {
         let view = request.valkey_request();
         let mut answered = false;
         loop {
-            let conn = self.connection.as_mut().ok_or("upstream connection closed")?;
-            let raw = conn.next().await.map_err(|e| format!("upstream read failed: {e}"))?;
+            let conn = self.connection.as_mut().ok_or_else(|| ChainError::upstream("upstream connection closed"))?;
+            let raw = conn.next().await.map_err(|e| ChainError::upstream("upstream read failed").caused_by(e))?;
             let now = Instant::now();
             let class = self.follower.classify(&raw, Some(expect));
             self.follower.observe(&raw);
@@ -382,9 +403,10 @@ impl ValkeySinkSingle {
 
 #[async_trait(?Send)]
 impl Transform for ValkeySinkSingle {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         if let Some(reason) = self.lost.take() {
-            return Err(CloseConnection(reason).into());
+            // The batch in hand is not written; the subscriptions cannot be restored.
+            return Err(ChainError::upstream(reason).retry_safe().close_connection());
         }
         let requests = std::mem::take(&mut state.requests);
         // Pushed messages that came while the client was idle go first.
@@ -432,5 +454,59 @@ impl Transform for ValkeySinkSingle {
         } else {
             Poll::Ready(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{Retry, Side};
+    use crate::sinks::testing::{closed_port, on_a_core};
+    use prometheus::HistogramOpts;
+    use std::time::Duration;
+
+    fn sink(address: std::net::SocketAddr) -> ValkeySinkSingle {
+        let upstream = Upstream { address, tls: None, connect_timeout: Duration::from_secs(1), read_timeout: None };
+        let failed = IntCounter::new("failed", "failed").unwrap();
+        let latency = Histogram::with_opts(HistogramOpts::new("latency", "latency")).unwrap();
+        ValkeySinkSingle::new(Rc::new(upstream), failed, latency)
+    }
+
+    fn get() -> Message {
+        Message::from_bytes(Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), Protocol::Valkey, Instant::now())
+    }
+
+    #[test]
+    fn an_unreachable_upstream_is_an_upstream_failure_safe_to_retry() {
+        let address = closed_port();
+        let (side, retry, close, text, reply) = on_a_core(move || async move {
+            let mut sink = sink(address);
+            let e = sink.connection().await.err().expect("nothing listens there");
+            let mut state = ChainState::last(vec![get()]);
+            let responses = sink.transform(&mut state).await.expect("each request gets its own error");
+            let reply =
+                responses.first().and_then(|r| r.to_bytes().ok()).map(|r| String::from_utf8_lossy(&r).into_owned());
+            (e.side(), e.retry(), e.closes_connection(), e.to_string(), reply)
+        });
+        assert_eq!((side, retry, close), (Side::Upstream, Retry::Safe, false));
+        let expected = format!("cannot connect to upstream {address}: ");
+        assert!(text.starts_with(&expected), "{text}");
+        // The client's reply carries the same text as before the typed error.
+        assert_eq!(reply, Some(format!("-ERR shotover: {text}\r\n")));
+    }
+
+    #[test]
+    fn subscriptions_lost_with_the_upstream_close_the_client_connection() {
+        let e = futures_lite::future::block_on(async {
+            let mut sink = sink(closed_port());
+            sink.follower.observe(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+            sink.connection_lost("upstream read failed: connection reset");
+            sink.transform(&mut ChainState::last(vec![get()])).await.expect_err("the connection closes")
+        });
+        assert_eq!((e.side(), e.retry(), e.closes_connection()), (Side::Upstream, Retry::Safe, true));
+        assert_eq!(
+            e.to_string(),
+            "upstream connection lost while subscribed or monitoring: upstream read failed: connection reset"
+        );
     }
 }

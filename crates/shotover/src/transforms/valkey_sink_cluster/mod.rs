@@ -46,7 +46,7 @@ mod route;
 mod send;
 mod transaction;
 
-use crate::chain::{BuildContext, ChainState, Resolved, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{BuildContext, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig};
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_mux::Mux;
@@ -226,7 +226,7 @@ impl ValkeySinkCluster {
 
 #[async_trait(?Send)]
 impl Transform for ValkeySinkCluster {
-    async fn transform(&mut self, state: &mut ChainState<'_>) -> Result<Vec<Message>> {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let requests = std::mem::take(&mut state.requests);
         if requests.is_empty() {
             return Ok(Vec::new());

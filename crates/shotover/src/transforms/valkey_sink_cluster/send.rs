@@ -9,10 +9,10 @@
 
 use super::plan::Sub;
 use super::ValkeySinkCluster;
+use crate::chain::{ChainError, ChainResult};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_mux::MuxError;
 use crate::sinks::valkey_slots::{fetch, node_tls};
-use anyhow::{anyhow, Context as _, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::net::SocketAddr;
@@ -44,26 +44,29 @@ impl Sub {
 }
 
 impl ValkeySinkCluster {
-    /// Connects to `node` if needed, replaying the client's session.
-    async fn connection(&mut self, node: SocketAddr) -> Result<&mut ValkeyConnection> {
+    /// Connects to `node` if needed, replaying the client's session. Its errors come
+    /// before any of the client's commands is written: all are retry-safe, so the commands
+    /// may go to another node.
+    async fn connection(&mut self, node: SocketAddr) -> ChainResult<&mut ValkeyConnection> {
         if !self.conns.contains_key(&node) {
             let tls = self.shared.tls.as_ref().map(|connector| node_tls(connector, node));
-            let mut conn = ValkeyConnection::connect(node, self.shared.timeout, tls.as_ref())
-                .await
-                .with_context(|| format!("cannot connect to cluster node {node}"))?;
+            let mut conn = ValkeyConnection::connect(node, self.shared.timeout, tls.as_ref()).await.map_err(|e| {
+                ChainError::upstream(format!("cannot connect to cluster node {node}")).caused_by(e).retry_safe()
+            })?;
             for raw in &self.session {
-                conn.write_all(raw).await?;
-                let reply = conn.next().await?;
+                conn.write_all(raw).await.map_err(|e| ChainError::from(e).retry_safe())?;
+                let reply = conn.next().await.map_err(|e| ChainError::from(e).retry_safe())?;
                 if is_error(&reply) {
-                    return Err(anyhow!(
+                    return Err(ChainError::upstream(format!(
                         "node {node} refused the session: {}",
                         String::from_utf8_lossy(&reply).trim_end()
-                    ));
+                    ))
+                    .retry_safe());
                 }
             }
             self.conns.insert(node, conn);
         }
-        self.conns.get_mut(&node).ok_or_else(|| anyhow!("no connection to {node}"))
+        self.conns.get_mut(&node).ok_or_else(|| ChainError::proxy(format!("no connection to {node}")).retry_safe())
     }
 
     /// Sends every pending sub-request: all writes first, then the replies node by node.
@@ -89,17 +92,19 @@ impl ValkeySinkCluster {
                     buf.put_slice(&sub.raw);
                 }
             }
-            // A failed connect sent nothing (the commands may go elsewhere); a failed write
-            // may have sent part, so those commands count as sent and are not retried.
-            let (result, sent) = match self.connection(node).await {
-                Ok(conn) => (conn.write_all(&buf).await.map_err(anyhow::Error::from), true),
-                Err(e) => (Err(e), false),
+            // A failed connect sent nothing (retry-safe: the commands may go elsewhere); a
+            // failed write may have sent part (an I/O error is retry-unsafe), so those commands
+            // count as sent and are not retried.
+            let result = match self.connection(node).await {
+                Ok(conn) => conn.write_all(&buf).await.map_err(ChainError::from),
+                Err(e) => Err(e),
             };
+            let sent = result.as_ref().err().is_none_or(|e| !e.is_retry_safe());
             for &i in pending {
                 if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
                     sub.sent = sent;
                     if let Err(e) = &result {
-                        sub.reply = Err(format!("{e:#}"));
+                        sub.reply = Err(e.to_string());
                     }
                 }
             }
@@ -269,7 +274,15 @@ impl ValkeySinkCluster {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::A;
+    use super::super::Shared;
     use super::*;
+    use crate::chain::{Retry, Side};
+    use crate::sinks::testing::{closed_port, on_a_core};
+    use crate::sinks::valkey_slots::SlotMap;
+    use prometheus::IntCounter;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+    use std::rc::Rc;
 
     fn sub(asking: bool) -> Sub {
         Sub { node: A, raw: Bytes::new(), slot: None, reply: Err("not sent".into()), sent: false, asking }
@@ -296,5 +309,46 @@ mod tests {
         let mut missing = sub(false);
         missing.take_replies(&mut replies);
         assert_eq!(missing.reply, Err("node 10.0.0.1:7000: missing reply".to_string()));
+    }
+
+    /// A client with connections of its own, of a cluster whose only node is `node`.
+    fn dedicated_client(node: SocketAddr) -> ValkeySinkCluster {
+        let shared = Shared {
+            contact: vec![node],
+            direct: None,
+            timeout: Duration::from_secs(1),
+            tls: None,
+            map: RefCell::new(SlotMap::default()),
+            connection_count: 1,
+            muxes: RefCell::new(HashMap::new()),
+            next_mux: Cell::new(0),
+            failed_requests: IntCounter::new("failed", "failed").unwrap(),
+        };
+        ValkeySinkCluster {
+            shared: Rc::new(shared),
+            conns: HashMap::new(),
+            session: Vec::new(),
+            txn: None,
+            watch_node: None,
+            dedicated: true,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_node_is_an_upstream_failure_safe_to_retry_elsewhere() {
+        let node = closed_port();
+        let ((side, retry, text), (broken, sent, reply)) = on_a_core(move || async move {
+            let mut client = dedicated_client(node);
+            let e = client.connection(node).await.err().expect("nothing listens there");
+            let mut one = [Sub { node, raw: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), ..sub(false) }];
+            let broken = client.run(&mut one, &[0]).await;
+            let [sub] = one;
+            ((e.side(), e.retry(), e.to_string()), (broken, sub.sent, sub.reply))
+        });
+        assert_eq!((side, retry), (Side::Upstream, Retry::Safe));
+        assert!(text.starts_with(&format!("cannot connect to cluster node {node}: ")), "{text}");
+        // Retry-safe: the command counts as not sent, so it may go to the slot's new master.
+        assert!(broken && !sent);
+        assert_eq!(reply, Err(text));
     }
 }
