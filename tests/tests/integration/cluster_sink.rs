@@ -316,9 +316,12 @@ fn handling_mode_sidecars_serve_cluster_aware_clients() {
                 contacts.join(", ")
             );
             let s = Shotover::builder(&topology).start().unwrap();
-            wait_until(std::time::Duration::from_secs(10), || {
-                std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), proxy_port)).is_ok()
-            });
+            assert!(
+                wait_until(std::time::Duration::from_secs(10), || {
+                    std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), proxy_port)).is_ok()
+                }),
+                "proxy {i} did not listen"
+            );
             s
         })
         .collect();
