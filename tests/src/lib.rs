@@ -203,7 +203,8 @@ impl Shotover {
         self.output.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Waits until its output contains `needle`.
+    /// Waits until its output contains `needle`; returns whether it appeared.
+    #[must_use]
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -215,8 +216,11 @@ impl Shotover {
         false
     }
 
+    /// The text of `GET /metrics`; fails the test if the observability interface does not
+    /// answer with it.
     pub fn metrics(&self) -> String {
-        http_get(self.observability_port, "/metrics").unwrap_or_default()
+        http_get(self.observability_port, "/metrics")
+            .unwrap_or_else(|e| panic!("GET /metrics failed: {e:#}\nshotover output:\n{}", self.output()))
     }
 
     pub fn pid(&self) -> i32 {
@@ -267,6 +271,7 @@ impl ShotoverBuilder {
     pub fn start(self) -> Result<Shotover> {
         let dir = TempDir::new("shotover");
         let observability_port = free_port();
+        let default_config = self.config.is_none();
         let config = self.config.unwrap_or_else(|| {
             format!("main_log_level: \"info\"\nobservability_interface: \"127.0.0.1:{observability_port}\"\n")
         });
@@ -318,6 +323,13 @@ impl ShotoverBuilder {
                     bail!("shotover did not listen on {port}:\n{}", shotover.output());
                 }
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            // The observability interface of the default config may come up after the
+            // source: wait for it too, so that `metrics()` answers from the start.
+            if default_config
+                && !wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", observability_port)).is_ok())
+            {
+                bail!("the observability interface did not listen on {observability_port}:\n{}", shotover.output());
             }
         }
         Ok(shotover)
@@ -381,13 +393,67 @@ pub fn http_put(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
     http(port, "PUT", path, body)
 }
 
-/// The value of one Prometheus series (`name{labels}` exactly as rendered), or 0.
+/// The value of one Prometheus series (`name{labels}` exactly as rendered), or None when the
+/// metrics text has no such series. Panics if the series is there but its value is not a
+/// number.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    let value = metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))?;
+    Some(value.trim().parse().unwrap_or_else(|_| panic!("series {series} has no numeric value {value:?}:\n{metrics}")))
+}
+
+/// The value of one Prometheus series (`name{labels}` exactly as rendered). A missing series
+/// fails the test: a metric that is not exported is not a metric that is 0.
 pub fn metric_value(metrics: &str, series: &str) -> f64 {
-    metrics
+    metric(metrics, series).unwrap_or_else(|| panic!("no series {series} in the metrics:\n{metrics}"))
+}
+
+/// The sum of every series of metric `name` whose labels include `label` (`key="value"`),
+/// such as `connections_opened` of one source over all worker cores. Fails the test when
+/// there is no such series.
+pub fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
+    let values: Vec<f64> = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| rest.split_once("} "))
+        .filter(|(labels, _)| labels.split(',').any(|l| l == label))
+        .map(|(_, v)| v.trim().parse().unwrap_or_else(|_| panic!("{name}{{{label}}}: bad value {v:?}:\n{metrics}")))
+        .collect();
+    assert!(!values.is_empty(), "no series {name}{{..{label}..}} in the metrics:\n{metrics}");
+    values.iter().sum()
+}
+
+/// What one read on a connection saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Some bytes (lossily as text).
+    Data(String),
+    /// End of stream (a read of 0 bytes) or a reset: the peer closed the connection.
+    Closed,
+    /// Nothing arrived within the timeout: the connection is still open.
+    TimedOut,
+}
+
+/// One read on `stream` with `timeout`. Any error other than a reset or a timeout fails
+/// the test.
+pub fn read_once(stream: &mut TcpStream, timeout: Duration) -> ReadOutcome {
+    use std::io::ErrorKind;
+    stream.set_read_timeout(Some(timeout)).expect("set_read_timeout");
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(0) => ReadOutcome::Closed,
+        Ok(n) => ReadOutcome::Data(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => ReadOutcome::Closed,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => ReadOutcome::TimedOut,
+        Err(e) => panic!("read failed: {e}"),
+    }
+}
+
+/// Asserts that the peer closes `stream` (end of stream or a reset) within `within`, without
+/// sending anything first. A connection still open after `within` fails the test.
+#[track_caller]
+pub fn assert_closed_by_peer(stream: &mut TcpStream, within: Duration, what: &str) {
+    let outcome = read_once(stream, within);
+    assert_eq!(outcome, ReadOutcome::Closed, "{what}: expected the connection to be closed within {within:?}");
 }
 
 /// Runs a command line tool and returns (exit status, stdout + stderr).
@@ -412,6 +478,7 @@ pub fn sink_single(port: u16) -> String {
 }
 
 /// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
+#[must_use]
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

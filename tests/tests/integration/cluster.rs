@@ -23,9 +23,12 @@ fn sidecars() -> Sidecars {
                 "sources:\n  - Valkey:\n      name: \"valkey\"\n      listen_addr: \"127.0.0.{i}:{proxy_port}\"\n      chain:\n        - ValkeyClusterPortsRewrite:\n            new_port: {proxy_port}\n        - ValkeySinkSingle:\n            remote_address: \"127.0.0.{i}:{node_port}\"\n"
             );
             let shotover = Shotover::builder(&topology).start().unwrap();
-            wait_until(std::time::Duration::from_secs(10), || {
-                std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), proxy_port)).is_ok()
-            });
+            assert!(
+                wait_until(std::time::Duration::from_secs(10), || {
+                    std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), proxy_port)).is_ok()
+                }),
+                "proxy {i} did not listen"
+            );
             shotover
         })
         .collect();

@@ -39,7 +39,7 @@ fn client(
                     .and_then(|cl| cl.get_connection_with_timeout(Duration::from_secs(5)))
                 {
                     Ok(c) => {
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        c.set_read_timeout(Some(Duration::from_secs(5))).expect("set_read_timeout");
                         conn.insert(c)
                     }
                     // The connection setup is a round trip (redis-rs sends CLIENT SETINFO): an

@@ -49,11 +49,7 @@ fn metrics_after_known_traffic() {
     assert_eq!(metric_value(&m, "shotover_source_to_sink_latency_seconds_count{sink=\"ValkeySinkSingle\"}"), batches);
     assert_eq!(metric_value(&m, "shotover_sink_to_source_latency_seconds_count{source=\"valkey\"}"), batches);
     assert_eq!(metric_value(&m, "failed_requests{chain=\"valkey\",transform=\"ValkeySinkSingle\"}"), 0.0);
-    let opened: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("connections_opened{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let opened = metric_sum(&m, "connections_opened", "source=\"valkey\"");
     // Two test connections plus the one that waited for the port.
     assert_eq!(opened, 3.0, "{m}");
     assert!(m.contains("# TYPE shotover_chain_latency_seconds histogram"), "{m}");

@@ -3,6 +3,8 @@
 use crate::Setup;
 use redis::{Commands, RedisResult, Value};
 use shotover_integration_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 #[test]
@@ -188,34 +190,141 @@ fn auth_against_a_password_protected_server() {
     let _: () = c.set("k", "v").unwrap();
     // Another connection through the same proxy is not authenticated by the first.
     let mut other = s.client();
-    assert!(other.get::<_, Option<String>>("k").is_err());
+    let err = other.get::<_, Option<String>>("k").unwrap_err();
+    assert!(err.to_string().contains("NOAUTH"), "{err}");
     let url = format!("redis://:secret@127.0.0.1:{}/", s.port);
     let mut authed = redis::Client::open(url).unwrap().get_connection().unwrap();
     assert_eq!(authed.get::<_, String>("k").unwrap(), "v");
 }
 
+/// The length of the first complete RESP2/RESP3 value in `buf`, or None if it is not all there.
+fn resp_value_len(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let header = std::str::from_utf8(&buf[1..line_end]).ok()?;
+    let after = line_end + 2;
+    match buf[0] {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Some(after),
+        b'$' | b'!' | b'=' => match header.parse::<i64>().ok()? {
+            n if n < 0 => Some(after),
+            n => (buf.len() >= after + n as usize + 2).then_some(after + n as usize + 2),
+        },
+        kind @ (b'*' | b'~' | b'>' | b'%' | b'|') => {
+            let count = header.parse::<i64>().ok()?;
+            let items = if kind == b'%' || kind == b'|' { count * 2 } else { count };
+            let mut at = after;
+            for _ in 0..items.max(0) {
+                at += resp_value_len(&buf[at..])?;
+            }
+            // An attribute is followed by the value it describes.
+            if kind == b'|' {
+                at += resp_value_len(&buf[at..])?;
+            }
+            Some(at)
+        }
+        other => panic!("not RESP: type byte {:?} in {:?}", other as char, String::from_utf8_lossy(buf)),
+    }
+}
+
+/// Writes `request` and reads exactly one complete reply: its raw bytes.
+fn raw_reply(stream: &mut TcpStream, request: &str) -> Vec<u8> {
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while resp_value_len(&reply) != Some(reply.len()) {
+        assert!(resp_value_len(&reply).is_none(), "more than one reply to {request:?}: {reply:?}");
+        let n = stream.read(&mut buf).unwrap_or_else(|e| panic!("{request:?}: {e}, after {reply:?}"));
+        assert!(n > 0, "closed while reading the reply to {request:?}: {:?}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    reply
+}
+
+/// A HELLO 3 reply with the value of its `id` field (the client id) replaced by `:0`: the
+/// only field that differs between two connections.
+fn hello_without_client_id(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply).into_owned();
+    let (before, after) = text.split_once("$2\r\nid\r\n:").unwrap_or_else(|| panic!("no id field: {text:?}"));
+    let (_, rest) = after.split_once("\r\n").unwrap();
+    format!("{before}$2\r\nid\r\n:0\r\n{rest}")
+}
+
 #[test]
 fn resp3_via_hello_3() {
     let s = Setup::new();
-    let port = s.port.to_string();
-    let (status, out) = run_tool("valkey-cli", &["-3", "-p", &port, "HELLO", "3"]);
-    assert!(status.success(), "{out}");
-    assert!(out.contains("proto") && out.contains('3'), "{out}");
-    // A RESP3 client: map replies, doubles and nulls pass through.
-    let (_, out) = run_tool("valkey-cli", &["-3", "-p", &port, "HSET", "h3", "f", "v"]);
-    assert!(out.contains('1'), "{out}");
-    let (_, out) = run_tool("valkey-cli", &["-3", "-p", &port, "GET", "nope"]);
-    assert_eq!(out.trim(), "", "a null prints as nothing without a terminal");
+    // The same RESP3 session on a direct connection and through the proxy: the reply bytes
+    // must be identical (keys differ by prefix, which no reply contains).
+    let session = |port: u16, prefix: &str| -> Vec<Vec<u8>> {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let hello = raw_reply(&mut c, "HELLO 3\r\n");
+        let mut replies = vec![hello_without_client_id(&hello).into_bytes()];
+        for request in [
+            format!("HSET {prefix}h3 f v\r\n"),
+            format!("HGETALL {prefix}h3\r\n"),
+            format!("GET {prefix}nope\r\n"),
+            format!("ZADD {prefix}z3 1.5 m\r\n"),
+            format!("ZSCORE {prefix}z3 m\r\n"),
+            format!("SADD {prefix}s3 a\r\n"),
+            format!("SMEMBERS {prefix}s3\r\n"),
+            format!("EXISTS {prefix}h3\r\n"),
+        ] {
+            replies.push(raw_reply(&mut c, &request));
+        }
+        replies
+    };
+    let direct = session(s.valkey.port, "direct:");
+    let proxied = session(s.port, "proxied:");
+    let show = |r: &[Vec<u8>]| r.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>();
+    assert_eq!(show(&proxied), show(&direct), "RESP3 replies through the proxy differ from Valkey's");
+    // And they are RESP3: HELLO answers with a map that says proto 3, a hash is a map, a
+    // null is `_`, a score a double, a set a set.
+    let hello = String::from_utf8_lossy(&proxied[0]).into_owned();
+    assert!(hello.starts_with('%') && hello.contains("$5\r\nproto\r\n:3\r\n"), "{hello:?}");
+    assert_eq!(
+        show(&proxied[1..]),
+        [
+            ":1\r\n",
+            "%1\r\n$1\r\nf\r\n$1\r\nv\r\n",
+            "_\r\n",
+            ":1\r\n",
+            ",1.5\r\n",
+            ":1\r\n",
+            "~1\r\n$1\r\na\r\n",
+            ":1\r\n"
+        ]
+    );
+
+    // valkey-cli -3 prints the same through the proxy as from Valkey (HELLO's id aside).
+    let cli = |port: u16, args: &[&str]| {
+        let port = port.to_string();
+        let mut all = vec!["-3", "-p", &port];
+        all.extend(args);
+        let (status, out) = run_tool("valkey-cli", &all);
+        assert!(status.success(), "{out}");
+        out
+    };
+    // Without a terminal it prints one `field value` line per map entry.
+    let hello_lines = |out: String| {
+        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+        let id = lines.iter().position(|l| l.starts_with("id ")).unwrap_or_else(|| panic!("no id in {out}"));
+        lines[id] = "id <client id>".to_string();
+        lines
+    };
+    let from_proxy = hello_lines(cli(s.port, &["HELLO", "3"]));
+    assert_eq!(from_proxy, hello_lines(cli(s.valkey.port, &["HELLO", "3"])));
+    assert!(from_proxy.iter().any(|l| l == "proto 3"), "{from_proxy:?}");
+    assert_eq!(cli(s.port, &["HGETALL", "proxied:h3"]), cli(s.valkey.port, &["HGETALL", "direct:h3"]));
+    assert_eq!(cli(s.port, &["GET", "nope"]).trim(), "", "a null prints as nothing without a terminal");
+
+    // redis-rs over RESP3: the same types arrive as RESP3 values.
     let url = format!("redis://127.0.0.1:{}/?protocol=resp3", s.port);
     let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
     let _: () = c.set("r3", 1.5).unwrap();
     let v: Value = redis::cmd("INCRBYFLOAT").arg("r3").arg(1).query(&mut c).unwrap();
     assert_eq!(v, Value::BulkString(b"2.5".to_vec()));
-    // RESP3 types pass through: a map and a double.
-    let map: Value = redis::cmd("HGETALL").arg("h3").query(&mut c).unwrap();
+    let map: Value = redis::cmd("HGETALL").arg("proxied:h3").query(&mut c).unwrap();
     assert_eq!(map, Value::Map(vec![(Value::BulkString(b"f".to_vec()), Value::BulkString(b"v".to_vec()))]));
-    let _: () = c.zadd("z3", "m", 1.5).unwrap();
-    let score: Value = redis::cmd("ZSCORE").arg("z3").arg("m").query(&mut c).unwrap();
+    let score: Value = redis::cmd("ZSCORE").arg("proxied:z3").arg("m").query(&mut c).unwrap();
     assert_eq!(score, Value::Double(1.5));
 }
 
