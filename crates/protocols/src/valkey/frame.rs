@@ -35,7 +35,7 @@ pub fn parse(bytes: &Bytes) -> Result<(ValkeyFrame, RespVersion), ValkeyCodecErr
                 Err(_) => {}
             }
         }
-        Some(_) if framing::message_len(bytes, false).is_err() => return Ok((parse_inline(bytes)?, RespVersion::Resp2)),
+        Some(_) if framing::message_len(bytes).is_err() => return Ok((parse_inline(bytes)?, RespVersion::Resp2)),
         _ => {}
     }
     match redis_protocol::resp3::decode::complete::decode_bytes(bytes) {
