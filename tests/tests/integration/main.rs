@@ -12,6 +12,7 @@ mod failures;
 mod hot_reload;
 mod kafka;
 mod limits;
+mod malformed;
 mod observability;
 mod passthrough;
 mod shutdown;
