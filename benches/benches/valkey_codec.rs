@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use shotover_protocols::valkey::command::{classify, RequestView};
 use shotover_protocols::valkey::frame::{encode, parse};
-use shotover_protocols::valkey::framing::message_len;
+use shotover_protocols::valkey::framing::{message_len, request_len, Request};
 
 const SET: &[u8] = b"*3\r\n$3\r\nSET\r\n$16\r\nkey:000000000042\r\n$3\r\nxxx\r\n";
 const GET_REPLY: &[u8] = b"$3\r\nxxx\r\n";
@@ -14,15 +14,15 @@ const MGET_REPLY: &[u8] = b"*4\r\n$3\r\naaa\r\n$-1\r\n$3\r\nccc\r\n$3\r\nddd\r\n
 fn framing(c: &mut Criterion) {
     let mut g = c.benchmark_group("valkey_framing");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("set_request", |b| b.iter(|| message_len(black_box(SET), true)));
-    g.bench_function("mget_reply", |b| b.iter(|| message_len(black_box(MGET_REPLY), false)));
+    g.bench_function("set_request", |b| b.iter(|| request_len(black_box(SET))));
+    g.bench_function("mget_reply", |b| b.iter(|| message_len(black_box(MGET_REPLY))));
     let pipeline: Vec<u8> = SET.repeat(16);
     g.throughput(Throughput::Elements(16));
     g.bench_function("split_pipeline_of_16", |b| {
         b.iter(|| {
             let mut buf = BytesMut::from(&pipeline[..]);
             let mut n = 0;
-            while let Ok(Some(len)) = message_len(&buf, true) {
+            while let Ok(Some(Request::Command(len))) = request_len(&buf) {
                 black_box(buf.split_to(len).freeze());
                 n += 1;
             }

@@ -5,6 +5,9 @@
 #
 #   benches/load/valkey.sh            # defaults: -c 50 -n 200000, 3 repetitions
 #   REQUESTS=50000 REPS=1 benches/load/valkey.sh
+#   BASELINE_BIN=/path/to/older/shotover-proxy benches/load/valkey.sh
+#                                     # also measures an older build (1 core, CPU 1), alternated
+#                                     # with the others, and prints this build / baseline
 #
 # CPU placement on a 2-CPU machine: Valkey and valkey-benchmark on CPU 0, each proxy on
 # CPU 1 (the 2-worker shotover uses CPUs 0 and 1). Only ratios from one run count: the
@@ -40,9 +43,9 @@ taskset -c 0 valkey-server --port "$VALKEY" --bind 127.0.0.1 --save '' --appendo
 PIDS+=($!); wait_port "$VALKEY"
 
 printf 'main_log_level: "warn"\n' > "$WORK/config.yaml"
-start_shotover() { # port cores
+start_shotover() { # port cores [binary]
   printf 'sources:\n  - Valkey:\n      name: "valkey"\n      listen_addr: "127.0.0.1:%s"\n      connection_limit: 4096\n      chain:\n        - ValkeySinkSingle:\n            remote_address: "127.0.0.1:%s"\n' "$1" "$VALKEY" > "$WORK/topology-$1.yaml"
-  "$BIN" --config-file "$WORK/config.yaml" --topology-file "$WORK/topology-$1.yaml" --worker-cores "$2" >"$WORK/shotover-$1.log" 2>&1 &
+  "${3:-$BIN}" --config-file "$WORK/config.yaml" --topology-file "$WORK/topology-$1.yaml" --worker-cores "$2" >"$WORK/shotover-$1.log" 2>&1 &
   PIDS+=($!); wait_port "$1"
 }
 SHOTOVER1=$(free_port); start_shotover "$SHOTOVER1" 1
@@ -83,6 +86,10 @@ taskset -c 1 nutcracker -c "$WORK/nutcracker.yml" -s "$(free_port)" >/dev/null 2
 PIDS+=($!); wait_port "$TWEM"
 
 TARGETS="direct:$VALKEY shotover-1-core:$SHOTOVER1 shotover-2-cores:$SHOTOVER2 haproxy-tcp:$HAPROXY twemproxy:$TWEM"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  BASELINE=$(free_port); start_shotover "$BASELINE" 1 "$BASELINE_BIN"
+  TARGETS="$TARGETS baseline-1-core:$BASELINE"
+fi
 RESULTS="$WORK/results.csv"
 echo "rep,pipeline,target,test,rps" > "$RESULTS"
 for rep in $(seq "$REPS"); do
@@ -114,14 +121,17 @@ runs = defaultdict(list)
 for row in csv.DictReader(open(path)):
     runs[(int(row["pipeline"]), row["test"], row["target"])].append(float(row["rps"]))
 targets = ["direct", "shotover-1-core", "shotover-2-cores", "haproxy-tcp", "twemproxy"]
+if any(t == "baseline-1-core" for (_, _, t) in runs):
+    targets.append("baseline-1-core")
 print(f"\nvalkey-benchmark -c {clients}, median of {reps} runs, requests/s")
-print("| -P | test | " + " | ".join(targets) + " | shotover-1-core / haproxy | shotover-1-core / twemproxy | shotover-1-core / direct |")
-print("|---" * (len(targets) + 5) + "|")
+baseline = "baseline-1-core" in targets
+print("| -P | test | " + " | ".join(targets) + " | shotover-1-core / haproxy | shotover-1-core / twemproxy | shotover-1-core / direct |" + (" shotover-1-core / baseline |" if baseline else ""))
+print("|---" * (len(targets) + 5 + int(baseline)) + "|")
 for (pipeline, test) in sorted({(p, t) for (p, t, _) in runs}):
     med = {t: statistics.median(runs[(pipeline, test, t)]) for t in targets if runs.get((pipeline, test, t))}
     cells = [f"{med.get(t, 0):,.0f}" for t in targets]
     s = med.get("shotover-1-core", 0)
     ratio = lambda base: f"{s / med[base]:.2f}" if med.get(base) else "-"
-    print(f"| {pipeline} | {test} | " + " | ".join(cells) + f" | {ratio('haproxy-tcp')} | {ratio('twemproxy')} | {ratio('direct')} |")
+    print(f"| {pipeline} | {test} | " + " | ".join(cells) + f" | {ratio('haproxy-tcp')} | {ratio('twemproxy')} | {ratio('direct')} |" + (f" {ratio('baseline-1-core')} |" if baseline else ""))
 print(f"\nshotover (1 worker core) RSS: idle {int(idle_rss)/1024:.1f} MiB, with 200 open connections {int(busy_rss)/1024:.1f} MiB")
 PY

@@ -13,6 +13,7 @@ mod fidelity;
 mod hot_reload;
 mod kafka;
 mod limits;
+mod malformed;
 mod observability;
 mod passthrough;
 mod shutdown;

@@ -5,7 +5,7 @@
 //! parsed with the RESP2 decoder (RESP2's `$-1` and `*-1` nulls mean something else in
 //! RESP3) and remember that, so a modified frame is written back in the version it came in.
 
-use super::{framing, ValkeyCodecError};
+use super::{framing, inline, ValkeyCodecError};
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Resp2Frame;
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
@@ -21,20 +21,21 @@ pub enum RespVersion {
     Resp3,
 }
 
-/// Parses exactly one whole message (as delimited by [`framing::message_len`]).
+/// Parses exactly one whole message (as delimited by [`framing::message_len`] or
+/// [`framing::request_len`]).
 pub fn parse(bytes: &Bytes) -> Result<(ValkeyFrame, RespVersion), ValkeyCodecError> {
     match bytes.first() {
         Some(b'*' | b'$' | b'+' | b'-' | b':') => {
             match redis_protocol::resp2::decode::decode_bytes(bytes) {
                 Ok(Some((frame, _))) => return Ok((from_resp2(frame), RespVersion::Resp2)),
+                // A request line such as `$4` is an inline command to Valkey.
+                Ok(None) if is_one_line(bytes) => return Ok((parse_inline(bytes)?, RespVersion::Resp2)),
                 Ok(None) => return Err(ValkeyCodecError::Parse("incomplete message".into())),
                 // RESP3 types nested in an array: fall through to the RESP3 decoder.
                 Err(_) => {}
             }
         }
-        Some(_) if framing::message_len(bytes, false).is_err() => {
-            return Ok((parse_inline(bytes)?, RespVersion::Resp2))
-        }
+        Some(_) if framing::message_len(bytes).is_err() => return Ok((parse_inline(bytes)?, RespVersion::Resp2)),
         _ => {}
     }
     match redis_protocol::resp3::decode::complete::decode_bytes(bytes) {
@@ -44,62 +45,21 @@ pub fn parse(bytes: &Bytes) -> Result<(ValkeyFrame, RespVersion), ValkeyCodecErr
     }
 }
 
+/// True when the only `\n` in `bytes` is the last byte.
+fn is_one_line(bytes: &[u8]) -> bool {
+    memchr::memchr(b'\n', bytes) == Some(bytes.len() - 1)
+}
+
 /// Splits an inline request (`SET k "a b"\r\n`) into an array of bulk strings, with Valkey's
-/// quoting rules for double and single quotes.
+/// quoting rules (see [`inline`]).
 fn parse_inline(bytes: &[u8]) -> Result<ValkeyFrame, ValkeyCodecError> {
     let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut args = Vec::new();
-    let mut i = 0;
-    while i < line.len() {
-        while line.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
-            i += 1;
-        }
-        if i >= line.len() {
-            break;
-        }
-        let mut arg = Vec::new();
-        match line.get(i) {
-            Some(&q @ (b'"' | b'\'')) => {
-                i += 1;
-                loop {
-                    match line.get(i) {
-                        None => return Err(ValkeyCodecError::UnbalancedQuotes),
-                        Some(&c) if c == q => {
-                            i += 1;
-                            break;
-                        }
-                        Some(b'\\') if q == b'"' => {
-                            let escaped = match line.get(i + 1) {
-                                Some(b'n') => b'\n',
-                                Some(b'r') => b'\r',
-                                Some(b't') => b'\t',
-                                Some(&c) => c,
-                                None => return Err(ValkeyCodecError::UnbalancedQuotes),
-                            };
-                            arg.push(escaped);
-                            i += 2;
-                        }
-                        Some(&c) => {
-                            arg.push(c);
-                            i += 1;
-                        }
-                    }
-                }
-            }
-            _ => {
-                while let Some(&c) = line.get(i) {
-                    if c.is_ascii_whitespace() {
-                        break;
-                    }
-                    arg.push(c);
-                    i += 1;
-                }
-            }
-        }
-        args.push(BytesFrame::BlobString { data: Bytes::from(arg), attributes: None });
-    }
-    Ok(BytesFrame::Array { data: args, attributes: None })
+    let args = inline::args(line)?;
+    Ok(BytesFrame::Array {
+        data: args.into_iter().map(|arg| BytesFrame::BlobString { data: Bytes::from(arg), attributes: None }).collect(),
+        attributes: None,
+    })
 }
 
 fn from_resp2(frame: Resp2Frame) -> ValkeyFrame {
@@ -205,6 +165,9 @@ mod tests {
         encode(&frame, RespVersion::Resp2, &mut out).unwrap();
         assert_eq!(&out[..], b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na b\n\r\n$1\r\nc\r\n");
         assert!(parse(&Bytes::from_static(b"SET \"k\r\n")).is_err());
+        // Only `*` starts a request array: to Valkey, `$4` is an inline (unknown) command.
+        let (frame, _) = parse(&Bytes::from_static(b"$4\r\n")).unwrap();
+        assert_eq!(frame, BytesFrame::Array { data: vec![bulk("$4")], attributes: None });
     }
 
     #[test]

@@ -8,8 +8,22 @@
 //! *2\r\n$3\r\nGET\r\n$1\r\nk\r\n     an array of two bulk strings: 23 bytes
 //! PING\r\n                            an inline command (requests only)
 //! ```
+//!
+//! Replies ([`Scanner::scan`]) are read as RESP2/RESP3. Requests ([`Scanner::scan_request`])
+//! are read exactly as Valkey 8 reads a client's query buffer (`processInputBuffer` in
+//! `networking.c`), so that the proxy cuts, skips and refuses the same bytes Valkey would:
+//!
+//! - a request starting with `*` is a multibulk: `*<count>` then `count` bulk strings
+//!   `$<len>`; a header line ends at its first CR (the byte after it is not checked), and
+//!   the two bytes after a bulk string's data are skipped unchecked;
+//! - any other first byte starts an inline request, one line up to `\n`;
+//! - `*0`, `*-10` and lines without arguments (`\r\n`, blanks) are consumed without
+//!   running anything ([`Request::Nothing`]);
+//! - a NUL byte hides the rest of the buffer from the search for a line's end (Valkey uses
+//!   `strchr`): such a line waits for its end until it is too big;
+//! - lengths are read with Valkey's `string2ll` (no `+`, no leading zeros, no `-0`).
 
-use super::ValkeyCodecError;
+use super::{inline, ValkeyCodecError};
 
 /// Largest bulk string accepted, as Valkey's default `proto-max-bulk-len` (512 MiB).
 pub const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
@@ -20,16 +34,32 @@ pub const MAX_LINE_LEN: usize = 64 * 1024;
 /// `client-query-buffer-limit`, 1 GiB): a header that promises more is refused.
 pub const MAX_MESSAGE_LEN: usize = 1024 * 1024 * 1024;
 
-/// Length of the first whole message in `buf`.
-///
-/// `Ok(None)` means more bytes are needed. `allow_inline` accepts the inline request form
-/// (`PING\r\n`), which clients may send and servers never do.
-pub fn message_len(buf: &[u8], allow_inline: bool) -> Result<Option<usize>, ValkeyCodecError> {
-    Scanner::default().scan(buf, allow_inline)
+/// Largest `*<count>` of a request, as Valkey's (`INT_MAX`).
+const MAX_MULTIBULK_LEN: i64 = i32::MAX as i64;
+
+/// Length of the first whole RESP2/RESP3 message (a reply, or any RESP value) in `buf`.
+/// `Ok(None)` means more bytes are needed.
+pub fn message_len(buf: &[u8]) -> Result<Option<usize>, ValkeyCodecError> {
+    Scanner::default().scan(buf)
 }
 
-/// [`message_len`] that remembers how far it got in an incomplete message, so a large
-/// message arriving over many reads is walked once, not once per read.
+/// The first request in a client's bytes, read as Valkey reads it (see the module docs).
+pub fn request_len(buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
+    Scanner::default().scan_request(buf)
+}
+
+/// What starts a client's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// A command of this many bytes: a multibulk or an inline line with arguments.
+    Command(usize),
+    /// This many bytes Valkey consumes without running anything and without a reply: an
+    /// empty or blank inline line, or a multibulk count of zero or less (`*0`, `*-10`).
+    Nothing(usize),
+}
+
+/// [`message_len`] and [`request_len`] that remember how far they got in an incomplete
+/// message, so a large message arriving over many reads is walked once, not once per read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Scanner {
     /// Offset of the first frame not yet walked.
@@ -39,13 +69,30 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    /// Length of the first whole message in `buf`, which must start where it started at the
+    /// Length of the first whole reply in `buf`, which must start where it started at the
     /// previous call until that call returned `Some` or an error.
-    pub fn scan(&mut self, buf: &[u8], allow_inline: bool) -> Result<Option<usize>, ValkeyCodecError> {
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ValkeyCodecError> {
         if self.remaining == 0 {
             *self = Scanner { pos: 0, remaining: 1 };
         }
-        let result = self.walk(buf, allow_inline);
+        let result = self.walk(buf);
+        self.settle(buf, result)
+    }
+
+    /// The first request in `buf`, which must start where it started at the previous call
+    /// until that call returned `Some` or an error.
+    pub fn scan_request(&mut self, buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
+        let result = if self.remaining == 0 { self.start_request(buf) } else { self.walk_bulks(buf) };
+        self.settle(buf, result)
+    }
+
+    /// Starts afresh after a whole message or an error; refuses an incomplete message over
+    /// [`MAX_MESSAGE_LEN`].
+    fn settle<T>(
+        &mut self,
+        buf: &[u8],
+        result: Result<Option<T>, ValkeyCodecError>,
+    ) -> Result<Option<T>, ValkeyCodecError> {
         if !matches!(result, Ok(None)) {
             *self = Scanner::default();
         } else if buf.len() > MAX_MESSAGE_LEN {
@@ -55,17 +102,14 @@ impl Scanner {
         result
     }
 
-    fn walk(&mut self, buf: &[u8], allow_inline: bool) -> Result<Option<usize>, ValkeyCodecError> {
+    fn walk(&mut self, buf: &[u8]) -> Result<Option<usize>, ValkeyCodecError> {
         while self.remaining > 0 {
             let pos = self.pos;
             let Some(&kind) = buf.get(pos) else {
                 return Ok(None);
             };
             let Some((line, next)) = read_line(buf, pos + 1)? else {
-                if kind_is_known(kind) || !allow_inline || pos != 0 {
-                    return Ok(None);
-                }
-                return inline_len(buf);
+                return Ok(None);
             };
             match kind {
                 b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => self.pos = next,
@@ -101,20 +145,95 @@ impl Scanner {
                         };
                     }
                 }
-                _ if pos == 0 && allow_inline => return inline_len(buf),
                 _ => return Err(ValkeyCodecError::InvalidType(kind as char)),
             }
             self.remaining -= 1;
         }
         Ok(Some(self.pos))
     }
+
+    /// A new request: a multibulk if it starts with `*`, else an inline line.
+    fn start_request(&mut self, buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
+        match buf.first() {
+            None => Ok(None),
+            Some(b'*') => {
+                let Some(cr) = header_end(buf, 0, ValkeyCodecError::TooBigMbulkCount)? else {
+                    return Ok(None);
+                };
+                let count = buf
+                    .get(1..cr)
+                    .and_then(string2ll)
+                    .filter(|n| *n <= MAX_MULTIBULK_LEN)
+                    .ok_or(ValkeyCodecError::InvalidMultibulkLength)?;
+                match u64::try_from(count) {
+                    Ok(count) if count > 0 => {
+                        *self = Scanner { pos: cr + 2, remaining: count };
+                        self.walk_bulks(buf)
+                    }
+                    _ => Ok(Some(Request::Nothing(cr + 2))),
+                }
+            }
+            Some(_) => inline_request(buf),
+        }
+    }
+
+    /// The `$<len>` bulk strings of a multibulk request, from `self.pos`.
+    fn walk_bulks(&mut self, buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
+        while self.remaining > 0 {
+            let pos = self.pos;
+            let Some(cr) = header_end(buf, pos, ValkeyCodecError::TooBigBulkCount)? else {
+                return Ok(None);
+            };
+            match buf.get(pos) {
+                Some(b'$') => {}
+                Some(&other) => return Err(ValkeyCodecError::ExpectedDollar(other)),
+                None => return Ok(None),
+            }
+            let len = buf
+                .get(pos + 1..cr)
+                .and_then(string2ll)
+                .filter(|n| (0..=MAX_BULK_LEN).contains(n))
+                .ok_or(ValkeyCodecError::InvalidBulkLength)?;
+            // len is within 0..=MAX_BULK_LEN, so the cast is exact. The two bytes after
+            // the data are skipped unchecked, as Valkey does.
+            let end = cr + 2 + len as usize + 2;
+            if buf.len() < end {
+                return Ok(None);
+            }
+            self.pos = end;
+            self.remaining -= 1;
+        }
+        Ok(Some(Request::Command(self.pos)))
+    }
 }
 
-fn kind_is_known(kind: u8) -> bool {
-    matches!(
-        kind,
-        b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' | b'$' | b'!' | b'=' | b'*' | b'~' | b'>' | b'%' | b'|'
-    )
+/// The offset of the CR ending the request header line that starts at `start`, once the
+/// byte after it has arrived. As Valkey's `strchr`, the search stops at a NUL byte; with no
+/// CR found, over [`MAX_LINE_LEN`] bytes buffered from `start` is `too_big`.
+fn header_end(buf: &[u8], start: usize, too_big: ValkeyCodecError) -> Result<Option<usize>, ValkeyCodecError> {
+    let rest = buf.get(start..).unwrap_or_default();
+    match memchr::memchr2(b'\r', 0, rest) {
+        Some(i) if rest.get(i) == Some(&b'\r') => Ok((i + 2 <= rest.len()).then_some(start + i)),
+        _ if rest.len() > MAX_LINE_LEN => Err(too_big),
+        _ => Ok(None),
+    }
+}
+
+/// An inline request: one line up to `\n` (a CR before it is dropped), split as Valkey
+/// splits it. The search for `\n` stops at a NUL byte, as Valkey's `strchr` does.
+fn inline_request(buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
+    match memchr::memchr2(b'\n', 0, buf) {
+        Some(i) if buf.get(i) == Some(&b'\n') => {
+            let line = buf.get(..i).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            Ok(Some(match inline::split(line, |_| {})? {
+                0 => Request::Nothing(i + 1),
+                _ => Request::Command(i + 1),
+            }))
+        }
+        _ if buf.len() > MAX_LINE_LEN => Err(ValkeyCodecError::TooBigInlineRequest),
+        _ => Ok(None),
+    }
 }
 
 /// The line starting at `start` (without its CRLF) and the offset after the CRLF.
@@ -124,14 +243,6 @@ fn read_line(buf: &[u8], start: usize) -> Result<Option<(&[u8], usize)>, ValkeyC
         Some(i) if i > 0 && rest.get(i - 1) == Some(&b'\r') => Ok(Some((&rest[..i - 1], start + i + 1))),
         Some(_) => Err(ValkeyCodecError::MissingCrlf),
         None if rest.len() > MAX_LINE_LEN => Err(ValkeyCodecError::LineTooLong(rest.len())),
-        None => Ok(None),
-    }
-}
-
-fn inline_len(buf: &[u8]) -> Result<Option<usize>, ValkeyCodecError> {
-    match memchr::memchr(b'\n', buf) {
-        Some(i) => Ok(Some(i + 1)),
-        None if buf.len() > MAX_LINE_LEN => Err(ValkeyCodecError::LineTooLong(buf.len())),
         None => Ok(None),
     }
 }
@@ -158,88 +269,36 @@ pub(crate) fn parse_len(line: &[u8]) -> Result<i64, ValkeyCodecError> {
     Ok(if neg { -n } else { n })
 }
 
+/// Valkey's `string2ll`: `0`, or an optional `-` then a digit 1-9 then digits, within `i64`.
+/// No `+`, no blanks, no leading zeros, no `-0`.
+pub(crate) fn string2ll(s: &[u8]) -> Option<i64> {
+    if s == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if !matches!(digits.first(), Some(b'1'..=b'9')) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    if negative {
+        0i64.checked_sub_unsigned(v)
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(32)]).into_owned()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn len(b: &[u8]) -> Result<Option<usize>, ValkeyCodecError> {
-        message_len(b, true)
-    }
-
-    #[test]
-    fn get_from_valkey_cli_v2_1() {
-        let msg = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
-        assert_eq!(len(msg), Ok(Some(msg.len())));
-        for cut in 0..msg.len() {
-            assert_eq!(len(&msg[..cut]), Ok(None), "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn pipeline_takes_only_the_first() {
-        let msg = b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
-        assert_eq!(len(msg), Ok(Some(14)));
-    }
-
-    #[test]
-    fn nulls_and_nested() {
-        assert_eq!(len(b"$-1\r\n"), Ok(Some(5)));
-        assert_eq!(len(b"*-1\r\n"), Ok(Some(5)));
-        let mget = b"*3\r\n$1\r\na\r\n$-1\r\n*2\r\n:1\r\n:2\r\n";
-        assert_eq!(len(mget), Ok(Some(mget.len())));
-    }
-
-    #[test]
-    fn resp3_types_v3_1() {
-        let hello = b"%2\r\n+server\r\n+valkey\r\n+proto\r\n:3\r\n";
-        assert_eq!(len(hello), Ok(Some(hello.len())));
-        let push = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
-        assert_eq!(len(push), Ok(Some(push.len())));
-        let attr = b"|1\r\n+ttl\r\n:3\r\n+OK\r\n";
-        assert_eq!(len(attr), Ok(Some(attr.len())));
-        assert_eq!(len(b"_\r\n,1.5\r\n#t\r\n"), Ok(Some(3)));
-        assert_eq!(len(b"=8\r\ntxt:abcd\r\n"), Ok(Some(14)));
-    }
-
-    #[test]
-    fn inline_ping() {
-        assert_eq!(len(b"PING\r\n"), Ok(Some(6)));
-        assert_eq!(len(b"PING"), Ok(None));
-        assert_eq!(message_len(b"PING\r\n", false), Err(ValkeyCodecError::InvalidType('P')));
-    }
-
-    #[test]
-    fn malformed() {
-        assert!(len(b"*x\r\n").is_err());
-        assert!(len(b"$3\r\nabcde\r\n").is_err());
-        assert!(len(b"$-5\r\n").is_err());
-        assert!(len(b"*?\r\n").is_err());
-        assert!(len(b"*1\n").is_err());
-        assert!(len(b"$99999999999999999999\r\n").is_err());
-        let long = vec![b'a'; MAX_LINE_LEN + 10];
-        assert!(len(&long).is_err());
-    }
-
-    #[test]
-    fn scanner_resumes_where_it_stopped() {
-        let msg = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n*1\r\n$4\r\nPING\r\n";
-        let whole = 31;
-        let mut scanner = Scanner::default();
-        for cut in 1..whole {
-            assert_eq!(scanner.scan(&msg[..cut], true), Ok(None), "cut at {cut}");
-        }
-        assert_eq!(scanner.scan(msg, true), Ok(Some(whole)));
-        // It starts afresh for the next message.
-        assert_eq!(scanner.scan(&msg[whole..], true), Ok(Some(14)));
-    }
-
-    #[test]
-    fn huge_counts_do_not_overflow_or_panic() {
-        assert_eq!(len(b"*999999999999999999\r\n"), Ok(None));
-        assert_eq!(len(b"%999999999999999999\r\n"), Ok(None));
-    }
-}
+mod tests;

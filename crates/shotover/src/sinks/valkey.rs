@@ -54,7 +54,7 @@ impl ValkeyConnection {
 
     /// The next whole message already buffered, if any.
     pub fn try_next(&mut self) -> io::Result<Option<Bytes>> {
-        match self.scanner.scan(&self.read.buf, false) {
+        match self.scanner.scan(&self.read.buf) {
             Ok(Some(len)) => Ok(Some(self.read.buf.split_to(len).freeze())),
             Ok(None) => Ok(None),
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("upstream sent invalid RESP: {e}"))),

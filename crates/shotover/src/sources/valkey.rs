@@ -10,10 +10,10 @@
 use super::connection::{Malformed, SourceCodec};
 use crate::chain::ChainError;
 use crate::message::{Message, Protocol};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use shotover_protocols::valkey::command::{may_block, request_args};
 use shotover_protocols::valkey::frame::is_error_reply;
-use shotover_protocols::valkey::framing::Scanner;
+use shotover_protocols::valkey::framing::{Request, Scanner};
 use shotover_protocols::valkey::RespVersion;
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -61,11 +61,17 @@ impl Default for ValkeyCodec {
 impl SourceCodec for ValkeyCodec {
     fn decode(&mut self, buf: &mut BytesMut, now: Instant, batch: &mut Vec<Message>) -> Result<(), Malformed> {
         loop {
-            match self.scanner.scan(buf, true) {
-                Ok(Some(len)) => batch.push(Message::from_bytes(buf.split_to(len).freeze(), Protocol::Valkey, now)),
+            match self.scanner.scan_request(buf) {
+                Ok(Some(Request::Command(len))) => {
+                    batch.push(Message::from_bytes(buf.split_to(len).freeze(), Protocol::Valkey, now))
+                }
+                // An empty line or `*0`: Valkey consumes it, runs nothing and answers nothing.
+                Ok(Some(Request::Nothing(len))) => buf.advance(len),
                 Ok(None) => return Ok(()),
-                // As Valkey itself does: an error reply, then the connection closes.
-                Err(e) => return Err(Malformed { reply: format!("-ERR {e}\r\n").into_bytes(), reason: e.to_string() }),
+                // As Valkey itself does: its own error reply (none when the query buffer
+                // limit is passed), then the connection closes. The requests before the bad
+                // bytes are in `batch` and are answered first.
+                Err(e) => return Err(Malformed { reply: e.client_reply(), reason: e.to_string() }),
             }
         }
     }
