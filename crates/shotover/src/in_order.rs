@@ -164,6 +164,24 @@ mod tests {
     }
 
     #[test]
+    fn pushed_messages_pass_where_they_came_and_answer_nothing() {
+        let mut order = InOrder::default();
+        let request = msg("*1\r\n$4\r\nPING\r\n");
+        order.passed_down(&request);
+        order.answered_here(msg("own"));
+        let pushed = || {
+            Message::pushed(Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n_\r\n"), Protocol::Valkey, Instant::now())
+        };
+        // A push that came before the answer it preceded upstream goes first, and does not
+        // let the own answer overtake the answer still owed from below.
+        assert_eq!(texts(&order.merge(vec![pushed()])), [">2\r\n$10\r\ninvalidate\r\n_\r\n"]);
+        assert!(order.waits_below());
+        let out = order.merge(vec![pushed(), msg("below")]);
+        assert_eq!(texts(&out)[1..], ["below", "own"]);
+        assert!(out[0].is_pushed() && order.is_idle() && !order.waits_below());
+    }
+
+    #[test]
     fn an_own_answer_with_nothing_before_it_goes_at_once() {
         let mut order = InOrder::default();
         order.answered_here(msg("own"));
