@@ -7,9 +7,9 @@
 //! (`DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB`, `SCRIPT`) go to every master, and `SCAN` to the
 //! master its cursor names, unless `direct_connection` is set: then they go to that node
 //! alone, as every command without a key does. Commands without a key go to
-//! [`Routes::default_node`]. Requests
-//! the proxy answers itself (pub/sub subscriptions, `MONITOR`, transaction commands outside
-//! a transaction) get no sub-request and a [`Merge::Error`].
+//! [`Routes::default_node`]. Requests the proxy answers itself (transaction commands outside
+//! a transaction) get no sub-request and a [`Merge::Error`]; pub/sub commands and `MONITOR`
+//! never get here (see `pubsub.rs`).
 
 use super::route::{is_script, script_key, Routes};
 use crate::message::Message;
@@ -87,9 +87,9 @@ impl Routes<'_> {
         let words = array_strings(&raw);
         let name = words.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
         let args = words.get(1..).unwrap_or_default();
-        let unsupported = |what: &str| Plan {
+        let needs_own = |what: &str| Plan {
             subs: start..start,
-            merge: Merge::Error(format!("ERR shotover: {what} is not supported by ValkeySinkCluster yet")),
+            merge: Merge::Error(format!("ERR shotover: {what} needs a pub/sub connection, and none is known")),
             session: false,
         };
         let push = |subs: &mut Vec<Sub>, node: Option<SocketAddr>, raw: Bytes, slot: Option<u16>| {
@@ -142,7 +142,7 @@ impl Routes<'_> {
                 Merge::Scan(index, masters.len())
             }
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE"
-            | b"MONITOR" => return unsupported(&String::from_utf8_lossy(&name)),
+            | b"MONITOR" => return needs_own(&String::from_utf8_lossy(&name)),
             b"MGET" if !args.is_empty() => {
                 let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
                 for (i, key) in args.iter().enumerate() {

@@ -336,6 +336,7 @@ mod tests {
             txn: None,
             watch_node: None,
             dedicated,
+            pubsub: super::super::pubsub::PubSub::default(),
         }
     }
 
