@@ -13,22 +13,22 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// A raw connection.
-struct Raw(TcpStream);
+pub struct Raw(pub TcpStream);
 
 impl Raw {
-    fn connect(port: u16) -> Raw {
+    pub fn connect(port: u16) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream.set_nodelay(true).unwrap();
         Raw(stream)
     }
 
-    fn send(&mut self, bytes: &[u8]) {
+    pub fn send(&mut self, bytes: &[u8]) {
         self.0.write_all(bytes).unwrap();
     }
 
     /// Reads until what was read ends with `end`; a read timeout fails the test.
-    fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+    pub fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
         let mut got = Vec::new();
         let mut buf = [0u8; 65536];
         while !got.ends_with(end) {
@@ -57,7 +57,7 @@ impl Raw {
 
     /// Sends `bytes` then `ECHO <marker>`, and returns everything read up to that echo,
     /// the echo itself left out.
-    fn talk(&mut self, bytes: &[u8]) -> Vec<u8> {
+    pub fn talk(&mut self, bytes: &[u8]) -> Vec<u8> {
         // The echo's reply, `$20\r\n<marker>\r\n`, in RESP2 and RESP3 alike.
         const ECHOED: &[u8] = b"$20\r\nfidelity-marker-7f3a\r\n";
         self.send(bytes);
@@ -68,7 +68,7 @@ impl Raw {
     }
 }
 
-fn lossy(bytes: &[u8]) -> String {
+pub fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -263,6 +263,7 @@ pub fn blocked_clients(admin: &mut redis::Connection) -> u64 {
 
 /// Three clients block on an empty list through the proxy, then leave. The server must
 /// stop blocking for them at once, and an element pushed afterwards must stay in the list.
+/// The keys share a hash tag, so that a cluster serves them too (`admin` must reach them).
 pub fn orphaned_blocking_commands_steal_nothing(
     proxy_port: u16,
     mut blocked: impl FnMut() -> u64,
@@ -271,9 +272,9 @@ pub fn orphaned_blocking_commands_steal_nothing(
     let mut clients: Vec<Raw> = (0..3).map(|_| Raw::connect(proxy_port)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         let command = match i {
-            0 => "BLPOP orphan-list 0\r\n",
-            1 => "BRPOP orphan-list 0\r\n",
-            _ => "BLMOVE orphan-list orphan-dest LEFT RIGHT 0\r\n",
+            0 => "BLPOP {orphan}list 0\r\n",
+            1 => "BRPOP {orphan}list 0\r\n",
+            _ => "BLMOVE {orphan}list {orphan}dest LEFT RIGHT 0\r\n",
         };
         c.send(command.as_bytes());
     }
@@ -290,8 +291,8 @@ pub fn orphaned_blocking_commands_steal_nothing(
     }
     let after = unblocked_after.expect("the server still blocks for clients that left");
     assert!(after <= Duration::from_millis(100), "blocked_clients went to 0 only after {after:?}");
-    let _: () = redis::cmd("LPUSH").arg("orphan-list").arg("x").query(&mut admin).unwrap();
-    let list: Vec<String> = redis::cmd("LRANGE").arg("orphan-list").arg(0).arg(-1).query(&mut admin).unwrap();
+    let _: () = redis::cmd("LPUSH").arg("{orphan}list").arg("x").query(&mut admin).unwrap();
+    let list: Vec<String> = redis::cmd("LRANGE").arg("{orphan}list").arg(0).arg(-1).query(&mut admin).unwrap();
     assert_eq!(list, vec!["x"], "an element pushed after the clients left is still there");
 }
 

@@ -4,6 +4,7 @@
 mod cassandra;
 mod cluster;
 mod cluster_sink;
+mod cluster_sink_fidelity;
 mod composite;
 mod config_errors;
 mod cql_double;

@@ -137,6 +137,15 @@ impl Follower {
         !(self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty())
     }
 
+    /// How many subscriptions of `kind` the connection has.
+    pub fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Channel => self.channels.len(),
+            Kind::Pattern => self.patterns.len(),
+            Kind::Shard => self.shard.len(),
+        }
+    }
+
     fn set(&mut self, kind: Kind) -> &mut HashSet<Bytes> {
         match kind {
             Kind::Channel => &mut self.channels,

@@ -20,33 +20,44 @@
 //!   the key; a command whose first argument is not a key reaches its node through `MOVED`);
 //!   `EVAL`/`FCALL` and their variants are routed by their first key;
 //! - `MGET`, `MSET` and multi-key `DEL`/`EXISTS`/`UNLINK`/`TOUCH` are split by slot and their
-//!   replies merged; `DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB` and `SCRIPT` go to every master;
+//!   replies merged; `DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB` and `SCRIPT` go to every master
+//!   (with `direct_connection`: to that node alone, like every command without a key);
 //! - commands without a key (`PING`, `INFO`, `CLUSTER`, `AUTH`, `HELLO`, ...) go to the
 //!   `direct_connection` node, else to a master;
 //! - `SCAN` walks every master in turn: the proxy's cursor holds the node's cursor and the
-//!   master's index (masters in address order, at most 256);
+//!   master's index (masters in address order, at most 256); with `direct_connection` it is
+//!   the direct node's own `SCAN`;
 //! - transactions (`MULTI`/`EXEC`/`DISCARD`, `WATCH`/`UNWATCH`) run on the one node their keys
 //!   live on, one command at a time: a command for another node answers `CROSSSLOT`, and
 //!   `EXEC` then answers `EXECABORT` (Valkey Cluster itself wants a transaction's keys in one
-//!   slot).
-//!
-//! Not supported (a clear error reply, never a hang): subscribing to pub/sub channels
-//! (`SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE` and their `UNSUBSCRIBE`s) and `MONITOR`.
-//! `PUBLISH` and `SPUBLISH` work, routed by their channel.
+//!   slot);
+//! - pub/sub runs on connections of the client's own (`pubsub.rs`): `SUBSCRIBE`, `PSUBSCRIBE`
+//!   and their unsubscribes on one node (`direct_connection`, else the first master), which
+//!   a cluster delivers every `PUBLISH` to; `SSUBSCRIBE` on the master of the shard channel's
+//!   slot, following `MOVED`; messages are returned as pushed messages, also while the client
+//!   is idle ([`Transform::poll_pushed`]). `MONITOR` runs there too and shows that one node's
+//!   commands only. `PUBLISH` and `SPUBLISH` are routed by their channel like keys;
+//! - blocking commands (`BLPOP`, `XREAD`, `WAIT`, ...) run on connections of the client's own,
+//!   never on shared ones; if the client leaves while one waits, the source drops this
+//!   transform and with it those connections, so the node stops waiting for nobody.
 //!
 //! The code, by job: `route.rs` says which node and which kind of connection a request
 //! needs, `plan.rs` splits requests into sub-requests, `send.rs` writes them and reads the
 //! replies (redirections included), `merge.rs` makes the replies one response per request,
-//! and `transaction.rs` runs MULTI/EXEC and WATCH. This file holds the configuration, what
+//! `transaction.rs` runs MULTI/EXEC and WATCH, and `pubsub.rs` subscriptions and MONITOR.
+//! This file holds the configuration, what
 //! the clients of one core share, and the [`Transform`] that ties the steps together.
 
 mod merge;
 mod plan;
+mod pubsub;
 mod route;
 mod send;
 mod transaction;
 
-use crate::chain::{BuildContext, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig};
+use crate::chain::{
+    BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
+};
 use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_mux::Mux;
@@ -59,6 +70,7 @@ use bytes::Bytes;
 use merge::merge;
 use plan::{Plan, Sub};
 use prometheus::IntCounter;
+use pubsub::{is_pubsub_command, PubSub};
 use route::{is_stateful, Routes};
 use serde::Deserialize;
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
@@ -66,6 +78,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use transaction::{is_transaction_command, Txn};
 
@@ -146,6 +159,7 @@ impl TransformConfig for ValkeySinkClusterConfig {
             txn: None,
             watch_node: None,
             dedicated: false,
+            pubsub: PubSub::default(),
         }))
     }
 }
@@ -206,6 +220,8 @@ pub struct ValkeySinkCluster {
     watch_node: Option<SocketAddr>,
     /// Once true, this client uses connections of its own instead of the core's shared ones.
     dedicated: bool,
+    /// The client's pub/sub and MONITOR connections.
+    pubsub: PubSub,
 }
 
 impl ValkeySinkCluster {
@@ -227,13 +243,56 @@ impl ValkeySinkCluster {
 #[async_trait(?Send)]
 impl Transform for ValkeySinkCluster {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
+        if let Some(reason) = self.pubsub.take_lost() {
+            // The batch in hand is not written; the subscriptions cannot be restored.
+            return Err(ChainError::upstream(reason).retry_safe().close_connection());
+        }
         let requests = std::mem::take(&mut state.requests);
+        // Messages pushed while the client was idle go first.
+        let mut responses = self.pubsub.take_pushed();
         if requests.is_empty() {
-            return Ok(Vec::new());
+            return Ok(responses);
         }
         if self.shared.map.borrow().is_empty() || self.shared.map.borrow().is_stale() {
             self.refresh_map().await;
         }
+        if !self.pubsub.active() && !requests.iter().any(is_pubsub_command) {
+            responses.extend(self.batch(requests).await);
+            return Ok(responses);
+        }
+        // Requests for the pub/sub connections run one at a time, the others in batches
+        // between them.
+        let mut batch = Vec::new();
+        for request in requests {
+            match self.pubsub_route(&request) {
+                None => {
+                    if request.valkey_request().is_some_and(|v| v.is("RESET")) {
+                        self.pubsub.reset();
+                    }
+                    batch.push(request);
+                }
+                Some(route) => {
+                    if !batch.is_empty() {
+                        responses.extend(self.batch(std::mem::take(&mut batch)).await);
+                    }
+                    self.pubsub_step(&request, route, &mut responses).await;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            responses.extend(self.batch(batch).await);
+        }
+        Ok(responses)
+    }
+
+    fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.pubsub.poll_pushed(cx)
+    }
+}
+
+impl ValkeySinkCluster {
+    /// Runs a batch of requests that need no pub/sub connection.
+    async fn batch(&mut self, requests: Vec<Message>) -> Vec<Message> {
         if self.txn.is_some() || self.watch_node.is_some() || requests.iter().any(is_transaction_command) {
             self.dedicated = true;
             // Transactions run one command at a time, pinned to the node of their keys.
@@ -241,7 +300,7 @@ impl Transform for ValkeySinkCluster {
             for request in &requests {
                 responses.push(self.transaction_step(request).await);
             }
-            return Ok(responses);
+            return responses;
         }
         let mut subs = Vec::new();
         let plans: Vec<Plan> = requests.iter().map(|r| self.plan(r, &mut subs)).collect();
@@ -287,9 +346,16 @@ impl Transform for ValkeySinkCluster {
                     self.conns.retain(|node, _| Some(*node) == keep);
                 }
             }
+            if request.valkey_request().is_some_and(|v| v.is("RESET")) && response.raw().is_some_and(|r| !is_error(r)) {
+                // RESET logs the connection out: the session is not replayed any more, and
+                // the connections that have it close.
+                self.session.clear();
+                let keep = subs.get(plan.subs.clone()).and_then(|s| s.first()).map(|s| s.node);
+                self.conns.retain(|node, _| Some(*node) == keep);
+            }
             responses.push(response);
         }
-        Ok(responses)
+        responses
     }
 }
 

@@ -4,10 +4,12 @@
 //! A command with a key goes to the master of the key's slot. `MGET`, `MSET` and multi-key
 //! `DEL`/`EXISTS`/`UNLINK`/`TOUCH` are split into one sub-request per slot (Valkey Cluster
 //! refuses keys of different slots in one command, even on one node). Node-wide commands
-//! (`DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB`, `SCRIPT`) go to every master. `SCAN` goes to the
-//! master its cursor names. Commands without a key go to [`Routes::default_node`]. Requests
-//! the proxy answers itself (pub/sub subscriptions, `MONITOR`, transaction commands outside
-//! a transaction) get no sub-request and a [`Merge::Error`].
+//! (`DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB`, `SCRIPT`) go to every master, and `SCAN` to the
+//! master its cursor names, unless `direct_connection` is set: then they go to that node
+//! alone, as every command without a key does. Commands without a key go to
+//! [`Routes::default_node`]. Requests the proxy answers itself (transaction commands outside
+//! a transaction) get no sub-request and a [`Merge::Error`]; pub/sub commands and `MONITOR`
+//! never get here (see `pubsub.rs`).
 
 use super::route::{is_script, script_key, Routes};
 use crate::message::Message;
@@ -85,9 +87,9 @@ impl Routes<'_> {
         let words = array_strings(&raw);
         let name = words.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
         let args = words.get(1..).unwrap_or_default();
-        let unsupported = |what: &str| Plan {
+        let needs_own = |what: &str| Plan {
             subs: start..start,
-            merge: Merge::Error(format!("ERR shotover: {what} is not supported by ValkeySinkCluster yet")),
+            merge: Merge::Error(format!("ERR shotover: {what} needs a pub/sub connection, and none is known")),
             session: false,
         };
         let push = |subs: &mut Vec<Sub>, node: Option<SocketAddr>, raw: Bytes, slot: Option<u16>| {
@@ -106,6 +108,12 @@ impl Routes<'_> {
                     merge: Merge::Error(format!("ERR {} without MULTI", String::from_utf8_lossy(&name))),
                     session: false,
                 };
+            }
+            b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"SCRIPT" | b"SCAN" if self.direct.is_some() => {
+                // Handling mode: like every command without a key, the direct node's alone
+                // (a cluster-aware client asks each node itself).
+                push(subs, self.direct, raw.clone(), None);
+                Merge::Single
             }
             b"SCAN" => {
                 // Cluster cursor = node cursor << 8 | master index, masters in address order.
@@ -134,7 +142,7 @@ impl Routes<'_> {
                 Merge::Scan(index, masters.len())
             }
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE"
-            | b"MONITOR" => return unsupported(&String::from_utf8_lossy(&name)),
+            | b"MONITOR" => return needs_own(&String::from_utf8_lossy(&name)),
             b"MGET" if !args.is_empty() => {
                 let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
                 for (i, key) in args.iter().enumerate() {
@@ -339,6 +347,27 @@ mod tests {
             assert_eq!((p.subs, p.merge), (0..3, merge), "{parts:?}");
             let raw = command(parts);
             assert_eq!(targets(&subs), vec![(A, None, raw.clone()), (B, None, raw.clone()), (C, None, raw)]);
+        }
+    }
+
+    #[test]
+    fn with_direct_connection_node_wide_commands_and_scan_go_to_the_direct_node_alone() {
+        let map = three_masters();
+        let direct = Routes { map: &map, direct: Some(D), contact: &[] };
+        for parts in [
+            &[&b"DBSIZE"[..]][..],
+            &[b"keys", b"user:*"],
+            &[b"FLUSHALL", b"ASYNC"],
+            &[b"FLUSHDB"],
+            &[b"SCRIPT", b"EXISTS", b"sha1"],
+            &[b"SCRIPT", b"LOAD", b"return 1"],
+            &[b"SCAN", b"1234", b"COUNT", b"10"],
+        ] {
+            let mut subs = Vec::new();
+            let p = plan(&direct, &mut subs, parts);
+            assert_eq!((p.subs, p.merge), (0..1, Merge::Single), "{parts:?}");
+            // Unchanged: a SCAN cursor is the node's own.
+            assert_eq!(targets(&subs), vec![(D, None, command(parts))], "{parts:?}");
         }
     }
 

@@ -6,7 +6,7 @@
 
 use crate::message::Message;
 use crate::sinks::valkey_slots::{slot, SlotMap};
-use shotover_protocols::valkey::command::{array_strings, is_command_array};
+use shotover_protocols::valkey::command::{array_strings, is_command_array, may_block};
 use std::net::SocketAddr;
 
 /// What routing needs to know: the slot map and the nodes to use when it does not say.
@@ -109,7 +109,8 @@ pub(super) fn is_stateful(request: &Message) -> bool {
         let sub = request.raw().and_then(|raw| array_strings(raw).get(1).map(|s| s.to_ascii_uppercase()));
         return sub.as_deref() != Some(b"SETINFO");
     }
-    STATEFUL.iter().any(|name| view.is(name))
+    // Every command that may block (the source's own list) holds its connection for long.
+    may_block(&view) || STATEFUL.iter().any(|name| view.is(name))
 }
 
 #[cfg(test)]
@@ -181,6 +182,29 @@ mod tests {
             &[b"client", b"setinfo", b"lib-ver", b"1"],
         ] {
             assert!(!is_stateful(&request(parts)), "{parts:?}");
+        }
+    }
+
+    #[test]
+    fn every_command_that_may_block_gets_a_connection_of_its_own() {
+        let blocking: [&[&[u8]]; 12] = [
+            &[b"BLPOP", b"l", b"0"],
+            &[b"brpop", b"l", b"0"],
+            &[b"BLMOVE", b"l", b"d", b"LEFT", b"RIGHT", b"0"],
+            &[b"BRPOPLPUSH", b"l", b"d", b"0"],
+            &[b"BZPOPMIN", b"z", b"0"],
+            &[b"BZPOPMAX", b"z", b"0"],
+            &[b"BLMPOP", b"0", b"1", b"l", b"LEFT"],
+            &[b"BZMPOP", b"0", b"1", b"z", b"MIN"],
+            &[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"],
+            &[b"XREADGROUP", b"GROUP", b"g", b"c", b"BLOCK", b"0", b"STREAMS", b"s", b">"],
+            &[b"WAIT", b"1", b"0"],
+            &[b"WAITAOF", b"1", b"0", b"0"],
+        ];
+        for parts in blocking {
+            let r = request(parts);
+            assert!(r.valkey_request().is_some_and(|v| may_block(&v)), "{parts:?} is on the source's list");
+            assert!(is_stateful(&r), "{parts:?} must not go on a shared connection");
         }
     }
 

@@ -313,12 +313,17 @@ mod tests {
 
     /// A client with connections of its own, of a cluster whose only node is `node`.
     fn dedicated_client(node: SocketAddr) -> ValkeySinkCluster {
+        client(node, SlotMap::default(), true)
+    }
+
+    /// A client of a cluster whose only node is `node`, with slot map `map`.
+    fn client(node: SocketAddr, map: SlotMap, dedicated: bool) -> ValkeySinkCluster {
         let shared = Shared {
             contact: vec![node],
             direct: None,
             timeout: Duration::from_secs(1),
             tls: None,
-            map: RefCell::new(SlotMap::default()),
+            map: RefCell::new(map),
             connection_count: 1,
             muxes: RefCell::new(HashMap::new()),
             next_mux: Cell::new(0),
@@ -330,7 +335,8 @@ mod tests {
             session: Vec::new(),
             txn: None,
             watch_node: None,
-            dedicated: true,
+            dedicated,
+            pubsub: super::super::pubsub::PubSub::default(),
         }
     }
 
@@ -350,5 +356,60 @@ mod tests {
         // Retry-safe: the command counts as not sent, so it may go to the slot's new master.
         assert!(broken && !sent);
         assert_eq!(reply, Err(text));
+    }
+
+    /// A node that answers `+OK` to every command (each starts with `*`), on every
+    /// connection, and counts the connections.
+    fn ok_node() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        let commands = buf.get(..n).unwrap_or_default().iter().filter(|b| **b == b'*').count();
+                        if stream.write_all(&b"+OK\r\n".repeat(commands)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (address, connections)
+    }
+
+    #[test]
+    fn a_blocking_command_never_goes_on_a_shared_connection() {
+        let (node, connections) = ok_node();
+        let (muxes, own, replies) = on_a_core(move || async move {
+            let mut client = client(node, SlotMap::from_ranges(&[(0, 16383, node)]), false);
+            let batch = [&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..], b"*3\r\n$5\r\nBLPOP\r\n$1\r\nl\r\n$1\r\n0\r\n"];
+            let requests = batch
+                .iter()
+                .map(|raw| {
+                    crate::message::Message::from_bytes(
+                        Bytes::copy_from_slice(raw),
+                        crate::message::Protocol::Valkey,
+                        std::time::Instant::now(),
+                    )
+                })
+                .collect();
+            let responses =
+                crate::chain::Transform::transform(&mut client, &mut crate::chain::ChainState::last(requests))
+                    .await
+                    .unwrap();
+            let replies: Vec<Bytes> = responses.iter().filter_map(|r| r.raw().cloned()).collect();
+            let muxes = client.shared.muxes.borrow().len();
+            (muxes, client.conns.contains_key(&node), replies)
+        });
+        // The whole batch went on the client's own connection: no shared one was opened.
+        assert_eq!((muxes, own), (0, true));
+        assert_eq!(replies, vec![Bytes::from_static(b"+OK\r\n"); 2]);
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
