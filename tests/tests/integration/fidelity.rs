@@ -149,6 +149,23 @@ fn hello_switches_the_protocol_mid_connection() {
 }
 
 #[test]
+fn resp3_commands_on_a_subscribed_connection_keep_their_pushes_in_place() {
+    // In RESP3 a subscribed connection runs any command. A PUBLISH to its own channel makes
+    // Valkey push the message before PUBLISH's reply.
+    let s = Setup::new();
+    let run = |port: u16| {
+        let mut raw = Raw::connect(port);
+        raw.talk(b"HELLO 3\r\n");
+        lossy(
+            &raw.talk(b"SUBSCRIBE r3ch\r\nPUBLISH r3ch hi\r\nGET nokey\r\nPUBLISH r3ch again\r\nUNSUBSCRIBE r3ch\r\n"),
+        )
+    };
+    let direct = run(s.valkey.port);
+    assert!(direct.find(">3\r\n$7\r\nmessage").unwrap() < direct.find(":1\r\n_\r\n").unwrap(), "{direct:?}");
+    assert_eq!(run(s.port), direct);
+}
+
+#[test]
 fn reset_ends_subscriptions_and_quit_closes_like_valkey() {
     let s = Setup::new();
     same_as_direct(&s, &[b"SUBSCRIBE r1 r2\r\nRESET\r\n", b"PING\r\n"]);
