@@ -231,7 +231,9 @@ impl ValkeySinkSingle {
     /// Drops a broken connection; remembers if that lost state the client relies on.
     fn connection_lost(&mut self, reason: &str) {
         self.connection = None;
-        if self.follower.subscribed() || self.follower.monitor {
+        // The first loss is the one to report: a second call for the same loss (the batch
+        // that found the connection gone) would wrap the reason in itself.
+        if (self.follower.subscribed() || self.follower.monitor) && self.lost.is_none() {
             self.lost = Some(format!("upstream connection lost while subscribed or monitoring: {reason}"));
         }
     }
@@ -507,6 +509,20 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "upstream connection lost while subscribed or monitoring: upstream read failed: connection reset"
+        );
+    }
+
+    #[test]
+    fn a_subscribed_upstream_lost_while_idle_is_reported_once() {
+        let mut sink = sink(closed_port());
+        sink.follower.observe(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+        sink.connection_lost("closed while idle");
+        // The batch that finds the connection gone reports its own failure with that reason.
+        let reason = sink.lost.clone().unwrap_or_default();
+        sink.connection_lost(&reason);
+        assert_eq!(
+            sink.lost.as_deref(),
+            Some("upstream connection lost while subscribed or monitoring: closed while idle")
         );
     }
 }
