@@ -26,6 +26,9 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// How often a port still held by the previous instance (hot reload) is tried again.
 const PORT_RETRY: Duration = Duration::from_millis(200);
 
+/// The largest request body a control endpoint reads; past it the answer is 400.
+const MAX_HTTP_BODY: usize = 64 * 1024;
+
 /// A periodic job; it is given the time since its previous run.
 pub type TickJob = Box<dyn FnMut(Duration) + Send>;
 
@@ -167,7 +170,9 @@ async fn serve_http(listener: tokio::net::TcpListener, name: &'static str, handl
 
 async fn answer(request: hyper::Request<hyper::body::Incoming>, handler: &HttpHandler) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let response = match body.collect().await {
+    // A control endpoint takes a few bytes (a log filter, a chain name): a client may not
+    // make the control core hold more.
+    let response = match http_body_util::Limited::new(body, MAX_HTTP_BODY).collect().await {
         Ok(body) => handler(HttpRequest {
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
@@ -276,5 +281,14 @@ mod tests {
         let err =
             control.serve_http(addr, "test endpoint", false, Arc::new(|_| HttpResponse::text(200, ""))).unwrap_err();
         assert!(format!("{err:#}").contains("cannot serve the test endpoint"), "{err:#}");
+        // A body past the limit is not read: 400, and the handler never sees it.
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let head =
+            format!("PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", MAX_HTTP_BODY + 1);
+        stream.write_all(head.as_bytes()).unwrap();
+        let _ = stream.write_all(&vec![b'a'; MAX_HTTP_BODY + 1]);
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     }
 }

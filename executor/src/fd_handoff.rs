@@ -155,7 +155,9 @@ impl Client {
         }
     }
 
-    /// Blocks until the old instance has exited (its end of the socket closes).
+    /// Blocks until the old instance has exited (its end of the socket closes). The proxy
+    /// waits with [`Client::exited`] on the control core; this is for tests.
+    #[cfg(test)]
     pub fn wait_for_exit(self) {
         while let Ok((text, _)) = receive(&self.fd) {
             if text.is_empty() {
@@ -164,7 +166,8 @@ impl Client {
         }
     }
 
-    /// [`Client::wait_for_exit`] on the control core, without blocking it.
+    /// Waits on the control core, without blocking it, until the old instance has exited
+    /// (its end of the socket closes).
     pub async fn exited(self) {
         loop {
             if readable(&self.fd).await.is_err() {
