@@ -137,12 +137,16 @@ impl Scanner {
                     self.pos = next;
                     if !(len == -1 && kind == b'*') {
                         let len = u64::try_from(len).map_err(|_| ValkeyCodecError::InvalidLength(lossy(line)))?;
-                        self.remaining += match kind {
-                            b'%' => len * 2,
+                        // Checked: nested huge counts from a broken server must not wrap.
+                        let more = match kind {
+                            b'%' => len.checked_mul(2),
                             // An attribute map is followed by the value it describes.
-                            b'|' => len * 2 + 1,
-                            _ => len,
+                            b'|' => len.checked_mul(2).and_then(|n| n.checked_add(1)),
+                            _ => Some(len),
                         };
+                        self.remaining = more
+                            .and_then(|more| self.remaining.checked_add(more))
+                            .ok_or_else(|| ValkeyCodecError::InvalidLength(lossy(line)))?;
                     }
                 }
                 _ => return Err(ValkeyCodecError::InvalidType(kind as char)),

@@ -86,6 +86,9 @@ fn huge_counts_do_not_overflow_or_panic() {
     assert_eq!(req(b"*99999999999999999999\r\n"), Err(E::InvalidMultibulkLength));
     assert_eq!(req(b"*1\r\n$536870912\r\n"), Ok(None));
     assert_eq!(req(b"*1\r\n$99999999999999999999\r\n"), Err(E::InvalidBulkLength));
+    // Nested map headers whose counts add up past u64 are refused, not wrapped around.
+    let nested = b"%999999999999999999\r\n".repeat(12);
+    assert!(matches!(len(&nested), Err(E::InvalidLength(_))), "{:?}", len(&nested));
 }
 
 // The cases below were each tried against valkey-server 8.0.1 over a raw socket; the

@@ -45,7 +45,8 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
             None => error("no node to send to".into()),
         },
         Merge::Sum => {
-            let total: i64 = replies.iter().filter_map(|r| parse(r).ok()).map(|(f, _)| number(&f)).sum();
+            let total: i64 =
+                replies.iter().filter_map(|r| parse(r).ok()).map(|(f, _)| number(&f)).fold(0i64, i64::saturating_add);
             reply_message(request, Bytes::from(format!(":{total}\r\n")))
         }
         Merge::Concat => {

@@ -26,6 +26,7 @@
 
 use super::merge::reply_message;
 use super::route::Routes;
+use super::send::redirection;
 use super::ValkeySinkCluster;
 use crate::chain::ChainError;
 use crate::message::{Message, Protocol};
@@ -169,20 +170,8 @@ fn add_to_count(raw: Bytes, add: usize) -> Bytes {
     let digits = raw.get(colon + 1..raw.len().saturating_sub(2)).unwrap_or_default();
     let Some(n) = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<usize>().ok()) else { return raw };
     let mut out = BytesMut::from(raw.get(..=colon).unwrap_or_default());
-    out.put_slice(format!("{}\r\n", n + add).as_bytes());
+    out.put_slice(format!("{}\r\n", n.saturating_add(add)).as_bytes());
     out.freeze()
-}
-
-/// `-MOVED <slot> <node>` or `-ASK <slot> <node>`: the slot and the node.
-fn redirection(raw: &[u8]) -> Option<(bool, u16, SocketAddr)> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let mut words = text.trim_end().split(' ');
-    let moved = match words.next()? {
-        "-MOVED" => true,
-        "-ASK" => false,
-        _ => return None,
-    };
-    Some((moved, words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
 
 impl PubSub {

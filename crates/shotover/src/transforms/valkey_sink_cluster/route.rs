@@ -75,18 +75,7 @@ pub(super) fn is_stateful(request: &Message) -> bool {
         "RESET",
         "MULTI",
         "WATCH",
-        "BLPOP",
-        "BRPOP",
-        "BLMOVE",
-        "BRPOPLPUSH",
-        "BLMPOP",
-        "BZPOPMIN",
-        "BZPOPMAX",
-        "BZMPOP",
-        "XREAD",
-        "XREADGROUP",
-        "WAIT",
-        "WAITAOF",
+        // Blocking commands are added below from the source's own list (`may_block`).
         // These change what the connection carries for everyone on it: QUIT closes it,
         // SYNC/PSYNC/REPLCONF turn it into a replication stream, ASKING applies to the
         // next command whoever sends it, MONITOR streams every command.
@@ -106,8 +95,10 @@ pub(super) fn is_stateful(request: &Message) -> bool {
     let Some(view) = request.valkey_request() else { return true };
     if view.is("CLIENT") {
         // CLIENT SETINFO only labels the connection (drivers send it on connect).
-        let sub = request.raw().and_then(|raw| array_strings(raw).get(1).map(|s| s.to_ascii_uppercase()));
-        return sub.as_deref() != Some(b"SETINFO");
+        let setinfo = request
+            .raw()
+            .is_some_and(|raw| array_strings(raw).get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"SETINFO")));
+        return !setinfo;
     }
     // Every command that may block (the source's own list) holds its connection for long.
     may_block(&view) || STATEFUL.iter().any(|name| view.is(name))

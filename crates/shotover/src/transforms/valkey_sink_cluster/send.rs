@@ -43,6 +43,21 @@ impl Sub {
     }
 }
 
+/// `-MOVED <slot> <node>` or `-ASK <slot> <node>`: whether it is MOVED, the slot and the
+/// node. Any other reply is looked at for its first bytes only, whatever its size.
+pub(super) fn redirection(raw: &[u8]) -> Option<(bool, u16, SocketAddr)> {
+    let moved = if raw.starts_with(b"-MOVED ") {
+        true
+    } else if raw.starts_with(b"-ASK ") {
+        false
+    } else {
+        return None;
+    };
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut words = text.trim_end().split(' ').skip(1);
+    Some((moved, words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+}
+
 impl ValkeySinkCluster {
     /// Connects to `node` if needed, replaying the client's session. Its errors come
     /// before any of the client's commands is written: all are retry-safe, so the commands
@@ -163,20 +178,15 @@ impl ValkeySinkCluster {
             let mut pending = Vec::new();
             for (i, sub) in subs.iter_mut().enumerate() {
                 let Ok(reply) = &sub.reply else { continue };
-                let text = String::from_utf8_lossy(reply);
-                let mut words = text.trim_end().split(' ');
-                let (kind, slot, addr) = (words.next(), words.next(), words.next());
-                let Some(addr) = addr.and_then(|a| a.parse::<SocketAddr>().ok()) else { continue };
-                match kind {
-                    Some("-MOVED") => {
-                        if let Some(s) = slot.and_then(|s| s.parse::<u16>().ok()) {
-                            self.shared.map.borrow_mut().moved(s, addr);
-                        }
+                let Some((is_moved, slot, addr)) = redirection(reply) else { continue };
+                match is_moved {
+                    true => {
+                        self.shared.map.borrow_mut().moved(slot, addr);
                         moved = true;
                         sub.node = addr;
                         pending.push(i);
                     }
-                    Some("-ASK") => {
+                    false => {
                         // ASKING applies to the next command only: send both together.
                         let mut raw = BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
                         raw.put_slice(&sub.raw);
@@ -193,7 +203,6 @@ impl ValkeySinkCluster {
                         let [asked] = one;
                         sub.reply = asked.reply;
                     }
-                    _ => {}
                 }
             }
             if pending.is_empty() {
