@@ -80,7 +80,10 @@ fn garbage_bytes_and_huge_lengths_do_not_hurt_the_proxy() {
     let s = Setup::new();
     // What Valkey refuses gets an error reply, then the proxy closes the connection (a
     // timeout fails the test); malformed.rs compares every case with Valkey byte for byte.
-    for payload in [&b"*99999999999999999999\r\n"[..], b"*1\r\n$?\r\n"] {
+    for (payload, expected) in [
+        (&b"*99999999999999999999\r\n"[..], "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$?\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+    ] {
         let mut bad = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
         bad.write_all(payload).unwrap();
         let mut reply = String::new();
@@ -91,12 +94,12 @@ fn garbage_bytes_and_huge_lengths_do_not_hurt_the_proxy() {
                 ReadOutcome::TimedOut => panic!("{payload:?}: still open after {reply:?}"),
             }
         }
-        assert!(reply.starts_with("-ERR Protocol error"), "{payload:?} got {reply:?}");
+        assert_eq!(reply, expected, "{payload:?}");
     }
     // What Valkey reads as an inline command it does not know gets that error, and the
     // connection goes on, as on a direct connection.
-    for payload in [&b"$-7\r\n"[..], b"*1\r\n$1\r\nab\r\n"] {
-        let mut odd = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let until_pong = |port: u16, payload: &[u8]| {
+        let mut odd = TcpStream::connect(("127.0.0.1", port)).unwrap();
         odd.write_all(payload).unwrap();
         odd.write_all(b"PING\r\n").unwrap();
         let mut reply = String::new();
@@ -106,7 +109,12 @@ fn garbage_bytes_and_huge_lengths_do_not_hurt_the_proxy() {
                 other => panic!("{payload:?}: {other:?} after {reply:?}"),
             }
         }
-        assert!(reply.starts_with("-ERR unknown command"), "{payload:?} got {reply:?}");
+        reply
+    };
+    for payload in [&b"$-7\r\n"[..], b"*1\r\n$1\r\nab\r\n"] {
+        let direct = until_pong(s.valkey.port, payload);
+        assert!(direct.starts_with("-ERR unknown command"), "{payload:?}: Valkey said {direct:?}");
+        assert_eq!(until_pong(s.port, payload), direct, "{payload:?}");
     }
     let mut c = s.client();
     let _: () = c.set("still", "alive").unwrap();

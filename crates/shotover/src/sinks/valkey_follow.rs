@@ -306,7 +306,9 @@ mod tests {
         let second = b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n";
         f.observe(second);
         assert!(f.reply_completes(second, &mut expect));
-        // With nothing subscribed, the one reply names no channel.
+        // A reply that names no channel (the server had none to drop) ends it too, even
+        // while this follower still counts a channel.
+        f.observe(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nz\r\n:1\r\n");
         let mut expect = Expect::of(&view(b"*1\r\n$11\r\nUNSUBSCRIBE\r\n"));
         assert!(f.reply_completes(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n", &mut expect));
     }

@@ -28,8 +28,6 @@ fn constructors_say_the_side_and_start_retry_unsafe_and_open() {
 fn display_is_the_message_then_every_cause_as_anyhow_alternate_gives() {
     let e = ChainError::upstream("cannot connect to upstream 127.0.0.1:1").caused_by(refused());
     assert_eq!(e.to_string(), "cannot connect to upstream 127.0.0.1:1: Connection refused (os error 111)");
-    // `{:#}` (what the source used to print) is the same text.
-    assert_eq!(format!("{e:#}"), e.to_string());
     // The same text anyhow gave for the same chain.
     let old = Err::<(), _>(refused()).context("cannot connect to upstream 127.0.0.1:1").unwrap_err();
     assert_eq!(e.to_string(), format!("{old:#}"));
