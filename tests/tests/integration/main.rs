@@ -15,6 +15,7 @@ mod hot_reload;
 mod kafka;
 mod limits;
 mod malformed;
+mod multiplex;
 mod observability;
 mod passthrough;
 mod shutdown;

@@ -8,13 +8,16 @@
 //! once, and then wait on the [`Ticket`]; a client sending to several nodes submits to all of
 //! them before waiting, so the nodes work in parallel.
 //!
-//! Only commands that leave no state on the connection may use it (ValkeySinkCluster gives
-//! clients that AUTH, SELECT, MULTI or block connections of their own).
+//! Only commands that leave no state on the connection may use it: a client that sends one
+//! ([`keeps_state`]) gets connections of its own from then on (ValkeySinkSingle and
+//! ValkeySinkCluster both do this).
 
 use super::valkey::ValkeyConnection;
 use super::UpstreamTls;
+use crate::message::Message;
 use crate::stream::ReadMode;
 use bytes::{Bytes, BytesMut};
+use shotover_protocols::valkey::command::{array_strings, is_command_array, may_block};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -30,6 +33,57 @@ pub enum MuxError {
     NotSent(String),
     /// Written, but the connection was lost before every reply came: they may have run.
     Lost(String),
+}
+
+/// Commands that change or depend on the state of their connection, or that are not plain
+/// command arrays: a client that sends one must get connections of its own from then on, so
+/// that no state leaks between clients through a shared connection (and no blocking command
+/// holds one up).
+pub fn keeps_state(request: &Message) -> bool {
+    const STATEFUL: &[&str] = &[
+        "AUTH",
+        "HELLO",
+        "SELECT",
+        "CLIENT",
+        "READONLY",
+        "READWRITE",
+        "RESET",
+        "MULTI",
+        "WATCH",
+        // Blocking commands are added below from the source's own list (`may_block`).
+        // These change what the connection carries for everyone on it: QUIT closes it,
+        // SYNC/PSYNC/REPLCONF turn it into a replication stream, ASKING applies to the
+        // next command whoever sends it, MONITOR and the subscribe family stream messages
+        // (and an UNSUBSCRIBE of three channels gets three replies even when not subscribed).
+        "QUIT",
+        "SYNC",
+        "PSYNC",
+        "REPLCONF",
+        "ASKING",
+        "MONITOR",
+        "SUBSCRIBE",
+        "PSUBSCRIBE",
+        "SSUBSCRIBE",
+        "UNSUBSCRIBE",
+        "PUNSUBSCRIBE",
+        "SUNSUBSCRIBE",
+    ];
+    // A shared connection pairs replies with requests by count: only a plain command array
+    // is sure to get exactly one reply (an inline command, or another RESP value, can get
+    // several, and would shift every other client's replies).
+    if !request.raw().is_some_and(|raw| is_command_array(raw)) {
+        return true;
+    }
+    let Some(view) = request.valkey_request() else { return true };
+    if view.is("CLIENT") {
+        // CLIENT SETINFO only labels the connection (drivers send it on connect).
+        let setinfo = request
+            .raw()
+            .is_some_and(|raw| array_strings(raw).get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"SETINFO")));
+        return !setinfo;
+    }
+    // Every command that may block (the source's own list) holds its connection for long.
+    may_block(&view) || STATEFUL.iter().any(|name| view.is(name))
 }
 
 #[derive(Default)]
@@ -75,6 +129,8 @@ impl Ticket {
 
 struct State {
     node: SocketAddr,
+    /// What `node` is, for error messages: "upstream", "cluster node".
+    what: &'static str,
     timeout: Duration,
     tls: Option<UpstreamTls>,
     /// Bytes submitted and not written yet.
@@ -91,9 +147,10 @@ struct State {
 pub struct Mux(Rc<RefCell<State>>);
 
 impl Mux {
-    pub fn new(node: SocketAddr, timeout: Duration, tls: Option<UpstreamTls>) -> Self {
+    pub fn new(node: SocketAddr, what: &'static str, timeout: Duration, tls: Option<UpstreamTls>) -> Self {
         Mux(Rc::new(RefCell::new(State {
             node,
+            what,
             timeout,
             tls,
             outbox: BytesMut::new(),
@@ -106,6 +163,12 @@ impl Mux {
 
     /// Queues `bytes`, which hold `replies` commands, behind everything submitted before.
     pub fn submit(&self, bytes: &[u8], replies: usize) -> Ticket {
+        self.submit_with(replies, |outbox| outbox.extend_from_slice(bytes))
+    }
+
+    /// Queues what `encode` appends to the outbox, which holds `replies` commands: the
+    /// bytes are copied once, straight into the next write.
+    pub fn submit_with(&self, replies: usize, encode: impl FnOnce(&mut BytesMut)) -> Ticket {
         let ticket = Rc::new(RefCell::new(TicketState { expected: replies, ..TicketState::default() }));
         if replies == 0 {
             finish(&ticket, Ok(Vec::new()));
@@ -113,7 +176,7 @@ impl Mux {
         }
         let (start, driver) = {
             let mut st = self.0.borrow_mut();
-            st.outbox.extend_from_slice(bytes);
+            encode(&mut st.outbox);
             st.queued.push(ticket.clone());
             let start = !st.running;
             st.running = true;
@@ -154,9 +217,9 @@ fn fail_all(tickets: impl IntoIterator<Item = Rc<RefCell<TicketState>>>, error: 
 
 /// The driver: writes what is queued, reads what is owed, for as long as the core runs.
 async fn drive(state: Rc<RefCell<State>>) {
-    let (node, timeout, tls) = {
+    let (node, what, timeout, tls) = {
         let st = state.borrow();
-        (st.node, st.timeout, st.tls.clone())
+        (st.node, st.what, st.timeout, st.tls.clone())
     };
     let mut conn: Option<ValkeyConnection> = None;
     loop {
@@ -193,7 +256,7 @@ async fn drive(state: Rc<RefCell<State>>) {
                         Err(e) => {
                             // What was queued during the attempt fails too: each waiting for
                             // a connect timeout of its own would make a dead node cost many.
-                            let error = MuxError::NotSent(format!("cannot connect to cluster node {node}: {e}"));
+                            let error = MuxError::NotSent(format!("cannot connect to {what} {node}: {e}"));
                             let queued = {
                                 let mut st = state.borrow_mut();
                                 st.outbox.clear();
@@ -214,9 +277,9 @@ async fn drive(state: Rc<RefCell<State>>) {
                         conn = None;
                         // Part of the write (whole commands of several clients) may have
                         // reached the node: they may have run, so they must not be retried.
-                        fail_all(tickets, &MuxError::Lost(format!("node {node}: {e}")));
+                        fail_all(tickets, &MuxError::Lost(format!("{what} {node}: {e}")));
                         let owed = std::mem::take(&mut state.borrow_mut().written);
-                        fail_all(owed, &MuxError::Lost(format!("node {node}: {e}")));
+                        fail_all(owed, &MuxError::Lost(format!("{what} {node}: {e}")));
                     }
                 }
             }
@@ -243,7 +306,7 @@ async fn drive(state: Rc<RefCell<State>>) {
             Work::Reply(Err(e)) => {
                 conn = None;
                 let owed = std::mem::take(&mut state.borrow_mut().written);
-                fail_all(owed, &MuxError::Lost(format!("node {node}: {e}")));
+                fail_all(owed, &MuxError::Lost(format!("{what} {node}: {e}")));
             }
         }
     }

@@ -190,12 +190,12 @@ impl Shared {
         self.next_mux.set(turn.wrapping_add(1));
         if list.len() < self.connection_count {
             let tls = self.tls.as_ref().map(|connector| node_tls(connector, node));
-            list.push(Rc::new(Mux::new(node, self.timeout, tls)));
+            list.push(Rc::new(Mux::new(node, "cluster node", self.timeout, tls)));
         }
         let at = turn % list.len().max(1);
         match list.get(at).or_else(|| list.first()) {
             Some(mux) => mux.clone(),
-            None => Rc::new(Mux::new(node, self.timeout, None)),
+            None => Rc::new(Mux::new(node, "cluster node", self.timeout, None)),
         }
     }
 }

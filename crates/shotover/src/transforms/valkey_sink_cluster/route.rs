@@ -6,7 +6,7 @@
 
 use crate::message::Message;
 use crate::sinks::valkey_slots::{slot, SlotMap};
-use shotover_protocols::valkey::command::{array_strings, is_command_array, may_block};
+use shotover_protocols::valkey::command::array_strings;
 use std::net::SocketAddr;
 
 /// What routing needs to know: the slot map and the nodes to use when it does not say.
@@ -60,49 +60,8 @@ pub(super) fn script_key<'a>(args: &[&'a [u8]]) -> Option<&'a [u8]> {
     }
 }
 
-/// Commands that change or depend on the state of their connection, or that are not plain
-/// command arrays: a client that sends one gets connections of its own from then on, so that
-/// no state leaks between clients through the shared connections (and no blocking command
-/// holds one up).
-pub(super) fn is_stateful(request: &Message) -> bool {
-    const STATEFUL: &[&str] = &[
-        "AUTH",
-        "HELLO",
-        "SELECT",
-        "CLIENT",
-        "READONLY",
-        "READWRITE",
-        "RESET",
-        "MULTI",
-        "WATCH",
-        // Blocking commands are added below from the source's own list (`may_block`).
-        // These change what the connection carries for everyone on it: QUIT closes it,
-        // SYNC/PSYNC/REPLCONF turn it into a replication stream, ASKING applies to the
-        // next command whoever sends it, MONITOR streams every command.
-        "QUIT",
-        "SYNC",
-        "PSYNC",
-        "REPLCONF",
-        "ASKING",
-        "MONITOR",
-    ];
-    // A shared connection pairs replies with requests by count: only a plain command array
-    // is sure to get exactly one reply (an inline command, or another RESP value, can get
-    // several, and would shift every other client's replies).
-    if !request.raw().is_some_and(|raw| is_command_array(raw)) {
-        return true;
-    }
-    let Some(view) = request.valkey_request() else { return true };
-    if view.is("CLIENT") {
-        // CLIENT SETINFO only labels the connection (drivers send it on connect).
-        let setinfo = request
-            .raw()
-            .is_some_and(|raw| array_strings(raw).get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"SETINFO")));
-        return !setinfo;
-    }
-    // Every command that may block (the source's own list) holds its connection for long.
-    may_block(&view) || STATEFUL.iter().any(|name| view.is(name))
-}
+/// Requests that need connections of their own (see [`keeps_state`]).
+pub(super) use crate::sinks::valkey_mux::keeps_state as is_stateful;
 
 #[cfg(test)]
 mod tests {
@@ -110,6 +69,7 @@ mod tests {
     use super::*;
     use crate::message::{Frame, Protocol};
     use bytes::Bytes;
+    use shotover_protocols::valkey::command::may_block;
     use shotover_protocols::valkey::ValkeyFrame;
     use std::time::Instant;
 
