@@ -22,7 +22,7 @@ use nix::sys::socket::{
 };
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// Listening sockets by key, e.g. `source 127.0.0.1:6380` → one fd per core.
@@ -60,22 +60,19 @@ fn send(fd: &OwnedFd, text: &str, fds: &[RawFd]) -> Result<()> {
 
 /// Waits, on the control core, until `fd` has something to read (a datagram, a connection
 /// to accept, or the peer's close), so that the blocking call after it returns at once
-/// instead of stalling the control thread. A zero-timeout poll(2) every [`READY_CHECK`]:
-/// hot reload is rare, and a few milliseconds of it go unnoticed.
+/// instead of stalling the control thread. The control core's reactor (epoll) watches the fd
+/// for as long as this waits, so a listening hot reload socket costs no wakeups.
 async fn readable(fd: &OwnedFd) -> Result<()> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    loop {
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(n) if n > 0 => return Ok(()),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => crate::control::sleep(READY_CHECK).await,
-            Err(e) => return Err(e).context("wait on the hot reload socket"),
-        }
-    }
+    // SAFETY: `fd` is borrowed for the whole call and `watched`, which holds only its number,
+    // is dropped before the call returns, so the fd stays open and the same while registered.
+    let watched =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd.as_raw_fd(), tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watch the hot reload socket: {e}"))?;
+    let mut guard = watched.readable().await.context("wait on the hot reload socket")?;
+    // The caller reads next; the fd leaves the reactor when `watched` drops.
+    guard.retain_ready();
+    Ok(())
 }
-
-/// How often [`readable`] looks.
-const READY_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One datagram and the fds that came with it; an empty text means the peer closed.
 fn receive(fd: &OwnedFd) -> Result<(String, Vec<OwnedFd>)> {

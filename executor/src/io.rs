@@ -17,6 +17,14 @@
 //! asks the core's [`BusyPoller`] instead: one level-triggered `epoll_wait(0)` over every
 //! spinning socket of the core, refreshed at most every [`REFRESH_AFTER`], says which of
 //! them have data. An epoll readiness change only sets a flag: it sends no interrupt.
+//!
+//! Spinning only pays on a CPU nobody else wants. On a shared box (the server, the clients
+//! or a second worker on the same CPU) every spin steals time from a thread that has real
+//! work, and the proxy gets slower the more cores it is given. So a spinning core asks the
+//! kernel, at most every [`CONTENTION_CHECK`], how often it was preempted
+//! (`getrusage(RUSAGE_THREAD)`, involuntary context switches): a preemption means another
+//! thread was runnable on this CPU, and the core then parks on every read (no spinning) for
+//! [`CONTENTION_BACKOFF`] before it tries spinning again.
 
 use crate::rt::TcpStream;
 use bytes::BytesMut;
@@ -38,6 +46,10 @@ pub const SPIN_READS: u32 = 256;
 pub const BUSY_WINDOW: Duration = Duration::from_micros(200);
 /// How old the busy poller's readiness list may be before it is asked again.
 pub const REFRESH_AFTER: Duration = Duration::from_micros(5);
+/// How often a spinning core checks whether another thread was waiting for its CPU.
+pub const CONTENTION_CHECK: Duration = Duration::from_millis(1);
+/// How long a core that was preempted does not spin.
+pub const CONTENTION_BACKOFF: Duration = Duration::from_millis(100);
 
 thread_local! {
     /// When a socket on this core last received data.
@@ -46,10 +58,74 @@ thread_local! {
     /// Every read lands here first and is then appended to its connection's buffer, so
     /// no buffer is zero-filled before a read that may find nothing.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+    static CONTENTION: Cell<Contention> = const { Cell::new(Contention { checked_at: None, preempted: 0, quiet_until: None }) };
 }
 
-fn core_is_busy() -> bool {
-    LAST_DATA.with(|t| t.get().is_some_and(|at| at.elapsed() < BUSY_WINDOW))
+/// Whether this core may spin: it received data within [`BUSY_WINDOW`] and no other thread
+/// has been waiting for its CPU lately.
+fn may_spin() -> bool {
+    let Some(last_data) = LAST_DATA.with(|t| t.get()) else { return false };
+    let now = Instant::now();
+    if now.saturating_duration_since(last_data) >= BUSY_WINDOW {
+        return false;
+    }
+    CONTENTION.with(|c| {
+        let mut state = c.get();
+        let quiet = state.contended(now, preemptions);
+        c.set(state);
+        !quiet
+    })
+}
+
+/// Involuntary context switches of the calling thread so far: how often the kernel took its
+/// CPU away because another thread was runnable there.
+fn preemptions() -> i64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |u| u.involuntary_context_switches())
+}
+
+/// What a core knows about other threads wanting its CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Contention {
+    /// When the preemption count was last read (`None`: never).
+    checked_at: Option<Instant>,
+    /// The count then.
+    preempted: i64,
+    /// No spinning until then.
+    quiet_until: Option<Instant>,
+}
+
+impl Contention {
+    /// True while the core should not spin. Reads the preemption count (through `read`) at
+    /// most every [`CONTENTION_CHECK`].
+    fn contended(&mut self, now: Instant, read: impl FnOnce() -> i64) -> bool {
+        if let Some(until) = self.quiet_until {
+            if now < until {
+                return true;
+            }
+            // Start counting afresh: preemptions while parked say nothing about spinning.
+            self.quiet_until = None;
+            self.checked_at = None;
+        }
+        match self.checked_at {
+            Some(at) if now.saturating_duration_since(at) < CONTENTION_CHECK => false,
+            Some(_) => {
+                let count = read();
+                let preempted = count > self.preempted;
+                self.preempted = count;
+                self.checked_at = Some(now);
+                if preempted {
+                    self.quiet_until = Some(now + CONTENTION_BACKOFF);
+                }
+                preempted
+            }
+            None => {
+                self.preempted = read();
+                self.checked_at = Some(now);
+                false
+            }
+        }
+    }
 }
 
 fn data_arrived() {
@@ -178,7 +254,7 @@ impl ReadBuffer {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let spin_fd = stream.spin_fd().filter(|_| mode == ReadMode::Spin);
-            let result = if let Some(fd) = spin_fd.filter(|_| self.misses < SPIN_READS && core_is_busy()) {
+            let result = if let Some(fd) = spin_fd.filter(|_| self.misses < SPIN_READS && may_spin()) {
                 // The first try reads directly: data is often already there. Later tries
                 // read only when the busy poller saw data.
                 if self.misses > 0 && !self.poller_says_ready(fd) {
@@ -249,5 +325,35 @@ impl ReadBuffer {
             }
             ready
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preempted_core_stops_spinning_for_the_backoff_then_counts_afresh() {
+        let start = Instant::now();
+        let mut c = Contention { checked_at: None, preempted: 0, quiet_until: None };
+        assert!(!c.contended(start, || 7), "the first look only takes the count");
+        assert!(!c.contended(start + CONTENTION_CHECK / 2, || panic!("read before CONTENTION_CHECK")));
+        assert!(!c.contended(start + CONTENTION_CHECK, || 7), "no new preemption: spin on");
+        let preempted_at = start + CONTENTION_CHECK * 2;
+        assert!(c.contended(preempted_at, || 8), "preempted once: stop spinning");
+        let during = preempted_at + CONTENTION_BACKOFF / 2;
+        assert!(c.contended(during, || panic!("no reads while backing off")));
+        let after = preempted_at + CONTENTION_BACKOFF;
+        // Preemptions while parked do not count: the count is taken afresh.
+        assert!(!c.contended(after, || 50));
+        assert!(!c.contended(after + CONTENTION_CHECK, || 50));
+        assert!(c.contended(after + CONTENTION_CHECK * 2, || 51));
+    }
+
+    #[test]
+    fn the_preemption_count_of_this_thread_can_be_read() {
+        let first = preemptions();
+        assert!(first >= 0);
+        assert!(preemptions() >= first);
     }
 }

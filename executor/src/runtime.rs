@@ -3,8 +3,8 @@
 //! Each worker CPU runs one pinned glommio `LocalExecutor`. It receives its own listening
 //! sockets and runs the per-core factory with them. The main thread keeps nothing on the
 //! data path: it changes a few shared atomics ([`Workers::stop`], [`Workers::pause_accepting`],
-//! [`Workers::shutdown_gradually`] …) and every worker looks at them on a timer, so no
-//! worker ever blocks on a channel.
+//! [`Workers::shutdown_gradually`] …) and wakes every worker's command watcher, so no worker
+//! ever blocks on a channel, and an idle worker has no timer to wake it.
 
 use crate::rt::TcpListener;
 use crate::shutdown::{AcceptGate, AcceptState, Shutdown};
@@ -17,8 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often a worker looks at the shared commands.
-const COMMAND_POLL: Duration = Duration::from_millis(20);
+/// How long the main thread sleeps between looks at the workers when nothing wakes it (a
+/// worker that ends wakes it at once, see [`Running`]).
+const MAIN_FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// The signal a worker that ends sends to the main thread, blocked in every thread like
+/// SIGTERM so that only [`wait_for_signal`] takes it.
+const WORKER_ENDED: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR2;
 /// How long a core waits, after shutdown starts, for its connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Gradual shutdown closes a chunk of connections this often.
@@ -78,9 +82,12 @@ impl WorkerContext {
 /// accepting when `accept` closes, wait for its connections, and return.
 pub type WorkerFactory = Arc<dyn Fn(WorkerContext) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
 
-/// What the main thread asks of every worker; each looks every [`COMMAND_POLL`].
+/// What the main thread asks of every worker. Changing it bumps `generation` and wakes every
+/// worker's watcher (a glommio waker may be woken from any thread).
 #[derive(Default)]
 struct Commands {
+    generation: AtomicU64,
+    watchers: Mutex<Vec<std::task::Waker>>,
     /// Drain everything and stop (SIGTERM/SIGINT).
     stop: AtomicBool,
     /// 0 accepting, 1 paused, 2 closed.
@@ -99,12 +106,48 @@ pub struct Workers {
     failure: Arc<Mutex<Option<String>>>,
 }
 
-/// Decrements the running count when a worker thread ends, however it ends.
+impl Commands {
+    /// Tells every worker to look at the commands again.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Ok(watchers) = self.watchers.lock() {
+            watchers.iter().for_each(|w| w.wake_by_ref());
+        }
+    }
+
+    /// Waits until the generation differs from `seen`, and returns it.
+    async fn next_change(&self, seen: u64) -> u64 {
+        std::future::poll_fn(|cx| {
+            // Register first, then look: a change after the look finds the waker.
+            if let Ok(mut watchers) = self.watchers.lock() {
+                if !watchers.iter().any(|w| w.will_wake(cx.waker())) {
+                    watchers.push(cx.waker().clone());
+                }
+            }
+            let now = self.generation.load(Ordering::Acquire);
+            if now != seen {
+                std::task::Poll::Ready(now)
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Decrements the running count when a worker thread ends, however it ends, and wakes the
+/// main thread to look.
 struct Running(Arc<AtomicUsize>);
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        // Only where block_stop_signals ran (this thread inherited its mask): elsewhere, as in
+        // unit tests, the signal's default action would end the process.
+        let blocked = nix::sys::signal::SigSet::thread_get_mask().is_ok_and(|mask| mask.contains(WORKER_ENDED));
+        if blocked {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), WORKER_ENDED);
+        }
     }
 }
 
@@ -181,6 +224,7 @@ impl Workers {
     pub fn stop(&self) {
         self.commands.accept.store(2, Ordering::Release);
         self.commands.stop.store(true, Ordering::Release);
+        self.commands.changed();
     }
 
     /// A handle for other threads (the hot reload server) to command the workers.
@@ -216,22 +260,26 @@ impl WorkerCommands {
     /// Stops accepting but keeps the listeners, so that accepting can resume.
     pub fn pause_accepting(&self) {
         let _ = self.0.accept.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+        self.0.changed();
     }
 
     /// Accepts again after [`WorkerCommands::pause_accepting`].
     pub fn resume_accepting(&self) {
         let _ = self.0.accept.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire);
+        self.0.changed();
     }
 
     /// Drops the listeners and closes every connection in chunks spread over `over`.
     pub fn shutdown_gradually(&self, over: Duration) {
         self.0.accept.store(2, Ordering::Release);
         self.0.gradual_ms.store((over.as_millis() as u64).max(1), Ordering::Release);
+        self.0.changed();
     }
 }
 
 async fn watch_commands(commands: Arc<Commands>, shutdown: Shutdown, accept: AcceptGate) {
     let mut gradual_started = false;
+    let mut seen = commands.generation.load(Ordering::Acquire);
     loop {
         match commands.accept.load(Ordering::Acquire) {
             0 => accept.set(AcceptState::Accepting),
@@ -249,7 +297,7 @@ async fn watch_commands(commands: Arc<Commands>, shutdown: Shutdown, accept: Acc
             shutdown.set_deadline(Instant::now() + over + DRAIN_TIMEOUT);
             glommio::spawn_local(close_gradually(shutdown.clone(), over)).detach();
         }
-        glommio::timer::sleep(COMMAND_POLL).await;
+        seen = commands.next_change(seen).await;
     }
 }
 
@@ -272,27 +320,31 @@ async fn close_gradually(shutdown: Shutdown, over: Duration) {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread. Call before starting any thread so that
-/// every thread inherits the mask and only [`wait_for_signal`] receives them.
-pub fn block_stop_signals() -> Result<()> {
+/// SIGTERM, SIGINT and [`WORKER_ENDED`].
+fn main_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
-    set.thread_block().context("cannot block SIGTERM/SIGINT")?;
+    set.add(WORKER_ENDED);
+    set
+}
+
+/// Blocks SIGTERM, SIGINT and [`WORKER_ENDED`] in the calling thread. Call before starting any
+/// thread so that every thread inherits the mask and only [`wait_for_signal`] receives them.
+pub fn block_stop_signals() -> Result<()> {
+    main_signals().thread_block().context("cannot block SIGTERM/SIGINT")?;
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT, polling `give_up` every 100 ms (returns `None` when it
-/// says true, e.g. because a worker died).
+/// Waits for SIGTERM or SIGINT. Returns `None` when `give_up` says true, e.g. because a
+/// worker died: it is asked whenever a worker ends, and every [`MAIN_FALLBACK_POLL`].
 pub fn wait_for_signal(give_up: impl Fn() -> bool) -> Option<&'static str> {
-    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signal::Signal;
     use nix::sys::time::TimeSpec;
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
+    let set = main_signals();
     loop {
-        let timeout = TimeSpec::from_duration(Duration::from_millis(100));
+        let timeout = TimeSpec::from_duration(MAIN_FALLBACK_POLL);
         match sigtimedwait(&set, &timeout) {
             Some(Signal::SIGTERM) => return Some("SIGTERM"),
             Some(Signal::SIGINT) => return Some("SIGINT"),

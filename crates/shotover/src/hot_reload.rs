@@ -141,14 +141,16 @@ async fn serve(server: Server, commands: WorkerCommands, handed_over: HandedOver
         tracing::info!("hot reload: handed {count} listening sockets to a new instance; no longer accepting");
         match peer.request().await {
             Ok(Request::ShutdownGradually { seconds }) => {
-                commands.shutdown_gradually(Duration::from_secs(seconds));
                 let _ = peer.reply("OK");
                 tracing::info!("hot reload: the new instance is running; closing connections over {seconds} s");
                 handed_over.serving.store(false, Ordering::Release);
                 let path = server.close_keeping_file();
+                // Recorded before the cores are told: a core with no connections ends at once,
+                // and the main thread must then know that this is a hand-over, not a failure.
                 if let Ok(mut slot) = handed_over.handed_over.lock() {
                     *slot = Some((path, peer));
                 }
+                commands.shutdown_gradually(Duration::from_secs(seconds));
                 return;
             }
             other => {
