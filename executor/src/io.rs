@@ -21,10 +21,12 @@
 //! Spinning only pays on a CPU nobody else wants. On a shared box (the server, the clients
 //! or a second worker on the same CPU) every spin steals time from a thread that has real
 //! work, and the proxy gets slower the more cores it is given. So a spinning core asks the
-//! kernel, at most every [`CONTENTION_CHECK`], how often it was preempted
-//! (`getrusage(RUSAGE_THREAD)`, involuntary context switches): a preemption means another
-//! thread was runnable on this CPU, and the core then parks on every read (no spinning) for
-//! [`CONTENTION_BACKOFF`] before it tries spinning again.
+//! kernel, at most every [`CONTENTION_CHECK`], how long it sat runnable but waiting for its
+//! CPU (the second field of `/proc/thread-self/schedstat`). Over [`CONTENDED_SHARE`] of the
+//! time since the last look means another thread wants this CPU for real, and the core then
+//! parks on every read (no spinning) for [`CONTENTION_BACKOFF`] before it tries again.
+//! (Counting preemptions instead is misleading: on a CPU of its own a worker is still
+//! preempted some hundred times a second, for microseconds each, by kernel threads.)
 
 use crate::rt::TcpStream;
 use bytes::BytesMut;
@@ -46,9 +48,11 @@ pub const SPIN_READS: u32 = 256;
 pub const BUSY_WINDOW: Duration = Duration::from_micros(200);
 /// How old the busy poller's readiness list may be before it is asked again.
 pub const REFRESH_AFTER: Duration = Duration::from_micros(5);
-/// How often a spinning core checks whether another thread was waiting for its CPU.
-pub const CONTENTION_CHECK: Duration = Duration::from_millis(1);
-/// How long a core that was preempted does not spin.
+/// How often a spinning core checks whether another thread wants its CPU.
+pub const CONTENTION_CHECK: Duration = Duration::from_millis(2);
+/// The share of wall time spent waiting for the CPU above which a core stops spinning.
+pub const CONTENDED_SHARE: f64 = 0.10;
+/// How long a contended core does not spin.
 pub const CONTENTION_BACKOFF: Duration = Duration::from_millis(100);
 
 thread_local! {
@@ -58,7 +62,9 @@ thread_local! {
     /// Every read lands here first and is then appended to its connection's buffer, so
     /// no buffer is zero-filled before a read that may find nothing.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
-    static CONTENTION: Cell<Contention> = const { Cell::new(Contention { checked_at: None, preempted: 0, quiet_until: None }) };
+    static CONTENTION: Cell<Contention> = const { Cell::new(Contention { checked_at: None, waited: 0, quiet_until: None }) };
+    /// This thread's `/proc/thread-self/schedstat`, opened on first use (`None` if it cannot be).
+    static SCHEDSTAT: RefCell<Option<Option<std::fs::File>>> = const { RefCell::new(None) };
 }
 
 /// Whether this core may spin: it received data within [`BUSY_WINDOW`] and no other thread
@@ -71,65 +77,79 @@ fn may_spin() -> bool {
     }
     CONTENTION.with(|c| {
         let mut state = c.get();
-        let quiet = state.contended(now, preemptions);
+        let quiet = state.contended(now, cpu_wait_ns);
         c.set(state);
         !quiet
     })
 }
 
-/// Involuntary context switches of the calling thread so far: how often the kernel took its
-/// CPU away because another thread was runnable there.
-fn preemptions() -> i64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |u| u.involuntary_context_switches())
+fn data_arrived() {
+    LAST_DATA.with(|t| t.set(Some(Instant::now())));
+}
+
+/// Nanoseconds the calling thread has spent runnable but waiting for a CPU, so far; 0 where
+/// the kernel does not say (then a core never counts as contended).
+fn cpu_wait_ns() -> u64 {
+    use std::os::unix::fs::FileExt;
+    SCHEDSTAT.with(|f| {
+        let mut f = f.borrow_mut();
+        let file = f.get_or_insert_with(|| std::fs::File::open("/proc/thread-self/schedstat").ok());
+        let Some(file) = file.as_ref() else { return 0 };
+        let mut buf = [0u8; 96];
+        let Ok(n) = file.read_at(&mut buf, 0) else { return 0 };
+        let text = buf.get(..n).unwrap_or_default();
+        text.split(|b| *b == b' ')
+            .nth(1)
+            .and_then(|w| std::str::from_utf8(w).ok())
+            .and_then(|w| w.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// What a core knows about other threads wanting its CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Contention {
-    /// When the preemption count was last read (`None`: never).
+    /// When the wait time was last read (`None`: never).
     checked_at: Option<Instant>,
-    /// The count then.
-    preempted: i64,
+    /// The wait time then, in nanoseconds.
+    waited: u64,
     /// No spinning until then.
     quiet_until: Option<Instant>,
 }
 
 impl Contention {
-    /// True while the core should not spin. Reads the preemption count (through `read`) at
-    /// most every [`CONTENTION_CHECK`].
-    fn contended(&mut self, now: Instant, read: impl FnOnce() -> i64) -> bool {
+    /// True while the core should not spin. Reads the thread's CPU wait time (through
+    /// `read`, in nanoseconds) at most every [`CONTENTION_CHECK`].
+    fn contended(&mut self, now: Instant, read: impl FnOnce() -> u64) -> bool {
         if let Some(until) = self.quiet_until {
             if now < until {
                 return true;
             }
-            // Start counting afresh: preemptions while parked say nothing about spinning.
+            // Start afresh: waiting while parked says nothing about spinning.
             self.quiet_until = None;
             self.checked_at = None;
         }
         match self.checked_at {
             Some(at) if now.saturating_duration_since(at) < CONTENTION_CHECK => false,
-            Some(_) => {
-                let count = read();
-                let preempted = count > self.preempted;
-                self.preempted = count;
+            Some(at) => {
+                let waited = read();
+                let share =
+                    waited.saturating_sub(self.waited) as f64 / now.saturating_duration_since(at).as_nanos() as f64;
+                self.waited = waited;
                 self.checked_at = Some(now);
-                if preempted {
+                let contended = share > CONTENDED_SHARE;
+                if contended {
                     self.quiet_until = Some(now + CONTENTION_BACKOFF);
                 }
-                preempted
+                contended
             }
             None => {
-                self.preempted = read();
+                self.waited = read();
                 self.checked_at = Some(now);
                 false
             }
         }
     }
-}
-
-fn data_arrived() {
-    LAST_DATA.with(|t| t.set(Some(Instant::now())));
 }
 
 /// Readiness of a core's spinning sockets, from one `epoll_wait(0)` for all of them.
@@ -333,27 +353,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_preempted_core_stops_spinning_for_the_backoff_then_counts_afresh() {
+    fn a_core_that_waits_for_its_cpu_stops_spinning_for_the_backoff_then_looks_afresh() {
+        let ms = |n: u64| n * 1_000_000;
         let start = Instant::now();
-        let mut c = Contention { checked_at: None, preempted: 0, quiet_until: None };
-        assert!(!c.contended(start, || 7), "the first look only takes the count");
+        let mut c = Contention { checked_at: None, waited: 0, quiet_until: None };
+        assert!(!c.contended(start, || ms(7)), "the first look only takes the wait time");
         assert!(!c.contended(start + CONTENTION_CHECK / 2, || panic!("read before CONTENTION_CHECK")));
-        assert!(!c.contended(start + CONTENTION_CHECK, || 7), "no new preemption: spin on");
-        let preempted_at = start + CONTENTION_CHECK * 2;
-        assert!(c.contended(preempted_at, || 8), "preempted once: stop spinning");
-        let during = preempted_at + CONTENTION_BACKOFF / 2;
-        assert!(c.contended(during, || panic!("no reads while backing off")));
-        let after = preempted_at + CONTENTION_BACKOFF;
-        // Preemptions while parked do not count: the count is taken afresh.
-        assert!(!c.contended(after, || 50));
-        assert!(!c.contended(after + CONTENTION_CHECK, || 50));
-        assert!(c.contended(after + CONTENTION_CHECK * 2, || 51));
+        // 2 ms later, 0.1 ms more waiting: 5 %, a kernel thread now and then. Spin on.
+        let t1 = start + Duration::from_millis(2);
+        assert!(!c.contended(t1, || ms(7) + 100_000));
+        // 2 ms later, 1 ms more waiting: half the time, another thread wants this CPU.
+        let t2 = t1 + Duration::from_millis(2);
+        assert!(c.contended(t2, || ms(8) + 100_000));
+        assert!(c.contended(t2 + CONTENTION_BACKOFF / 2, || panic!("no reads while backing off")));
+        let after = t2 + CONTENTION_BACKOFF;
+        // Waiting while parked does not count: the wait time is taken afresh.
+        assert!(!c.contended(after, || ms(90)));
+        assert!(!c.contended(after + Duration::from_millis(2), || ms(90)));
+        assert!(c.contended(after + Duration::from_millis(4), || ms(91)));
     }
 
     #[test]
-    fn the_preemption_count_of_this_thread_can_be_read() {
-        let first = preemptions();
-        assert!(first >= 0);
-        assert!(preemptions() >= first);
+    fn this_threads_cpu_wait_time_can_be_read() {
+        let first = cpu_wait_ns();
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(cpu_wait_ns() >= first);
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+        assert_eq!(text.split(' ').count(), 3, "{text}");
     }
 }

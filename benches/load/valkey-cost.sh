@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# What one proxied request costs each proxy: system calls, context switches and CPU time per
+# request, counted by `perf stat` on the proxy process over a fixed valkey-benchmark run.
+# Placement: Valkey and valkey-benchmark on CPU 0, each proxy alone on CPU 1 (this proxy with
+# one worker core). Targets: this proxy, HAProxy (TCP mode, one thread), twemproxy and, when
+# UPSTREAM_SHOTOVER_BIN is set, upstream Shotover.
+#
+#   benches/load/valkey-cost.sh           # -c 50 -n 100000, -P 1 and 16, GET
+#   REQUESTS=20000 PIPELINES=1 benches/load/valkey-cost.sh
+#
+# Instructions per request need hardware counters, which virtual machines often lack; the
+# script prints them when `perf stat -e instructions` works and "-" otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CLIENTS=${CLIENTS:-50}
+REQUESTS=${REQUESTS:-100000}
+PIPELINES=${PIPELINES:-"1 16"}
+TEST=${TEST:-get}
+
+for tool in valkey-server valkey-benchmark haproxy nutcracker perf; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/install-deps (perf: linux-perf)" >&2; exit 1; }
+done
+source benches/load/common.sh
+build_release
+BIN=target/release/shotover-proxy
+
+WORK=$(mktemp -d)
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+VALKEY=$(free_port)
+taskset -c 0 valkey-server --port "$VALKEY" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
+PIDS+=($!); wait_port "$VALKEY"
+
+topology() { # port [extra sink lines]
+  printf 'sources:\n  - Valkey:\n      name: "valkey"\n      listen_addr: "127.0.0.1:%s"\n      connection_limit: 4096\n      chain:\n        - ValkeySinkSingle:\n            remote_address: "127.0.0.1:%s"\n            connect_timeout_ms: 3000\n%s' "$1" "$VALKEY" "${2:-}" > "$WORK/topology-$1.yaml"
+}
+printf 'main_log_level: "warn"\n' > "$WORK/config.yaml"
+
+TARGETS=""
+P=$(free_port); topology "$P"
+"$BIN" --config-file "$WORK/config.yaml" --topology-file "$WORK/topology-$P.yaml" --worker-cores 1 >/dev/null 2>&1 &
+PIDS+=($!); wait_port "$P"; TARGETS="$TARGETS this:$P:$!"
+
+P=$(free_port); topology "$P" "            multiplex: false"$'\n'
+"$BIN" --config-file "$WORK/config.yaml" --topology-file "$WORK/topology-$P.yaml" --worker-cores 1 >/dev/null 2>&1 &
+PIDS+=($!); wait_port "$P"; TARGETS="$TARGETS this-multiplex-off:$P:$!"
+
+P=$(free_port)
+printf 'global\n    nbthread 1\n    cpu-map 1/1 1\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\nfrontend fe\n    bind 127.0.0.1:%s\n    default_backend be\nbackend be\n    server valkey 127.0.0.1:%s\n' "$P" "$VALKEY" > "$WORK/haproxy.cfg"
+haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 &
+PIDS+=($!); wait_port "$P"; TARGETS="$TARGETS haproxy-tcp:$P:$!"
+
+P=$(free_port)
+printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n    - 127.0.0.1:%s:1\n' "$P" "$VALKEY" > "$WORK/nutcracker.yml"
+taskset -c 1 nutcracker -c "$WORK/nutcracker.yml" -s "$(free_port)" >/dev/null 2>&1 &
+PIDS+=($!); wait_port "$P"; TARGETS="$TARGETS twemproxy:$P:$!"
+
+if [ -n "${UPSTREAM_SHOTOVER_BIN:-}" ]; then
+  P=$(free_port); topology "$P"
+  printf 'main_log_level: "warn"\nobservability_interface: "127.0.0.1:%s"\n' "$(free_port)" > "$WORK/upstream-config.yaml"
+  taskset -c 1 "$UPSTREAM_SHOTOVER_BIN" --config-file "$WORK/upstream-config.yaml" --topology-file "$WORK/topology-$P.yaml" --core-threads 1 >/dev/null 2>&1 &
+  PIDS+=($!); wait_port "$P"; TARGETS="$TARGETS upstream-shotover:$P:$!"
+fi
+
+HW=1
+perf stat -e instructions -- true 2>&1 | grep -q "not supported" && HW=0
+EVENTS="raw_syscalls:sys_enter,context-switches,task-clock"
+[ "$HW" = 1 ] && EVENTS="$EVENTS,instructions"
+
+echo "| -P | target | syscalls / request | context switches / request | CPU µs / request | instructions / request | requests/s |"
+echo "|---|---|---|---|---|---|---|"
+for pipeline in $PIPELINES; do
+  n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
+  for target in $TARGETS; do
+    IFS=: read -r name port pid <<<"$target"
+    # Warm up (connections, pools), then count over a fixed run.
+    taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n 10000 -P "$pipeline" -t "$TEST" -q >/dev/null 2>&1
+    perf stat -x, -e "$EVENTS" -p "$pid" -o "$WORK/perf-$name" &
+    PERF=$!; sleep 0.3
+    rps=$(taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n "$n" -P "$pipeline" -t "$TEST" --csv -q 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f2)
+    kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true
+    python3 - "$WORK/perf-$name" "$n" "$pipeline" "$name" "$rps" <<'PY'
+import sys
+path, n, pipeline, name, rps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+vals = {}
+for line in open(path):
+    parts = line.strip().split(",")
+    if len(parts) > 2 and parts[0] and not line.startswith("#"):
+        try:
+            vals[parts[2]] = float(parts[0])
+        except ValueError:
+            pass
+sc = vals.get("raw_syscalls:sys_enter")
+cs = vals.get("context-switches")
+ms = vals.get("task-clock")  # milliseconds
+ins = vals.get("instructions")
+f = lambda v, scale=1, fmt="{:.2f}": fmt.format(v * scale / n) if v is not None else "-"
+print(f"| {pipeline} | {name} | {f(sc)} | {f(cs)} | {f(ms, 1000)} | {f(ins, 1, '{:,.0f}')} | {float(rps):,.0f} |")
+PY
+  done
+done
+
+# Idle: CPU time each proxy uses over 10 s with no traffic (after the runs above, connections
+# closed), all measured over the same 10 s.
+echo
+echo "| target | idle CPU over 10 s (ms) | idle wakeups (syscalls) over 10 s |"
+echo "|---|---|---|"
+declare -A BEFORE
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for target in $TARGETS; do IFS=: read -r name port pid <<<"$target"; BEFORE[$name]=$(ticks "$pid"); done
+PERFS=()
+for target in $TARGETS; do
+  IFS=: read -r name port pid <<<"$target"
+  perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/idle-$name" &
+  PERFS+=($!)
+done
+sleep 10
+for p in "${PERFS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+wait "${PERFS[@]}" 2>/dev/null || true
+HZ=$(getconf CLK_TCK)
+for target in $TARGETS; do
+  IFS=: read -r name port pid <<<"$target"
+  ms=$(( ($(ticks "$pid") - ${BEFORE[$name]}) * 1000 / HZ ))
+  calls=$(grep raw_syscalls "$WORK/idle-$name" | cut -d, -f1)
+  echo "| $name | $ms | ${calls:--} |"
+done
