@@ -124,5 +124,6 @@ for target in $TARGETS; do
   IFS=: read -r name port pid <<<"$target"
   ms=$(( ($(ticks "$pid") - ${BEFORE[$name]}) * 1000 / HZ ))
   calls=$(grep raw_syscalls "$WORK/idle-$name" | cut -d, -f1)
+  [[ "$calls" == "<not counted>" ]] && calls="0 (the process never ran)"
   echo "| $name | $ms | ${calls:--} |"
 done
