@@ -29,7 +29,7 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
     for sub in parts {
         match &sub.reply {
             Ok(raw) => replies.push(raw.clone()),
-            Err(reason) => return error(reason.clone()),
+            Err(reason) => return error(reason.to_string()),
         }
     }
     if let Some(err) = replies.iter().find(|r| is_error(r)).filter(|_| !matches!(plan.merge, Merge::Single)) {
@@ -153,7 +153,7 @@ mod tests {
         let plan = routes(map).plan(&request, &mut subs);
         assert_eq!(plan.subs.len(), replies.len(), "one reply per sub-request of {parts:?}");
         for (sub, reply) in subs.get_mut(plan.subs.clone()).unwrap_or_default().iter_mut().zip(replies) {
-            sub.reply = reply.map(Bytes::from_static).map_err(str::to_string);
+            sub.reply = reply.map(Bytes::from_static).map_err(|e| e.to_string().into());
         }
         let failed = IntCounter::new("failed_requests", "test").unwrap();
         let response = merge(&request, &plan, &subs, &failed);

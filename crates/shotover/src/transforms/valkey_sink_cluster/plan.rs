@@ -16,6 +16,7 @@ use crate::message::Message;
 use crate::sinks::valkey_slots::slot;
 use bytes::{BufMut, Bytes, BytesMut};
 use shotover_protocols::valkey::command::array_strings;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 /// One request sent to one node.
@@ -23,7 +24,8 @@ pub(super) struct Sub {
     pub(super) node: SocketAddr,
     pub(super) raw: Bytes,
     pub(super) slot: Option<u16>,
-    pub(super) reply: Result<Bytes, String>,
+    /// The reply, or why there is none (static text where it can be, to allocate nothing).
+    pub(super) reply: Result<Bytes, Cow<'static, str>>,
     /// Written to its node: only a sub-request never sent may be retried elsewhere.
     pub(super) sent: bool,
     /// `raw` is `ASKING` followed by the command: two replies, the command's is the second.
@@ -85,7 +87,23 @@ impl Routes<'_> {
             };
         };
         let words = array_strings(&raw);
-        let name = words.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
+        // The name upper-cased on the stack: every command name Valkey has fits in 32 bytes.
+        let mut upper = [0u8; 32];
+        let long_name;
+        let name: &[u8] = match words.first() {
+            Some(n) => match upper.get_mut(..n.len()) {
+                Some(buf) => {
+                    buf.copy_from_slice(n);
+                    buf.make_ascii_uppercase();
+                    buf
+                }
+                None => {
+                    long_name = n.to_ascii_uppercase();
+                    &long_name
+                }
+            },
+            None => b"",
+        };
         let args = words.get(1..).unwrap_or_default();
         let needs_own = |what: &str| Plan {
             subs: start..start,
@@ -94,18 +112,18 @@ impl Routes<'_> {
         };
         let push = |subs: &mut Vec<Sub>, node: Option<SocketAddr>, raw: Bytes, slot: Option<u16>| {
             let reply = match node {
-                Some(_) => Err("not sent".to_string()),
-                None => Err("no node serves this slot".to_string()),
+                Some(_) => Err(Cow::Borrowed("not sent")),
+                None => Err(Cow::Borrowed("no node serves this slot")),
             };
             let node = node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             subs.push(Sub { node, raw, slot, reply, sent: false, asking: false });
         };
-        let merge = match name.as_slice() {
+        let merge = match name {
             b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
                 // Only reached when planning a batch without an open transaction.
                 return Plan {
                     subs: start..start,
-                    merge: Merge::Error(format!("ERR {} without MULTI", String::from_utf8_lossy(&name))),
+                    merge: Merge::Error(format!("ERR {} without MULTI", String::from_utf8_lossy(name))),
                     session: false,
                 };
             }
@@ -142,7 +160,7 @@ impl Routes<'_> {
                 Merge::Scan(index, masters.len())
             }
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE"
-            | b"MONITOR" => return needs_own(&String::from_utf8_lossy(&name)),
+            | b"MONITOR" => return needs_own(&String::from_utf8_lossy(name)),
             b"MGET" if !args.is_empty() => {
                 let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
                 for (i, key) in args.iter().enumerate() {
@@ -176,7 +194,7 @@ impl Routes<'_> {
                     }
                 }
                 for (s, keys) in by_slot {
-                    let mut parts: Vec<&[u8]> = vec![&name];
+                    let mut parts: Vec<&[u8]> = vec![name];
                     parts.extend(keys);
                     let node = self.map.master_of(s);
                     push(subs, node, command(&parts), Some(s));
@@ -207,7 +225,7 @@ impl Routes<'_> {
                     push(subs, Some(node), raw.clone(), None);
                 }
                 let exists = args.first().is_some_and(|sub| sub.eq_ignore_ascii_case(b"EXISTS"));
-                match name.as_slice() {
+                match name {
                     b"DBSIZE" => Merge::Sum,
                     b"KEYS" => Merge::Concat,
                     b"SCRIPT" if exists => Merge::AllOf,
@@ -241,7 +259,7 @@ impl Routes<'_> {
                 }
             },
         };
-        let session = matches!(name.as_slice(), b"AUTH" | b"HELLO");
+        let session = matches!(name, b"AUTH" | b"HELLO");
         Plan { subs: start..subs.len(), merge, session }
     }
 }

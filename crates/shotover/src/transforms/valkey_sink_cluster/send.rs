@@ -15,6 +15,7 @@ use crate::sinks::valkey_mux::MuxError;
 use crate::sinks::valkey_slots::{fetch, node_tls};
 use bytes::{BufMut, Bytes, BytesMut};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ impl Sub {
         } else {
             first
         };
-        self.reply = reply.ok_or_else(|| format!("node {}: missing reply", self.node));
+        self.reply = reply.ok_or_else(|| format!("node {}: missing reply", self.node).into());
     }
 }
 
@@ -119,7 +120,7 @@ impl ValkeySinkCluster {
                 if let Some(sub) = subs.get_mut(i).filter(|s| s.node == node) {
                     sub.sent = sent;
                     if let Err(e) = &result {
-                        sub.reply = Err(e.to_string());
+                        sub.reply = Err(e.to_string().into());
                     }
                 }
             }
@@ -158,7 +159,7 @@ impl ValkeySinkCluster {
                 }
                 if let Some(sub) = subs.get_mut(i) {
                     match failed {
-                        Some(e) => sub.reply = Err(e),
+                        Some(e) => sub.reply = Err(e.into()),
                         None => sub.take_replies(&mut replies.into_iter()),
                     }
                 }
@@ -194,7 +195,7 @@ impl ValkeySinkCluster {
                             node: addr,
                             raw: raw.freeze(),
                             slot: sub.slot,
-                            reply: Err(String::new()),
+                            reply: Err(Cow::Borrowed("")),
                             sent: false,
                             asking: true,
                         };
@@ -217,21 +218,20 @@ impl ValkeySinkCluster {
     /// queued on its mux first, then the replies are awaited, so the nodes work in parallel.
     async fn run_shared(&mut self, subs: &mut [Sub], pending: &[usize]) -> bool {
         let mut tickets = Vec::new();
-        let mut buf = BytesMut::new();
         for &i in pending {
             let Some(node) = subs.get(i).map(|s| s.node).filter(|n| n.port() != 0) else { continue };
             if tickets.iter().any(|(n, _)| *n == node) {
                 continue;
             }
-            buf.clear();
-            let mut replies = 0;
-            for &j in pending {
-                if let Some(sub) = subs.get(j).filter(|s| s.node == node) {
-                    buf.put_slice(&sub.raw);
-                    replies += sub.replies();
+            let replies: usize =
+                pending.iter().filter_map(|&j| subs.get(j)).filter(|s| s.node == node).map(Sub::replies).sum();
+            // Straight into the shared connection's outbox: one copy of each command.
+            let ticket = self.shared.mux(node).submit_with(replies, |outbox| {
+                for sub in pending.iter().filter_map(|&j| subs.get(j)).filter(|s| s.node == node) {
+                    outbox.put_slice(&sub.raw);
                 }
-            }
-            tickets.push((node, self.shared.mux(node).submit(&buf, replies)));
+            });
+            tickets.push((node, ticket));
         }
         let mut broken = false;
         for (node, ticket) in tickets {
@@ -246,7 +246,7 @@ impl ValkeySinkCluster {
                 sub.sent = sent;
                 match &error {
                     None => sub.take_replies(&mut replies),
-                    Some(e) => sub.reply = Err(e.clone()),
+                    Some(e) => sub.reply = Err(e.clone().into()),
                 }
             }
         }
@@ -260,7 +260,7 @@ impl ValkeySinkCluster {
             self.refresh_map().await;
         }
         let [sub] = one;
-        sub.reply
+        sub.reply.map_err(Cow::into_owned)
     }
 
     /// Fetches the slot map again, from a known master or a contact point.
@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(refused.reply, Ok(Bytes::from_static(b"-ERR no\r\n")));
         let mut missing = sub(false);
         missing.take_replies(&mut replies);
-        assert_eq!(missing.reply, Err("node 10.0.0.1:7000: missing reply".to_string()));
+        assert_eq!(missing.reply, Err("node 10.0.0.1:7000: missing reply".into()));
     }
 
     /// A client with connections of its own, of a cluster whose only node is `node`.
@@ -364,7 +364,7 @@ mod tests {
         assert!(text.starts_with(&format!("cannot connect to cluster node {node}: ")), "{text}");
         // Retry-safe: the command counts as not sent, so it may go to the slot's new master.
         assert!(broken && !sent);
-        assert_eq!(reply, Err(text));
+        assert_eq!(reply, Err(text.into()));
     }
 
     /// A node that answers `+OK` to every command (each starts with `*`), on every
