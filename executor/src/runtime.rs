@@ -17,13 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a worker runs tasks before it looks at its io_uring completions again. glommio
-/// only reaps completions (readiness of parked sockets, timers, accepts, wakes from other
-/// threads) when no task is runnable or this timer fires; while reads spin (see
-/// [`crate::io`]) some task is always runnable, so with glommio's default of 100 ms a parked
-/// connection could wait that long. 1 ms costs one `io_uring_enter` a millisecond, only while
-/// the core is busy.
-const PREEMPT_TIMER: Duration = Duration::from_millis(1);
 /// How long the main thread sleeps between looks at the workers when nothing wakes it (a
 /// worker that ends wakes it at once, see [`Running`]).
 const MAIN_FALLBACK_POLL: Duration = Duration::from_secs(1);
@@ -179,8 +172,7 @@ impl Workers {
             let mut builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("worker-{core}"))
                 .io_memory(config.io_memory)
-                .ring_depth(256)
-                .preempt_timer(PREEMPT_TIMER);
+                .ring_depth(256);
             if !config.spin_before_park.is_zero() {
                 builder = builder.spin_before_park(config.spin_before_park);
             }
