@@ -98,6 +98,10 @@ pub struct Message {
     /// True for a message the upstream sent unasked (a pub/sub message, a RESP3 push,
     /// MONITOR output): it answers no request.
     pushed: bool,
+    /// [`Message::valkey_request`] worked out once (several transforms and the sink ask):
+    /// the name's offset and length in `raw`, and the argument count; `Some(None)` when the
+    /// bytes are not a command.
+    valkey_view: Cell<Option<Option<(usize, usize, usize)>>>,
 }
 
 impl Message {
@@ -115,6 +119,7 @@ impl Message {
             request_id: None,
             received_at: Some(received_at),
             pushed: false,
+            valkey_view: Cell::new(None),
         }
     }
 
@@ -175,6 +180,7 @@ impl Message {
             request_id: None,
             received_at: None,
             pushed: false,
+            valkey_view: Cell::new(None),
         }
     }
 
@@ -402,10 +408,20 @@ impl Message {
 
     /// The Valkey command name and argument count, read from the raw bytes without parsing.
     pub fn valkey_request(&self) -> Option<valkey::command::RequestView<'_>> {
-        match (&self.raw, self.modified, &self.frame) {
-            (Some(raw), false, _) => valkey::command::RequestView::new(raw),
-            _ => None,
+        let raw = match (&self.raw, self.modified) {
+            (Some(raw), false) => raw,
+            _ => return None,
+        };
+        if let Some(known) = self.valkey_view.get() {
+            let (start, len, argc) = known?;
+            return Some(valkey::command::RequestView { name: raw.get(start..start.checked_add(len)?)?, argc });
         }
+        let view = valkey::command::RequestView::new(raw);
+        // The name is a slice of `raw`: its offset is the distance between the two pointers.
+        let known =
+            view.map(|v| ((v.name.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize), v.name.len(), v.argc));
+        self.valkey_view.set(Some(known));
+        view
     }
 
     /// Appends the wire form to `out`: the original bytes when unmodified. A modified
@@ -441,6 +457,24 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_view_is_worked_out_once_and_the_same_every_time() {
+        let m = Message::from_bytes(
+            Bytes::from_static(b"*2\r\n$3\r\nget\r\n$1\r\nk\r\n"),
+            Protocol::Valkey,
+            Instant::now(),
+        );
+        let first = m.valkey_request().map(|v| (v.name.to_vec(), v.argc));
+        assert_eq!(first, Some((b"get".to_vec(), 1)));
+        assert_eq!(m.valkey_request().map(|v| (v.name.to_vec(), v.argc)), first, "from the cache");
+        let not = Message::from_bytes(Bytes::from_static(b"*1\r\n:1\r\n"), Protocol::Valkey, Instant::now());
+        assert!(not.valkey_request().is_none() && not.valkey_request().is_none());
+        // A modified message has no view: its bytes no longer say what it is.
+        let mut changed = m.clone();
+        assert!(changed.frame_mut().is_ok());
+        assert!(changed.valkey_request().is_none());
+    }
 
     #[test]
     fn unmodified_message_is_written_as_received() {

@@ -130,6 +130,31 @@ pub fn array_strings(raw: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// Element `n` of a request (0 is its name), as [`array_strings`] would give it, without
+/// allocating for an array (an inline request, rare, is split as there).
+pub fn request_word(raw: &[u8], n: usize) -> Option<&[u8]> {
+    if raw.first() != Some(&b'*') {
+        return array_strings(raw).get(n).copied();
+    }
+    let (_, mut rest) = line(raw)?;
+    for i in 0..=n {
+        let (item, after) = match rest.first() {
+            Some(b'$') => {
+                let (len, r) = line(rest.get(1..)?)?;
+                let len = usize::try_from(parse_len(len).ok()?).ok()?;
+                (r.get(..len)?, r.get(len.checked_add(2)?..).unwrap_or_default())
+            }
+            Some(b'+') => line(rest.get(1..)?)?,
+            _ => return None,
+        };
+        if i == n {
+            return Some(item);
+        }
+        rest = after;
+    }
+    None
+}
+
 /// The arguments of a request (its name excluded); see [`array_strings`].
 pub fn request_args(raw: &[u8]) -> Vec<&[u8]> {
     let mut args = array_strings(raw);
@@ -296,6 +321,24 @@ pub fn key_slot(key: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_words_are_what_array_strings_gives() {
+        for raw in [
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n"[..],
+            b"*2\r\n+GET\r\n$0\r\n\r\n",
+            b"*2\r\n$3\r\nGET\r\n:1\r\n",
+            b"*2\r\n$3\r\nGET\r\n$9\r\nshort\r\n",
+            b"*1\r\n$3\r\nGE",
+            b"GET  key  \r\n",
+            b"",
+        ] {
+            let words = array_strings(raw);
+            for n in 0..4 {
+                assert_eq!(request_word(raw, n), words.get(n).copied(), "{:?} word {n}", String::from_utf8_lossy(raw));
+            }
+        }
+    }
 
     #[test]
     fn command_arrays_and_everything_else() {

@@ -15,7 +15,7 @@ use super::route::{is_script, script_key, Routes};
 use crate::message::Message;
 use crate::sinks::valkey_slots::slot;
 use bytes::{BufMut, Bytes, BytesMut};
-use shotover_protocols::valkey::command::array_strings;
+use shotover_protocols::valkey::command::{array_strings, request_word};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
@@ -86,11 +86,10 @@ impl Routes<'_> {
                 session: false,
             };
         };
-        let words = array_strings(&raw);
         // The name upper-cased on the stack: every command name Valkey has fits in 32 bytes.
         let mut upper = [0u8; 32];
         let long_name;
-        let name: &[u8] = match words.first() {
+        let name: &[u8] = match request_word(&raw, 0) {
             Some(n) => match upper.get_mut(..n.len()) {
                 Some(buf) => {
                     buf.copy_from_slice(n);
@@ -104,7 +103,27 @@ impl Routes<'_> {
             },
             None => b"",
         };
+        // Only the commands that split, fan out or read more than their first argument need
+        // every argument listed (an allocation); the rest route by their first argument.
+        let all_args = is_script(name)
+            || matches!(
+                name,
+                b"SCAN"
+                    | b"MGET"
+                    | b"DEL"
+                    | b"EXISTS"
+                    | b"UNLINK"
+                    | b"TOUCH"
+                    | b"MSET"
+                    | b"DBSIZE"
+                    | b"KEYS"
+                    | b"FLUSHALL"
+                    | b"FLUSHDB"
+                    | b"SCRIPT"
+            );
+        let words = if all_args { array_strings(&raw) } else { Vec::new() };
         let args = words.get(1..).unwrap_or_default();
+        let first_arg = if all_args { args.first().copied() } else { request_word(&raw, 1) };
         let needs_own = |what: &str| Plan {
             subs: start..start,
             merge: Merge::Error(format!("ERR shotover: {what} needs a pub/sub connection, and none is known")),
@@ -247,7 +266,7 @@ impl Routes<'_> {
                 push(subs, self.default_node(), raw.clone(), None);
                 Merge::Single
             }
-            _ => match args.first() {
+            _ => match first_arg {
                 Some(key) => {
                     let (node, s) = self.node_for(key);
                     push(subs, node, raw.clone(), Some(s));
