@@ -4,7 +4,7 @@
 //!
 //! One task per connection, the driver, owns the socket. It writes everything queued since
 //! its last write in one write, so the requests of many clients cost one syscall, and reads
-//! replies whenever some are owed. Callers [`Mux::submit`] their bytes, which queues them at
+//! replies whenever some are owed. Callers [`Mux::submit_with`] their bytes, which queues them at
 //! once, and then wait on the [`Ticket`]; a client sending to several nodes submits to all of
 //! them before waiting, so the nodes work in parallel.
 //!
@@ -107,7 +107,7 @@ fn finish(ticket: &Rc<RefCell<TicketState>>, outcome: Result<Vec<Bytes>, MuxErro
     }
 }
 
-/// The replies owed for one [`Mux::submit`].
+/// The replies owed for one [`Mux::submit_with`].
 pub struct Ticket(Rc<RefCell<TicketState>>);
 
 impl Ticket {
@@ -161,13 +161,8 @@ impl Mux {
         })))
     }
 
-    /// Queues `bytes`, which hold `replies` commands, behind everything submitted before.
-    pub fn submit(&self, bytes: &[u8], replies: usize) -> Ticket {
-        self.submit_with(replies, |outbox| outbox.extend_from_slice(bytes))
-    }
-
-    /// Queues what `encode` appends to the outbox, which holds `replies` commands: the
-    /// bytes are copied once, straight into the next write.
+    /// Queues what `encode` appends to the outbox, behind everything submitted before; it
+    /// holds `replies` commands. The bytes are copied once, straight into the next write.
     pub fn submit_with(&self, replies: usize, encode: impl FnOnce(&mut BytesMut)) -> Ticket {
         let ticket = Rc::new(RefCell::new(TicketState { expected: replies, ..TicketState::default() }));
         if replies == 0 {
