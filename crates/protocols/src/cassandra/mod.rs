@@ -16,6 +16,8 @@
 //! - [`frame`]: [`CassandraFrame`], parsed from one whole frame only when asked, and encoded.
 //!   Bodies live in [`request`], [`result`] and [`response`].
 //! - [`mod@classify`]: sorts statements into query types, and remembers prepared statements'.
+//! - [`token`]: routing keys and Murmur3 tokens, for token-aware routing.
+//! - [`cells`]: the few typed cell values the proxy reads itself (addresses, tokens, ids).
 //!
 //! Start at [`framing::frame_len`], or at [`segment::SegmentDecoder`] for v5. A connection
 //! reads its frames like this, parsing none of them:
@@ -57,6 +59,7 @@
 
 #[cfg(test)]
 mod captures;
+pub mod cells;
 pub mod classify;
 pub mod compression;
 pub mod connection;
@@ -68,6 +71,7 @@ pub mod response;
 pub mod result;
 pub mod segment;
 pub mod state;
+pub mod token;
 mod wire;
 
 pub use cassandra_protocol::consistency::Consistency;

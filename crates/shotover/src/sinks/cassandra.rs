@@ -6,10 +6,11 @@
 use super::{connect_stream, UpstreamTls};
 use crate::stream::{ReadBuffer, ReadMode, Stream};
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::AsyncWriteExt;
+use futures_lite::io::AsyncWrite;
 use shotover_protocols::cassandra::connection::CqlWire;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,10 +38,44 @@ impl CassandraConnection {
 
     /// Writes `frames` in one write (in segments once v5 has switched them on).
     pub async fn send(&mut self, frames: &[Bytes]) -> io::Result<()> {
-        self.out.clear();
-        self.wire.encode(frames, &mut self.out).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.stream.write_all(&self.out).await?;
-        self.stream.flush().await
+        self.queue(frames)?;
+        self.flush().await
+    }
+
+    /// Adds `frames` to what the next flush writes.
+    pub fn queue(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        self.wire.encode(frames, &mut self.out).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    /// True when queued bytes wait for a flush.
+    pub fn has_queued(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Writes what is queued; ready once all of it is written.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            bytes::Buf::advance(&mut self.out, n);
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        let result = std::future::poll_fn(|cx| self.poll_flush(cx)).await;
+        if result.is_err() {
+            self.out.clear();
+        }
+        result
+    }
+
+    /// How the node compresses the frame bodies it sends (v3/v4), as negotiated so far.
+    pub fn compression(&self) -> shotover_protocols::cassandra::Compression {
+        self.wire.frame_compression()
     }
 
     /// Moves every whole frame already read into `frames`.

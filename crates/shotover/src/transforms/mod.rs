@@ -11,6 +11,7 @@
 //! | QueryTypeFilter | no | [`query_type_filter`] |
 //! | ValkeyClusterPortsRewrite | no | [`valkey_cluster_ports_rewrite`] |
 //! | CassandraSinkSingle | yes | [`cassandra_sink_single`] |
+//! | CassandraSinkCluster | yes | [`cassandra_sink_cluster`] |
 //! | CassandraPeersRewrite | no | [`cassandra_peers_rewrite`] |
 //! | KafkaSinkSingle | yes | [`kafka_sink_single`] |
 //! | Coalesce | no | [`coalesce`] |
@@ -19,6 +20,7 @@
 //! | RequestThrottling | no | [`request_throttling`] |
 
 pub mod cassandra_peers_rewrite;
+pub mod cassandra_sink_cluster;
 pub mod cassandra_sink_single;
 pub mod coalesce;
 pub mod debug_printer;
@@ -49,6 +51,7 @@ pub fn registry() -> TransformRegistry {
         .register::<valkey_sink_cluster::ValkeySinkClusterConfig>()
         .register::<coalesce::CoalesceConfig>()
         .register::<cassandra_sink_single::CassandraSinkSingleConfig>()
+        .register::<cassandra_sink_cluster::CassandraSinkClusterConfig>()
         .register::<cassandra_peers_rewrite::CassandraPeersRewriteConfig>()
         .register::<kafka_sink_single::KafkaSinkSingleConfig>()
         .register::<request_throttling::RequestThrottlingConfig>()

@@ -1,0 +1,425 @@
+//! The control connection: one per worker core, to one node of the cluster.
+//!
+//! - It opens once a client has completed its handshake, replaying that client's STARTUP
+//!   and credentials, so that it works with authentication on.
+//! - It reads `system.local`, `system.peers_v2` (else `system.peers`) and the keyspaces'
+//!   replication, builds the [`Ring`], and registers for topology, status and schema events.
+//! - Events, a node that stops answering and a prepared statement whose partition key the
+//!   PREPARED answer did not give (protocol v3) make it read again.
+//! - When it fails it reconnects to another known node, or a first contact point.
+
+use super::topology::{Node, Replication, Ring};
+use super::Shared;
+use crate::rt::local_channel::Receiver;
+use crate::sinks::cassandra::CassandraConnection;
+use anyhow::{anyhow, bail, Context as _, Result};
+use bytes::Bytes;
+use shotover_protocols::cassandra::cells;
+use shotover_protocols::cassandra::frame::{CassandraBody, CassandraFrame};
+use shotover_protocols::cassandra::header;
+use shotover_protocols::cassandra::request::{Query, QueryParams, Register};
+use shotover_protocols::cassandra::response::Event;
+use shotover_protocols::cassandra::result::{ResultBody, Rows};
+use shotover_protocols::cassandra::{Consistency, Opcode, Version};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Weak;
+use std::time::Duration;
+
+/// What the transforms ask of the control connection.
+pub enum ControlRequest {
+    /// A client's handshake is complete: the session to open the control connection with.
+    Session { startup: Bytes, auth: Vec<Bytes> },
+    /// Read the topology again (a node stopped answering).
+    Refresh,
+    /// Find the partition key columns of a table (for protocol v3 prepared statements).
+    PartitionKey { keyspace: String, table: String },
+    /// Wait until every node that is up reports the same schema version.
+    SchemaAgreement,
+}
+
+/// How often schema versions are read while they differ, and for how long at most.
+const AGREEMENT_POLL: Duration = Duration::from_millis(100);
+const AGREEMENT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Pause between attempts when no node can be reached.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The stream id of the control connection's own requests; events come on -1.
+const STREAM: i16 = 1;
+
+struct Control {
+    conn: CassandraConnection,
+    address: SocketAddr,
+    version: Version,
+    frames: Vec<Bytes>,
+    /// Events read while waiting for an answer.
+    events: Vec<Event>,
+}
+
+impl Control {
+    async fn open(shared: &Shared, address: SocketAddr, startup: &Bytes, auth: &[Bytes]) -> Result<Self> {
+        let tls = shared.tls_for(address);
+        let conn = CassandraConnection::connect(address, shared.connect_timeout, tls.as_ref()).await?;
+        let version = header::version(startup)?;
+        let mut control = Control { conn, address, version, frames: Vec::new(), events: Vec::new() };
+        for frame in std::iter::once(startup).chain(auth) {
+            let answer = control.request_raw(frame).await?;
+            if header::opcode(&answer)? == Opcode::Error {
+                bail!("the node refused the session: {}", control.error_text(&answer));
+            }
+        }
+        Ok(control)
+    }
+
+    fn error_text(&self, frame: &Bytes) -> String {
+        match CassandraFrame::parse(frame, self.conn.compression()).map(|f| f.body) {
+            Ok(CassandraBody::Error(e)) => e.message,
+            _ => "an unreadable error".into(),
+        }
+    }
+
+    /// Sends one frame on [`STREAM`] and waits for its answer, keeping events for later.
+    async fn request_raw(&mut self, frame: &[u8]) -> Result<Bytes> {
+        let mut copy = frame.to_vec();
+        header::set_stream_id(&mut copy, STREAM)?;
+        self.conn.send(&[Bytes::from(copy)]).await?;
+        loop {
+            let mut answer = None;
+            for frame in std::mem::take(&mut self.frames) {
+                if answer.is_none() && header::stream_id(&frame)? == STREAM {
+                    answer = Some(frame);
+                } else {
+                    self.keep_event(&frame);
+                }
+            }
+            if let Some(answer) = answer {
+                return Ok(answer);
+            }
+            self.conn.next_frames(&mut self.frames).await?;
+        }
+    }
+
+    fn keep_event(&mut self, frame: &Bytes) {
+        if let Ok(CassandraBody::Event(event)) = CassandraFrame::parse(frame, self.conn.compression()).map(|f| f.body) {
+            self.events.push(event);
+        }
+    }
+
+    fn frame(&self, body: CassandraBody) -> Result<Vec<u8>> {
+        let frame = CassandraFrame {
+            version: self.version,
+            response: false,
+            flags: 0,
+            stream_id: STREAM,
+            tracing_id: None,
+            warnings: Vec::new(),
+            custom_payload: None,
+            body,
+        };
+        Ok(frame.encode()?)
+    }
+
+    /// Runs a query and returns its rows.
+    async fn query(&mut self, cql: &str) -> Result<Rows> {
+        let frame = self.frame(CassandraBody::Query(Query {
+            query: cql.to_string(),
+            params: QueryParams::new(Consistency::One),
+        }))?;
+        let answer = self.request_raw(&frame).await?;
+        match CassandraFrame::parse(&answer, self.conn.compression())?.body {
+            CassandraBody::Result(ResultBody::Rows(rows)) => Ok(rows),
+            CassandraBody::Error(e) => bail!("{cql}: {}", e.message),
+            other => bail!("{cql}: unexpected answer {:?}", other.opcode()),
+        }
+    }
+
+    async fn register(&mut self) -> Result<()> {
+        let events = ["TOPOLOGY_CHANGE", "STATUS_CHANGE", "SCHEMA_CHANGE"].map(String::from).to_vec();
+        let frame = self.frame(CassandraBody::Register(Register { events }))?;
+        let answer = self.request_raw(&frame).await?;
+        match header::opcode(&answer)? {
+            Opcode::Ready => Ok(()),
+            _ => bail!("REGISTER refused: {}", self.error_text(&answer)),
+        }
+    }
+
+    /// Reads the nodes and the keyspaces' replication.
+    async fn read_ring(&mut self, local_dc: &str) -> Result<Ring> {
+        let local = self.query("SELECT * FROM system.local").await?;
+        let mut nodes = vec![node_from_row(&local, 0, Some(self.address), self.address.port())
+            .ok_or_else(|| anyhow!("system.local has no usable row"))?];
+        let peers = match self.query("SELECT * FROM system.peers_v2").await {
+            Ok(rows) => rows,
+            Err(_) => self.query("SELECT * FROM system.peers").await?,
+        };
+        nodes.extend((0..peers.rows.len()).filter_map(|r| node_from_row(&peers, r, None, self.address.port())));
+        let keyspaces = self.read_keyspaces().await?;
+        Ok(Ring::new(nodes, &keyspaces, local_dc))
+    }
+
+    async fn read_keyspaces(&mut self) -> Result<HashMap<String, Replication>> {
+        let mut out = HashMap::new();
+        if let Ok(rows) = self.query("SELECT keyspace_name, replication FROM system_schema.keyspaces").await {
+            for r in 0..rows.rows.len() {
+                let (Some(name), Some(options)) = (text_cell(&rows, r, "keyspace_name"), cell(&rows, r, "replication"))
+                else {
+                    continue;
+                };
+                let options = cells::text_map(options).unwrap_or_default();
+                let class = options.iter().find(|(k, _)| k == "class").map(|(_, v)| v.clone()).unwrap_or_default();
+                out.insert(name, Replication::from_options(&class, &options));
+            }
+            return Ok(out);
+        }
+        // Cassandra 2.x keeps replication as a class and a JSON object of options.
+        let rows =
+            self.query("SELECT keyspace_name, strategy_class, strategy_options FROM system.schema_keyspaces").await?;
+        for r in 0..rows.rows.len() {
+            let (Some(name), Some(class)) =
+                (text_cell(&rows, r, "keyspace_name"), text_cell(&rows, r, "strategy_class"))
+            else {
+                continue;
+            };
+            let options: HashMap<String, String> = text_cell(&rows, r, "strategy_options")
+                .and_then(|json| serde_yaml_ng::from_str(&json).ok())
+                .unwrap_or_default();
+            out.insert(name, Replication::from_options(&class, &options.into_iter().collect::<Vec<_>>()));
+        }
+        Ok(out)
+    }
+
+    /// Waits until the nodes that are up agree on the schema version (at most
+    /// [`AGREEMENT_LIMIT`]), as drivers do after a schema change.
+    async fn await_agreement(&mut self, shared: &Weak<Shared>) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            let local = self.query("SELECT schema_version FROM system.local").await?;
+            let peers = self.query("SELECT peer, rpc_address, schema_version FROM system.peers").await?;
+            let mine = cell(&local, 0, "schema_version").map(<[u8]>::to_vec);
+            let up = |r: usize| {
+                let ip = cell(&peers, r, "rpc_address").and_then(cells::inet).filter(|ip| !ip.is_unspecified());
+                let ip = ip.or_else(|| cell(&peers, r, "peer").and_then(cells::inet));
+                let strong = shared.upgrade();
+                ip.is_some_and(|ip| strong.is_some_and(|s| s.is_up(SocketAddr::new(ip, self.address.port()))))
+            };
+            let agreed = (0..peers.rows.len())
+                .filter(|&r| up(r))
+                .all(|r| cell(&peers, r, "schema_version").map(<[u8]>::to_vec) == mine);
+            if agreed {
+                return Ok(());
+            }
+            if start.elapsed() >= AGREEMENT_LIMIT {
+                tracing::warn!(
+                    "CassandraSinkCluster: the nodes did not agree on the schema within {AGREEMENT_LIMIT:?}"
+                );
+                return Ok(());
+            }
+            crate::rt::sleep(AGREEMENT_POLL).await;
+        }
+    }
+
+    /// The partition key columns of a table, in key order.
+    async fn partition_key(&mut self, keyspace: &str, table: &str) -> Result<Vec<String>> {
+        let (ks, t) = (keyspace.replace('\'', "''"), table.replace('\'', "''"));
+        let modern = format!(
+            "SELECT column_name, kind, position FROM system_schema.columns WHERE keyspace_name = '{ks}' AND table_name = '{t}'"
+        );
+        let mut key: Vec<(i32, String)> = Vec::new();
+        if let Ok(rows) = self.query(&modern).await {
+            for r in 0..rows.rows.len() {
+                if text_cell(&rows, r, "kind").as_deref() == Some("partition_key") {
+                    let position = cell(&rows, r, "position").and_then(cells::int).unwrap_or(0);
+                    key.extend(text_cell(&rows, r, "column_name").map(|c| (position, c)));
+                }
+            }
+        } else {
+            let old = format!(
+                "SELECT column_name, type, component_index FROM system.schema_columns WHERE keyspace_name = '{ks}' AND columnfamily_name = '{t}'"
+            );
+            let rows = self.query(&old).await?;
+            for r in 0..rows.rows.len() {
+                if text_cell(&rows, r, "type").as_deref() == Some("partition_key") {
+                    let position = cell(&rows, r, "component_index").and_then(cells::int).unwrap_or(0);
+                    key.extend(text_cell(&rows, r, "column_name").map(|c| (position, c)));
+                }
+            }
+        }
+        key.sort();
+        Ok(key.into_iter().map(|(_, c)| c).collect())
+    }
+}
+
+fn cell<'a>(rows: &'a Rows, row: usize, column: &str) -> Option<&'a [u8]> {
+    rows.cell(row, rows.column_index(column)?)?.map(|b| &b[..])
+}
+
+fn text_cell(rows: &Rows, row: usize, column: &str) -> Option<String> {
+    cells::text(cell(rows, row, column)?).map(str::to_string)
+}
+
+/// A node from a `system.local` or `system.peers(_v2)` row. `connected` is the address the
+/// control connection used (the local row's node); peers listen on `native_port` (v2) or
+/// on the same port as the node connected to.
+fn node_from_row(rows: &Rows, r: usize, connected: Option<SocketAddr>, port: u16) -> Option<Node> {
+    let ip = |column: &str| cell(rows, r, column).and_then(cells::inet).filter(|ip: &IpAddr| !ip.is_unspecified());
+    let address = match connected {
+        Some(address) => address,
+        None => {
+            let ip = ip("native_address").or_else(|| ip("rpc_address")).or_else(|| ip("peer"))?;
+            let native_port = cell(rows, r, "native_port").and_then(cells::int).and_then(|p| u16::try_from(p).ok());
+            SocketAddr::new(ip, native_port.unwrap_or(port))
+        }
+    };
+    let tokens = cell(rows, r, "tokens")
+        .and_then(cells::text_set)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    Some(Node {
+        address,
+        data_center: text_cell(rows, r, "data_center").unwrap_or_default(),
+        rack: text_cell(rows, r, "rack").unwrap_or_default(),
+        tokens,
+    })
+}
+
+/// The control connection's task; ends when the transforms of its chain are gone.
+pub async fn run(shared: Weak<Shared>, requests: Receiver<ControlRequest>) {
+    let mut session: Option<(Bytes, Vec<Bytes>)> = None;
+    let mut wanted_keys: Vec<(String, String)> = Vec::new();
+    loop {
+        // Wait for a session to open with.
+        while session.is_none() {
+            match requests.recv().await {
+                Some(ControlRequest::Session { startup, auth }) => session = Some((startup, auth)),
+                Some(ControlRequest::PartitionKey { keyspace, table }) => wanted_keys.push((keyspace, table)),
+                Some(ControlRequest::Refresh) => {}
+                Some(ControlRequest::SchemaAgreement) => {
+                    if let Some(s) = shared.upgrade() {
+                        s.set_agreed(s.agreement_asked.get());
+                    }
+                }
+                None => return,
+            }
+        }
+        let Some((startup, auth)) = session.clone() else { continue };
+        let Some(strong) = shared.upgrade() else { return };
+        let mut control = None;
+        for address in strong.control_candidates() {
+            match Control::open(&strong, address, &startup, &auth).await {
+                Ok(c) => {
+                    control = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("CassandraSinkCluster: control connection to {address} failed: {e:#}");
+                    strong.mark_down(address);
+                }
+            }
+        }
+        drop(strong);
+        let Some(mut control) = control else {
+            crate::rt::sleep(RETRY).await;
+            continue;
+        };
+        if let Err(e) = serve(&shared, &requests, &mut control, &mut wanted_keys).await {
+            tracing::warn!("CassandraSinkCluster: control connection to {} lost: {e:#}", control.address);
+            if let Some(strong) = shared.upgrade() {
+                strong.mark_down(control.address);
+            }
+            crate::rt::sleep(RETRY / 10).await;
+        }
+        if shared.upgrade().is_none() {
+            return;
+        }
+    }
+}
+
+/// Keeps the ring current over one control connection until it fails.
+async fn serve(
+    shared: &Weak<Shared>,
+    requests: &Receiver<ControlRequest>,
+    control: &mut Control,
+    wanted_keys: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let local_dc = shared.upgrade().map(|s| s.local.data_center.clone()).ok_or_else(|| anyhow!("shut down"))?;
+    control.register().await.context("registering for events")?;
+    let mut refresh = true;
+    let mut agreement = false;
+    loop {
+        if std::mem::take(&mut agreement) {
+            let asked = shared.upgrade().map_or(0, |s| s.agreement_asked.get());
+            control.await_agreement(shared).await?;
+            let Some(strong) = shared.upgrade() else { return Ok(()) };
+            strong.set_agreed(asked);
+        }
+        if refresh {
+            let ring = control.read_ring(&local_dc).await.context("reading the topology")?;
+            let Some(strong) = shared.upgrade() else { return Ok(()) };
+            strong.set_ring(ring);
+            refresh = false;
+        }
+        for (keyspace, table) in std::mem::take(wanted_keys) {
+            let key = control.partition_key(&keyspace, &table).await.unwrap_or_default();
+            let Some(strong) = shared.upgrade() else { return Ok(()) };
+            strong.set_partition_key(keyspace, table, key);
+        }
+        // Events read while waiting for answers.
+        for event in std::mem::take(&mut control.events) {
+            refresh |= on_event(shared, event);
+        }
+        if refresh {
+            continue;
+        }
+        let next = futures_lite::future::or(
+            async { Some(control.conn.next_frames(&mut control.frames).await.map_err(anyhow::Error::from)) },
+            async {
+                match requests.recv().await {
+                    Some(request) => {
+                        match request {
+                            ControlRequest::Refresh | ControlRequest::Session { .. } => refresh = true,
+                            ControlRequest::PartitionKey { keyspace, table } => wanted_keys.push((keyspace, table)),
+                            ControlRequest::SchemaAgreement => agreement = true,
+                        }
+                        None
+                    }
+                    None => Some(Err(anyhow!("shut down"))),
+                }
+            },
+        )
+        .await;
+        if let Some(read) = next {
+            read?;
+        }
+        for frame in std::mem::take(&mut control.frames) {
+            control.keep_event(&frame);
+        }
+        if shared.upgrade().is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Applies an event; true when the topology must be read again.
+fn on_event(shared: &Weak<Shared>, event: Event) -> bool {
+    let Some(shared) = shared.upgrade() else { return false };
+    match event {
+        Event::StatusChange { change, address } => {
+            if change == "DOWN" {
+                shared.mark_reported_down(address);
+                false
+            } else {
+                shared.mark_up(address);
+                true
+            }
+        }
+        Event::TopologyChange { .. } => true,
+        Event::SchemaChange(change) => {
+            shared.forget_partition_keys(&change);
+            true
+        }
+        Event::Other { .. } => false,
+    }
+}
