@@ -1,11 +1,12 @@
 """Exercises a CQL proxy with the Python cassandra-driver and prints what it saw.
 
-usage: cql_workload.py HOST PORT PROTOCOL_VERSION [COMPRESSION] [DIRECT_PORT]
+usage: cql_workload.py HOST PORT PROTOCOL_VERSION [COMPRESSION] [DIRECT_PORT] [REPLICATION]
 
 Creates a keyspace and a table of every native type and collections, inserts and reads them
 back, runs prepared statements and a batch, pages through 10 000 rows, and (with
 DIRECT_PORT) checks that a schema change made directly on the node reaches this client as a
-SCHEMA_CHANGE event through the proxy. Prints `key=value` lines for the test to assert on.
+SCHEMA_CHANGE event through the proxy. REPLICATION (a CQL replication map) creates the keyspace
+anew with it, for rings of several data centres. Prints `key=value` lines for the test to assert on.
 """
 import datetime
 import decimal
@@ -19,14 +20,19 @@ from cassandra.query import BatchStatement, SimpleStatement
 host, port, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 compression = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "none" else False
 direct_port = int(sys.argv[5]) if len(sys.argv) > 5 else None
+replication = sys.argv[6] if len(sys.argv) > 6 else None
 ks = "ks_%s_%s" % (version, compression or "plain")
 
 cluster = Cluster([host], port=port, protocol_version=version, compression=compression, connect_timeout=20)
 session = cluster.connect()
 session.default_timeout = 30
-session.execute(
-    "CREATE KEYSPACE IF NOT EXISTS %s WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}" % ks
-)
+if replication:
+    session.execute("DROP KEYSPACE IF EXISTS %s" % ks)
+    session.execute("CREATE KEYSPACE %s WITH replication = %s" % (ks, replication))
+else:
+    session.execute(
+        "CREATE KEYSPACE IF NOT EXISTS %s WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}" % ks
+    )
 session.set_keyspace(ks)
 session.execute(
     """CREATE TABLE IF NOT EXISTS types (

@@ -144,6 +144,74 @@ impl Drop for Cassandra {
     }
 }
 
+/// Where rings shared by the tests of a run live; `scripts/test` stops them when the run ends.
+pub fn shared_backends_dir() -> PathBuf {
+    workspace_root().join("target/shared-backends")
+}
+
+/// A Cassandra 5.0 ring of two data centres, shared by every test of a run that needs one
+/// (each test uses keyspaces of its own and leaves the nodes alone):
+///
+/// | node | data centre | rack |
+/// |---|---|---|
+/// | 127.0.0.1 | dc1 | rack1 |
+/// | 127.0.0.2 | dc1 | rack2 |
+/// | 127.0.0.3 | dc2 | rack1 |
+///
+/// The first test to ask starts it (about 25 s) under a file lock; the others wait for that
+/// and reuse it. `scripts/test` stops it when the run ends; a ring left over from an earlier
+/// run is reused while every node still answers.
+pub struct SharedRing {
+    /// `ip:port` of each node, in the order above.
+    pub nodes: Vec<String>,
+    pub port: u16,
+}
+
+pub const SHARED_RING_IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+pub const SHARED_RING_PLACES: [&str; 3] = ["dc1:rack1", "dc1:rack2", "dc2:rack1"];
+
+pub fn shared_ring() -> SharedRing {
+    let dir = shared_backends_dir().join("cassandra-5.0-ring");
+    std::fs::create_dir_all(&dir).expect("shared backends dir");
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).expect("lock file");
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).expect("flock");
+    let state = dir.join("port");
+    let answers = |port: u16| {
+        SHARED_RING_IPS.iter().all(|ip| {
+            let addr = std::net::SocketAddr::new(ip.parse().expect("ip"), port);
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        })
+    };
+    if let Some(port) = std::fs::read_to_string(&state).ok().and_then(|s| s.trim().parse::<u16>().ok()) {
+        if answers(port) {
+            let nodes = SHARED_RING_IPS.iter().map(|ip| format!("{ip}:{port}")).collect();
+            return SharedRing { nodes, port };
+        }
+    }
+    let _ = std::fs::remove_file(&state);
+    let _ = Command::new(script("cassandra")).arg("stop").arg(dir.join("nodes")).status();
+    let port = reserve_ports(&SHARED_RING_IPS, 3);
+    let mut command = cassandra_script();
+    command.arg("start").arg(dir.join("nodes")).args(SHARED_RING_IPS).args(["--version", "5.0"]);
+    for place in SHARED_RING_PLACES {
+        command.args(["--dc-rack", place]);
+    }
+    let out = command
+        .args(["--port", &port.to_string()])
+        .args(["--rpc-port", &(port + 1).to_string()])
+        .args(["--storage-port", &(port + 2).to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run scripts/cassandra");
+    if !out.status.success() {
+        let _ = Command::new(script("cassandra")).arg("stop").arg(dir.join("nodes")).status();
+        panic!("the shared Cassandra 5.0 ring did not start:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(&state, port.to_string()).expect("ring state");
+    SharedRing { nodes: String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect(), port }
+}
+
 /// A Tansu broker on 127.0.0.1, started by `scripts/tansu`, keeping its data in memory.
 /// Tansu is not a Kafka cluster: it calls itself node 111 and leads every partition.
 pub struct Tansu {

@@ -2,6 +2,7 @@
 //! (redis-rs, valkey-cli, valkey-benchmark). One crate, one binary, to build once.
 
 mod cassandra;
+mod cassandra_cluster;
 mod cluster;
 mod cluster_sink;
 mod cluster_sink_fidelity;

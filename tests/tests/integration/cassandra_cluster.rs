@@ -1,0 +1,200 @@
+//! CassandraSinkCluster against a real Cassandra 5.0 ring of two data centres (shared by
+//! these tests, each in keyspaces of its own), driven by the Python cassandra-driver with its
+//! token-aware policy, the scylla Rust driver and cqlsh.
+
+use crate::cassandra::cassandra_topology;
+use shotover_integration_tests::backends::{backends_dir, run_python_with_timeout, shared_ring};
+use shotover_integration_tests::*;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// The three Shotover nodes a cluster of proxies has: one per place of the shared ring.
+const SHOTOVER: [(&str, &str, &str, &str); 3] = [
+    ("127.0.0.1", "dc1", "rack1", "2dd022d6-2937-4754-89d6-02d2933a8f7a"),
+    ("127.0.0.2", "dc1", "rack2", "3c3c4e2d-ba74-4f76-b52e-fb5bcee6a9f4"),
+    ("127.0.0.3", "dc2", "rack1", "fa74d7ec-1223-472b-97de-04a32ccdb70b"),
+];
+
+/// A CassandraSinkCluster chain for the Shotover node `local` (index into `nodes`).
+fn cluster_sink(contact: &[String], nodes: &[(&str, &str, &str, &str)], port: u16, local: usize) -> String {
+    let contact = contact.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let mut out = format!(
+        "        - CassandraSinkCluster:\n            first_contact_points: [{contact}]\n            local_shotover_host_id: \"{}\"\n            connect_timeout_ms: 3000\n            shotover_nodes:\n",
+        nodes[local].3
+    );
+    for (ip, dc, rack, id) in nodes {
+        out.push_str(&format!(
+            "              - address: \"{ip}:{port}\"\n                data_center: \"{dc}\"\n                rack: \"{rack}\"\n                host_id: \"{id}\"\n"
+        ));
+    }
+    out
+}
+
+fn topology_on(ip: &str, port: u16, chain: &str) -> String {
+    cassandra_topology(port, chain).replace(&format!("127.0.0.1:{port}"), &format!("{ip}:{port}"))
+}
+
+fn script(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)).unwrap()
+}
+
+fn lines_of(out: &str, key: &str) -> String {
+    out.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
+}
+
+/// Runs `cql_cluster.py` through the proxy at `ip:port`; asserts it finished.
+fn drive(ip: &str, port: u16, direct: &str, version: &str, keyspace: &str, factors: &str) -> String {
+    let (direct_ip, direct_port) = direct.split_once(':').unwrap();
+    let port = port.to_string();
+    let args = [ip, port.as_str(), direct_ip, direct_port, version, "dc1", keyspace, factors];
+    let out = run_python_with_timeout(&script("cql_cluster.py"), &args, Duration::from_secs(240)).expect_success();
+    assert!(out.lines().any(|l| l == "done"), "{out}");
+    out
+}
+
+#[test]
+fn token_aware_routing_stays_in_the_local_data_centre_and_prefers_the_rack() {
+    let ring = shared_ring();
+    let port = free_port();
+    let shotover =
+        Shotover::start(&cassandra_topology(port, &cluster_sink(&ring.nodes, &SHOTOVER[..1], port, 0)), port);
+
+    // One replica per data centre: every insert is coordinated by dc1's replica of its
+    // partition, in whichever rack, never by dc2's.
+    for version in ["3", "4", "5"] {
+        let out = drive("127.0.0.1", port, &ring.nodes[0], version, &format!("cl_one_v{version}"), "dc1:1,dc2:1");
+        assert_eq!(lines_of(&out, "on_local_replica"), "40/40", "v{version}:\n{out}");
+        assert_eq!(lines_of(&out, "reads"), "40/40", "v{version}:\n{out}");
+        // The proxy is the only node the driver sees, in its own place.
+        assert_eq!(lines_of(&out, "hosts"), format!("127.0.0.1:{port}/dc1/rack1"), "{out}");
+        assert!(out.contains(&format!("local=dc1/rack1/{} tokens=", SHOTOVER[0].3)), "{out}");
+        assert_eq!(lines_of(&out, "peers"), "", "{out}");
+    }
+    // Two replicas in dc1, one per rack: the proxy's own rack (rack1, 127.0.0.1) coordinates all.
+    let out = drive("127.0.0.1", port, &ring.nodes[0], "4", "cl_two", "dc1:2,dc2:1");
+    assert_eq!(lines_of(&out, "rack_preferred"), "40/40", "{out}");
+    assert_eq!(lines_of(&out, "coordinators"), "127.0.0.1:40", "{out}");
+    assert_eq!(
+        metric_value(&shotover.metrics(), "failed_requests{chain=\"cql\",transform=\"CassandraSinkCluster\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn three_shotover_nodes_look_like_a_cluster_to_drivers_and_cqlsh() {
+    let ring = shared_ring();
+    let port = free_port();
+    let proxies: Vec<Shotover> = (0..SHOTOVER.len())
+        .map(|i| {
+            let topology = topology_on(SHOTOVER[i].0, port, &cluster_sink(&ring.nodes, &SHOTOVER, port, i));
+            Shotover::builder(&topology).start().expect("shotover did not start")
+        })
+        .collect();
+    for (ip, ..) in SHOTOVER {
+        assert!(
+            wait_until(Duration::from_secs(15), || TcpStream::connect((ip, port)).is_ok()),
+            "no proxy on {ip}:{port}:\n{}",
+            proxies.iter().map(Shotover::output).collect::<String>()
+        );
+    }
+
+    // The driver finds all three proxies, in their places, from the first one's tables, and
+    // sends each partition to a proxy whose rack holds its replica.
+    let out = drive("127.0.0.1", port, &ring.nodes[0], "4", "cl_three", "dc1:1,dc2:1");
+    let hosts: Vec<String> = SHOTOVER.iter().map(|(ip, dc, rack, _)| format!("{ip}:{port}/{dc}/{rack}")).collect();
+    assert_eq!(lines_of(&out, "hosts"), hosts.join(","), "{out}");
+    assert_eq!(lines_of(&out, "peers"), "127.0.0.2/dc1/rack2,127.0.0.3/dc2/rack1", "{out}");
+    assert_eq!(lines_of(&out, "on_local_replica"), "40/40", "{out}");
+    assert_eq!(lines_of(&out, "reads"), "40/40", "{out}");
+
+    // cqlsh sees the second proxy as itself.
+    let cqlsh = backends_dir().join("venv/bin/cqlsh").display().to_string();
+    let (status, out) = run_tool(
+        &cqlsh,
+        &["127.0.0.2", &port.to_string(), "-e", "SELECT data_center, rack, host_id FROM system.local"],
+    );
+    assert!(status.success(), "{out}");
+    assert!(out.contains("dc1") && out.contains("rack2") && out.contains(SHOTOVER[1].3), "{out}");
+
+    // The scylla Rust driver: it discovers the other proxies and runs prepared statements.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_node(format!("127.0.0.1:{port}"))
+            .build()
+            .await
+            .expect("scylla driver connects through the proxies");
+        let state = session.get_cluster_state();
+        let mut seen: Vec<String> = state.get_nodes_info().iter().map(|n| n.address.to_string()).collect();
+        seen.sort();
+        let expected: Vec<String> = SHOTOVER.iter().map(|(ip, ..)| format!("{ip}:{port}")).collect();
+        assert_eq!(seen, expected);
+        session.query_unpaged("CREATE TABLE IF NOT EXISTS cl_three.s (k int PRIMARY KEY, v text)", &[]).await.unwrap();
+        let insert = session.prepare("INSERT INTO cl_three.s (k, v) VALUES (?, ?)").await.unwrap();
+        let select = session.prepare("SELECT v FROM cl_three.s WHERE k = ?").await.unwrap();
+        for k in 0..20i32 {
+            session.execute_unpaged(&insert, (k, format!("s{k}"))).await.unwrap();
+        }
+        for k in 0..20i32 {
+            let rows = session.execute_unpaged(&select, (k,)).await.unwrap().into_rows_result().unwrap();
+            let (v,): (String,) = rows.single_row().unwrap();
+            assert_eq!(v, format!("s{k}"));
+        }
+    });
+}
+
+#[test]
+fn real_driver_workload_through_the_cluster_sink() {
+    let ring = shared_ring();
+    let port = free_port();
+    let chain = cluster_sink(&ring.nodes, &SHOTOVER[..1], port, 0);
+    let _shotover = Shotover::start(&cassandra_topology(port, &chain), port);
+    // Every native type, prepared statements, a batch, paging through 10 000 rows, and a
+    // schema change made on a node reaching the client as an event: v4 with LZ4, and v5.
+    let workload = script("cql_workload.py");
+    for (version, compression) in [("4", "lz4"), ("5", "none")] {
+        let port = port.to_string();
+        let out = run_python_with_timeout(
+            &workload,
+            &[
+                "127.0.0.1",
+                &port,
+                version,
+                compression,
+                &ring.port.to_string(),
+                "{'class': 'NetworkTopologyStrategy', 'dc1': 2, 'dc2': 1}",
+            ],
+            Duration::from_secs(240),
+        )
+        .expect_success();
+        for line in ["types_roundtrip=True", "prepared_select=batch10005", "paged_rows=10010", "schema_event=True"] {
+            assert!(out.lines().any(|l| l == line), "v{version} {compression}: missing {line}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn cluster_sink_config_errors_name_the_field() {
+    let port = free_port();
+    let good = cluster_sink(&["127.0.0.1:9042".to_string()], &SHOTOVER, port, 0);
+    let cases = [
+        (
+            good.replace(
+                "local_shotover_host_id: \"2dd022d6-2937-4754-89d6-02d2933a8f7a\"",
+                "local_shotover_host_id: \"00000000-0000-0000-0000-000000000001\"",
+            ),
+            "local_shotover_host_id: 00000000-0000-0000-0000-000000000001 is not the host_id of any entry of shotover_nodes",
+        ),
+        (good.replace("127.0.0.2:", "127.0.0.2.7:"), "shotover_nodes[1].address"),
+        (good.replace("[\"127.0.0.1:9042\"]", "[\"no-port\"]"), "first_contact_points[0]"),
+        (good.replace("fa74d7ec-1223-472b-97de-04a32ccdb70b", "fa74d7ec"), "shotover_nodes[2].host_id: \"fa74d7ec\" is not a UUID"),
+    ];
+    for (chain, expected) in cases {
+        let (status, output) =
+            Shotover::builder(&cassandra_topology(port, &chain)).run_to_exit(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.code(), Some(1), "{output}");
+        assert!(output.contains(expected), "expected {expected:?} in:\n{output}");
+        assert!(output.contains("sources[0].Cassandra.chain[0]"), "{output}");
+    }
+}
