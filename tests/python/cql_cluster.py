@@ -14,7 +14,7 @@ import time
 
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy, WhiteListRoundRobinPolicy
 
 (proxy_host, proxy_port, direct_host, direct_port, version, local_dc, ks, rf_spec) = sys.argv[1:9]
 auth = None
@@ -40,10 +40,18 @@ session = proxy.connect()
 session.default_timeout = 30
 hosts = sorted("%s:%s/%s/%s" % (h.endpoint.address, h.endpoint.port, h.datacenter, h.rack) for h in proxy.metadata.all_hosts())
 print("hosts=" + ",".join(hosts))
-local = session.execute("SELECT data_center, rack, host_id, tokens FROM system.local").one()
+# The system tables as the contact proxy itself answers them (the session spreads queries
+# over every proxy).
+only_contact = Cluster(
+    [proxy_host], port=int(proxy_port), protocol_version=version, auth_provider=auth, connect_timeout=20,
+    load_balancing_policy=WhiteListRoundRobinPolicy([proxy_host]),
+)
+contact = only_contact.connect()
+local = contact.execute("SELECT data_center, rack, host_id, tokens FROM system.local").one()
 print("local=%s/%s/%s tokens=%d" % (local.data_center, local.rack, local.host_id, len(local.tokens or [])))
-peers = sorted("%s/%s/%s" % (p.peer, p.data_center, p.rack) for p in session.execute("SELECT peer, data_center, rack FROM system.peers"))
+peers = sorted("%s/%s/%s" % (p.peer, p.data_center, p.rack) for p in contact.execute("SELECT peer, data_center, rack FROM system.peers"))
 print("peers=" + ",".join(peers))
+only_contact.shutdown()
 
 factors = ", ".join("'%s': %s" % tuple(f.split(":")) for f in rf_spec.split(","))
 session.execute("DROP KEYSPACE IF EXISTS %s" % ks)

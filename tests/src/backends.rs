@@ -88,6 +88,25 @@ impl Cassandra {
         let _ = Command::new(script("cassandra")).arg("stop").arg(&self.dir.0).status();
     }
 
+    /// Kills node `n` (1-based) alone (SIGKILL, as a crash would), and waits until it is gone.
+    pub fn kill_node(&self, n: usize) {
+        let pidfile = self.dir.0.join(format!("node-{n}/cassandra.pid"));
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().parse().unwrap_or(0);
+        assert!(pid > 0, "no pid in {}", pidfile.display());
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let gone = || {
+            nix::sys::signal::kill(pid, None).is_err() || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&pidfile);
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) every node: connections stay open and nothing is
     /// answered, as with a node stuck in a long GC pause.
     pub fn freeze(&self, frozen: bool) {

@@ -3,7 +3,7 @@
 //! token-aware policy, the scylla Rust driver and cqlsh.
 
 use crate::cassandra::cassandra_topology;
-use shotover_integration_tests::backends::{backends_dir, run_python_with_timeout, shared_ring};
+use shotover_integration_tests::backends::{backends_dir, run_python_with_timeout, shared_ring, Cassandra};
 use shotover_integration_tests::*;
 use std::net::TcpStream;
 use std::path::Path;
@@ -197,4 +197,58 @@ fn cluster_sink_config_errors_name_the_field() {
         assert!(output.contains(expected), "expected {expected:?} in:\n{output}");
         assert!(output.contains("sources[0].Cassandra.chain[0]"), "{output}");
     }
+}
+
+fn failover(port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let mut all = vec!["127.0.0.1", port.as_str()];
+    all.extend_from_slice(args);
+    run_python_with_timeout(&script("cql_failover.py"), &all, Duration::from_secs(180)).expect_success()
+}
+
+/// Crashes and restarts on a ring of its own (Cassandra 2.1, two nodes, both replicas of
+/// everything): a node killed under load, every node down, and the nodes back with their
+/// prepared statements forgotten.
+#[test]
+fn node_failures_give_the_guides_errors_and_unprepared_is_recovered() {
+    let ring = Cassandra::start(&["127.0.0.1", "127.0.0.2"]);
+    let port = free_port();
+    let nodes = [("127.0.0.1", "datacenter1", "rack1", SHOTOVER[0].3)];
+    let shotover = Shotover::start(&cassandra_topology(port, &cluster_sink(&ring.nodes, &nodes, port, 0)), port);
+    assert!(failover(port, &["setup"]).contains("setup=ok"));
+
+    // Node 2 dies 4 s into 12 s of load: what was in flight on it gets the Server error, and
+    // from then on every request goes to node 1.
+    let load = std::thread::spawn(move || failover(port, &["load", "12"]));
+    std::thread::sleep(Duration::from_secs(4));
+    ring.kill_node(2);
+    let out = load.join().unwrap();
+    let count = |key: &str| lines_of(&out, key).parse::<u64>().unwrap_or_else(|_| panic!("{key}:\n{out}"));
+    assert!(count("server_errors") >= 1, "{out}\n{}", shotover.output());
+    assert_eq!(count("other_errors"), 0, "{out}\n{}", shotover.output());
+    let (at_end_ok, at_end_all) =
+        lines_of(&out, "ok_at_end").split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
+    assert_eq!(at_end_ok, at_end_all, "{out}");
+    let failed = "failed_requests{chain=\"cql\",transform=\"CassandraSinkCluster\"}";
+    assert!(metric_value(&shotover.metrics(), failed) >= count("server_errors") as f64);
+
+    // A client prepares a statement, then every node goes down: Overloaded, so that the client
+    // tries again later. The nodes come back without the statements prepared before: the
+    // proxy prepares them again where it meets UNPREPARED, and the client never sees it.
+    let markers = TempDir::new("failover");
+    let (prepared, restarted) = (markers.path("prepared"), markers.path("restarted"));
+    let args = [prepared.display().to_string(), restarted.display().to_string()];
+    let session = std::thread::spawn(move || failover(port, &["prepared", &args[0], &args[1]]));
+    assert!(wait_until(Duration::from_secs(60), || prepared.exists()), "the client did not prepare");
+    ring.kill_node(1);
+    let out = failover(port, &["one"]);
+    assert!(
+        out.contains("code=1001") && out.contains("no Cassandra node in the data centre could take the request"),
+        "{out}"
+    );
+    ring.start_again();
+    std::fs::write(&restarted, b"").unwrap();
+    let out = session.join().unwrap();
+    assert_eq!(lines_of(&out, "prepared_ok"), "40/40", "{out}");
+    assert!(shotover.output().contains("prepared it again"), "{}", shotover.output());
 }

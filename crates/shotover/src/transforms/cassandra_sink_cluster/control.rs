@@ -289,6 +289,7 @@ fn node_from_row(rows: &Rows, r: usize, connected: Option<SocketAddr>, port: u16
 pub async fn run(shared: Weak<Shared>, requests: Receiver<ControlRequest>) {
     let mut session: Option<(Bytes, Vec<Bytes>)> = None;
     let mut wanted_keys: Vec<(String, String)> = Vec::new();
+    let mut agreement = false;
     loop {
         // Wait for a session to open with.
         while session.is_none() {
@@ -296,11 +297,8 @@ pub async fn run(shared: Weak<Shared>, requests: Receiver<ControlRequest>) {
                 Some(ControlRequest::Session { startup, auth }) => session = Some((startup, auth)),
                 Some(ControlRequest::PartitionKey { keyspace, table }) => wanted_keys.push((keyspace, table)),
                 Some(ControlRequest::Refresh) => {}
-                Some(ControlRequest::SchemaAgreement) => {
-                    if let Some(s) = shared.upgrade() {
-                        s.set_agreed(s.agreement_asked.get());
-                    }
-                }
+                // Checked once the connection is open.
+                Some(ControlRequest::SchemaAgreement) => agreement = true,
                 None => return,
             }
         }
@@ -324,7 +322,8 @@ pub async fn run(shared: Weak<Shared>, requests: Receiver<ControlRequest>) {
             crate::rt::sleep(RETRY).await;
             continue;
         };
-        if let Err(e) = serve(&shared, &requests, &mut control, &mut wanted_keys).await {
+        if let Err(e) = serve(&shared, &requests, &mut control, &mut wanted_keys, std::mem::take(&mut agreement)).await
+        {
             tracing::warn!("CassandraSinkCluster: control connection to {} lost: {e:#}", control.address);
             if let Some(strong) = shared.upgrade() {
                 strong.mark_down(control.address);
@@ -343,11 +342,11 @@ async fn serve(
     requests: &Receiver<ControlRequest>,
     control: &mut Control,
     wanted_keys: &mut Vec<(String, String)>,
+    mut agreement: bool,
 ) -> Result<()> {
     let local_dc = shared.upgrade().map(|s| s.local.data_center.clone()).ok_or_else(|| anyhow!("shut down"))?;
     control.register().await.context("registering for events")?;
     let mut refresh = true;
-    let mut agreement = false;
     loop {
         if std::mem::take(&mut agreement) {
             let asked = shared.upgrade().map_or(0, |s| s.agreement_asked.get());

@@ -890,6 +890,7 @@ impl CassandraSinkCluster {
         let opcode = header::opcode(&frame).ok();
         if opcode == Some(Opcode::Error) {
             if let Some(again) = self.reprepare(&request, &frame, compression) {
+                tracing::info!("CassandraSinkCluster: {node} did not know a prepared statement; prepared it again");
                 self.queue_on(node, &again, Purpose::Reprepare(request));
                 return;
             }
