@@ -1161,3 +1161,38 @@ impl Transform for CassandraSinkCluster {
         self.poll_read_timeout(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The user guide's example, as written there (comments left out).
+    const GUIDE_EXAMPLE: &str = r#"
+first_contact_points: ["172.16.1.2:9042", "172.16.1.3:9042"]
+shotover_nodes:
+  - address: "127.0.0.1:9042"
+    data_center: "dc1"
+    rack: "rack1"
+    host_id: "2dd022d6-2937-4754-89d6-02d2933a8f7a"
+local_shotover_host_id: "2dd022d6-2937-4754-89d6-02d2933a8f7a"
+connect_timeout_ms: 3000
+"#;
+
+    #[test]
+    fn the_guides_example_loads() {
+        let mut config: CassandraSinkClusterConfig = serde_yaml_ng::from_str(GUIDE_EXAMPLE).unwrap();
+        config.validate().unwrap();
+        let settings = config.resolved.get().unwrap();
+        assert_eq!(settings.contact.len(), 2);
+        assert_eq!((settings.local, settings.shotover[0].data_center.as_str()), (0, "dc1"));
+        assert_eq!(config.read_timeout, None);
+    }
+
+    #[test]
+    fn uuids_are_read_in_their_usual_form_only() {
+        assert_eq!(parse_uuid("00000000-0000-0000-0000-0000000000ff").unwrap()[15], 0xff);
+        assert!(parse_uuid("2dd022d629374754-89d6-02d2933a8f7a").is_none());
+        assert!(parse_uuid("2dd022d6-2937-4754-89d6-02d2933a8f7g").is_none());
+        assert!(parse_uuid("").is_none());
+    }
+}
