@@ -260,18 +260,10 @@ impl CassandraSinkSingle {
 impl Transform for CassandraSinkSingle {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         if self.timer_expired() {
-            // The client connection closes and the source answers every request still
-            // waiting; this connection to the node, with its late answers, goes too.
-            self.connection = None;
-            self.timer = None;
-            self.in_flight.clear();
-            return Err(ChainError::upstream(format!(
-                "no response from the Cassandra node within the read_timeout of {:?}",
-                self.upstream.read_timeout.unwrap_or_default()
-            ))
-            .close_connection());
+            return Err(self.read_timed_out());
         }
         let requests = std::mem::take(&mut state.requests);
+        let ids: Vec<MessageId> = if state.complete { requests.iter().map(Message::id).collect() } else { Vec::new() };
         if !requests.is_empty() {
             if self.connection.is_none() {
                 match self.connect().await {
@@ -321,6 +313,13 @@ impl Transform for CassandraSinkSingle {
             }
         }
         self.accept_frames();
+        // A complete batch (Tee, ParallelMap) is answered in full before this returns.
+        while self.waiting_for(&ids) {
+            if self.timer_expired() {
+                return Err(self.read_timed_out());
+            }
+            std::future::poll_fn(|cx| self.poll_answers(cx)).await;
+        }
         Ok(std::mem::take(&mut self.ready))
     }
 
@@ -328,6 +327,14 @@ impl Transform for CassandraSinkSingle {
         if !self.ready.is_empty() {
             return Poll::Ready(());
         }
+        self.poll_answers(cx)
+    }
+}
+
+impl CassandraSinkSingle {
+    /// Ready when the node's answers (or its connection's failure, or the read timeout)
+    /// have been taken in.
+    fn poll_answers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(conn) = self.connection.as_mut() else { return Poll::Pending };
         let mode =
             if self.in_flight.is_empty() { crate::stream::ReadMode::Wait } else { crate::stream::ReadMode::Spin };
@@ -347,11 +354,27 @@ impl Transform for CassandraSinkSingle {
         }
         self.poll_read_timeout(cx)
     }
-}
 
-impl CassandraSinkSingle {
+    /// True while a request of `ids` has no answer in `ready`.
+    fn waiting_for(&self, ids: &[MessageId]) -> bool {
+        ids.iter().any(|id| !self.ready.iter().any(|m| m.request_id() == Some(*id)))
+    }
+
     fn oldest_sent(&self) -> Option<Instant> {
         self.in_flight.values().map(|r| r.sent_at).min()
+    }
+
+    /// The read timeout passed: the client connection closes and the source answers every
+    /// request still waiting; this connection to the node, with its late answers, goes too.
+    fn read_timed_out(&mut self) -> ChainError {
+        self.connection = None;
+        self.timer = None;
+        self.in_flight.clear();
+        ChainError::upstream(format!(
+            "no response from the Cassandra node within the read_timeout of {:?}",
+            self.upstream.read_timeout.unwrap_or_default()
+        ))
+        .close_connection()
     }
 
     fn timer_expired(&self) -> bool {

@@ -91,9 +91,70 @@ pub struct ParallelMap {
 
 type Running<'a> = Pin<Box<dyn Future<Output = ChainResult> + 'a>>;
 
+/// True for a CQL request that sets up its connection's session (STARTUP, AUTH_RESPONSE,
+/// REGISTER, `USE`): every instance needs it, since each has its own node connection.
+fn sets_up_session(request: &Message) -> bool {
+    use shotover_protocols::cassandra::{classify, Opcode};
+    let Some(header) = request.cql_header() else { return false };
+    match header.opcode {
+        Opcode::Startup | Opcode::AuthResponse | Opcode::Register => true,
+        Opcode::Query => request
+            .raw()
+            .and_then(|raw| classify::query_text(raw))
+            .is_some_and(|q| q.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("use "))),
+        _ => false,
+    }
+}
+
+impl ParallelMap {
+    /// Runs a session request on every instance, in turn, and answers with the first one's.
+    async fn broadcast(&mut self, request: Message) -> ChainResult {
+        let mut answer = None;
+        for (i, chain) in self.chains.iter_mut().enumerate() {
+            let responses = chain.process_complete(vec![request.clone()]).await?;
+            if i == 0 {
+                answer = Some(responses);
+            }
+        }
+        Ok(answer.unwrap_or_default())
+    }
+}
+
 #[async_trait(?Send)]
 impl Transform for ParallelMap {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
+        // CQL session set-up goes to every instance first (clients wait for its answer before
+        // they send more, so it is first in its batch anyway).
+        let mut session_answers = Vec::new();
+        if self.chains.len() > 1 && state.requests.iter().any(sets_up_session) {
+            let (session, rest): (Vec<Message>, Vec<Message>) =
+                std::mem::take(&mut state.requests).into_iter().partition(sets_up_session);
+            state.requests = rest;
+            for request in session {
+                session_answers.extend(self.broadcast(request).await?);
+            }
+        }
+        let mut answers = self.deal(state).await?;
+        if !session_answers.is_empty() {
+            session_answers.append(&mut answers);
+            answers = session_answers;
+        }
+        Ok(answers)
+    }
+
+    fn poll_pushed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        for chain in &mut self.chains {
+            if chain.poll_pushed(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl ParallelMap {
+    /// Deals the batch round robin over the instances and gathers their answers.
+    async fn deal(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let n = self.chains.len().max(1);
         let total = state.requests.len();
         let mut batches: Vec<Vec<Message>> = (0..n).map(|_| Vec::with_capacity(total / n + 1)).collect();
@@ -182,14 +243,5 @@ impl Transform for ParallelMap {
             out.extend(rest);
         }
         Ok(out)
-    }
-
-    fn poll_pushed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        for chain in &mut self.chains {
-            if chain.poll_pushed(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
     }
 }

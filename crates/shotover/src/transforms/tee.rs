@@ -314,6 +314,24 @@ impl Tee {
     }
 }
 
+/// The other chain's answer to the request `answer` (at `index` of its batch) answers: the
+/// one for the same request, since a chain may answer in any order (a Cassandra node answers
+/// by stream id, not in request order); by position for answers tied to no request.
+fn partner<'a>(answer: &Message, index: usize, other: &'a [Message]) -> Option<&'a Message> {
+    match answer.request_id() {
+        Some(id) => other.iter().find(|b| b.request_id() == Some(id)),
+        None => other.get(index),
+    }
+}
+
+/// The request `answer` answers, among the batch's `requests`.
+fn request_of<'a>(answer: &Message, index: usize, requests: &'a [Message]) -> Option<&'a Message> {
+    match answer.request_id() {
+        Some(id) => requests.iter().find(|r| r.id() == id),
+        None => requests.get(index),
+    }
+}
+
 /// True when two responses are the same bytes on the wire.
 fn same(a: &Message, b: &Message) -> bool {
     if let (Some(x), Some(y)) = (a.raw(), b.raw()) {
@@ -358,8 +376,8 @@ impl Transform for Tee {
         let mismatched: Vec<usize> = match &other {
             Err(_) => (0..answer.len()).collect(),
             Ok(other) => (0..answer.len())
-                .filter(|&i| match (answer.get(i), other.get(i)) {
-                    (Some(a), Some(b)) => !same(a, b),
+                .filter(|&i| match answer.get(i).map(|a| (a, partner(a, i, other))) {
+                    Some((a, Some(b))) => !same(a, b),
                     _ => true,
                 })
                 .collect(),
@@ -370,7 +388,7 @@ impl Transform for Tee {
         match self.compare {
             Compare::Fail => {
                 for &i in &mismatched {
-                    let request = originals.as_ref().and_then(|o| o.get(i));
+                    let request = originals.as_deref().and_then(|o| request_of(answer.get(i)?, i, o));
                     if let (Some(slot), Some(request)) = (answer.get_mut(i), request) {
                         *slot = Message::error_to(
                             request,
@@ -384,22 +402,19 @@ impl Transform for Tee {
                 Err(e) => tracing::warn!("Tee: the sub-chain gave no responses to compare: {e}"),
                 Ok(other) => {
                     for &i in &mismatched {
+                        let mine = answer.get(i);
                         tracing::warn!(
                             "Tee: responses differ: down-chain {:?}, sub-chain {:?}",
-                            answer.get(i).and_then(|m| m.raw()),
-                            other.get(i).and_then(|m| m.raw())
+                            mine.and_then(|m| m.raw()),
+                            mine.and_then(|m| partner(m, i, other)).and_then(|m| m.raw())
                         );
                     }
                 }
             },
             Compare::Subchain => {
                 if let (Some(chain), Some(originals)) = (&mut self.mismatch, originals) {
-                    let requests: Vec<Message> = originals
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(i, _)| mismatched.contains(i))
-                        .map(|(_, m)| m)
-                        .collect();
+                    let requests: Vec<Message> =
+                        mismatched.iter().filter_map(|&i| request_of(answer.get(i)?, i, &originals).cloned()).collect();
                     if let Err(e) = chain.process_complete(requests).await {
                         tracing::warn!("Tee: the SubchainOnMismatch chain failed: {e}");
                     }
