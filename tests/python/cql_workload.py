@@ -6,9 +6,11 @@ Creates a keyspace and a table of every native type and collections, inserts and
 back, runs prepared statements and a batch, pages through 10 000 rows, and (with
 DIRECT_PORT) checks that a schema change made directly on the node reaches this client as a
 SCHEMA_CHANGE event through the proxy. REPLICATION (a CQL replication map) creates the keyspace
-anew with it, for rings of several data centres. Prints `key=value` lines for the test to assert on.
+anew with it, for rings of several data centres. The environment's CQL_USER and
+CQL_PASSWORD log in. Prints `key=value` lines for the test to assert on.
 """
 import datetime
+import os
 import decimal
 import sys
 import time
@@ -23,7 +25,15 @@ direct_port = int(sys.argv[5]) if len(sys.argv) > 5 else None
 replication = sys.argv[6] if len(sys.argv) > 6 else None
 ks = "ks_%s_%s" % (version, compression or "plain")
 
-cluster = Cluster([host], port=port, protocol_version=version, compression=compression, connect_timeout=20)
+# CQL_USER and CQL_PASSWORD log in, for clusters with PasswordAuthenticator.
+auth = None
+if os.environ.get("CQL_USER"):
+    from cassandra.auth import PlainTextAuthProvider
+
+    auth = PlainTextAuthProvider(username=os.environ["CQL_USER"], password=os.environ.get("CQL_PASSWORD", ""))
+cluster = Cluster(
+    [host], port=port, protocol_version=version, compression=compression, connect_timeout=20, auth_provider=auth
+)
 session = cluster.connect()
 session.default_timeout = 30
 if replication:
@@ -78,7 +88,7 @@ print("paged_rows=%d" % count)
 if direct_port:
     # A table created on the node itself: this client can only learn of it from the
     # SCHEMA_CHANGE event its control connection registered for through the proxy.
-    direct = Cluster([host], port=direct_port, protocol_version=version).connect()
+    direct = Cluster([host], port=direct_port, protocol_version=version, auth_provider=auth).connect()
     direct.execute("CREATE TABLE %s.from_event (k int PRIMARY KEY)" % ks)
     seen = False
     for _ in range(100):

@@ -177,7 +177,8 @@ pub fn shared_backends_dir() -> PathBuf {
 /// | 127.0.0.2 | dc1 | rack2 |
 /// | 127.0.0.3 | dc2 | rack1 |
 ///
-/// The first test to ask starts it (about 25 s) under a file lock; the others wait for that
+/// Clients log in (PasswordAuthenticator): as [`SHARED_RING_USER`], or as users a test creates.
+/// The first test to ask starts it (about 40 s) under a file lock; the others wait for that
 /// and reuse it. `scripts/test` stops it when the run ends; a ring left over from an earlier
 /// run is reused while every node still answers.
 pub struct SharedRing {
@@ -188,9 +189,11 @@ pub struct SharedRing {
 
 pub const SHARED_RING_IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
 pub const SHARED_RING_PLACES: [&str; 3] = ["dc1:rack1", "dc1:rack2", "dc2:rack1"];
+/// The shared ring's superuser, `user:password`.
+pub const SHARED_RING_USER: &str = "cassandra:cassandra";
 
 pub fn shared_ring() -> SharedRing {
-    let dir = shared_backends_dir().join("cassandra-5.0-ring");
+    let dir = shared_backends_dir().join("cassandra-5.0-ring-auth");
     std::fs::create_dir_all(&dir).expect("shared backends dir");
     let lock =
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).expect("lock file");
@@ -212,7 +215,7 @@ pub fn shared_ring() -> SharedRing {
     let _ = Command::new(script("cassandra")).arg("stop").arg(dir.join("nodes")).status();
     let port = reserve_ports(&SHARED_RING_IPS, 3);
     let mut command = cassandra_script();
-    command.arg("start").arg(dir.join("nodes")).args(SHARED_RING_IPS).args(["--version", "5.0"]);
+    command.arg("start").arg(dir.join("nodes")).args(SHARED_RING_IPS).args(["--version", "5.0", "--auth"]);
     for place in SHARED_RING_PLACES {
         command.args(["--dc-rack", place]);
     }

@@ -3,7 +3,9 @@
 //! token-aware policy, the scylla Rust driver and cqlsh.
 
 use crate::cassandra::cassandra_topology;
-use shotover_integration_tests::backends::{backends_dir, run_python_with_timeout, shared_ring, Cassandra};
+use shotover_integration_tests::backends::{
+    backends_dir, run_python_with_timeout, shared_ring, Cassandra, SHARED_RING_USER,
+};
 use shotover_integration_tests::*;
 use std::net::TcpStream;
 use std::path::Path;
@@ -45,9 +47,14 @@ fn lines_of(out: &str, key: &str) -> String {
 
 /// Runs `cql_cluster.py` through the proxy at `ip:port`; asserts it finished.
 fn drive(ip: &str, port: u16, direct: &str, version: &str, keyspace: &str, factors: &str) -> String {
+    drive_as(SHARED_RING_USER, ip, port, direct, version, keyspace, factors)
+}
+
+/// [`drive`], logged in as `user` (`name:password`).
+fn drive_as(user: &str, ip: &str, port: u16, direct: &str, version: &str, keyspace: &str, factors: &str) -> String {
     let (direct_ip, direct_port) = direct.split_once(':').unwrap();
     let port = port.to_string();
-    let args = [ip, port.as_str(), direct_ip, direct_port, version, "dc1", keyspace, factors];
+    let args = [ip, port.as_str(), direct_ip, direct_port, version, "dc1", keyspace, factors, user];
     let out = run_python_with_timeout(&script("cql_cluster.py"), &args, Duration::from_secs(240)).expect_success();
     assert!(out.lines().any(|l| l == "done"), "{out}");
     out
@@ -110,10 +117,10 @@ fn three_shotover_nodes_look_like_a_cluster_to_drivers_and_cqlsh() {
 
     // cqlsh sees the second proxy as itself.
     let cqlsh = backends_dir().join("venv/bin/cqlsh").display().to_string();
-    let (status, out) = run_tool(
-        &cqlsh,
-        &["127.0.0.2", &port.to_string(), "-e", "SELECT data_center, rack, host_id FROM system.local"],
-    );
+    let (user, password) = SHARED_RING_USER.split_once(':').unwrap();
+    let port_text = port.to_string();
+    let query = "SELECT data_center, rack, host_id FROM system.local";
+    let (status, out) = run_tool(&cqlsh, &["-u", user, "-p", password, "127.0.0.2", &port_text, "-e", query]);
     assert!(status.success(), "{out}");
     assert!(out.contains("dc1") && out.contains("rack2") && out.contains(SHOTOVER[1].3), "{out}");
 
@@ -122,6 +129,7 @@ fn three_shotover_nodes_look_like_a_cluster_to_drivers_and_cqlsh() {
     runtime.block_on(async {
         let session = scylla::client::session_builder::SessionBuilder::new()
             .known_node(format!("127.0.0.1:{port}"))
+            .user(user, password)
             .build()
             .await
             .expect("scylla driver connects through the proxies");
@@ -153,6 +161,9 @@ fn real_driver_workload_through_the_cluster_sink() {
     // Every native type, prepared statements, a batch, paging through 10 000 rows, and a
     // schema change made on a node reaching the client as an event: v4 with LZ4, and v5.
     let workload = script("cql_workload.py");
+    let (user, password) = SHARED_RING_USER.split_once(':').unwrap();
+    std::env::set_var("CQL_USER", user);
+    std::env::set_var("CQL_PASSWORD", password);
     for (version, compression) in [("4", "lz4"), ("5", "none")] {
         let port = port.to_string();
         let out = run_python_with_timeout(
@@ -251,4 +262,116 @@ fn node_failures_give_the_guides_errors_and_unprepared_is_recovered() {
     let out = session.join().unwrap();
     assert_eq!(lines_of(&out, "prepared_ok"), "40/40", "{out}");
     assert!(shotover.output().contains("prepared it again"), "{}", shotover.output());
+}
+
+/// As the superuser, straight to the ring: a keyspace with rows, and a user who may only
+/// read it.
+const MAKE_READER: &str = r#"
+import sys
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import Cluster
+host, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = Cluster([host], port=port, auth_provider=PlainTextAuthProvider(username=user, password=password)).connect()
+s.execute("CREATE KEYSPACE IF NOT EXISTS cl_auth WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 1, 'dc2': 1}")
+s.execute("CREATE TABLE IF NOT EXISTS cl_auth.t (k int PRIMARY KEY, v text)")
+for k in range(40):
+    s.execute("INSERT INTO cl_auth.t (k, v) VALUES (%s, %s)", (k, "r%d" % k))
+s.execute("CREATE ROLE IF NOT EXISTS reader WITH PASSWORD = 'reader-pw' AND LOGIN = true")
+s.execute("GRANT SELECT ON KEYSPACE cl_auth TO reader")
+print("made")
+"#;
+
+/// As `reader` through the proxy: reads, a write it may not do, and a wrong password.
+const AS_READER: &str = r#"
+import sys
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import Cluster
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+port = int(sys.argv[1])
+def connect(password):
+    return Cluster(["127.0.0.1"], port=port, auth_provider=PlainTextAuthProvider(username="reader", password=password),
+                   load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc="dc1"))).connect()
+s = connect("reader-pw")
+select = s.prepare("SELECT v FROM cl_auth.t WHERE k = ?")
+print("reads=%d/40" % sum(1 for k in range(40) if s.execute(select, (k,)).one().v == "r%d" % k))
+try:
+    s.execute("INSERT INTO cl_auth.t (k, v) VALUES (100, 'x')")
+    print("insert=allowed")
+except Exception as e:
+    print("insert=%s" % type(e).__name__)
+try:
+    connect("wrong")
+    print("wrong_password=accepted")
+except Exception as e:
+    print("wrong_password=%s" % ("AuthenticationFailed" if "AuthenticationFailed" in repr(e) or "Bad credentials" in str(e) else repr(e)))
+"#;
+
+#[test]
+fn a_real_user_logs_in_through_the_cluster_sink_and_cassandra_decides_what_it_may_do() {
+    let ring = shared_ring();
+    let (user, password) = SHARED_RING_USER.split_once(':').unwrap();
+    let ring_port = ring.port.to_string();
+    let out =
+        run_python_with_timeout(MAKE_READER, &["127.0.0.1", &ring_port, user, password], Duration::from_secs(120))
+            .expect_success();
+    assert!(out.contains("made"), "{out}");
+    // A proxy whose first client, and so its control connection, logs in as the reader.
+    let port = free_port();
+    let shotover =
+        Shotover::start(&cassandra_topology(port, &cluster_sink(&ring.nodes, &SHOTOVER[..1], port, 0)), port);
+    let out = run_python_with_timeout(AS_READER, &[&port.to_string()], Duration::from_secs(120)).expect_success();
+    assert_eq!(lines_of(&out, "reads"), "40/40", "{out}");
+    // Cassandra's own errors pass through: Unauthorized for the write, and the failed login.
+    assert_eq!(lines_of(&out, "insert"), "Unauthorized", "{out}");
+    assert_eq!(lines_of(&out, "wrong_password"), "AuthenticationFailed", "{out}");
+    assert_eq!(
+        metric_value(&shotover.metrics(), "failed_requests{chain=\"cql\",transform=\"CassandraSinkCluster\"}"),
+        0.0
+    );
+}
+
+/// Concurrent prepared inserts, then concurrent reads, through the proxy: many requests per
+/// batch, answered by the nodes in any order.
+const CONCURRENT: &str = r#"
+import sys
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import Cluster
+from cassandra.concurrent import execute_concurrent_with_args
+port, user, password, setup_port = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+auth = PlainTextAuthProvider(username=user, password=password)
+direct = Cluster(["127.0.0.1"], port=setup_port, auth_provider=auth).connect()
+direct.execute("CREATE KEYSPACE IF NOT EXISTS cl_tee WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 2, 'dc2': 1}")
+direct.execute("CREATE TABLE IF NOT EXISTS cl_tee.t (k int PRIMARY KEY, v text)")
+s = Cluster(["127.0.0.1"], port=port, auth_provider=auth, protocol_version=4).connect()
+insert = s.prepare("INSERT INTO cl_tee.t (k, v) VALUES (?, ?)")
+results = execute_concurrent_with_args(s, insert, [(k, "t%d" % k) for k in range(2000)], concurrency=64, raise_on_first_error=False)
+print("inserted=%d/2000" % sum(1 for ok, _ in results if ok))
+print("errors=%s" % sorted(set(str(r)[:120] for ok, r in results if not ok)))
+select = s.prepare("SELECT v FROM cl_tee.t WHERE k = ?")
+results = execute_concurrent_with_args(s, select, [(k,) for k in range(2000)], concurrency=64, raise_on_first_error=False)
+print("read=%d/2000" % sum(1 for (ok, r), k in zip(results, range(2000)) if ok and r.one().v == "t%d" % k))
+"#;
+
+/// Tee comparing two CQL chains and ParallelMap dealing over two: answers are paired with
+/// their requests by stream, not by position, and every instance gets the session.
+#[test]
+fn tee_and_parallel_map_pair_cql_answers_with_their_requests() {
+    let ring = shared_ring();
+    let port = free_port();
+    let node = &ring.nodes[0];
+    let single = format!(
+        "CassandraSinkSingle:\n{0}  remote_address: \"{node}\"\n{0}  connect_timeout_ms: 3000\n",
+        " ".repeat(18)
+    );
+    let chain = format!(
+        "        - Tee:\n            behavior: FailOnMismatch\n            chain:\n              - {single}        - ParallelMap:\n            parallelism: 2\n            ordered_results: true\n            chain:\n              - {single}"
+    );
+    let shotover = Shotover::start(&cassandra_topology(port, &chain), port);
+    let (user, password) = SHARED_RING_USER.split_once(':').unwrap();
+    let args = [port.to_string(), user.to_string(), password.to_string(), ring.port.to_string()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_python_with_timeout(CONCURRENT, &args, Duration::from_secs(180)).expect_success();
+    assert_eq!(lines_of(&out, "inserted"), "2000/2000", "{out}\n{}", shotover.output());
+    assert_eq!(lines_of(&out, "read"), "2000/2000", "{out}\n{}", shotover.output());
+    assert!(!shotover.output().contains("did not match"), "{}", shotover.output());
 }
