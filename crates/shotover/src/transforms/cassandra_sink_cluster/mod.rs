@@ -285,20 +285,13 @@ impl CassandraSinkCluster {
             kind: Kind::Plain,
         };
         let target = match header.opcode {
+            // The session learns these once they are sent: a home connection opened for them
+            // must not replay them too.
             Opcode::Startup => {
-                self.session = Session { startup: Some(frame), ..Session::default() };
+                self.session = Session::default();
                 Target::Home
             }
-            Opcode::AuthResponse => {
-                if !self.session.authenticated {
-                    self.session.auth.push(frame);
-                }
-                Target::Home
-            }
-            Opcode::Register => {
-                self.session.register = Some(frame);
-                Target::Home
-            }
+            Opcode::AuthResponse | Opcode::Register => Target::Home,
             Opcode::Query => match self.query_of(&mut request).as_deref().and_then(system::parse) {
                 Some(q) => {
                     client.kind = Kind::System(Rc::new(q), None);
@@ -341,6 +334,12 @@ impl CassandraSinkCluster {
             self.shared.ring_ready(self.shared.connect_timeout).await;
         }
         self.send(&request, target, client).await;
+        match header.opcode {
+            Opcode::Startup => self.session.startup = Some(frame),
+            Opcode::AuthResponse if !self.session.authenticated => self.session.auth.push(frame),
+            Opcode::Register => self.session.register = Some(frame),
+            _ => {}
+        }
     }
 
     fn query_of(&self, request: &mut Message) -> Option<String> {
