@@ -101,61 +101,76 @@ impl Ring {
         if self.tokens.is_empty() {
             return None;
         }
-        let local = |i: usize| self.nodes.get(i).is_some_and(|n| n.data_center == local_dc);
         match replication {
             Replication::Anywhere => None,
-            Replication::Simple(rf) => Some(
-                (0..self.tokens.len())
-                    .map(|start| {
-                        let all = self.distinct_walk(start).take(*rf).collect::<Vec<_>>();
-                        all.into_iter().filter(|&i| local(i)).collect()
-                    })
-                    .collect(),
-            ),
+            Replication::Simple(rf) => {
+                let mut walk = Walk::new(self.nodes.len());
+                Some(
+                    (0..self.tokens.len())
+                        .map(|start| {
+                            let all: Vec<usize> = walk.distinct(&self.tokens, start).take(*rf).collect();
+                            all.into_iter()
+                                .filter(|&i| self.nodes.get(i).is_some_and(|n| n.data_center == local_dc))
+                                .collect()
+                        })
+                        .collect(),
+                )
+            }
             Replication::Network(factors) => {
                 let rf = factors.iter().find(|(dc, _)| dc == local_dc).map_or(0, |(_, rf)| *rf);
-                Some((0..self.tokens.len()).map(|start| self.network_replicas(start, local_dc, rf)).collect())
+                Some(self.network_table(local_dc, rf))
             }
         }
     }
 
-    /// Node indexes along the ring from position `start`, each once.
-    fn distinct_walk(&self, start: usize) -> impl Iterator<Item = usize> + '_ {
-        let mut seen = HashSet::new();
-        let n = self.tokens.len();
-        (0..n).filter_map(move |k| {
-            let (_, node) = *self.tokens.get((start + k) % n)?;
-            seen.insert(node).then_some(node)
-        })
-    }
-
-    /// NetworkTopologyStrategy's replicas in data centre `dc`, from ring position `start`.
-    fn network_replicas(&self, start: usize, dc: &str, rf: usize) -> Box<[usize]> {
-        let in_dc: Vec<&Node> = self.nodes.iter().filter(|n| n.data_center == dc).collect();
-        let racks: HashSet<&str> = in_dc.iter().map(|n| n.rack.as_str()).collect();
-        let rf = rf.min(in_dc.len());
-        let mut replicas = Vec::with_capacity(rf);
-        let mut seen_racks = HashSet::new();
-        let mut skipped = Vec::new();
-        for node in self.distinct_walk(start) {
-            if replicas.len() >= rf {
-                break;
-            }
-            let Some(n) = self.nodes.get(node).filter(|n| n.data_center == dc) else { continue };
-            if seen_racks.len() == racks.len() {
-                replicas.push(node);
-            } else if seen_racks.insert(n.rack.as_str()) {
-                replicas.push(node);
-                if seen_racks.len() == racks.len() {
-                    // Every rack has a replica: the nodes skipped for a repeated rack come next.
-                    let room = rf.saturating_sub(replicas.len());
-                    replicas.extend(skipped.drain(..).take(room));
+    /// NetworkTopologyStrategy's replicas in data centre `dc`, for every ring position.
+    fn network_table(&self, dc: &str, rf: usize) -> Vec<Box<[usize]>> {
+        // Each node's rack, as an index into the data centre's racks (None outside it).
+        let mut racks: Vec<&str> = Vec::new();
+        let rack_of: Vec<Option<usize>> = (self.nodes.iter())
+            .map(|n| {
+                (n.data_center == dc).then(|| match racks.iter().position(|r| *r == n.rack) {
+                    Some(i) => i,
+                    None => {
+                        racks.push(&n.rack);
+                        racks.len() - 1
+                    }
+                })
+            })
+            .collect();
+        let rf = rf.min(rack_of.iter().flatten().count());
+        let mut walk = Walk::new(self.nodes.len());
+        let mut seen_racks = vec![false; racks.len()];
+        (0..self.tokens.len())
+            .map(|start| {
+                seen_racks.fill(false);
+                let (mut racks_seen, mut replicas, mut skipped) = (0, Vec::with_capacity(rf), Vec::new());
+                for node in walk.distinct(&self.tokens, start) {
+                    if replicas.len() >= rf {
+                        break;
+                    }
+                    let Some(Some(rack)) = rack_of.get(node).copied() else { continue };
+                    if racks_seen == racks.len() {
+                        replicas.push(node);
+                    } else if seen_racks.get(rack) == Some(&false) {
+                        if let Some(seen) = seen_racks.get_mut(rack) {
+                            *seen = true;
+                        }
+                        racks_seen += 1;
+                        replicas.push(node);
+                        if racks_seen == racks.len() {
+                            // Every rack has a replica: the nodes skipped for a repeated rack
+                            // come next.
+                            let room = rf.saturating_sub(replicas.len());
+                            replicas.extend(skipped.drain(..).take(room));
+                        }
+                    } else {
+                        skipped.push(node);
+                    }
                 }
-            } else {
-                skipped.push(node);
-            }
-        }
-        replicas.into_boxed_slice()
+                replicas.into_boxed_slice()
+            })
+            .collect()
     }
 
     /// The tokens each Shotover node reports: those of the Cassandra nodes in its own data
@@ -198,6 +213,28 @@ impl Ring {
                 tokens.iter().enumerate().filter(|(k, _)| k % share == turn).map(|(_, &t)| t).collect()
             })
             .collect()
+    }
+}
+
+/// Walks the ring from a position, giving each node once; its buffer is reused between walks.
+struct Walk {
+    seen: Vec<bool>,
+}
+
+impl Walk {
+    fn new(nodes: usize) -> Self {
+        Walk { seen: vec![false; nodes] }
+    }
+
+    fn distinct<'a>(&'a mut self, tokens: &'a [(i64, usize)], start: usize) -> impl Iterator<Item = usize> + 'a {
+        self.seen.fill(false);
+        let n = tokens.len();
+        let seen = &mut self.seen;
+        (0..n).filter_map(move |k| {
+            let (_, node) = *tokens.get((start + k) % n)?;
+            let slot = seen.get_mut(node)?;
+            (!std::mem::replace(slot, true)).then_some(node)
+        })
     }
 }
 
