@@ -6,6 +6,12 @@
 #
 #   benches/load/cassandra.sh                    # defaults: n=100000, 32 threads, 2 repetitions
 #   N=20000 REPS=1 THREADS=16 benches/load/cassandra.sh
+#   RING=3 benches/load/cassandra.sh             # a 3-node ring, through CassandraSinkCluster
+#
+# With RING=3 the nodes are 127.0.0.1-3 (one data centre, one rack, as the default snitch
+# puts them), the keyspace gets replication_factor 3 (cassandra-stress `-schema`), and the
+# proxy runs CassandraSinkCluster, token-aware; "direct" is cassandra-stress connected to
+# 127.0.0.1, which coordinates every request itself.
 #
 # Protocol: the Java driver that cassandra-stress 2.1 bundles (2.0.5) speaks CQL native
 # protocol v2 at most and has no protocolVersion option; shotover speaks v3 to v5 and turns
@@ -28,6 +34,7 @@ REPS=${REPS:-2}
 WARMUP=${WARMUP:-50000}
 MODE=${MODE:-simplenative prepared cql3}
 STRESS_TIMEOUT=${STRESS_TIMEOUT:-900}
+RING=${RING:-1}
 
 command -v java >/dev/null || { echo "missing java: run scripts/install-deps" >&2; exit 1; }
 source benches/load/common.sh
@@ -48,8 +55,25 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 NATIVE=$(free_port); STORAGE=$(free_port); THRIFT=$(free_port)
-echo "starting Cassandra 2.1 on 127.0.0.1:$NATIVE (thrift $THRIFT)" >&2
-scripts/cassandra start "$WORK/cassandra" 127.0.0.1 --port "$NATIVE" --storage-port "$STORAGE" --rpc-port "$THRIFT" >/dev/null
+IPS=(127.0.0.1); [ "$RING" = 3 ] && IPS=(127.0.0.1 127.0.0.2 127.0.0.3)
+echo "starting Cassandra 2.1 on ${IPS[*]}, port $NATIVE (thrift $THRIFT)" >&2
+scripts/cassandra start "$WORK/cassandra" "${IPS[@]}" --port "$NATIVE" --storage-port "$STORAGE" --rpc-port "$THRIFT" >/dev/null
+SINK="        - CassandraSinkSingle:
+            remote_address: \"127.0.0.1:$NATIVE\"
+            connect_timeout_ms: 3000"
+SCHEMA=()
+if [ "$RING" = 3 ]; then
+  SINK="        - CassandraSinkCluster:
+            first_contact_points: [\"127.0.0.1:$NATIVE\"]
+            local_shotover_host_id: \"2dd022d6-2937-4754-89d6-02d2933a8f7a\"
+            shotover_nodes:
+              - address: \"127.0.0.1:PROXY_PORT\"
+                data_center: \"datacenter1\"
+                rack: \"rack1\"
+                host_id: \"2dd022d6-2937-4754-89d6-02d2933a8f7a\"
+            connect_timeout_ms: 3000"
+  SCHEMA=(-schema "replication(factor=3)")
+fi
 
 PROXY=$(free_port)
 printf 'main_log_level: "warn"\n' > "$WORK/config.yaml"
@@ -60,9 +84,7 @@ sources:
       name: "cql"
       listen_addr: "127.0.0.1:$PROXY"
       chain:
-        - CassandraSinkSingle:
-            remote_address: "127.0.0.1:$NATIVE"
-            connect_timeout_ms: 3000
+${SINK//PROXY_PORT/$PROXY}
 YAML
 "$BIN" --config-file "$WORK/config.yaml" --topology-file "$WORK/topology.yaml" --worker-cores 1 >"$WORK/shotover.log" 2>&1 &
 PIDS+=($!); wait_port "$PROXY"
@@ -76,7 +98,7 @@ stress() {
   local op=$1 n=$2 port=$3 log=$4
   : >"$log"
   # shellcheck disable=SC2086
-  scripts/cassandra-stress "$op" n="$n" no_warmup -rate threads="$THREADS" -mode $MODE \
+  scripts/cassandra-stress "$op" n="$n" no_warmup "${SCHEMA[@]}" -rate threads="$THREADS" -mode $MODE \
     -node 127.0.0.1 -port native="$port" thrift="$THRIFT" >"$log" 2>&1 &
   STRESS_PID=$!
   local deadline=$((SECONDS + STRESS_TIMEOUT))
@@ -121,14 +143,15 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-python3 - "$RESULTS" "$N" "$THREADS" "$MODE" <<'PY'
+python3 - "$RESULTS" "$N" "$THREADS" "$MODE" "$RING" <<'PY'
 import csv, math, sys
 from collections import defaultdict
-path, n, threads, mode = sys.argv[1:5]
+path, n, threads, mode, ring = sys.argv[1:6]
 ops = defaultdict(dict)
 for row in csv.DictReader(open(path)):
     ops[(row["op"], int(row["rep"]))][row["target"]] = float(row["ops"])
-print(f"\ncassandra-stress 2.1, -mode {mode}, n={n}, -rate threads={threads}, ops/s")
+sink = "CassandraSinkCluster, 3-node ring, RF 3" if ring == "3" else "CassandraSinkSingle, 1 node"
+print(f"\ncassandra-stress 2.1, -mode {mode}, n={n}, -rate threads={threads}, {sink}, ops/s")
 print("| op | rep | direct | shotover 1 core | shotover / direct |")
 print("|---|---|---|---|---|")
 for op in ("write", "read"):
