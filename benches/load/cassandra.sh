@@ -10,8 +10,9 @@
 #
 # With RING=3 the nodes are 127.0.0.1-3 (one data centre, one rack, as the default snitch
 # puts them), the keyspace gets replication_factor 3 (cassandra-stress `-schema`), and the
-# proxy runs CassandraSinkCluster, token-aware; "direct" is cassandra-stress connected to
-# 127.0.0.1, which coordinates every request itself.
+# proxy runs CassandraSinkCluster, token-aware; "direct" is cassandra-stress given all three
+# nodes (each of its connections goes to one of them), and so is the warm-up, so that every
+# node's JIT is warm before the measured runs.
 #
 # Protocol: the Java driver that cassandra-stress 2.1 bundles (2.0.5) speaks CQL native
 # protocol v2 at most and has no protocolVersion option; shotover speaks v3 to v5 and turns
@@ -95,11 +96,13 @@ export JAVA_TOOL_OPTIONS="-Dcassandra.config=file://$WORK/cassandra/node-1/conf/
 # $(...) subshell, so that cleanup knows STRESS_PID. The 2.1 tool does not exit after `END`
 # in simplenative mode (SimpleClient's threads stay up), so it is stopped once it prints END.
 stress() {
-  local op=$1 n=$2 port=$3 log=$4
+  local op=$1 n=$2 port=$3 log=$4 nodes=127.0.0.1
+  # Direct to a ring: every node of it.
+  [ "$port" = "$NATIVE" ] && nodes=$(IFS=,; echo "${IPS[*]}")
   : >"$log"
   # shellcheck disable=SC2086
   scripts/cassandra-stress "$op" n="$n" no_warmup "${SCHEMA[@]}" -rate threads="$THREADS" -mode $MODE \
-    -node 127.0.0.1 -port native="$port" thrift="$THRIFT" >"$log" 2>&1 &
+    -node "$nodes" -port native="$port" thrift="$THRIFT" >"$log" 2>&1 &
   STRESS_PID=$!
   local deadline=$((SECONDS + STRESS_TIMEOUT))
   until grep -q '^END' "$log"; do
