@@ -411,7 +411,7 @@ fn cql_over_websocket_under_tls() {
     }
 }
 
-fn v3_query(stream: i16, cql: &str) -> Vec<u8> {
+pub fn v3_query(stream: i16, cql: &str) -> Vec<u8> {
     let mut body = (cql.len() as u32).to_be_bytes().to_vec();
     body.extend_from_slice(cql.as_bytes());
     body.extend_from_slice(&[0, 1, 0]);
@@ -419,7 +419,7 @@ fn v3_query(stream: i16, cql: &str) -> Vec<u8> {
 }
 
 /// A raw CQL v3 connection through the proxy on `port`, past STARTUP (stream 1).
-fn v3_session(port: u16) -> TcpStream {
+pub fn v3_session(port: u16) -> TcpStream {
     let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let startup = [&[0, 1, 0, 11][..], b"CQL_VERSION", &[0, 5], b"3.0.0"].concat();

@@ -7,6 +7,7 @@ use shotover_integration_tests::backends::{
     backends_dir, run_python_with_timeout, shared_ring, Cassandra, SHARED_RING_USER,
 };
 use shotover_integration_tests::*;
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
@@ -374,4 +375,30 @@ fn tee_and_parallel_map_pair_cql_answers_with_their_requests() {
     assert_eq!(lines_of(&out, "inserted"), "2000/2000", "{out}\n{}", shotover.output());
     assert_eq!(lines_of(&out, "read"), "2000/2000", "{out}\n{}", shotover.output());
     assert!(!shotover.output().contains("did not match"), "{}", shotover.output());
+}
+
+/// `read_timeout` on the cluster sink: the node stops answering (frozen, on a ring of its
+/// own); the waiting request gets a Server error and the client connection closes.
+#[test]
+fn cluster_read_timeout_answers_the_waiting_request_then_closes() {
+    use crate::cassandra::{v3_query, v3_session};
+    use std::io::Read;
+    let ring = Cassandra::start_single();
+    let port = free_port();
+    let nodes = [("127.0.0.1", "datacenter1", "rack1", SHOTOVER[0].3)];
+    let chain = format!("{}            read_timeout: 2\n", cluster_sink(&ring.nodes, &nodes, port, 0));
+    let shotover = Shotover::start(&cassandra_topology(port, &chain), port);
+    let mut raw = v3_session(port);
+    raw.write_all(&v3_query(2, "SELECT release_version FROM system.local")).unwrap();
+    assert_eq!(read_cql_frame(&mut raw)[4], 0x08, "a RESULT while the node answers");
+
+    ring.freeze(true);
+    raw.write_all(&v3_query(3, "SELECT cluster_name FROM system.local")).unwrap();
+    let frame = read_cql_frame(&mut raw);
+    assert_eq!((frame[4], &frame[9..13]), (0x00, &[0u8, 0, 0, 0][..]), "a Server error: {frame:?}");
+    assert_eq!(i16::from_be_bytes([frame[2], frame[3]]), 3);
+    let mut rest = Vec::new();
+    assert_eq!(raw.read_to_end(&mut rest).unwrap(), 0, "the connection is closed");
+    assert!(shotover.wait_for_log("within the read_timeout", Duration::from_secs(5)), "{}", shotover.output());
+    ring.freeze(false);
 }
