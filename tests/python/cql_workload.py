@@ -23,7 +23,8 @@ host, port, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 compression = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "none" else False
 direct_port = int(sys.argv[5]) if len(sys.argv) > 5 else None
 replication = sys.argv[6] if len(sys.argv) > 6 else None
-ks = "ks_%s_%s" % (version, compression or "plain")
+# CQL_KEYSPACE_SUFFIX keeps apart tests that share a cluster.
+ks = "ks_%s_%s%s" % (version, compression or "plain", os.environ.get("CQL_KEYSPACE_SUFFIX", ""))
 
 # CQL_USER and CQL_PASSWORD log in, for clusters with PasswordAuthenticator.
 auth = None

@@ -116,6 +116,20 @@ impl Cassandra {
             let pid: i32 = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().parse().unwrap_or(0);
             assert!(pid > 0, "no pid in {}", pidfile.display());
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+            // kill() returns once the signal is queued: wait until every thread of the node has
+            // stopped (or runs again), so that nothing is answered after this returns.
+            let want_stopped = frozen;
+            let settled = crate::wait_until(Duration::from_secs(10), || {
+                let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+                tasks.is_ok_and(|tasks| {
+                    tasks.iter().all(|t| {
+                        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                        matches!(state, Some('T') | Some('t') | Some('Z')) == want_stopped
+                    })
+                })
+            });
+            assert!(settled, "node {n} did not {} in time", if frozen { "stop" } else { "resume" });
         }
     }
 

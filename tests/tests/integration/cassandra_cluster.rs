@@ -165,6 +165,7 @@ fn real_driver_workload_through_the_cluster_sink() {
     let (user, password) = SHARED_RING_USER.split_once(':').unwrap();
     std::env::set_var("CQL_USER", user);
     std::env::set_var("CQL_PASSWORD", password);
+    std::env::set_var("CQL_KEYSPACE_SUFFIX", "_cluster");
     for (version, compression) in [("4", "lz4"), ("5", "none")] {
         let port = port.to_string();
         let out = run_python_with_timeout(
