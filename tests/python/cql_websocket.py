@@ -73,7 +73,7 @@ def raw(port, ca):
     scheme = "wss" if ca else "ws"
     tls = ssl.create_default_context(cafile=ca) if ca else None
     url = "%s://127.0.0.1:%d/" % (scheme, port)
-    ws = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=10, max_size=None)
+    ws = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=30, max_size=None)
     print("subprotocol=%s" % ws.subprotocol)
     responses = {}
     whole = True
@@ -122,7 +122,7 @@ def raw(port, ca):
         print("text_close_code=%s" % (closed.rcvd.code if closed.rcvd else None))
 
     # A client that closes gets the closing handshake completed (code 1000, not 1006).
-    polite = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=10)
+    polite = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=30)
     polite.send(frame(1, OPTIONS, b""))
     polite.recv(timeout=20)
     polite.close()
@@ -130,7 +130,7 @@ def raw(port, ca):
 
     # A client that wants some other subprotocol is refused at the upgrade.
     try:
-        connect(url, subprotocols=["chat"], ssl=tls, open_timeout=10)
+        connect(url, subprotocols=["chat"], ssl=tls, open_timeout=30)
         print("other_subprotocol=accepted")
     except InvalidStatus as refused:
         print("other_subprotocol=%d" % refused.response.status_code)
@@ -179,7 +179,7 @@ def bridge(port, workload):
     def serve():
         while True:
             sock, _ = listener.accept()
-            ws = connect("ws://127.0.0.1:%d/" % port, subprotocols=["cql"], open_timeout=10, max_size=None)
+            ws = connect("ws://127.0.0.1:%d/" % port, subprotocols=["cql"], open_timeout=30, max_size=None)
             threading.Thread(target=pump_tcp_to_ws, args=(sock, ws), daemon=True).start()
             threading.Thread(target=pump_ws_to_tcp, args=(ws, sock), daemon=True).start()
 
