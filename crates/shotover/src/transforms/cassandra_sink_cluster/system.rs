@@ -49,24 +49,34 @@ pub struct ShotoverNode {
     pub tokens: Vec<i64>,
 }
 
-/// Splits `s` at top-level occurrences of `sep` (outside quotes and parentheses).
-fn split_top(s: &str, sep: char) -> Vec<&str> {
-    let (mut depth, mut quote, mut start, mut parts) = (0i32, None, 0, Vec::new());
-    for (i, c) in s.char_indices() {
+/// The characters of `s` outside quotes and parentheses, with their byte offsets.
+fn top_level(s: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let (mut depth, mut quote) = (0i32, None);
+    s.char_indices().filter(move |&(_, c)| {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
             (None, '\'' | '"') => quote = Some(c),
             (None, '(') => depth += 1,
             (None, ')') => depth -= 1,
-            (None, c) if c == sep && depth == 0 => {
-                parts.push(&s[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
+            (None, _) => return depth == 0,
         }
-    }
-    parts.push(&s[start..]);
+        false
+    })
+}
+
+/// Splits `s` at top-level occurrences of `sep` (outside quotes and parentheses).
+fn split_top(s: &str, sep: char) -> Vec<&str> {
+    let mut start = 0;
+    let mut parts: Vec<&str> = top_level(s)
+        .filter(|&(_, c)| c == sep)
+        .map(|(i, c)| {
+            let part = s.get(start..i).unwrap_or_default();
+            start = i + c.len_utf8();
+            part
+        })
+        .collect();
+    parts.push(s.get(start..).unwrap_or_default());
     parts
 }
 
@@ -88,22 +98,7 @@ pub fn parse(cql: &str) -> Option<SystemQuery> {
     }
     let lower = text.to_ascii_lowercase();
     // The FROM that ends the selectors: the first one outside quotes and parentheses.
-    let mut from = None;
-    let (mut depth, mut quote) = (0i32, None);
-    for (i, c) in lower.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '(') => depth += 1,
-            (None, ')') => depth -= 1,
-            (None, _) if depth == 0 && lower.get(i..i + 6) == Some(" from ") => {
-                from = Some(i);
-                break;
-            }
-            _ => {}
-        }
-    }
+    let from = top_level(&lower).map(|(i, _)| i).find(|&i| lower.get(i..i + 6) == Some(" from "));
     let from = from?;
     let selectors = text.get(6..from)?;
     let rest = text.get(from + 6..)?.trim_start();

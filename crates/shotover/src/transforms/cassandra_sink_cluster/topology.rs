@@ -92,11 +92,6 @@ impl Ring {
         table.get(at).map(|r| &r[..])
     }
 
-    /// The node index of the node at `address`.
-    pub fn index_of(&self, address: SocketAddr) -> Option<usize> {
-        self.nodes.iter().position(|n| n.address == address)
-    }
-
     fn replica_table(&self, replication: &Replication, local_dc: &str) -> Option<Vec<Box<[usize]>>> {
         if self.tokens.is_empty() {
             return None;
