@@ -56,7 +56,23 @@ impl CassandraSinkCluster {
                 }
             }
             Purpose::Client(request) => self.on_client_answer(node, request, frame, compression),
+            Purpose::SchemaVersion(parked) => {
+                let version = match CassandraFrame::parse(&frame, compression).map(|f| f.body) {
+                    Ok(CassandraBody::Result(ResultBody::Rows(rows))) => {
+                        rows.column_index("schema_version").and_then(|c| rows.cell(0, c)).flatten().map(|v| v.to_vec())
+                    }
+                    _ => None,
+                };
+                self.park(parked, version);
+            }
         }
+    }
+
+    /// Holds a schema change answer until the nodes agree on `version` (the version of
+    /// the node that ran it), or on any one version when that is unknown.
+    pub(super) fn park(&mut self, mut parked: Parked, version: Option<Vec<u8>>) {
+        parked.agreement = self.shared.ask_agreement(version);
+        self.parked.push(parked);
     }
 
     /// Queues a frame on `node`'s connection; a failure there fails the connection.
@@ -93,9 +109,17 @@ impl CassandraSinkCluster {
                     return self.deliver(request, &rewritten, Compression::None);
                 }
                 if is_schema_change(&frame, compression) {
-                    let agreement = self.shared.ask_agreement();
+                    // The node that ran the change has the new version; the control
+                    // connection's node may not have heard of it yet.
                     let until = Instant::now() + AGREEMENT_WAIT;
-                    self.parked.push(Parked { request, frame, compression, agreement, until });
+                    let parked = Parked { request, frame, compression, agreement: 0, until };
+                    match self.own_frame(CassandraBody::Query(Query {
+                        query: "SELECT schema_version FROM system.local".to_string(),
+                        params: QueryParams::new(Consistency::One),
+                    })) {
+                        Some(ask) => self.queue_on(node, &ask, Purpose::SchemaVersion(parked)),
+                        None => self.park(parked, None),
+                    }
                     return;
                 }
             }

@@ -34,8 +34,10 @@ pub enum ControlRequest {
     Refresh,
     /// Find the partition key columns of a table (for protocol v3 prepared statements).
     PartitionKey { keyspace: String, table: String },
-    /// Wait until every node that is up reports the same schema version.
-    SchemaAgreement,
+    /// Wait until every node that is up reports the same schema version: `version`, the
+    /// one the node that ran the change reported, when known. `ticket` is the number
+    /// [`Shared::agreed`] is asked about.
+    SchemaAgreement { ticket: u64, version: Option<Vec<u8>> },
 }
 
 /// How often schema versions are read while they differ, and for how long at most.
@@ -191,7 +193,7 @@ impl Control {
 
     /// Waits until the nodes that are up agree on the schema version (at most
     /// [`AGREEMENT_LIMIT`]), as drivers do after a schema change.
-    async fn await_agreement(&mut self, shared: &Weak<Shared>) -> Result<()> {
+    async fn await_agreement(&mut self, shared: &Weak<Shared>, want: Option<&[u8]>) -> Result<()> {
         let start = std::time::Instant::now();
         loop {
             let local = self.query("SELECT schema_version FROM system.local").await?;
@@ -203,9 +205,10 @@ impl Control {
                 let strong = shared.upgrade();
                 ip.is_some_and(|ip| strong.is_some_and(|s| s.is_up(SocketAddr::new(ip, self.address.port()))))
             };
-            let agreed = (0..peers.rows.len())
-                .filter(|&r| up(r))
-                .all(|r| cell(&peers, r, "schema_version").map(<[u8]>::to_vec) == mine);
+            let agreed = want.is_none_or(|want| mine.as_deref() == Some(want))
+                && (0..peers.rows.len())
+                    .filter(|&r| up(r))
+                    .all(|r| cell(&peers, r, "schema_version").map(<[u8]>::to_vec) == mine);
             if agreed {
                 return Ok(());
             }
@@ -289,7 +292,7 @@ fn node_from_row(rows: &Rows, r: usize, connected: Option<SocketAddr>, port: u16
 pub async fn run(shared: Weak<Shared>, requests: Receiver<ControlRequest>) {
     let mut session: Option<(Bytes, Vec<Bytes>)> = None;
     let mut wanted_keys: Vec<(String, String)> = Vec::new();
-    let mut agreement = false;
+    let mut agreement = Vec::new();
     loop {
         // Wait for a session to open with.
         while session.is_none() {
@@ -298,7 +301,7 @@ pub async fn run(shared: Weak<Shared>, requests: Receiver<ControlRequest>) {
                 Some(ControlRequest::PartitionKey { keyspace, table }) => wanted_keys.push((keyspace, table)),
                 Some(ControlRequest::Refresh) => {}
                 // Checked once the connection is open.
-                Some(ControlRequest::SchemaAgreement) => agreement = true,
+                Some(ControlRequest::SchemaAgreement { ticket, version }) => agreement.push((ticket, version)),
                 None => return,
             }
         }
@@ -342,17 +345,18 @@ async fn serve(
     requests: &Receiver<ControlRequest>,
     control: &mut Control,
     wanted_keys: &mut Vec<(String, String)>,
-    mut agreement: bool,
+    mut agreement: Vec<(u64, Option<Vec<u8>>)>,
 ) -> Result<()> {
     let local_dc = shared.upgrade().map(|s| s.local.data_center.clone()).ok_or_else(|| anyhow!("shut down"))?;
     control.register().await.context("registering for events")?;
     let mut refresh = true;
     loop {
-        if std::mem::take(&mut agreement) {
-            let asked = shared.upgrade().map_or(0, |s| s.agreement_asked.get());
-            control.await_agreement(shared).await?;
+        // Waiting for the newest change's version covers the changes asked about before
+        // it, which their nodes had applied first.
+        if let Some((ticket, version)) = std::mem::take(&mut agreement).into_iter().max_by_key(|(t, _)| *t) {
+            control.await_agreement(shared, version.as_deref()).await?;
             let Some(strong) = shared.upgrade() else { return Ok(()) };
-            strong.set_agreed(asked);
+            strong.set_agreed(ticket);
         }
         if refresh {
             let ring = control.read_ring(&local_dc).await.context("reading the topology")?;
@@ -380,7 +384,7 @@ async fn serve(
                         match request {
                             ControlRequest::Refresh | ControlRequest::Session { .. } => refresh = true,
                             ControlRequest::PartitionKey { keyspace, table } => wanted_keys.push((keyspace, table)),
-                            ControlRequest::SchemaAgreement => agreement = true,
+                            ControlRequest::SchemaAgreement { ticket, version } => agreement.push((ticket, version)),
                         }
                         None
                     }

@@ -131,7 +131,8 @@ pub struct CassandraSinkCluster {
     parked_timer: Option<Timer>,
 }
 
-struct Parked {
+#[derive(Debug)]
+pub struct Parked {
     request: ClientRequest,
     frame: Bytes,
     compression: Compression,
@@ -441,7 +442,15 @@ impl CassandraSinkCluster {
         self.shared.request_refresh();
         let text = format!("shotover: the Cassandra node connection failed before the response: {error}");
         for pending in conn.drain() {
-            let (Purpose::Client(request) | Purpose::Reprepare(request)) = pending.purpose else { continue };
+            let request = match pending.purpose {
+                Purpose::Client(request) | Purpose::Reprepare(request) => request,
+                // The schema change itself succeeded: it waits on the control connection alone.
+                Purpose::SchemaVersion(parked) => {
+                    self.park(parked, None);
+                    continue;
+                }
+                Purpose::Quiet => continue,
+            };
             self.shared.failed_requests.inc();
             let frame = CassandraFrame::error(&request.header, ErrorCode::SERVER_ERROR, text.clone());
             let mut m = Message::from_frame(crate::message::Frame::Cassandra(Box::new(frame)));

@@ -52,6 +52,9 @@ pub enum Purpose {
     Quiet,
     /// A PREPARE sent after UNPREPARED; the client request follows once it succeeds.
     Reprepare(ClientRequest),
+    /// The node's schema version, read right after it ran a schema change: the answer
+    /// waits until every node has that version.
+    SchemaVersion(super::Parked),
 }
 
 pub struct Pending {

@@ -124,10 +124,10 @@ impl Shared {
 
     /// Asks the control connection to wait until every node has the same schema; returns
     /// the check's number, for [`Shared::agreed`].
-    pub(super) fn ask_agreement(&self) -> u64 {
+    pub(super) fn ask_agreement(&self, version: Option<Vec<u8>>) -> u64 {
         let n = self.agreement_asked.get() + 1;
         self.agreement_asked.set(n);
-        if self.control.try_send(ControlRequest::SchemaAgreement).is_err() {
+        if self.control.try_send(ControlRequest::SchemaAgreement { ticket: n, version }).is_err() {
             self.set_agreed(n);
         }
         n
