@@ -40,6 +40,8 @@ pub struct Cassandra {
     pub rpc_port: u16,
     /// The gossip port between nodes.
     pub storage_port: u16,
+    /// JMX, on every node's IP, for nodes started by [`Cassandra::join`].
+    pub jmx_port: Option<u16>,
     dir: TempDir,
 }
 
@@ -61,19 +63,10 @@ impl Cassandra {
         let port = reserve_ports(ips, 3);
         let (rpc_port, storage_port) = (port + 1, port + 2);
         let dir = TempDir::new("cassandra");
-        let out = cassandra_script()
-            .arg("start")
-            .arg(&dir.0)
-            .args(ips)
-            .args(["--port", &port.to_string()])
-            .args(["--rpc-port", &rpc_port.to_string()])
-            .args(["--storage-port", &storage_port.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run scripts/cassandra");
+        let out = start_nodes(&dir.0, ips, [port, rpc_port, storage_port], &[]);
         let nodes = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         // Built before the check, so that a failed start still stops the nodes it started.
-        let cassandra = Cassandra { nodes, port, rpc_port, storage_port, dir };
+        let cassandra = Cassandra { nodes, port, rpc_port, storage_port, jmx_port: None, dir };
         if !out.status.success() {
             panic!(
                 "Cassandra did not start (run scripts/install-backends if it is missing):\n{}",
@@ -81,6 +74,34 @@ impl Cassandra {
             );
         }
         cassandra
+    }
+
+    /// Starts a node on `ip` that joins this cluster (at once, streaming no data), with JMX
+    /// open for [`Cassandra::nodetool`]. Dropping the result stops that node alone.
+    pub fn join(&self, ip: &str) -> Cassandra {
+        let jmx_port = reserve_ports(&[ip], 3);
+        let dir = TempDir::new("cassandra-joined");
+        let seed = self.nodes[0].rsplit_once(':').map(|(ip, _)| ip).unwrap_or("127.0.0.1");
+        let ports = [self.port, self.rpc_port, self.storage_port];
+        let out = start_nodes(&dir.0, &[ip], ports, &["--seed", seed, "--jmx-port", &jmx_port.to_string()]);
+        let nodes = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        let joined = Cassandra { nodes, jmx_port: Some(jmx_port), dir, ..*self };
+        assert!(out.status.success(), "the node did not join:\n{}", String::from_utf8_lossy(&out.stderr));
+        joined
+    }
+
+    /// Runs Cassandra's nodetool against node `n` (1-based; over JMX, so only on nodes from
+    /// [`Cassandra::join`]) and returns its exit status and output.
+    pub fn nodetool(&self, n: usize, args: &[&str]) -> (std::process::ExitStatus, String) {
+        let jmx = self.jmx_port.expect("nodetool needs a node started with JMX (Cassandra::join)");
+        let ip = self.nodes[n - 1].rsplit_once(':').map(|(ip, _)| ip.to_string()).unwrap_or_default();
+        let out = Command::new(script("cassandra"))
+            .args(["nodetool", &ip, &jmx.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run scripts/cassandra nodetool");
+        (out.status, format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 
     /// Kills every node (SIGKILL, as a crash would); the data directory stays.
@@ -135,18 +156,8 @@ impl Cassandra {
 
     /// Starts the nodes again on the same IPs and ports (after [`Cassandra::kill`]).
     pub fn start_again(&self) {
-        let ips: Vec<String> =
-            self.nodes.iter().filter_map(|n| n.rsplit_once(':').map(|(ip, _)| ip.to_string())).collect();
-        let out = cassandra_script()
-            .arg("start")
-            .arg(&self.dir.0)
-            .args(&ips)
-            .args(["--port", &self.port.to_string()])
-            .args(["--rpc-port", &self.rpc_port.to_string()])
-            .args(["--storage-port", &self.storage_port.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run scripts/cassandra");
+        let ips: Vec<&str> = self.nodes.iter().filter_map(|n| n.rsplit_once(':').map(|(ip, _)| ip)).collect();
+        let out = start_nodes(&self.dir.0, &ips, [self.port, self.rpc_port, self.storage_port], &[]);
         assert!(out.status.success(), "Cassandra did not start again:\n{}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -159,6 +170,20 @@ impl Cassandra {
     pub fn log(&self, n: usize) -> String {
         std::fs::read_to_string(self.dir.0.join(format!("node-{n}/cassandra.log"))).unwrap_or_default()
     }
+}
+
+/// `scripts/cassandra start DIR IPS...` on `[CQL, Thrift, gossip]` ports, with `extra` options.
+fn start_nodes(dir: &Path, ips: &[&str], ports: [u16; 3], extra: &[&str]) -> std::process::Output {
+    let [port, rpc_port, storage_port] = ports.map(|p| p.to_string());
+    cassandra_script()
+        .arg("start")
+        .arg(dir)
+        .args(ips)
+        .args(["--port", &port, "--rpc-port", &rpc_port, "--storage-port", &storage_port])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run scripts/cassandra")
 }
 
 /// `scripts/cassandra`, with the JVM tuned for a quick start unless `CASSANDRA_JVM_OPTS` says

@@ -267,6 +267,39 @@ fn node_failures_give_the_guides_errors_and_unprepared_is_recovered() {
     assert!(shotover.output().contains("prepared it again"), "{}", shotover.output());
 }
 
+/// A node joins the ring and is then decommissioned (Cassandra 2.1, nodetool over JMX): the
+/// proxy reads the ring again on the TOPOLOGY_CHANGE events and routes by the new one.
+#[test]
+fn nodes_joining_and_leaving_the_ring_are_picked_up() {
+    let ring = Cassandra::start(&["127.0.0.1"]);
+    let port = free_port();
+    let nodes = [("127.0.0.1", "datacenter1", "rack1", SHOTOVER[0].3)];
+    let shotover = Shotover::start(&cassandra_topology(port, &cluster_sink(&ring.nodes, &nodes, port, 0)), port);
+    let (proxy_port, direct_port) = (port.to_string(), ring.port.to_string());
+    let routed = |keyspace: &str| {
+        let args = ["127.0.0.1", &proxy_port, "127.0.0.1", &direct_port, "3", "datacenter1", keyspace, "datacenter1:1"];
+        let out = run_python_with_timeout(&script("cql_cluster.py"), &args, Duration::from_secs(240)).expect_success();
+        assert_eq!(lines_of(&out, "on_local_replica"), "40/40", "{out}\n{}", shotover.output());
+        lines_of(&out, "coordinators")
+    };
+    assert_eq!(routed("cl_before"), "127.0.0.1:40");
+
+    let joined = ring.join("127.0.0.2");
+    let second = &joined.nodes[0];
+    let said =
+        |what: &str| shotover.output().contains(&format!("the node {second} (datacenter1/rack1) {what} the ring"));
+    assert!(wait_until(Duration::from_secs(30), || said("joined")), "{}", shotover.output());
+    let coordinators = routed("cl_grown");
+    assert!(coordinators.starts_with("127.0.0.1:") && coordinators.contains(",127.0.0.2:"), "{coordinators}");
+
+    let (status, out) = joined.nodetool(1, &["decommission"]);
+    assert!(status.success(), "{out}");
+    assert!(wait_until(Duration::from_secs(30), || said("left")), "{}", shotover.output());
+    assert_eq!(routed("cl_shrunk"), "127.0.0.1:40");
+    let failed = "failed_requests{chain=\"cql\",transform=\"CassandraSinkCluster\"}";
+    assert_eq!(metric_value(&shotover.metrics(), failed), 0.0, "{}", shotover.output());
+}
+
 /// As the superuser, straight to the ring: a keyspace with rows, and a user who may only
 /// read it.
 const MAKE_READER: &str = r#"

@@ -49,6 +49,9 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// The stream id of the control connection's own requests; events come on -1.
 const STREAM: i16 = 1;
+/// How many times, a [`RETRY`] apart, a ring with a node still joining is read again before
+/// the proxy waits for the next event instead.
+const INCOMPLETE_READS: u32 = 30;
 
 struct Control {
     conn: CassandraConnection,
@@ -350,6 +353,8 @@ async fn serve(
     let local_dc = shared.upgrade().map(|s| s.local.data_center.clone()).ok_or_else(|| anyhow!("shut down"))?;
     control.register().await.context("registering for events")?;
     let mut refresh = true;
+    // Reads in a row that found a node without its tokens or place.
+    let mut incomplete_reads = 0;
     loop {
         // Waiting for the newest change's version covers the changes asked about before
         // it, which their nodes had applied first.
@@ -360,6 +365,10 @@ async fn serve(
         }
         if refresh {
             let ring = control.read_ring(&local_dc).await.context("reading the topology")?;
+            // A joining node shows in system.peers a moment before its tokens and place do:
+            // read again shortly, or its ranges would wait for the next event.
+            let incomplete = ring.nodes.iter().any(|n| n.tokens.is_empty() || n.data_center.is_empty());
+            incomplete_reads = if incomplete { incomplete_reads + 1 } else { 0 };
             let Some(strong) = shared.upgrade() else { return Ok(()) };
             strong.set_ring(ring);
             refresh = false;
@@ -376,25 +385,26 @@ async fn serve(
         if refresh {
             continue;
         }
-        let next = futures_lite::future::or(
-            async { Some(control.conn.next_frames(&mut control.frames).await.map_err(anyhow::Error::from)) },
-            async {
-                match requests.recv().await {
-                    Some(request) => {
-                        match request {
-                            ControlRequest::Refresh | ControlRequest::Session { .. } => refresh = true,
-                            ControlRequest::PartitionKey { keyspace, table } => wanted_keys.push((keyspace, table)),
-                            ControlRequest::SchemaAgreement { ticket, version } => agreement.push((ticket, version)),
-                        }
-                        None
-                    }
-                    None => Some(Err(anyhow!("shut down"))),
-                }
+        let frames = async { Woke::Frames(control.conn.next_frames(&mut control.frames).await) };
+        let request = async { Woke::Request(requests.recv().await) };
+        let retry = async {
+            if incomplete_reads > 0 && incomplete_reads <= INCOMPLETE_READS {
+                crate::rt::sleep(RETRY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+            Woke::Retry
+        };
+        let next = futures_lite::future::or(frames, futures_lite::future::or(request, retry)).await;
+        match next {
+            Woke::Frames(read) => read?,
+            Woke::Request(Some(request)) => match request {
+                ControlRequest::Refresh | ControlRequest::Session { .. } => refresh = true,
+                ControlRequest::PartitionKey { keyspace, table } => wanted_keys.push((keyspace, table)),
+                ControlRequest::SchemaAgreement { ticket, version } => agreement.push((ticket, version)),
             },
-        )
-        .await;
-        if let Some(read) = next {
-            read?;
+            Woke::Request(None) => bail!("shut down"),
+            Woke::Retry => refresh = true,
         }
         for frame in std::mem::take(&mut control.frames) {
             control.keep_event(&frame);
@@ -403,6 +413,13 @@ async fn serve(
             return Ok(());
         }
     }
+}
+
+/// What woke the control connection's task.
+enum Woke {
+    Frames(std::io::Result<()>),
+    Request(Option<ControlRequest>),
+    Retry,
 }
 
 /// Applies an event; true when the topology must be read again.

@@ -74,6 +74,26 @@ impl Shared {
     }
 
     pub(super) fn set_ring(&self, ring: Ring) {
+        if self.ring_known.get() {
+            let old = self.ring.borrow();
+            let has = |ring: &Ring, address| ring.nodes.iter().any(|n| n.address == address);
+            for n in ring.nodes.iter().filter(|n| !has(&old, n.address)) {
+                tracing::info!(
+                    "CassandraSinkCluster: the node {} ({}/{}) joined the ring",
+                    n.address,
+                    n.data_center,
+                    n.rack
+                );
+            }
+            for n in old.nodes.iter().filter(|n| !has(&ring, n.address)) {
+                tracing::info!(
+                    "CassandraSinkCluster: the node {} ({}/{}) left the ring",
+                    n.address,
+                    n.data_center,
+                    n.rack
+                );
+            }
+        }
         *self.ring.borrow_mut() = Rc::new(ring);
         *self.view.borrow_mut() = None;
         self.ring_known.set(true);
