@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod backends;
-pub mod cql_double;
 
 /// A TCP port that was free a moment ago. Each test process takes its ports from a block of
 /// 100 of its own, chosen by its pid: test processes that run side by side have nearby pids,

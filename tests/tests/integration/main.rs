@@ -3,12 +3,12 @@
 
 mod cassandra;
 mod cassandra_cluster;
+mod cassandra_v4_v5;
 mod cluster;
 mod cluster_sink;
 mod cluster_sink_fidelity;
 mod composite;
 mod config_errors;
-mod cql_double;
 mod deployment;
 mod failures;
 mod fidelity;

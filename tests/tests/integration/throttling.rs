@@ -131,13 +131,13 @@ fn below_the_minimum_is_a_config_error() {
 
 #[test]
 fn cql_requests_over_the_limit_get_overloaded() {
-    use shotover_integration_tests::cql_double::CqlDouble;
+    use shotover_integration_tests::backends::{shared_ring, SHARED_RING_USER};
     use std::io::Write;
-    let double = CqlDouble::start();
+    let ring = shared_ring();
     let port = free_port();
     let topology = format!(
         "---\nsources:\n  - Cassandra:\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - RequestThrottling:\n            max_requests_per_second: 50\n        - CassandraSinkSingle:\n            remote_address: \"{}\"\n",
-        double.address()
+        ring.nodes[0]
     );
     let _shotover = Shotover::builder(&topology).arg("--worker-cores").arg("0").wait_for(port).start().unwrap();
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -147,7 +147,13 @@ fn cql_requests_over_the_limit_get_overloaded() {
     startup.extend_from_slice(&[0, 5]);
     startup.extend_from_slice(b"3.0.0");
     c.write_all(&cql_request(4, 0, 0x01, &startup)).unwrap();
-    assert_eq!(read_cql_frame(&mut c)[4], 0x02, "READY");
+    assert_eq!(read_cql_frame(&mut c)[4], 0x03, "AUTHENTICATE");
+    // AUTH_RESPONSE: SASL PLAIN, "\0user\0password".
+    let token = format!("\0{}", SHARED_RING_USER.replace(':', "\0"));
+    let mut auth = (token.len() as i32).to_be_bytes().to_vec();
+    auth.extend_from_slice(token.as_bytes());
+    c.write_all(&cql_request(4, 0, 0x0F, &auth)).unwrap();
+    assert_eq!(read_cql_frame(&mut c)[4], 0x10, "AUTH_SUCCESS");
     // 150 queries in one write: about one second of the limit passes at once, the rest is
     // refused with the protocol's Overloaded error.
     let query = b"SELECT key FROM system.local";
