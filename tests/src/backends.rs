@@ -60,10 +60,16 @@ impl Cassandra {
 
     /// Nodes on `ips`, started one after another (the first is the seed).
     pub fn start(ips: &[&str]) -> Self {
+        Self::start_with(ips, &[])
+    }
+
+    /// [`Cassandra::start`] with more options of `scripts/cassandra start`, such as
+    /// `--tls-keystore`.
+    pub fn start_with(ips: &[&str], options: &[&str]) -> Self {
         let port = reserve_ports(ips, 3);
         let (rpc_port, storage_port) = (port + 1, port + 2);
         let dir = TempDir::new("cassandra");
-        let out = start_nodes(&dir.0, ips, [port, rpc_port, storage_port], &[]);
+        let out = start_nodes(&dir.0, ips, [port, rpc_port, storage_port], options);
         let nodes = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         // Built before the check, so that a failed start still stops the nodes it started.
         let cassandra = Cassandra { nodes, port, rpc_port, storage_port, jmx_port: None, dir };

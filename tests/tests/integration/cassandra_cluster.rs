@@ -4,7 +4,7 @@
 
 use crate::cassandra::cassandra_topology;
 use shotover_integration_tests::backends::{
-    backends_dir, run_python_with_timeout, shared_ring, Cassandra, SHARED_RING_USER,
+    backends_dir, run_python, run_python_with_timeout, shared_ring, Cassandra, SHARED_RING_USER,
 };
 use shotover_integration_tests::*;
 use std::io::Write;
@@ -298,6 +298,60 @@ fn nodes_joining_and_leaving_the_ring_are_picked_up() {
     assert_eq!(routed("cl_shrunk"), "127.0.0.1:40");
     let failed = "failed_requests{chain=\"cql\",transform=\"CassandraSinkCluster\"}";
     assert_eq!(metric_value(&shotover.metrics(), failed), 0.0, "{}", shotover.output());
+}
+
+/// Through the proxy at port argv[1], LZ4-compressed: 1,000 prepared inserts in flight at
+/// once into keyspace argv[2], then all of them read back in pages. (Cassandra 2.1.0 runs
+/// out of heap in its TLS handler with 10,000 in flight, even straight from the driver.)
+const TLS_WORKLOAD: &str = r#"
+import sys, logging
+logging.basicConfig(level=logging.CRITICAL)
+from cassandra.cluster import Cluster
+from cassandra.query import SimpleStatement
+port, ks = int(sys.argv[1]), sys.argv[2]
+s = Cluster(['127.0.0.1'], port=port, protocol_version=3, compression='lz4', connect_timeout=20).connect()
+s.execute("CREATE KEYSPACE IF NOT EXISTS %s WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}" % ks)
+s.execute("CREATE TABLE IF NOT EXISTS %s.kv (k int PRIMARY KEY, v text)" % ks)
+insert = s.prepare("INSERT INTO %s.kv (k, v) VALUES (?, ?)" % ks)
+for f in [s.execute_async(insert, (i, "v%d" % i)) for i in range(1000)]:
+    f.result()
+print("rows=%d" % sum(1 for _ in s.execute(SimpleStatement("SELECT k FROM %s.kv" % ks, fetch_size=100))))
+"#;
+
+/// Both Cassandra sinks to a node that speaks only TLS (Cassandra 2.1), checking its
+/// certificate and name; and a cluster sink that does not trust the node's certificate.
+#[test]
+fn both_sinks_speak_tls_to_the_nodes() {
+    let certs = Certs::generate();
+    let p12 = certs.path("server.p12");
+    let (crt, key) = (certs.path("server.crt"), certs.path("server.key"));
+    let export = ["pkcs12", "-export", "-in", &crt, "-inkey", &key, "-out", &p12, "-passout", "pass:shotover"];
+    let (status, out) = run_tool("openssl", &export);
+    assert!(status.success(), "{out}");
+    let node = Cassandra::start_with(&["127.0.0.1"], &["--tls-keystore", &p12]);
+    let tls = |ca: &str| {
+        format!("            tls:\n              certificate_authority_path: \"{ca}\"\n              verify_hostname: true\n")
+    };
+    let ca = certs.path("ca.crt");
+    let nodes = [("127.0.0.1", "datacenter1", "rack1", SHOTOVER[0].3)];
+    let [single_port, cluster_port, untrusting_port] = [free_port(), free_port(), free_port()];
+    let single = format!("{}{}", crate::cassandra::cassandra_sink(&node.nodes[0]), tls(&ca));
+    let _single = Shotover::start(&cassandra_topology(single_port, &single), single_port);
+    let cluster = format!("{}{}", cluster_sink(&node.nodes, &nodes, cluster_port, 0), tls(&ca));
+    let _cluster = Shotover::start(&cassandra_topology(cluster_port, &cluster), cluster_port);
+    for (port, keyspace) in [(single_port, "tls_single"), (cluster_port, "tls_cluster")] {
+        let out = run_python(TLS_WORKLOAD, &[&port.to_string(), keyspace]).expect_success();
+        assert!(out.lines().any(|l| l == "rows=1000"), "{keyspace}:\n{out}");
+    }
+
+    // The server certificate given as the authority: it signed nothing, so no node can be
+    // reached, and the client hears Overloaded.
+    let untrusting =
+        format!("{}{}", cluster_sink(&node.nodes, &nodes, untrusting_port, 0), tls(&certs.path("other-host.crt")));
+    let refused = Shotover::start(&cassandra_topology(untrusting_port, &untrusting), untrusting_port);
+    let out = run_python(TLS_WORKLOAD, &[&untrusting_port.to_string(), "tls_untrusted"]);
+    assert!(!out.success() && out.stderr.contains("code=1001 [Coordinator node overloaded]"), "{out:?}");
+    assert!(refused.output().contains("certificate"), "{}", refused.output());
 }
 
 /// As the superuser, straight to the ring: a keyspace with rows, and a user who may only
