@@ -691,6 +691,38 @@ pub fn cql_request(version: u8, stream: i16, opcode: u8, body: &[u8]) -> Vec<u8>
     frame
 }
 
+/// A CQL v4 QUERY body: `cql` at consistency ONE, no values.
+pub fn cql_query_body(cql: &str) -> Vec<u8> {
+    let mut body = (cql.len() as i32).to_be_bytes().to_vec();
+    body.extend_from_slice(cql.as_bytes());
+    body.extend_from_slice(&[0, 1, 0]);
+    body
+}
+
+/// A raw CQL v4 connection to `127.0.0.1:port`, past STARTUP and, for a server with
+/// PasswordAuthenticator, the login as `credentials` (`user:password`, SASL PLAIN).
+pub fn cql_v4_session(port: u16, credentials: Option<&str>) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut startup = vec![0, 1, 0, 11];
+    startup.extend_from_slice(b"CQL_VERSION");
+    startup.extend_from_slice(&[0, 5]);
+    startup.extend_from_slice(b"3.0.0");
+    c.write_all(&cql_request(4, 0, 0x01, &startup)).unwrap();
+    let Some(credentials) = credentials else {
+        assert_eq!(read_cql_frame(&mut c)[4], 0x02, "READY");
+        return c;
+    };
+    assert_eq!(read_cql_frame(&mut c)[4], 0x03, "AUTHENTICATE");
+    let token = format!("\0{}", credentials.replace(':', "\0"));
+    let mut auth = (token.len() as i32).to_be_bytes().to_vec();
+    auth.extend_from_slice(token.as_bytes());
+    c.write_all(&cql_request(4, 0, 0x0F, &auth)).unwrap();
+    assert_eq!(read_cql_frame(&mut c)[4], 0x10, "AUTH_SUCCESS");
+    c
+}
+
 /// Reads one CQL frame (v3/v4 header) from `stream`: header and body.
 pub fn read_cql_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
     use std::io::Read;

@@ -354,6 +354,64 @@ fn both_sinks_speak_tls_to_the_nodes() {
     assert!(refused.output().contains("certificate"), "{}", refused.output());
 }
 
+/// A client spread over the data centre's nodes switches keyspace 50 times, and each time,
+/// as soon as the USE is answered, sends 40 unqualified queries in one write: each must read
+/// the keyspace just chosen. Cassandra runs a connection's requests concurrently, so the
+/// USE the proxy sends on its other node connections must be answered before the client's
+/// requests follow it there.
+#[test]
+fn a_keyspace_switch_reaches_every_node_before_the_next_request() {
+    use std::io::Write;
+    let ring = shared_ring();
+    let port = free_port();
+    let shotover =
+        Shotover::start(&cassandra_topology(port, &cluster_sink(&ring.nodes, &SHOTOVER[..1], port, 0)), port);
+    let keyspaces = ["cl_use_a", "cl_use_b"];
+    let setup = keyspaces.iter().map(|ks| format!(
+        "s.execute(\"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': 1, 'dc2': 1}}\")\n\
+         s.execute(\"CREATE TABLE IF NOT EXISTS {ks}.t (k int PRIMARY KEY, v text)\")\n\
+         s.execute(\"INSERT INTO {ks}.t (k, v) VALUES (1, '{ks}')\")\n"
+    ));
+    let script = format!(
+        "import sys\nfrom cassandra.auth import PlainTextAuthProvider\nfrom cassandra.cluster import Cluster\n\
+         user, password = sys.argv[1].split(':')\n\
+         s = Cluster(['127.0.0.1'], port=int(sys.argv[2]), auth_provider=PlainTextAuthProvider(user, password)).connect()\n{}",
+        setup.collect::<String>()
+    );
+    run_python(&script, &[SHARED_RING_USER, &port.to_string()]).expect_success();
+
+    let mut c = cql_v4_session(port, Some(SHARED_RING_USER));
+    // Qualified queries go round robin: the proxy opens a connection to every local node.
+    let spread: Vec<u8> = (1..=10)
+        .flat_map(|s| cql_request(4, s, 0x07, &cql_query_body("SELECT v FROM cl_use_a.t WHERE k = 1")))
+        .collect();
+    c.write_all(&spread).unwrap();
+    (0..10).for_each(|_| assert_eq!(read_cql_frame(&mut c)[4], 0x08));
+    let unqualified: Vec<u8> =
+        (1..=40).flat_map(|s| cql_request(4, s, 0x07, &cql_query_body("SELECT v FROM t WHERE k = 1"))).collect();
+    let mut wrong = Vec::new();
+    for round in 0..50 {
+        let (ks, other) = (keyspaces[round % 2], keyspaces[(round + 1) % 2]);
+        c.write_all(&cql_request(4, 100, 0x07, &cql_query_body(&format!("USE {ks}")))).unwrap();
+        assert_eq!(read_cql_frame(&mut c)[4], 0x08, "USE {ks}");
+        c.write_all(&unqualified).unwrap();
+        for _ in 0..40 {
+            let answer = read_cql_frame(&mut c);
+            let has = |name: &str| answer.windows(name.len()).any(|w| w == name.as_bytes());
+            if answer[4] != 0x08 || !has(ks) || has(other) {
+                wrong.push(format!("round {round}: {}", String::from_utf8_lossy(&answer[9..])));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 2000 answers were not from {keyspaces:?} as chosen: {:?}\n{}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)],
+        shotover.output()
+    );
+}
+
 /// As the superuser, straight to the ring: a keyspace with rows, and a user who may only
 /// read it.
 const MAKE_READER: &str = r#"

@@ -140,26 +140,10 @@ fn cql_requests_over_the_limit_get_overloaded() {
         ring.nodes[0]
     );
     let _shotover = Shotover::builder(&topology).arg("--worker-cores").arg("0").wait_for(port).start().unwrap();
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut startup = vec![0, 1, 0, 11];
-    startup.extend_from_slice(b"CQL_VERSION");
-    startup.extend_from_slice(&[0, 5]);
-    startup.extend_from_slice(b"3.0.0");
-    c.write_all(&cql_request(4, 0, 0x01, &startup)).unwrap();
-    assert_eq!(read_cql_frame(&mut c)[4], 0x03, "AUTHENTICATE");
-    // AUTH_RESPONSE: SASL PLAIN, "\0user\0password".
-    let token = format!("\0{}", SHARED_RING_USER.replace(':', "\0"));
-    let mut auth = (token.len() as i32).to_be_bytes().to_vec();
-    auth.extend_from_slice(token.as_bytes());
-    c.write_all(&cql_request(4, 0, 0x0F, &auth)).unwrap();
-    assert_eq!(read_cql_frame(&mut c)[4], 0x10, "AUTH_SUCCESS");
+    let mut c = cql_v4_session(port, Some(SHARED_RING_USER));
     // 150 queries in one write: about one second of the limit passes at once, the rest is
     // refused with the protocol's Overloaded error.
-    let query = b"SELECT key FROM system.local";
-    let mut body = (query.len() as i32).to_be_bytes().to_vec();
-    body.extend_from_slice(query);
-    body.extend_from_slice(&[0, 1, 0]);
+    let body = cql_query_body("SELECT key FROM system.local");
     let batch: Vec<u8> = (1..=150).flat_map(|s| cql_request(4, s, 0x07, &body)).collect();
     c.write_all(&batch).unwrap();
     let (mut results, mut overloaded) = (0, 0);

@@ -24,7 +24,12 @@ impl CassandraSinkCluster {
         for frame in frames {
             let Some(conn) = self.conns.get_mut(&node) else { return };
             match conn.answered(&frame) {
-                Some(pending) => self.on_answer(node, pending.purpose, frame, compression),
+                Some(pending) => {
+                    if let Err(e) = conn.release_held(Instant::now()) {
+                        self.fail_node(node, &e.to_string());
+                    }
+                    self.on_answer(node, pending.purpose, frame, compression)
+                }
                 None if header::stream_id(&frame).is_ok_and(|s| s < 0) => self.on_event(node, frame, compression),
                 None => tracing::debug!("CassandraSinkCluster: an answer from {node} on no known stream"),
             }
@@ -163,7 +168,10 @@ impl CassandraSinkCluster {
                     if let Some(use_ks) = self.use_frame(&ks) {
                         let others: Vec<SocketAddr> = self.conns.keys().filter(|a| **a != node).copied().collect();
                         for other in others {
-                            self.queue_on(other, &use_ks, Purpose::Quiet);
+                            let Some(conn) = self.conns.get_mut(&other) else { continue };
+                            if let Err(e) = conn.queue_gate(&use_ks, Purpose::Quiet, Instant::now()) {
+                                self.fail_node(other, &e.to_string());
+                            }
                         }
                     }
                     self.session.keyspace = Some(ks);
