@@ -3,7 +3,8 @@
 usage: cql_failover.py HOST PORT MODE [ARGS]
 
 - setup: creates keyspace failover (SimpleStrategy, 2 replicas) and table t.
-- load SECONDS: prepared inserts, 32 always in flight, for SECONDS; prints ok=, server_errors= (the
+- load SECONDS STARTED_MARKER: prepared inserts, 32 always in flight, for SECONDS; creates
+  STARTED_MARKER once the first 500 are done; prints ok=, server_errors= (the
   proxy's "connection failed before the response" errors), other_errors= and ok_at_end=
   (successes in the last quarter of the run, of all requests then).
 - one: connects and runs one query; prints error=<the error text> or ok.
@@ -50,6 +51,8 @@ elif mode == "load":
         results = execute_concurrent_with_args(
             session, insert, [(i + j, j) for j in range(500)], concurrency=32, raise_on_first_error=False
         )
+        if i == 0:
+            open(sys.argv[5], "w").close()
         i += 500
         late = time.time() - start > seconds * 0.75
         for success, result in results:

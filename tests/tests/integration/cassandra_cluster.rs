@@ -231,10 +231,15 @@ fn node_failures_give_the_guides_errors_and_unprepared_is_recovered() {
     let shotover = Shotover::start(&cassandra_topology(port, &cluster_sink(&ring.nodes, &nodes, port, 0)), port);
     assert!(failover(port, &["setup"]).contains("setup=ok"));
 
-    // Node 2 dies 4 s into 12 s of load: what was in flight on it gets the Server error, and
-    // from then on every request goes to node 1.
-    let load = std::thread::spawn(move || failover(port, &["load", "12"]));
-    std::thread::sleep(Duration::from_secs(4));
+    // Node 2 dies a second into 12 s of load (once requests flow: a busy machine can take
+    // seconds to start the driver): what was in flight on it gets the Server error, and from
+    // then on every request goes to node 1.
+    let markers = TempDir::new("failover");
+    let started = markers.path("load-started");
+    let started_arg = started.display().to_string();
+    let load = std::thread::spawn(move || failover(port, &["load", "12", &started_arg]));
+    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load did not start");
+    std::thread::sleep(Duration::from_secs(1));
     ring.kill_node(2);
     let out = load.join().unwrap();
     let count = |key: &str| lines_of(&out, key).parse::<u64>().unwrap_or_else(|_| panic!("{key}:\n{out}"));
@@ -249,7 +254,6 @@ fn node_failures_give_the_guides_errors_and_unprepared_is_recovered() {
     // A client prepares a statement, then every node goes down: Overloaded, so that the client
     // tries again later. The nodes come back without the statements prepared before: the
     // proxy prepares them again where it meets UNPREPARED, and the client never sees it.
-    let markers = TempDir::new("failover");
     let (prepared, restarted) = (markers.path("prepared"), markers.path("restarted"));
     let args = [prepared.display().to_string(), restarted.display().to_string()];
     let session = std::thread::spawn(move || failover(port, &["prepared", &args[0], &args[1]]));
@@ -375,7 +379,8 @@ fn a_keyspace_switch_reaches_every_node_before_the_next_request() {
     let script = format!(
         "import sys\nfrom cassandra.auth import PlainTextAuthProvider\nfrom cassandra.cluster import Cluster\n\
          user, password = sys.argv[1].split(':')\n\
-         s = Cluster(['127.0.0.1'], port=int(sys.argv[2]), auth_provider=PlainTextAuthProvider(user, password)).connect()\n{}",
+         s = Cluster(['127.0.0.1'], port=int(sys.argv[2]), auth_provider=PlainTextAuthProvider(user, password)).connect()\n\
+         s.default_timeout = 60\n{}",
         setup.collect::<String>()
     );
     run_python(&script, &[SHARED_RING_USER, &port.to_string()]).expect_success();

@@ -42,7 +42,7 @@ pub enum ControlRequest {
 
 /// How often schema versions are read while they differ, and for how long at most.
 const AGREEMENT_POLL: Duration = Duration::from_millis(100);
-const AGREEMENT_LIMIT: Duration = Duration::from_secs(10);
+const AGREEMENT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Pause between attempts when no node can be reached.
 const RETRY: Duration = Duration::from_secs(1);
@@ -195,9 +195,14 @@ impl Control {
     }
 
     /// Waits until the nodes that are up agree on the schema version (at most
-    /// [`AGREEMENT_LIMIT`]), as drivers do after a schema change.
+    /// [`AGREEMENT_LIMIT`]), as drivers do after a schema change. With `want`, the version
+    /// the node that made the change had right after it, agreement counts when it is on
+    /// `want`, or on a version this node moved to since the first look: right after the
+    /// change every node can still agree on the old version, and other clients' changes can
+    /// move all of them past `want` before they are seen agreeing on it.
     async fn await_agreement(&mut self, shared: &Weak<Shared>, want: Option<&[u8]>) -> Result<()> {
         let start = std::time::Instant::now();
+        let mut first: Option<Option<Vec<u8>>> = None;
         loop {
             let local = self.query("SELECT schema_version FROM system.local").await?;
             let peers = self.query("SELECT peer, rpc_address, schema_version FROM system.peers").await?;
@@ -208,7 +213,8 @@ impl Control {
                 let strong = shared.upgrade();
                 ip.is_some_and(|ip| strong.is_some_and(|s| s.is_up(SocketAddr::new(ip, self.address.port()))))
             };
-            let agreed = want.is_none_or(|want| mine.as_deref() == Some(want))
+            let first = first.get_or_insert_with(|| mine.clone());
+            let agreed = want.is_none_or(|want| mine.as_deref() == Some(want) || mine != *first)
                 && (0..peers.rows.len())
                     .filter(|&r| up(r))
                     .all(|r| cell(&peers, r, "schema_version").map(<[u8]>::to_vec) == mine);
@@ -427,6 +433,7 @@ fn on_event(shared: &Weak<Shared>, event: Event) -> bool {
     let Some(shared) = shared.upgrade() else { return false };
     match event {
         Event::StatusChange { change, address } => {
+            tracing::info!("CassandraSinkCluster: the node {address} was reported {change}");
             if change == "DOWN" {
                 shared.mark_reported_down(address);
                 false

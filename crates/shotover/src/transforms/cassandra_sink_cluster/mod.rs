@@ -140,8 +140,9 @@ pub struct Parked {
     until: Instant,
 }
 
-/// The longest a schema change answer waits for the nodes to agree.
-const AGREEMENT_WAIT: Duration = Duration::from_secs(10);
+/// The longest a schema change answer waits for the nodes to agree: well inside the
+/// drivers' default request timeouts (10 s and more), which count this wait.
+const AGREEMENT_WAIT: Duration = Duration::from_secs(5);
 
 impl CassandraSinkCluster {
     fn new(shared: Rc<Shared>) -> Self {

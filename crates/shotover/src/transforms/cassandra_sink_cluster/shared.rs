@@ -76,16 +76,21 @@ impl Shared {
     pub(super) fn set_ring(&self, ring: Ring) {
         if self.ring_known.get() {
             let old = self.ring.borrow();
-            let has = |ring: &Ring, address| ring.nodes.iter().any(|n| n.address == address);
-            for n in ring.nodes.iter().filter(|n| !has(&old, n.address)) {
+            // A node counts once it has tokens: a joining node is listed a moment before.
+            let has = |ring: &Ring, address| ring.nodes.iter().any(|n| n.address == address && !n.tokens.is_empty());
+            for n in ring.nodes.iter().filter(|n| !n.tokens.is_empty() && !has(&old, n.address)) {
                 tracing::info!(
                     "CassandraSinkCluster: the node {} ({}/{}) joined the ring",
                     n.address,
                     n.data_center,
                     n.rack
                 );
+                // Cassandra reports a joining node DOWN as it joins (2.1 at least), and UP
+                // maybe never: a node that has just joined is tried, and skipped only once it
+                // cannot be reached.
+                self.mark_up(n.address);
             }
-            for n in old.nodes.iter().filter(|n| !has(&ring, n.address)) {
+            for n in old.nodes.iter().filter(|n| !n.tokens.is_empty() && !has(&ring, n.address)) {
                 tracing::info!(
                     "CassandraSinkCluster: the node {} ({}/{}) left the ring",
                     n.address,
