@@ -32,6 +32,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upgrade requests larger than this are refused (431), so a client cannot make the proxy
 /// buffer headers without end.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// How long a refused upgrade waits for the client to close first.
+const LINGER: Duration = Duration::from_secs(1);
 /// The largest message or frame accepted: the largest CQL frame body (256 MiB) plus its
 /// header, so any frame a node accepts also fits in one WebSocket message.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024 + 9;
@@ -117,6 +119,27 @@ fn config() -> WebSocketConfig {
     WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE))
 }
 
+/// Sends an HTTP error and closes, once the client has closed or after [`LINGER`]. What the
+/// client still sends meanwhile is read and dropped: closing a socket with unread bytes makes
+/// the kernel reset the connection, and a reset can discard the reply before the client
+/// reads it (seen under TLS).
+async fn refuse(mut stream: Stream, reply: &[u8]) {
+    let _ = stream.write_all(reply).await;
+    let _ = stream.flush().await;
+    {
+        let drain = async {
+            let mut scratch = [0u8; 4096];
+            while let Ok(n) = futures_lite::io::AsyncReadExt::read(&mut stream, &mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        futures_lite::future::or(drain, crate::rt::sleep(LINGER)).await;
+    }
+    let _ = stream.close().await;
+}
+
 /// Completes the HTTP upgrade on `stream`. On failure the client gets an HTTP error (400
 /// for a request that is not a CQL WebSocket upgrade, 431 for an oversized one) and the
 /// reason is returned for the log.
@@ -142,8 +165,7 @@ pub async fn accept(mut stream: Stream) -> Result<WebSocketStream, String> {
                     }
                     other => http_error(400, "Bad Request", &format!("not a WebSocket upgrade request: {other}\n")),
                 };
-                let _ = stream.write_all(&reply).await;
-                let _ = stream.close().await;
+                refuse(stream, &reply).await;
                 return Err(format!("WebSocket upgrade refused: {e}"));
             }
         };
@@ -156,8 +178,7 @@ pub async fn accept(mut stream: Stream) -> Result<WebSocketStream, String> {
         }
         received += n;
         if received > MAX_REQUEST_HEAD {
-            let _ = stream.write_all(&http_error(431, "Request Header Fields Too Large", "")).await;
-            let _ = stream.close().await;
+            refuse(stream, &http_error(431, "Request Header Fields Too Large", "")).await;
             return Err(format!("WebSocket upgrade request over {MAX_REQUEST_HEAD} bytes"));
         }
         mid.get_mut().get_mut().input.extend_from_slice(scratch.get(..n).unwrap_or_default());
