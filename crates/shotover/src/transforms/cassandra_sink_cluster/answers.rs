@@ -25,7 +25,7 @@ impl CassandraSinkCluster {
             let Some(conn) = self.conns.get_mut(&node) else { return };
             match conn.answered(&frame) {
                 Some(pending) => {
-                    if let Err(e) = conn.release_held(Instant::now()) {
+                    if let Err(e) = conn.release_held() {
                         self.fail_node(node, &e.to_string());
                     }
                     self.on_answer(node, pending.purpose, frame, compression)
