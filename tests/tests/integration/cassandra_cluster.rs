@@ -382,7 +382,7 @@ fn a_keyspace_switch_reaches_every_node_before_the_next_request() {
     let script = format!(
         "import sys\nfrom cassandra.auth import PlainTextAuthProvider\nfrom cassandra.cluster import Cluster\n\
          user, password = sys.argv[1].split(':')\n\
-         s = Cluster(['127.0.0.1'], port=int(sys.argv[2]), auth_provider=PlainTextAuthProvider(user, password)).connect()\n\
+         s = Cluster(['127.0.0.1'], port=int(sys.argv[2]), auth_provider=PlainTextAuthProvider(user, password), connect_timeout=20).connect()\n\
          s.default_timeout = 60\n{}",
         setup.collect::<String>()
     );
@@ -429,7 +429,7 @@ import sys
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster
 host, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-s = Cluster([host], port=port, auth_provider=PlainTextAuthProvider(username=user, password=password)).connect()
+s = Cluster([host], port=port, auth_provider=PlainTextAuthProvider(username=user, password=password), connect_timeout=20).connect()
 s.execute("CREATE KEYSPACE IF NOT EXISTS cl_auth WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 1, 'dc2': 1}")
 s.execute("CREATE TABLE IF NOT EXISTS cl_auth.t (k int PRIMARY KEY, v text)")
 for k in range(40):
@@ -448,7 +448,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 port = int(sys.argv[1])
 def connect(password):
     return Cluster(["127.0.0.1"], port=port, auth_provider=PlainTextAuthProvider(username="reader", password=password),
-                   load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc="dc1"))).connect()
+                   load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc="dc1")), connect_timeout=20).connect()
 s = connect("reader-pw")
 select = s.prepare("SELECT v FROM cl_auth.t WHERE k = ?")
 print("reads=%d/40" % sum(1 for k in range(40) if s.execute(select, (k,)).one().v == "r%d" % k))
@@ -497,10 +497,10 @@ from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
 port, user, password, setup_port = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 auth = PlainTextAuthProvider(username=user, password=password)
-direct = Cluster(["127.0.0.1"], port=setup_port, auth_provider=auth).connect()
+direct = Cluster(["127.0.0.1"], port=setup_port, auth_provider=auth, connect_timeout=20).connect()
 direct.execute("CREATE KEYSPACE IF NOT EXISTS cl_tee WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 2, 'dc2': 1}")
 direct.execute("CREATE TABLE IF NOT EXISTS cl_tee.t (k int PRIMARY KEY, v text)")
-s = Cluster(["127.0.0.1"], port=port, auth_provider=auth, protocol_version=4).connect()
+s = Cluster(["127.0.0.1"], port=port, auth_provider=auth, protocol_version=4, connect_timeout=20).connect()
 insert = s.prepare("INSERT INTO cl_tee.t (k, v) VALUES (?, ?)")
 results = execute_concurrent_with_args(s, insert, [(k, "t%d" % k) for k in range(2000)], concurrency=64, raise_on_first_error=False)
 print("inserted=%d/2000" % sum(1 for ok, _ in results if ok))

@@ -185,7 +185,7 @@ user, password = sys.argv[1].split(':')
 for port in sys.argv[2:]:
     c = Cluster(['127.0.0.1'], port=int(port), protocol_version=4,
                 auth_provider=PlainTextAuthProvider(username=user, password=password),
-                load_balancing_policy=WhiteListRoundRobinPolicy(['127.0.0.1']))
+                load_balancing_policy=WhiteListRoundRobinPolicy(['127.0.0.1']), connect_timeout=20)
     s = c.connect()
     for row in s.execute("SELECT peer, native_port FROM system.peers_v2"):
         print("%s %s %d" % (port, row.peer, row.native_port))
