@@ -40,6 +40,12 @@ pub fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Tas
     Task(glommio::spawn_local(future))
 }
 
+/// Runs `f` on the core's thread for blocking calls (a DNS lookup) and waits for its
+/// result without blocking the core.
+pub async fn spawn_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
+
 /// Waits for `duration`.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;

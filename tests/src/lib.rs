@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod backends;
+pub mod kafka_cluster;
 
 /// A TCP port that was free a moment ago. Each test process takes its ports from a block of
 /// 100 of its own, chosen by its pid: test processes that run side by side have nearby pids,

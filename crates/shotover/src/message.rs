@@ -369,8 +369,15 @@ impl Message {
                             Frame::Kafka(Box::new(KafkaFrame::parse_response(raw, key, version)?))
                         }
                         // kafka-protocol sizes arrays from counts on the wire before reading
-                        // them, so a crafted request could abort the process: client
-                        // requests are never parsed in full.
+                        // them, so a crafted request could abort the process: only the
+                        // requests `walk` checks field by field first are parsed in full.
+                        None if kafka::header::request_ids(raw)
+                            .ok()
+                            .and_then(|ids| kafka::ApiKey::try_from(ids.api_key).ok())
+                            .is_some_and(kafka::walk::is_walked) =>
+                        {
+                            Frame::Kafka(Box::new(KafkaFrame::parse_request(raw)?))
+                        }
                         None => return Err(CodecError::Other(
                             "Kafka requests are not parsed in full (untrusted array counts); read their header instead"
                                 .into(),

@@ -14,6 +14,7 @@ mod failures;
 mod fidelity;
 mod hot_reload;
 mod kafka;
+mod kafka_cluster;
 mod limits;
 mod malformed;
 mod multiplex;

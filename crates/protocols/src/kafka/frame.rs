@@ -39,6 +39,8 @@ impl KafkaFrame {
         let ids = request_ids(msg)?;
         let api_key = ids.known_api_key()?;
         let version = check_version(api_key, ids.api_version)?;
+        // The requests the proxy decodes to route them are walked first: see `walk`.
+        super::walk::check_request(msg)?;
         let mut buf = msg.slice(LENGTH_PREFIX_LEN..);
         let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
             .map_err(|e| decode_error(api_key, version, "request header", e))?;
@@ -56,7 +58,9 @@ impl KafkaFrame {
     /// a response parses as v0, and `api_version` in the frame is then 0.
     pub fn parse_response(msg: &Bytes, api_key: ApiKey, api_version: i16) -> Result<Self, KafkaCodecError> {
         let result = Self::parse_response_at(msg, api_key, api_version);
-        if result.is_err() && api_key == ApiKey::ApiVersions && api_version > 0 {
+        // Decoding another version's bytes as v0 could reserve room for a count that is not
+        // one (see "Untrusted input"): only a body laid out exactly as v0 is decoded so.
+        if result.is_err() && api_key == ApiKey::ApiVersions && api_version > 0 && is_api_versions_v0(msg) {
             if let Ok(frame) = Self::parse_response_at(msg, api_key, 0) {
                 if let KafkaFrame::Response { body: ResponseKind::ApiVersions(body), .. } = &frame {
                     if body.error_code == ResponseError::UnsupportedVersion.code() {
@@ -141,6 +145,14 @@ impl KafkaFrame {
         self.encode(&mut out)?;
         Ok(out.freeze())
     }
+}
+
+/// True when a response message is laid out as an ApiVersions v0 response: a correlation
+/// id, an error code, and an array of (api key, min version, max version), nothing more.
+fn is_api_versions_v0(msg: &[u8]) -> bool {
+    let mut r = super::wire::Reader::new(msg, LENGTH_PREFIX_LEN + 4);
+    let (Ok(_), Ok(count)) = (r.i16("error code"), r.i32("api keys")) else { return false };
+    usize::try_from(count).is_ok_and(|n| n.checked_mul(6) == Some(r.remaining()))
 }
 
 fn check_version(api_key: ApiKey, version: i16) -> Result<i16, KafkaCodecError> {

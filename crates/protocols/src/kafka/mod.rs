@@ -16,6 +16,8 @@
 //!   responses at the proxy.
 //! - [`error_response`]: the error codes of the responses the proxy answers itself.
 //! - [`classify`]: the [`QueryType`] of each api key, for QueryTypeFilter.
+//! - [`walk`]: steps over the fields of the requests the cluster sink decodes, so that
+//!   `kafka-protocol` never reserves room for elements that are not there.
 //! - [`safe_error`]: error responses to client requests (refused, throttled) built from the
 //!   raw bytes, without running `kafka-protocol`'s decoders on them.
 //!
@@ -50,6 +52,7 @@ pub mod produce;
 pub mod rewrite;
 pub mod safe_error;
 pub mod state;
+pub mod walk;
 mod wire;
 
 #[cfg(test)]

@@ -68,8 +68,13 @@ pub fn safe_error_frame(request: &[u8], code: i16) -> Result<Option<KafkaFrame>,
     let body = if api_key == ApiKey::ApiVersions && api_version > range.max {
         // A broker answers an ApiVersions version it does not know in v0, which every
         // client can read.
+        // It lists the ApiVersions versions it knows, so the client asks again in one.
         api_version = 0;
-        ResponseKind::ApiVersions(ApiVersionsResponse::default().with_error_code(code))
+        let known = kafka_protocol::messages::api_versions_response::ApiVersion::default()
+            .with_api_key(ApiKey::ApiVersions as i16)
+            .with_min_version(range.min)
+            .with_max_version(range.max);
+        ResponseKind::ApiVersions(ApiVersionsResponse::default().with_error_code(code).with_api_keys(vec![known]))
     } else if api_version < range.min || api_version > range.max {
         return Err(KafkaCodecError::UnsupportedVersion { api_key, version: api_version });
     } else {

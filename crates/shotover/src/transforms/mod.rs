@@ -14,6 +14,7 @@
 //! | CassandraSinkCluster | yes | [`cassandra_sink_cluster`] |
 //! | CassandraPeersRewrite | no | [`cassandra_peers_rewrite`] |
 //! | KafkaSinkSingle | yes | [`kafka_sink_single`] |
+//! | KafkaSinkCluster | yes | [`kafka_sink_cluster`] |
 //! | Coalesce | no | [`coalesce`] |
 //! | Tee | no | [`tee`] |
 //! | ParallelMap | yes | [`parallel_map`] |
@@ -25,6 +26,7 @@ pub mod cassandra_sink_single;
 pub mod coalesce;
 pub mod debug_printer;
 pub mod debug_returner;
+pub mod kafka_sink_cluster;
 pub mod kafka_sink_single;
 pub mod null_sink;
 pub mod parallel_map;
@@ -54,6 +56,7 @@ pub fn registry() -> TransformRegistry {
         .register::<cassandra_sink_cluster::CassandraSinkClusterConfig>()
         .register::<cassandra_peers_rewrite::CassandraPeersRewriteConfig>()
         .register::<kafka_sink_single::KafkaSinkSingleConfig>()
+        .register::<kafka_sink_cluster::KafkaSinkClusterConfig>()
         .register::<request_throttling::RequestThrottlingConfig>()
         .register_parser(tee::TeeConfig::parse)
         .register_parser(parallel_map::ParallelMapConfig::parse);

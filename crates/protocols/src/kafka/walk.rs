@@ -1,0 +1,361 @@
+//! Walking a client request's fields without decoding it, before `kafka-protocol` may.
+//!
+//! `kafka-protocol` 0.18 reserves every array's capacity from the count on the wire before
+//! it reads an element (see "Untrusted input" in the module above), so a few bytes can abort
+//! the process. The requests the cluster sink must decode to route them (Produce, Fetch,
+//! ListOffsets, OffsetForLeaderEpoch, DeleteRecords) are walked here first, field by field,
+//! with every read bounds-checked: once the walk has stepped over each element an array
+//! claims, the decoder's reservation is no bigger than the elements really there.
+//!
+//! The layouts follow Kafka's message definitions for the versions `kafka-protocol` knows.
+//! [`leading_strings`] reads the first strings of a body (group and transactional ids) for
+//! the requests routed by them, which are then forwarded undecoded.
+
+use super::header::RequestHeaderView;
+use super::wire::Reader;
+use super::{ApiKey, KafkaCodecError};
+
+/// A read position in a request body, in its version's encoding.
+struct Walk<'a> {
+    r: Reader<'a>,
+    /// Compact strings and arrays, and tagged fields (flexible versions).
+    flexible: bool,
+}
+
+impl<'a> Walk<'a> {
+    fn skip(&mut self, n: usize, what: &'static str) -> Result<(), KafkaCodecError> {
+        self.r.bytes(n, what).map(|_| ())
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, KafkaCodecError> {
+        if self.flexible {
+            self.r.compact_nullable_string(what)
+        } else {
+            self.r.nullable_string(what)
+        }
+    }
+
+    /// BYTES or RECORDS: an `i32` length (or a varint of length + 1), null allowed.
+    fn bytes(&mut self, what: &'static str) -> Result<(), KafkaCodecError> {
+        let len = if self.flexible { i64::from(self.r.uvarint(what)?) - 1 } else { i64::from(self.r.i32(what)?) };
+        match len {
+            -1 => Ok(()),
+            len => self.skip(usize::try_from(len).map_err(|_| KafkaCodecError::Malformed(what))?, what),
+        }
+    }
+
+    /// An array whose elements `element` walks. A count beyond the bytes left cannot be
+    /// real (every element takes at least one byte) and is refused before any walking.
+    fn array(
+        &mut self,
+        what: &'static str,
+        mut element: impl FnMut(&mut Self) -> Result<(), KafkaCodecError>,
+    ) -> Result<(), KafkaCodecError> {
+        let count = if self.flexible { i64::from(self.r.uvarint(what)?) - 1 } else { i64::from(self.r.i32(what)?) };
+        if count < 0 {
+            return Ok(()); // null
+        }
+        if count as u64 > self.r.remaining() as u64 {
+            return Err(KafkaCodecError::Malformed(what));
+        }
+        for _ in 0..count {
+            element(self)?;
+        }
+        Ok(())
+    }
+
+    fn tagged(&mut self, what: &'static str) -> Result<(), KafkaCodecError> {
+        if self.flexible {
+            self.r.skip_tagged_fields(what)?;
+        }
+        Ok(())
+    }
+}
+
+/// True for the requests [`check_request`] walks.
+pub fn is_walked(api_key: ApiKey) -> bool {
+    matches!(
+        api_key,
+        ApiKey::Produce | ApiKey::Fetch | ApiKey::ListOffsets | ApiKey::OffsetForLeaderEpoch | ApiKey::DeleteRecords
+    )
+}
+
+/// Checks a whole request message (prefix included) of one of the walked api keys; other
+/// api keys pass unchecked. An error means the message is not what its header says.
+pub fn check_request(msg: &[u8]) -> Result<(), KafkaCodecError> {
+    let header = RequestHeaderView::parse(msg)?;
+    if !is_walked(header.api_key) {
+        return Ok(());
+    }
+    let v = header.api_version;
+    let flexible = header.header_version >= 2;
+    let mut w = Walk { r: Reader::new(msg, header.body_offset), flexible };
+    match header.api_key {
+        ApiKey::Produce => produce(&mut w, v)?,
+        ApiKey::Fetch => fetch(&mut w, v)?,
+        ApiKey::ListOffsets => list_offsets(&mut w, v)?,
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch(&mut w, v)?,
+        _ => delete_records(&mut w)?,
+    }
+    match w.r.remaining() {
+        0 => Ok(()),
+        len => Err(KafkaCodecError::TrailingBytes { api_key: header.api_key, version: v, len }),
+    }
+}
+
+/// A topic's name (up to `last_named`) or id (after it).
+fn topic(w: &mut Walk, v: i16, last_named: i16) -> Result<(), KafkaCodecError> {
+    if v <= last_named {
+        w.string("topic name").map(|_| ())
+    } else {
+        w.skip(16, "topic id")
+    }
+}
+
+fn produce(w: &mut Walk, v: i16) -> Result<(), KafkaCodecError> {
+    w.string("transactional id")?;
+    w.skip(2 + 4, "acks and timeout")?;
+    w.array("topics", |w| {
+        topic(w, v, 12)?;
+        w.array("partitions", |w| {
+            w.skip(4, "partition")?;
+            w.bytes("records")?;
+            w.tagged("partition tagged fields")
+        })?;
+        w.tagged("topic tagged fields")
+    })?;
+    w.tagged("tagged fields")
+}
+
+fn fetch(w: &mut Walk, v: i16) -> Result<(), KafkaCodecError> {
+    let replica_id = if v <= 14 { 4 } else { 0 };
+    let session = if v >= 7 { 8 } else { 0 };
+    w.skip(replica_id + 4 + 4 + 4 + 1 + session, "fetch settings")?;
+    w.array("topics", |w| {
+        topic(w, v, 12)?;
+        w.array("partitions", |w| {
+            let leader_epoch = if v >= 9 { 4 } else { 0 };
+            let last_fetched_epoch = if v >= 12 { 4 } else { 0 };
+            let log_start = if v >= 5 { 8 } else { 0 };
+            w.skip(4 + leader_epoch + 8 + last_fetched_epoch + log_start + 4, "partition")?;
+            w.tagged("partition tagged fields")
+        })?;
+        w.tagged("topic tagged fields")
+    })?;
+    if v >= 7 {
+        w.array("forgotten topics", |w| {
+            topic(w, v, 12)?;
+            w.array("forgotten partitions", |w| w.skip(4, "partition"))?;
+            w.tagged("forgotten topic tagged fields")
+        })?;
+    }
+    if v >= 11 {
+        w.string("rack id")?;
+    }
+    w.tagged("tagged fields")
+}
+
+fn list_offsets(w: &mut Walk, v: i16) -> Result<(), KafkaCodecError> {
+    let isolation = if v >= 2 { 1 } else { 0 };
+    w.skip(4 + isolation, "replica id")?;
+    w.array("topics", |w| {
+        w.string("topic name")?;
+        w.array("partitions", |w| {
+            let leader_epoch = if v >= 4 { 4 } else { 0 };
+            w.skip(4 + leader_epoch + 8, "partition")?;
+            w.tagged("partition tagged fields")
+        })?;
+        w.tagged("topic tagged fields")
+    })?;
+    if v >= 10 {
+        w.skip(4, "timeout")?;
+    }
+    w.tagged("tagged fields")
+}
+
+fn offset_for_leader_epoch(w: &mut Walk, v: i16) -> Result<(), KafkaCodecError> {
+    if v >= 3 {
+        w.skip(4, "replica id")?;
+    }
+    w.array("topics", |w| {
+        w.string("topic name")?;
+        w.array("partitions", |w| {
+            let current = if v >= 2 { 4 } else { 0 };
+            w.skip(4 + current + 4, "partition")?;
+            w.tagged("partition tagged fields")
+        })?;
+        w.tagged("topic tagged fields")
+    })?;
+    w.tagged("tagged fields")
+}
+
+fn delete_records(w: &mut Walk) -> Result<(), KafkaCodecError> {
+    w.array("topics", |w| {
+        w.string("topic name")?;
+        w.array("partitions", |w| {
+            w.skip(4 + 8, "partition")?;
+            w.tagged("partition tagged fields")
+        })?;
+        w.tagged("topic tagged fields")
+    })?;
+    w.skip(4, "timeout")?;
+    w.tagged("tagged fields")
+}
+
+/// The first `N` string fields of a request's body, for the requests routed by a group or
+/// transactional id written first (a `None` is a null string). OffsetFetch v8+ and
+/// DescribeGroups start with an array: their first element's first string is read.
+pub fn leading_strings<const N: usize>(msg: &[u8]) -> Result<[Option<&[u8]>; N], KafkaCodecError> {
+    let header = RequestHeaderView::parse(msg)?;
+    let mut w = Walk { r: Reader::new(msg, header.body_offset), flexible: header.header_version >= 2 };
+    let starts_with_array = match header.api_key {
+        ApiKey::OffsetFetch => header.api_version >= 8,
+        ApiKey::DescribeGroups => true,
+        _ => false,
+    };
+    if starts_with_array {
+        let count = if w.flexible { i64::from(w.r.uvarint("groups")?) - 1 } else { i64::from(w.r.i32("groups")?) };
+        if count < 1 {
+            return Ok([None; N]);
+        }
+    }
+    let mut out = [None; N];
+    for slot in &mut out {
+        *slot = w.string("leading string")?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::{captured, KafkaFrame};
+    use bytes::Bytes;
+
+    /// Every walked request captured from a real client walks to its end.
+    #[test]
+    fn captured_requests_walk_to_their_end() {
+        for msg in
+            [captured::PRODUCE_V9_REQUEST_ACKS_1, captured::PRODUCE_V7_REQUEST_ACKS_0, captured::FETCH_V12_REQUEST]
+        {
+            assert_eq!(check_request(msg), Ok(()));
+            KafkaFrame::parse_request(&Bytes::from_static(msg)).unwrap();
+        }
+    }
+
+    /// The 18-byte Metadata-style attack on a walked request: a topics count of 2^31 - 1
+    /// is refused before anything is reserved for it.
+    #[test]
+    fn an_impossible_count_is_refused() {
+        // Produce v7: header (key 0, v7, correlation 1, null client id), transactional id
+        // null, acks 1, timeout 1000, topics 0x7fffffff.
+        let mut msg = vec![0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0, 1, 0, 0, 3, 0xe8];
+        msg.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
+        let len = (msg.len() - 4) as u32;
+        msg[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(check_request(&msg), Err(KafkaCodecError::Malformed("topics")));
+        assert!(KafkaFrame::parse_request(&Bytes::from(msg)).is_err());
+    }
+
+    /// Re-encoding a decoded request in every version the walk knows gives bytes it walks.
+    #[test]
+    fn every_version_of_every_walked_request_walks() {
+        use kafka_protocol::messages::*;
+        use kafka_protocol::protocol::StrBytes;
+        for api_key in
+            [ApiKey::Produce, ApiKey::Fetch, ApiKey::ListOffsets, ApiKey::OffsetForLeaderEpoch, ApiKey::DeleteRecords]
+        {
+            let range = api_key.valid_versions();
+            for v in range.min..=range.max {
+                let body = match api_key {
+                    ApiKey::Produce => {
+                        RequestKind::Produce(ProduceRequest::default().with_acks(1).with_topic_data(vec![
+                            produce_request::TopicProduceData::default()
+                                .with_name(TopicName(StrBytes::from_static_str("t")))
+                                .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                                    .with_index(3)
+                                    .with_records(Some(Bytes::from_static(b"abc")))]),
+                        ]))
+                    }
+                    ApiKey::Fetch => RequestKind::Fetch(
+                        FetchRequest::default()
+                            .with_topics(vec![fetch_request::FetchTopic::default()
+                                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                                .with_partitions(vec![fetch_request::FetchPartition::default()])])
+                            .with_forgotten_topics_data(if v >= 7 {
+                                vec![fetch_request::ForgottenTopic::default().with_partitions(vec![1, 2])]
+                            } else {
+                                vec![]
+                            }),
+                    ),
+                    ApiKey::ListOffsets => RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+                        list_offsets_request::ListOffsetsTopic::default()
+                            .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()]),
+                    ])),
+                    ApiKey::OffsetForLeaderEpoch => {
+                        RequestKind::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::default().with_topics(vec![
+                            offset_for_leader_epoch_request::OffsetForLeaderTopic::default().with_partitions(vec![
+                                offset_for_leader_epoch_request::OffsetForLeaderPartition::default(),
+                            ]),
+                        ]))
+                    }
+                    _ => RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
+                        delete_records_request::DeleteRecordsTopic::default()
+                            .with_partitions(vec![delete_records_request::DeleteRecordsPartition::default()]),
+                    ])),
+                };
+                let header = RequestHeader::default()
+                    .with_request_api_key(api_key as i16)
+                    .with_request_api_version(v)
+                    .with_correlation_id(7);
+                let msg = KafkaFrame::Request { header, body }.to_bytes().unwrap();
+                assert_eq!(check_request(&msg), Ok(()), "{api_key:?} v{v}");
+                // Cut short anywhere, it never walks.
+                for cut in 12..msg.len() {
+                    assert!(check_request(&msg[..cut]).is_err(), "{api_key:?} v{v} cut at {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leading_strings_of_group_requests() {
+        use kafka_protocol::messages::*;
+        use kafka_protocol::protocol::StrBytes;
+        let heartbeat = KafkaFrame::Request {
+            header: RequestHeader::default().with_request_api_key(ApiKey::Heartbeat as i16).with_request_api_version(4),
+            body: RequestKind::Heartbeat(
+                HeartbeatRequest::default().with_group_id(GroupId(StrBytes::from_static_str("g1"))),
+            ),
+        }
+        .to_bytes()
+        .unwrap();
+        assert_eq!(leading_strings::<1>(&heartbeat), Ok([Some(&b"g1"[..])]));
+        let fetch = KafkaFrame::Request {
+            header: RequestHeader::default()
+                .with_request_api_key(ApiKey::OffsetFetch as i16)
+                .with_request_api_version(8),
+            body: RequestKind::OffsetFetch(
+                OffsetFetchRequest::default()
+                    .with_groups(vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("g2")))]),
+            ),
+        }
+        .to_bytes()
+        .unwrap();
+        assert_eq!(leading_strings::<1>(&fetch), Ok([Some(&b"g2"[..])]));
+        let txn = KafkaFrame::Request {
+            header: RequestHeader::default()
+                .with_request_api_key(ApiKey::TxnOffsetCommit as i16)
+                .with_request_api_version(3),
+            body: RequestKind::TxnOffsetCommit(
+                TxnOffsetCommitRequest::default()
+                    .with_transactional_id(TransactionalId(StrBytes::from_static_str("tx")))
+                    .with_group_id(GroupId(StrBytes::from_static_str("g3"))),
+            ),
+        }
+        .to_bytes()
+        .unwrap();
+        assert_eq!(leading_strings::<2>(&txn), Ok([Some(&b"tx"[..]), Some(&b"g3"[..])]));
+    }
+}

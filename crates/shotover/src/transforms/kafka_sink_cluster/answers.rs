@@ -1,0 +1,237 @@
+//! What the proxy does with the brokers' responses: each is matched to its part of a
+//! client request, and a request whose parts are all in becomes one response for the
+//! client (merged, rewritten, or as the broker sent it), in request order.
+
+use super::hiding::{hide_scram, limit_versions, View};
+use super::*;
+use shotover_protocols::kafka::api::top_level_error_code;
+use shotover_protocols::kafka::kafka_protocol::messages::ResponseHeader;
+
+/// Error codes saying the proxy's idea of a partition's leader is stale:
+/// UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+/// FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, UNKNOWN_TOPIC_ID.
+const LEADER_ERRORS: [i16; 6] = [3, 5, 6, 74, 75, 100];
+/// COORDINATOR_NOT_AVAILABLE and NOT_COORDINATOR.
+const COORDINATOR_ERRORS: [i16; 2] = [15, 16];
+
+impl KafkaSinkCluster {
+    /// Takes in the responses already read, without waiting.
+    pub(super) fn take_read(&mut self) {
+        let addresses: Vec<SocketAddr> = self.conns.keys().copied().collect();
+        for address in addresses {
+            while let Some(conn) = self.conns.get_mut(&address) {
+                match conn.conn.take_message() {
+                    Ok(Some(raw)) => self.accept(address, raw),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.lost(address, &format!("the Kafka broker {address} sent: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what the connections have; ready when anything was taken in.
+    pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut progressed = false;
+        let addresses: Vec<SocketAddr> = self.conns.keys().copied().collect();
+        for address in addresses {
+            while let Some(conn) = self.conns.get_mut(&address) {
+                // Brokers send nothing unasked: with nothing in flight, only a close comes.
+                let mode = if conn.in_flight.is_empty() { ReadMode::Wait } else { ReadMode::Spin };
+                match conn.conn.poll_next(cx, mode) {
+                    Poll::Ready(Ok(raw)) => {
+                        self.accept(address, raw);
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        let had_requests = self.conns.get(&address).is_some_and(|c| !c.in_flight.is_empty());
+                        self.lost(address, &format!("the connection to the Kafka broker {address} failed: {e}"));
+                        progressed |= had_requests;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if progressed {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// A response from `address`: it answers the oldest request in flight there.
+    fn accept(&mut self, address: SocketAddr, raw: Bytes) {
+        let Some(sent) = self.conns.get_mut(&address).and_then(|c| c.in_flight.pop_front()) else {
+            self.lost(address, &format!("the Kafka broker {address} sent a response nobody asked for"));
+            return;
+        };
+        self.timer = None;
+        if let Some(p) = self.pending.iter_mut().find(|p| p.seq == sent.seq) {
+            if let Some(slot) = p.parts.get_mut(sent.part) {
+                if slot.is_none() {
+                    *slot = Some(raw);
+                    p.missing = p.missing.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// The connection to `address` failed: each request waiting on it fails.
+    pub(super) fn lost(&mut self, address: SocketAddr, text: &str) {
+        let Some(conn) = self.conns.remove(&address) else { return };
+        if !conn.in_flight.is_empty() {
+            tracing::warn!("KafkaSinkCluster: {text}");
+        }
+        if self.home == Some(address) {
+            self.home = None;
+        }
+        self.shared.metadata.borrow_mut().forget_topics();
+        for sent in conn.in_flight {
+            self.fail_part(sent.seq, sent.part, &format!("shotover: {text}"));
+        }
+    }
+
+    pub(super) fn fail_part(&mut self, seq: u64, part: usize, text: &str) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) {
+            if let Some(slot) = p.parts.get_mut(part) {
+                if slot.is_none() {
+                    *slot = Some(Bytes::new());
+                    p.missing = p.missing.saturating_sub(1);
+                    p.failed.get_or_insert_with(|| (ProxyError::Upstream, text.to_owned()));
+                }
+            }
+        }
+    }
+
+    /// True when the oldest request has all its responses.
+    pub(super) fn head_done(&self) -> bool {
+        self.pending.front().is_some_and(|p| p.missing == 0)
+    }
+
+    /// The responses for the client, in request order, as far as they are complete.
+    pub(super) fn take_ready(&mut self) -> Vec<Message> {
+        let mut ready = Vec::new();
+        while self.head_done() {
+            if let Some(p) = self.pending.pop_front() {
+                ready.push(self.finish(p));
+            }
+        }
+        ready
+    }
+
+    fn finish(&mut self, p: Pending) -> Message {
+        if let Some((kind, text)) = &p.failed {
+            if *kind == ProxyError::Upstream {
+                self.shared.failed_requests.inc();
+            }
+            return Message::error_to(&p.request, *kind, text);
+        }
+        let raw = match self.response_bytes(&p) {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::warn!("KafkaSinkCluster: cannot read a {:?} v{} response: {e}", p.api_key, p.version);
+                p.parts.into_iter().next().flatten().unwrap_or_default()
+            }
+        };
+        let mut response = Message::from_kafka_response(raw, p.api_key as i16, p.version, Instant::now());
+        response.set_request_id(p.request.id());
+        response
+    }
+
+    /// The bytes for the client: the broker's own when nothing needs changing.
+    fn response_bytes(&mut self, p: &Pending) -> Result<Bytes, String> {
+        let first = p.parts.first().cloned().flatten().unwrap_or_default();
+        if matches!(p.kind, Kind::Plain) {
+            return Ok(first);
+        }
+        let mut header = ResponseHeader::default();
+        let mut bodies = Vec::with_capacity(p.parts.len());
+        for part in p.parts.iter().flatten() {
+            match KafkaFrame::parse_response(part, p.api_key, p.version).map_err(|e| e.to_string())? {
+                KafkaFrame::Response { header: h, body, .. } => {
+                    header = h;
+                    bodies.push(body);
+                }
+                KafkaFrame::Request { .. } => return Err("a request came back".into()),
+            }
+        }
+        // A v0 ApiVersions answer to a newer request (UNSUPPORTED_VERSION) keeps its version.
+        let version = match KafkaFrame::parse_response(&first, p.api_key, p.version) {
+            Ok(KafkaFrame::Response { api_version, .. }) => api_version,
+            _ => p.version,
+        };
+        let split = bodies.len() > 1;
+        let mut body = if split {
+            split::merge(bodies).ok_or("parts of different kinds")?
+        } else {
+            bodies.pop().ok_or("no part")?
+        };
+        let changed = self.take_in(&p.kind, &mut body, version) || split;
+        if !changed {
+            return Ok(first);
+        }
+        KafkaFrame::Response { api_key: p.api_key, api_version: version, header, body }
+            .to_bytes()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Learns from a response and rewrites it for the client; true when it changed.
+    fn take_in(&mut self, kind: &Kind, body: &mut ResponseKind, version: i16) -> bool {
+        let shared = self.shared.clone();
+        match kind {
+            Kind::Plain => false,
+            Kind::Coordinated(which, id) => {
+                if top_level_error_code(body).is_some_and(|c| COORDINATOR_ERRORS.contains(&c)) {
+                    shared.metadata.borrow_mut().forget_coordinator(*which, id);
+                }
+                false
+            }
+            Kind::Partitions => {
+                let stale = split::stale_topics(body, &LEADER_ERRORS);
+                let mut metadata = shared.metadata.borrow_mut();
+                for topic in stale {
+                    metadata.forget_topic(topic);
+                }
+                drop(metadata);
+                self.view_rewrite(body, version)
+            }
+            Kind::Metadata => {
+                if let ResponseKind::Metadata(r) = body {
+                    shared.metadata.borrow_mut().update(r);
+                }
+                self.view_rewrite(body, version)
+            }
+            Kind::FindCoordinator | Kind::DescribeCluster => self.view_rewrite(body, version),
+            Kind::ApiVersions => limit_versions(body),
+            Kind::SaslHandshake { scram } => {
+                if *scram {
+                    // The broker now waits for a SCRAM exchange that will not come.
+                    if let Some(home) = self.home.take() {
+                        self.conns.remove(&home);
+                    }
+                    self.logging_in = None;
+                }
+                hide_scram(body, *scram)
+            }
+            Kind::SaslAuthenticate => {
+                if top_level_error_code(body) == Some(0) {
+                    if let Some(requests) = self.logging_in.take() {
+                        self.login = Login { requests };
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    fn view_rewrite(&self, body: &mut ResponseKind, version: i16) -> bool {
+        let shared = &self.shared;
+        let metadata = shared.metadata.borrow();
+        let Some(local) = shared.shotover.get(shared.local) else { return false };
+        let view = View { up: shared.up_shotover_nodes(), local, metadata: &metadata };
+        view.rewrite(body, version)
+    }
+}

@@ -1,0 +1,114 @@
+//! A client's connection to one broker: requests written in batches, and what each
+//! response answers (brokers answer in request order), plus the proxy's own one-off
+//! requests (Metadata, FindCoordinator) on a connection of their own.
+
+use crate::sinks::kafka::KafkaConnection;
+use crate::sinks::UpstreamTls;
+use bytes::{BufMut, Bytes, BytesMut};
+use shotover_protocols::kafka::kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+use shotover_protocols::kafka::KafkaFrame;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Which part of which client request a response answers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sent {
+    pub(super) seq: u64,
+    pub(super) part: usize,
+    pub(super) at: Instant,
+}
+
+pub(super) struct BrokerConn {
+    pub(super) conn: KafkaConnection,
+    out: BytesMut,
+    /// Oldest first.
+    pub(super) in_flight: VecDeque<Sent>,
+}
+
+/// What a new connection replays to be logged in as the client: the SaslHandshake and
+/// SaslAuthenticate requests that succeeded on the first connection.
+#[derive(Default, Clone)]
+pub(super) struct Login {
+    pub(super) requests: Vec<Bytes>,
+}
+
+impl BrokerConn {
+    /// Connects to `address` and replays `login` on it.
+    pub(super) async fn open(
+        address: SocketAddr,
+        timeout: Duration,
+        tls: Option<&UpstreamTls>,
+        login: &Login,
+    ) -> io::Result<Self> {
+        let mut conn = KafkaConnection::connect(address, timeout, tls).await?;
+        for request in &login.requests {
+            conn.write_all(request).await?;
+            let response = conn.next().await?;
+            if !login_accepted(request, &response) {
+                return Err(io::Error::other(format!("the broker {address} refused the client's SASL login")));
+            }
+        }
+        Ok(BrokerConn { conn, out: BytesMut::new(), in_flight: VecDeque::new() })
+    }
+
+    /// Queues `message` for the next [`flush`](Self::flush); `answer` when a response
+    /// will come.
+    pub(super) fn queue(&mut self, message: &[u8], answer: Option<Sent>) {
+        self.out.put_slice(message);
+        self.in_flight.extend(answer);
+    }
+
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.conn.write_all(&self.out).await;
+        self.out.clear();
+        result
+    }
+
+    /// When the oldest request in flight was sent.
+    pub(super) fn oldest(&self) -> Option<Instant> {
+        self.in_flight.front().map(|s| s.at)
+    }
+}
+
+/// True when a replayed SaslHandshake or SaslAuthenticate got error code 0. Both
+/// responses start with the error code, after the correlation id (and, for flexible
+/// SaslAuthenticate, an empty tag buffer).
+fn login_accepted(request: &[u8], response: &Bytes) -> bool {
+    let Ok(ids) = shotover_protocols::kafka::header::request_ids(request) else { return false };
+    let Ok(api_key) = ApiKey::try_from(ids.api_key) else { return false };
+    match KafkaFrame::parse_response(response, api_key, ids.api_version) {
+        Ok(KafkaFrame::Response { body, .. }) => shotover_protocols::kafka::api::top_level_error_code(&body) == Some(0),
+        _ => false,
+    }
+}
+
+/// Sends one request of the proxy's own on `conn` (with nothing else in flight) and reads
+/// its response.
+pub(super) async fn ask(
+    conn: &mut KafkaConnection,
+    body: RequestKind,
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+) -> io::Result<ResponseKind> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(shotover_protocols::kafka::kafka_protocol::protocol::StrBytes::from_static_str(
+            "shotover",
+        )));
+    let request = KafkaFrame::Request { header, body }.to_bytes().map_err(io::Error::other)?;
+    conn.write_all(&request).await?;
+    let response = conn.next().await?;
+    match KafkaFrame::parse_response(&response, api_key, version) {
+        Ok(KafkaFrame::Response { body, .. }) => Ok(body),
+        Ok(_) => Err(io::Error::other("not a response")),
+        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}

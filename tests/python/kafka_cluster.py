@@ -1,0 +1,260 @@
+"""Drives KafkaSinkCluster with confluent-kafka (librdkafka) and kafka-python.
+
+usage: kafka_cluster.py MODE PROXY_BOOTSTRAP DIRECT_BOOTSTRAP [EXTRA...]
+
+Modes (each prints `key=value` lines for the test to assert on):
+  workload      a 6-partition topic of replication 3 made through the proxy; 600 records
+                produced to every partition with acks=all, consumed by a group that commits;
+                kafka-python produces and consumes too; the records are then read directly
+                from the brokers, partition by partition, to check where they landed.
+  groups        a consumer group of two that rebalances when one leaves, and a
+                transactional producer read by a read_committed consumer.
+  metadata      the brokers and partition leaders as seen through the proxy and directly.
+  sasl USER PW  SASL PLAIN through the proxy as USER (produce, consume), then SCRAM.
+  keep-going S  produces and consumes for S seconds (a broker is killed meanwhile): every
+                acknowledged record must be read back.
+"""
+import sys
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+mode, proxy, direct = sys.argv[1], sys.argv[2], sys.argv[3]
+extra = sys.argv[4:]
+common = {"bootstrap.servers": proxy, "broker.address.family": "v4"}
+direct_common = {"bootstrap.servers": direct, "broker.address.family": "v4"}
+
+
+def new_topic(config, partitions=6, replication=3):
+    topic = "t-" + uuid.uuid4().hex[:8]
+    admin = AdminClient(config)
+    for f in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replication)]).values():
+        f.result(30)
+    # Every broker knows the topic before it is used.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        t = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if t is not None and t.error is None and len(t.partitions) == partitions and all(
+            p.leader >= 0 for p in t.partitions.values()
+        ):
+            break
+        time.sleep(0.2)
+    return topic
+
+
+def consume(config, topic, want, group=None, seconds=60, extra_config=None):
+    c = Consumer(dict(config, **{
+        "group.id": group or "g-" + uuid.uuid4().hex[:8],
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    }, **(extra_config or {})))
+    c.subscribe([topic])
+    got = []
+    deadline = time.time() + seconds
+    while len(got) < want and time.time() < deadline:
+        msg = c.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        got.append((msg.partition(), msg.value()))
+    return c, got
+
+
+def by_partition(config, topic, partitions):
+    """Every record of each partition, read directly with assign (no group)."""
+    c = Consumer(dict(config, **{"group.id": "direct-" + uuid.uuid4().hex[:8], "enable.auto.commit": False}))
+    out = {}
+    for p in range(partitions):
+        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        c.assign([TopicPartition(topic, p, low)])
+        values = []
+        deadline = time.time() + 20
+        while len(values) < high - low and time.time() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                values.append(msg.value())
+        out[p] = values
+    c.close()
+    return out
+
+
+if mode == "workload":
+    topic = new_topic(common)
+    producer = Producer(dict(common, **{"acks": "all", "linger.ms": 20}))
+    errors = []
+    for i in range(600):
+        producer.produce(topic, value=b"v-%d-%d" % (i % 6, i), partition=i % 6,
+                         on_delivery=lambda err, msg: errors.append(err) if err else None)
+    left = producer.flush(30)
+    print("produce_errors=%d left=%d" % (len(errors), left))
+    group = "g-" + uuid.uuid4().hex[:8]
+    c, got = consume(common, topic, 600, group)
+    c.commit(asynchronous=False)
+    committed = c.committed([TopicPartition(topic, p) for p in range(6)], timeout=30)
+    c.close()
+    print("consumed=%d" % len(got))
+    print("consumed_in_their_partition=%s" % all(v.startswith(b"v-%d-" % p) for p, v in got))
+    print("committed=%d" % sum(tp.offset for tp in committed))
+
+    from kafka import KafkaConsumer, KafkaProducer
+    kp = KafkaProducer(bootstrap_servers=proxy, acks="all")
+    for i in range(60):
+        kp.send(topic, b"v-%d-kp%d" % (i % 6, i), partition=i % 6)
+    kp.flush()
+    print("kafka_python_brokers=%s" % sorted("%s:%d" % (b.host, b.port) for b in kp._metadata.brokers()))
+    kp.close()
+    kc = KafkaConsumer(topic, bootstrap_servers=proxy, group_id="kp-" + uuid.uuid4().hex[:8],
+                       auto_offset_reset="earliest", consumer_timeout_ms=15000)
+    values = [m.value for m in kc]
+    kc.close()
+    print("kafka_python_consumed=%d" % len(values))
+
+    stored = by_partition(direct_common, topic, 6)
+    print("direct_total=%d" % sum(len(v) for v in stored.values()))
+    print("direct_in_their_partition=%s" % all(
+        all(v.startswith(b"v-%d-" % p) for v in values) for p, values in stored.items()))
+    print("done")
+
+elif mode == "metadata":
+    topic = new_topic(direct_common)
+    seen = AdminClient(common).list_topics(topic, timeout=30)
+    real = AdminClient(direct_common).list_topics(topic, timeout=30)
+    print("brokers=%s" % sorted("%d@%s:%d" % (b.id, b.host, b.port) for b in seen.brokers.values()))
+    # The real leader of each partition, and the node the proxy shows as its leader.
+    for p in sorted(real.topics[topic].partitions):
+        print("partition=%d real_leader=%d shown_leader=%d" % (
+            p, real.topics[topic].partitions[p].leader, seen.topics[topic].partitions[p].leader))
+    print("done")
+
+elif mode == "groups":
+    topic = new_topic(common)
+    producer = Producer(dict(common, **{"acks": "all"}))
+    for i in range(60):
+        producer.produce(topic, value=b"%d" % i, partition=i % 6)
+    producer.flush(30)
+    group = "g-" + uuid.uuid4().hex[:8]
+
+    def assigned(consumers, want_sizes, seconds=60):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            for c in consumers:
+                c.poll(0.2)
+            sizes = sorted(len(c.assignment()) for c in consumers)
+            if sizes == want_sizes:
+                return sizes
+        return sorted(len(c.assignment()) for c in consumers)
+
+    config = dict(common, **{"group.id": group, "auto.offset.reset": "earliest",
+                             "session.timeout.ms": 10000, "heartbeat.interval.ms": 500})
+    a = Consumer(config)
+    a.subscribe([topic])
+    print("alone=%s" % assigned([a], [6]))
+    b = Consumer(config)
+    b.subscribe([topic])
+    print("two=%s" % assigned([a, b], [3, 3]))
+    b.close()
+    print("after_leave=%s" % assigned([a], [6]))
+    a.close()
+
+    tx_topic = new_topic(common, partitions=3)
+    tp = Producer(dict(common, **{"transactional.id": "tx-" + uuid.uuid4().hex[:8]}))
+    tp.init_transactions(30)
+    tp.begin_transaction()
+    for i in range(10):
+        tp.produce(tx_topic, value=b"committed-%d" % i, partition=i % 3)
+    tp.commit_transaction(30)
+    tp.begin_transaction()
+    for i in range(5):
+        tp.produce(tx_topic, value=b"aborted-%d" % i, partition=i % 3)
+    tp.flush(30)
+    tp.abort_transaction(30)
+    tp.begin_transaction()
+    tp.produce(tx_topic, value=b"committed-last", partition=0)
+    tp.commit_transaction(30)
+    c, got = consume(common, tx_topic, 11, extra_config={"isolation.level": "read_committed"}, seconds=30)
+    # Nothing more comes: the aborted records stay hidden.
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        msg = c.poll(0.5)
+        if msg is not None and not msg.error():
+            got.append((msg.partition(), msg.value()))
+    c.close()
+    print("read_committed=%d aborted_seen=%d" % (len(got), sum(1 for _, v in got if v.startswith(b"aborted"))))
+    print("done")
+
+elif mode == "sasl":
+    user, password = extra[0], extra[1]
+    plain = dict(common, **{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+                            "sasl.username": user, "sasl.password": password})
+    topic = new_topic(plain)
+    producer = Producer(dict(plain, **{"acks": "all"}))
+    errors = []
+    for i in range(60):
+        producer.produce(topic, value=b"%d" % i, partition=i % 6,
+                         on_delivery=lambda err, msg: errors.append(err) if err else None)
+    left = producer.flush(30)
+    print("plain_produce_errors=%d left=%d" % (len(errors), left))
+    c, got = consume(plain, topic, 60)
+    c.close()
+    print("plain_consumed=%d" % len(got))
+    wrong = dict(plain, **{"sasl.password": "wrong"})
+    failures = []
+    a = AdminClient(dict(wrong, **{"error_cb": lambda e: failures.append(e.code())}))
+    try:
+        a.list_topics(timeout=5)
+        print("wrong_password=accepted")
+    except Exception:
+        a.poll(1)  # serves error_cb
+        print("wrong_password=refused authentication_failure=%s" % (KafkaError._AUTHENTICATION in failures))
+    scram_errors = []
+    scram = dict(common, **{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+                            "sasl.username": user, "sasl.password": password,
+                            "error_cb": lambda e: scram_errors.append(str(e))})
+    scram_admin = AdminClient(scram)
+    try:
+        scram_admin.list_topics(timeout=5)
+        print("scram=accepted")
+    except Exception:
+        print("scram=refused")
+    scram_admin.poll(1)
+    # librdkafka: "SASL SCRAM-SHA-256 mechanism handshake failed: Broker: Unsupported SASL mechanism"
+    print("scram_error=%s" % any("Unsupported SASL mechanism" in e for e in scram_errors))
+    print("done")
+
+elif mode == "keep-going":
+    seconds = float(extra[0])
+    topic = new_topic(common)
+    acked = set()
+    errors = []
+
+    def delivered(err, msg):
+        if err:
+            errors.append(err.name())
+        else:
+            acked.add(msg.value())
+
+    producer = Producer(dict(common, **{"acks": "all", "linger.ms": 5, "message.timeout.ms": 60000}))
+    open(extra[1], "w").close() if len(extra) > 1 else None  # the load has started
+    end = time.time() + seconds
+    i = 0
+    while time.time() < end:
+        producer.produce(topic, value=b"r-%d" % i, partition=i % 6, on_delivery=delivered)
+        producer.poll(0)
+        i += 1
+        time.sleep(0.005)
+    left = producer.flush(60)
+    print("sent=%d acked=%d left=%d produce_errors=%d" % (i, len(acked), left, len(errors)))
+    print("produce_error_names=%s" % sorted(set(errors)))
+    # Retried produce requests may have written a record twice: count distinct records.
+    c = Consumer(dict(common, **{"group.id": "g-" + uuid.uuid4().hex[:8], "auto.offset.reset": "earliest"}))
+    c.subscribe([topic])
+    read = set()
+    deadline = time.time() + 90
+    while not acked <= read and time.time() < deadline:
+        msg = c.poll(0.5)
+        if msg is not None and not msg.error():
+            read.add(msg.value())
+    c.close()
+    print("acked_and_read=%d/%d" % (len(acked & read), len(acked)))
+    print("done")

@@ -1,0 +1,248 @@
+//! KafkaSinkCluster in front of a real Apache Kafka 4 cluster of three brokers (racks
+//! rack1..rack3), driven by confluent-kafka (librdkafka), kafka-python and Kafka's own
+//! Java tools.
+
+use shotover_integration_tests::backends::run_python_with_timeout;
+use shotover_integration_tests::kafka_cluster::{shared_kafka, KafkaCluster};
+use shotover_integration_tests::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// One Shotover node of a Shotover cluster: its port, rack and broker id.
+#[derive(Clone, Copy)]
+struct Node {
+    port: u16,
+    rack: &'static str,
+    id: i32,
+}
+
+fn cluster_topology(kafka: &KafkaCluster, nodes: &[Node], local: usize, extra: &str) -> String {
+    let contact = kafka.brokers.iter().map(|b| format!("\"127.0.0.1:{}\"", b.plaintext)).collect::<Vec<_>>().join(", ");
+    let shotover_nodes: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "              - address_for_client: \"127.0.0.1:{}\"\n                rack: \"{}\"\n                broker_id: {}\n",
+                n.port, n.rack, n.id
+            )
+        })
+        .collect();
+    let me = nodes[local];
+    format!(
+        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n{shotover_nodes}            local_shotover_broker_id: {}\n            connect_timeout_ms: 3000\n{extra}",
+        me.port, me.id
+    )
+}
+
+fn one_proxy(kafka: &KafkaCluster, extra: &str) -> (Shotover, u16) {
+    let port = free_port();
+    let nodes = [Node { port, rack: "rack1", id: 0 }];
+    (Shotover::start(&cluster_topology(kafka, &nodes, 0, extra), port), port)
+}
+
+fn script() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/kafka_cluster.py")).unwrap()
+}
+
+fn run(mode: &str, proxy: &str, direct: &str, extra: &[&str]) -> String {
+    let mut args = vec![mode, proxy, direct];
+    args.extend_from_slice(extra);
+    let out = run_python_with_timeout(&script(), &args, Duration::from_secs(240));
+    assert!(out.success(), "kafka_cluster.py {mode} failed:\n{}\n{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+fn has(out: &str, line: &str) -> bool {
+    out.lines().any(|l| l == line)
+}
+
+fn failed_requests(shotover: &Shotover) -> f64 {
+    metric_value(&shotover.metrics(), "failed_requests{chain=\"kafka\",transform=\"KafkaSinkCluster\"}")
+}
+
+/// One Shotover in front of three brokers: the clients see one broker, produce to every
+/// partition in one request (the proxy splits it by leader) and consume with a group.
+#[test]
+fn clients_produce_and_consume_through_one_shotover() {
+    let kafka = shared_kafka();
+    let (shotover, port) = one_proxy(&kafka, "");
+    let proxy = format!("127.0.0.1:{port}");
+    let out = run("workload", &proxy, &kafka.bootstrap(), &[]);
+    for line in [
+        "produce_errors=0 left=0",
+        "consumed=600",
+        "consumed_in_their_partition=True",
+        "committed=600",
+        "kafka_python_consumed=660",
+        "direct_total=660",
+        "direct_in_their_partition=True",
+        "done",
+    ] {
+        assert!(has(&out, line), "missing {line}:\n{out}\nproxy:\n{}", shotover.output());
+    }
+    assert!(has(&out, &format!("kafka_python_brokers=['{proxy}']")), "{out}");
+    assert_eq!(failed_requests(&shotover), 0.0);
+}
+
+/// Three Shotover nodes, one per rack: each partition's leader is shown as the Shotover
+/// node of the real leader's rack, and every node gives the same answer.
+#[test]
+fn three_shotovers_show_leaders_in_their_racks() {
+    let kafka = shared_kafka();
+    let nodes: Vec<Node> = ["rack1", "rack2", "rack3"]
+        .iter()
+        .enumerate()
+        .map(|(i, rack)| Node { port: free_port(), rack, id: 10 + i as i32 })
+        .collect();
+    let mut proxies: Vec<Shotover> = (0..3)
+        .map(|i| {
+            let topology = cluster_topology(&kafka, &nodes, i, "            check_shotover_peers_delay_ms: 500\n");
+            Shotover::start(&topology, nodes[i].port)
+        })
+        .collect();
+    let bootstrap = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
+    let out = run("metadata", &format!("127.0.0.1:{}", nodes[1].port), &kafka.bootstrap(), &[]);
+    let expected: Vec<String> = nodes.iter().map(|n| format!("'{}@127.0.0.1:{}'", n.id, n.port)).collect();
+    assert!(has(&out, &format!("brokers=[{}]", expected.join(", "))), "{out}");
+    let mut partitions = 0;
+    for line in out.lines().filter(|l| l.starts_with("partition=")) {
+        let field = |name: &str| -> i32 {
+            line.split(' ').find_map(|w| w.strip_prefix(name)).and_then(|v| v.parse().ok()).unwrap_or(-99)
+        };
+        let (real, shown) = (field("real_leader="), field("shown_leader="));
+        // Broker N is in rackN, and so is Shotover node 10 + N - 1.
+        assert_eq!(shown, 10 + real - 1, "{line}\n{out}");
+        partitions += 1;
+    }
+    assert_eq!(partitions, 6, "{out}");
+    // Clients bootstrapped from all three nodes produce and consume through them.
+    let out = run("workload", &bootstrap, &kafka.bootstrap(), &[]);
+    assert!(has(&out, "consumed=600") && has(&out, "direct_total=660"), "{out}");
+    for p in &proxies {
+        assert_eq!(failed_requests(p), 0.0, "{}", p.output());
+    }
+    // A node that stops is left out of the others' metadata.
+    drop(proxies.pop());
+    let two = format!("brokers=[{}]", expected[..2].join(", "));
+    let mut out = String::new();
+    let left_out = wait_until(Duration::from_secs(30), || {
+        // Until the check finds it down, clients may fail on the stopped node.
+        let args = ["metadata", &format!("127.0.0.1:{}", nodes[0].port), &kafka.bootstrap()];
+        out = run_python_with_timeout(&script(), &args, Duration::from_secs(60)).stdout;
+        has(&out, &two)
+    });
+    assert!(left_out, "{out}");
+}
+
+/// A consumer group of two that rebalances, and transactions read with read_committed.
+#[test]
+fn groups_rebalance_and_transactions_commit_through_the_proxy() {
+    let kafka = shared_kafka();
+    let (shotover, port) = one_proxy(&kafka, "");
+    let out = run("groups", &format!("127.0.0.1:{port}"), &kafka.bootstrap(), &[]);
+    for line in ["alone=[6]", "two=[3, 3]", "after_leave=[6]", "read_committed=11 aborted_seen=0", "done"] {
+        assert!(has(&out, line), "missing {line}:\n{out}\nproxy:\n{}", shotover.output());
+    }
+    assert_eq!(failed_requests(&shotover), 0.0);
+}
+
+/// SASL PLAIN through the proxy: the login made on the first broker connection is replayed
+/// on the others; a wrong password is refused; SCRAM looks disabled.
+#[test]
+fn sasl_plain_is_replayed_and_scram_looks_disabled() {
+    let kafka = shared_kafka();
+    let port = free_port();
+    let contact = kafka.brokers.iter().map(|b| format!("\"127.0.0.1:{}\"", b.sasl)).collect::<Vec<_>>().join(", ");
+    let topology = format!(
+        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n              - address_for_client: \"127.0.0.1:{port}\"\n                rack: \"rack1\"\n                broker_id: 0\n            local_shotover_broker_id: 0\n"
+    );
+    let shotover = Shotover::start(&topology, port);
+    let out = run("sasl", &format!("127.0.0.1:{port}"), &kafka.bootstrap(), &["admin", "admin-secret"]);
+    for line in [
+        "plain_produce_errors=0 left=0",
+        "plain_consumed=60",
+        "wrong_password=refused authentication_failure=True",
+        "scram=refused",
+        "scram_error=True",
+        "done",
+    ] {
+        assert!(has(&out, line), "missing {line}:\n{out}\nproxy:\n{}", shotover.output());
+    }
+}
+
+/// A broker killed while clients produce and consume: the clients carry on through the
+/// proxy, and every record the broker acknowledged is read back.
+#[test]
+fn a_broker_killed_under_load_loses_nothing_acknowledged() {
+    let kafka = KafkaCluster::start(3);
+    let (shotover, port) = one_proxy(&kafka, "");
+    let marker = TempDir::new("kafka-load");
+    let started = marker.path("started");
+    let proxy = format!("127.0.0.1:{port}");
+    let (bootstrap, started_arg) = (kafka.bootstrap(), started.to_string_lossy().into_owned());
+    let load = std::thread::spawn(move || run("keep-going", &proxy, &bootstrap, &["20", &started_arg]));
+    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load never started");
+    std::thread::sleep(Duration::from_secs(3));
+    kafka.stop_broker(2);
+    let out = load.join().expect("the load thread");
+    let acked = out
+        .lines()
+        .find_map(|l| l.strip_prefix("sent=")?.split(' ').find_map(|w| w.strip_prefix("acked=")))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(acked > 100, "records were acknowledged:\n{out}");
+    assert!(has(&out, &format!("acked_and_read={acked}/{acked}")), "{out}\nproxy:\n{}", shotover.output());
+}
+
+/// Kafka's own Java producer and consumer (the performance tools) through the proxy.
+#[test]
+fn the_java_client_produces_and_consumes_through_the_proxy() {
+    let kafka = shared_kafka();
+    let (shotover, port) = one_proxy(&kafka, "");
+    let topic = format!("java-{port}");
+    let create = kafka.tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &kafka.bootstrap(),
+            "--create",
+            "--topic",
+            &topic,
+            "--partitions",
+            "6",
+            "--replication-factor",
+            "3",
+        ],
+    );
+    assert!(create.status.success(), "{}", String::from_utf8_lossy(&create.stderr));
+    let proxy = format!("127.0.0.1:{port}");
+    let produce = kafka.tool(
+        "org.apache.kafka.tools.ProducerPerformance",
+        &[
+            "--topic",
+            &topic,
+            "--num-records",
+            "20000",
+            "--record-size",
+            "1024",
+            "--throughput",
+            "-1",
+            "--producer-props",
+            &format!("bootstrap.servers={proxy}"),
+            "acks=all",
+        ],
+    );
+    let text = String::from_utf8_lossy(&produce.stdout);
+    assert!(produce.status.success(), "{text}\n{}", String::from_utf8_lossy(&produce.stderr));
+    assert!(text.lines().any(|l| l.starts_with("20000 records sent")), "{text}");
+    let consume = kafka.tool(
+        "org.apache.kafka.tools.ConsumerPerformance",
+        &["--bootstrap-server", &proxy, "--topic", &topic, "--num-records", "20000", "--timeout", "60000"],
+    );
+    let text = String::from_utf8_lossy(&consume.stdout);
+    assert!(consume.status.success(), "{text}\n{}", String::from_utf8_lossy(&consume.stderr));
+    // The data line's fifth column, data.consumed.in.nMsg, is the number of records consumed.
+    let consumed = text.lines().filter_map(|l| l.split(", ").nth(4)?.trim().parse::<u64>().ok()).next_back();
+    assert_eq!(consumed, Some(20000), "{text}");
+    assert_eq!(failed_requests(&shotover), 0.0, "{}", shotover.output());
+}
