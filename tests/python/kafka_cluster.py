@@ -88,8 +88,13 @@ if mode == "workload":
                          on_delivery=lambda err, msg: errors.append(err) if err else None)
     left = producer.flush(30)
     print("produce_errors=%d left=%d" % (len(errors), left))
+    # acks=0: no responses at all, between requests that get one.
+    fire = Producer(dict(common, **{"acks": "0", "linger.ms": 20}))
+    for i in range(60):
+        fire.produce(topic, value=b"v-%d-a0-%d" % (i % 6, i), partition=i % 6)
+    print("acks0_left=%d" % fire.flush(30))
     group = "g-" + uuid.uuid4().hex[:8]
-    c, got = consume(common, topic, 600, group)
+    c, got = consume(common, topic, 660, group)
     c.commit(asynchronous=False)
     committed = c.committed([TopicPartition(topic, p) for p in range(6)], timeout=30)
     c.close()
@@ -235,7 +240,9 @@ elif mode == "keep-going":
             acked.add(msg.value())
 
     producer = Producer(dict(common, **{"acks": "all", "linger.ms": 5, "message.timeout.ms": 60000}))
-    open(extra[1], "w").close() if len(extra) > 1 else None  # the load has started
+    if len(extra) > 1:
+        with open(extra[1], "w") as f:  # the load has started, on this topic
+            f.write(topic)
     end = time.time() + seconds
     i = 0
     while time.time() < end:

@@ -70,11 +70,12 @@ fn clients_produce_and_consume_through_one_shotover() {
     let out = run("workload", &proxy, &kafka.bootstrap(), &[]);
     for line in [
         "produce_errors=0 left=0",
-        "consumed=600",
+        "acks0_left=0",
+        "consumed=660",
         "consumed_in_their_partition=True",
-        "committed=600",
-        "kafka_python_consumed=660",
-        "direct_total=660",
+        "committed=660",
+        "kafka_python_consumed=720",
+        "direct_total=720",
         "direct_in_their_partition=True",
         "done",
     ] {
@@ -117,7 +118,7 @@ fn three_shotovers_show_leaders_in_their_racks() {
     assert_eq!(partitions, 6, "{out}");
     // Clients bootstrapped from all three nodes produce and consume through them.
     let out = run("workload", &bootstrap, &kafka.bootstrap(), &[]);
-    assert!(has(&out, "consumed=600") && has(&out, "direct_total=660"), "{out}");
+    assert!(has(&out, "consumed=660") && has(&out, "direct_total=720"), "{out}");
     for p in &proxies {
         assert_eq!(failed_requests(p), 0.0, "{}", p.output());
     }
@@ -245,4 +246,67 @@ fn the_java_client_produces_and_consumes_through_the_proxy() {
     let consumed = text.lines().filter_map(|l| l.split(", ").nth(4)?.trim().parse::<u64>().ok()).next_back();
     assert_eq!(consumed, Some(20000), "{text}");
     assert_eq!(failed_requests(&shotover), 0.0, "{}", shotover.output());
+}
+
+/// Partition leaders moved with Kafka's admin tools while a producer writes through the
+/// proxy: the old leaders answer NOT_LEADER_OR_FOLLOWER, the proxy forgets them and finds
+/// the new ones, and every acknowledged record is read back.
+#[test]
+fn partition_leaders_moved_by_the_admin_tools_are_followed() {
+    let kafka = shared_kafka();
+    let (shotover, port) = one_proxy(&kafka, "");
+    let marker = TempDir::new("kafka-move");
+    let started = marker.path("started");
+    let proxy = format!("127.0.0.1:{port}");
+    let (bootstrap, started_arg) = (kafka.bootstrap(), started.to_string_lossy().into_owned());
+    let load = std::thread::spawn(move || run("keep-going", &proxy, &bootstrap, &["15", &started_arg]));
+    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load never started");
+    std::thread::sleep(Duration::from_secs(2));
+    let topic = std::fs::read_to_string(&started).unwrap();
+    // Each partition's preferred leader becomes a broker that does not lead it now.
+    let describe = kafka.tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &["--bootstrap-server", &kafka.bootstrap(), "--describe", "--topic", &topic],
+    );
+    let text = String::from_utf8_lossy(&describe.stdout).into_owned();
+    let mut moves = Vec::new();
+    for line in text.lines().filter(|l| l.contains("Leader:")) {
+        let field =
+            |name: &str| line.split_whitespace().skip_while(|w| *w != name).nth(1).and_then(|v| v.parse::<i32>().ok());
+        let (Some(partition), Some(leader)) = (field("Partition:"), field("Leader:")) else { continue };
+        let new_leader = leader % 3 + 1;
+        let replicas: Vec<i32> = (0..3).map(|i| (new_leader - 1 + i) % 3 + 1).collect();
+        moves.push(format!("{{\"topic\":\"{topic}\",\"partition\":{partition},\"replicas\":{replicas:?}}}"));
+    }
+    assert_eq!(moves.len(), 6, "{text}");
+    let plan = marker.path("plan.json");
+    std::fs::write(&plan, format!("{{\"version\":1,\"partitions\":[{}]}}", moves.join(","))).unwrap();
+    let plan = plan.to_string_lossy().into_owned();
+    let reassign = kafka.tool(
+        "org.apache.kafka.tools.reassign.ReassignPartitionsCommand",
+        &["--bootstrap-server", &kafka.bootstrap(), "--reassignment-json-file", &plan, "--execute"],
+    );
+    assert!(reassign.status.success(), "{}", String::from_utf8_lossy(&reassign.stderr));
+    let partitions: Vec<String> = (0..6).map(|p| format!("{{\"topic\":\"{topic}\",\"partition\":{p}}}")).collect();
+    let election = marker.path("election.json");
+    std::fs::write(&election, format!("{{\"partitions\":[{}]}}", partitions.join(","))).unwrap();
+    let election = election.to_string_lossy().into_owned();
+    let elect = kafka.tool(
+        "org.apache.kafka.tools.LeaderElectionCommand",
+        &["--bootstrap-server", &kafka.bootstrap(), "--election-type", "preferred", "--path-to-json-file", &election],
+    );
+    let elected = String::from_utf8_lossy(&elect.stdout).into_owned();
+    let out = load.join().expect("the load thread");
+    assert!(
+        elected.contains("Successfully completed leader election"),
+        "{elected}\n{}",
+        String::from_utf8_lossy(&elect.stderr)
+    );
+    let acked = out
+        .lines()
+        .find_map(|l| l.strip_prefix("sent=")?.split(' ').find_map(|w| w.strip_prefix("acked=")))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(acked > 100, "records were acknowledged:\n{out}");
+    assert!(has(&out, &format!("acked_and_read={acked}/{acked}")), "{out}\nproxy:\n{}", shotover.output());
 }

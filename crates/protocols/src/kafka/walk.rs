@@ -15,11 +15,19 @@ use super::header::RequestHeaderView;
 use super::wire::Reader;
 use super::{ApiKey, KafkaCodecError};
 
+/// The most array elements a walked request may hold (topics, partitions and the like, all
+/// arrays together). Every element costs a byte or a few on the wire but a hundred or so
+/// once decoded, so this bounds what one request can make the decoder allocate (to a few
+/// MiB) whatever its size; real clients send far fewer, even for thousands of partitions.
+pub const MAX_ELEMENTS: usize = 100_000;
+
 /// A read position in a request body, in its version's encoding.
 struct Walk<'a> {
     r: Reader<'a>,
     /// Compact strings and arrays, and tagged fields (flexible versions).
     flexible: bool,
+    /// Array elements the request may still hold.
+    budget: usize,
 }
 
 impl<'a> Walk<'a> {
@@ -58,6 +66,10 @@ impl<'a> Walk<'a> {
         if count as u64 > self.r.remaining() as u64 {
             return Err(KafkaCodecError::Malformed(what));
         }
+        self.budget = usize::try_from(count)
+            .ok()
+            .and_then(|n| self.budget.checked_sub(n))
+            .ok_or(KafkaCodecError::Malformed("more elements than the proxy decodes"))?;
         for _ in 0..count {
             element(self)?;
         }
@@ -65,10 +77,59 @@ impl<'a> Walk<'a> {
     }
 
     fn tagged(&mut self, what: &'static str) -> Result<(), KafkaCodecError> {
-        if self.flexible {
-            self.r.skip_tagged_fields(what)?;
+        self.tagged_with(what, |_, _| Ok(()))
+    }
+
+    /// Tagged fields, of which `known` checks those the decoder reads as fields: it reads
+    /// them by their own layout, not their declared size, so each must fill its size exactly.
+    fn tagged_with(
+        &mut self,
+        what: &'static str,
+        known: impl Fn(u32, &[u8]) -> Result<(), KafkaCodecError>,
+    ) -> Result<(), KafkaCodecError> {
+        if !self.flexible {
+            return Ok(());
+        }
+        let count = self.r.uvarint(what)?;
+        for _ in 0..count {
+            let tag = self.r.uvarint(what)?;
+            let size = usize::try_from(self.r.uvarint(what)?).map_err(|_| KafkaCodecError::Malformed(what))?;
+            known(tag, self.r.bytes(size, what)?)?;
         }
         Ok(())
+    }
+}
+
+/// True when `field` is exactly what `walk` steps over, in a flexible encoding.
+fn fills(field: &[u8], walk: impl FnOnce(&mut Walk) -> Result<(), KafkaCodecError>) -> bool {
+    let mut w = Walk { r: Reader::new(field, 0), flexible: true, budget: 0 };
+    walk(&mut w).is_ok() && w.r.remaining() == 0
+}
+
+/// Fetch's known tagged fields (FetchRequest.json): in a partition, ReplicaDirectoryId (tag
+/// 0, v17+, a UUID) and HighWatermark (tag 1, v18+, an int64); at the top level, ClusterId
+/// (tag 0, v12+, a compact string) and ReplicaState (tag 1, v15+: int32, int64, tags).
+fn fetch_partition_tag(v: i16) -> impl Fn(u32, &[u8]) -> Result<(), KafkaCodecError> {
+    move |tag, field| match tag {
+        0 if v >= 17 && field.len() == 16 => Ok(()),
+        1 if v >= 18 && field.len() == 8 => Ok(()),
+        0 | 1 => Err(KafkaCodecError::Malformed("fetch partition tagged field")),
+        _ => Ok(()),
+    }
+}
+
+fn fetch_tag(v: i16) -> impl Fn(u32, &[u8]) -> Result<(), KafkaCodecError> {
+    move |tag, field| {
+        let ok = match tag {
+            0 => fills(field, |w| w.string("cluster id").map(|_| ())),
+            1 if v >= 15 => fills(field, |w| {
+                w.skip(4 + 8, "replica state")?;
+                w.tagged("replica state tagged fields")
+            }),
+            1 => false,
+            _ => true,
+        };
+        ok.then_some(()).ok_or(KafkaCodecError::Malformed("fetch tagged field"))
     }
 }
 
@@ -89,7 +150,7 @@ pub fn check_request(msg: &[u8]) -> Result<(), KafkaCodecError> {
     }
     let v = header.api_version;
     let flexible = header.header_version >= 2;
-    let mut w = Walk { r: Reader::new(msg, header.body_offset), flexible };
+    let mut w = Walk { r: Reader::new(msg, header.body_offset), flexible, budget: MAX_ELEMENTS };
     match header.api_key {
         ApiKey::Produce => produce(&mut w, v)?,
         ApiKey::Fetch => fetch(&mut w, v)?,
@@ -138,7 +199,7 @@ fn fetch(w: &mut Walk, v: i16) -> Result<(), KafkaCodecError> {
             let last_fetched_epoch = if v >= 12 { 4 } else { 0 };
             let log_start = if v >= 5 { 8 } else { 0 };
             w.skip(4 + leader_epoch + 8 + last_fetched_epoch + log_start + 4, "partition")?;
-            w.tagged("partition tagged fields")
+            w.tagged_with("partition tagged fields", fetch_partition_tag(v))
         })?;
         w.tagged("topic tagged fields")
     })?;
@@ -152,7 +213,7 @@ fn fetch(w: &mut Walk, v: i16) -> Result<(), KafkaCodecError> {
     if v >= 11 {
         w.string("rack id")?;
     }
-    w.tagged("tagged fields")
+    w.tagged_with("tagged fields", fetch_tag(v))
 }
 
 fn list_offsets(w: &mut Walk, v: i16) -> Result<(), KafkaCodecError> {
@@ -203,14 +264,15 @@ fn delete_records(w: &mut Walk) -> Result<(), KafkaCodecError> {
 }
 
 /// The first `N` string fields of a request's body, for the requests routed by a group or
-/// transactional id written first (a `None` is a null string). OffsetFetch v8+ and
-/// DescribeGroups start with an array: their first element's first string is read.
+/// transactional id written first (a `None` is a null string). OffsetFetch v8+,
+/// DescribeGroups, DeleteGroups and ConsumerGroupDescribe start with an array: their first
+/// element's first string is read.
 pub fn leading_strings<const N: usize>(msg: &[u8]) -> Result<[Option<&[u8]>; N], KafkaCodecError> {
     let header = RequestHeaderView::parse(msg)?;
-    let mut w = Walk { r: Reader::new(msg, header.body_offset), flexible: header.header_version >= 2 };
+    let mut w = Walk { r: Reader::new(msg, header.body_offset), flexible: header.header_version >= 2, budget: 0 };
     let starts_with_array = match header.api_key {
         ApiKey::OffsetFetch => header.api_version >= 8,
-        ApiKey::DescribeGroups => true,
+        ApiKey::DescribeGroups | ApiKey::DeleteGroups | ApiKey::ConsumerGroupDescribe => true,
         _ => false,
     };
     if starts_with_array {
@@ -316,6 +378,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A Fetch v17 request with one topic and one partition, whose partition ends with the
+    /// tagged fields `tags` (count included).
+    fn fetch_v17_with_partition_tags(tags: &[u8]) -> Vec<u8> {
+        let mut msg = vec![0, 0, 0, 0, 0, 1, 0, 17, 0, 0, 0, 1, 0xff, 0xff, 0];
+        msg.extend_from_slice(&[0; 4 + 4 + 4 + 1 + 4 + 4]); // max wait .. session epoch
+        msg.push(2); // one topic
+        msg.extend_from_slice(&[7; 16]); // topic id
+        msg.push(2); // one partition
+        msg.extend_from_slice(&[0; 4 + 4 + 8 + 4 + 8 + 4]); // partition .. partition max bytes
+        msg.extend_from_slice(tags);
+        msg.push(0); // topic tags
+        msg.push(1); // no forgotten topics
+        msg.push(1); // empty rack id
+        msg.push(0); // tags
+        let len = (msg.len() - 4) as u32;
+        msg[..4].copy_from_slice(&len.to_be_bytes());
+        msg
+    }
+
+    /// The decoder reads a known tagged field by its layout, not its declared size: a
+    /// ReplicaDirectoryId declared 22 bytes long would leave it reading the rest of the
+    /// message out of step (and its next count from a UUID's bytes). Such fields must fit.
+    #[test]
+    fn known_tagged_fields_must_fill_their_size() {
+        let mut uuid = vec![1, 0, 16];
+        uuid.extend_from_slice(&[9; 16]);
+        let good = fetch_v17_with_partition_tags(&uuid);
+        assert_eq!(check_request(&good), Ok(()));
+        KafkaFrame::parse_request(&Bytes::from(good)).unwrap();
+        let mut long = vec![1, 0, 22];
+        long.extend_from_slice(&[9; 16]);
+        long.extend_from_slice(&[0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        let bad = fetch_v17_with_partition_tags(&long);
+        assert!(check_request(&bad).is_err());
+        assert!(KafkaFrame::parse_request(&Bytes::from(bad)).is_err());
+        // An unknown tag is skipped by its size, by both.
+        let unknown = fetch_v17_with_partition_tags(&[1, 5, 3, 1, 2, 3]);
+        assert_eq!(check_request(&unknown), Ok(()));
+    }
+
+    /// More elements than the proxy decodes are refused, however few bytes each takes.
+    #[test]
+    fn the_element_budget_bounds_a_request() {
+        // Produce v9 (flexible): null transactional id, acks, timeout, then `topics` empty
+        // topics (empty name, no partitions, no tags: 3 bytes each).
+        let produce = |topics: usize| {
+            let mut msg = vec![0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 3, 0xe8];
+            let mut n = topics as u32 + 1;
+            while n >= 0x80 {
+                msg.push((n as u8 & 0x7f) | 0x80);
+                n >>= 7;
+            }
+            msg.push(n as u8);
+            for _ in 0..topics {
+                msg.extend_from_slice(&[1, 1, 0]);
+            }
+            msg.push(0);
+            let len = (msg.len() - 4) as u32;
+            msg[..4].copy_from_slice(&len.to_be_bytes());
+            msg
+        };
+        assert_eq!(check_request(&produce(MAX_ELEMENTS)), Ok(()));
+        assert_eq!(
+            check_request(&produce(MAX_ELEMENTS + 1)),
+            Err(KafkaCodecError::Malformed("more elements than the proxy decodes"))
+        );
     }
 
     #[test]

@@ -14,6 +14,25 @@ const LEADER_ERRORS: [i16; 6] = [3, 5, 6, 74, 75, 100];
 /// COORDINATOR_NOT_AVAILABLE and NOT_COORDINATOR.
 const COORDINATOR_ERRORS: [i16; 2] = [15, 16];
 
+/// True when a response says its coordinator is not (or no longer) the one asked, at the
+/// top level or for any of its items.
+fn coordinator_moved(body: &ResponseKind) -> bool {
+    let moved = |code: i16| COORDINATOR_ERRORS.contains(&code);
+    if top_level_error_code(body).is_some_and(moved) {
+        return true;
+    }
+    match body {
+        ResponseKind::OffsetCommit(r) => r.topics.iter().flat_map(|t| &t.partitions).any(|p| moved(p.error_code)),
+        ResponseKind::TxnOffsetCommit(r) => r.topics.iter().flat_map(|t| &t.partitions).any(|p| moved(p.error_code)),
+        ResponseKind::AddPartitionsToTxn(r) => (r.results_by_topic_v3_and_below.iter())
+            .flat_map(|t| &t.results_by_partition)
+            .any(|p| moved(p.partition_error_code)),
+        ResponseKind::OffsetFetch(r) => r.groups.iter().any(|g| moved(g.error_code)),
+        ResponseKind::DescribeGroups(r) => r.groups.iter().any(|g| moved(g.error_code)),
+        _ => false,
+    }
+}
+
 impl KafkaSinkCluster {
     /// Takes in the responses already read, without waiting.
     pub(super) fn take_read(&mut self) {
@@ -69,7 +88,7 @@ impl KafkaSinkCluster {
             return;
         };
         self.timer = None;
-        if let Some(p) = self.pending.iter_mut().find(|p| p.seq == sent.seq) {
+        if let Some(p) = self.pending_mut(sent.seq) {
             if let Some(slot) = p.parts.get_mut(sent.part) {
                 if slot.is_none() {
                     *slot = Some(raw);
@@ -88,14 +107,30 @@ impl KafkaSinkCluster {
         if self.home == Some(address) {
             self.home = None;
         }
-        self.shared.metadata.borrow_mut().forget_topics();
+        self.timer = None;
+        // A broker closing an idle connection says nothing about leaders.
+        if !conn.in_flight.is_empty() {
+            let mut metadata = self.shared.metadata.borrow_mut();
+            metadata.forget_topics();
+            metadata.forget_coordinators_at(address);
+        }
         for sent in conn.in_flight {
             self.fail_part(sent.seq, sent.part, &format!("shotover: {text}"));
         }
     }
 
+    /// The request of sequence number `seq`, if it still waits (they are in order, but
+    /// requests that expect no response have none).
+    pub(super) fn pending_mut(&mut self, seq: u64) -> Option<&mut Pending> {
+        let first = self.pending.front()?.seq;
+        let guess = usize::try_from(seq.checked_sub(first)?).ok()?.min(self.pending.len().saturating_sub(1));
+        // Without gaps, `guess` is the place; with gaps (acks=0), it is at or before it.
+        let at = (0..=guess).rev().find(|&i| self.pending.get(i).is_some_and(|p| p.seq <= seq))?;
+        self.pending.get_mut(at).filter(|p| p.seq == seq)
+    }
+
     pub(super) fn fail_part(&mut self, seq: u64, part: usize, text: &str) {
-        if let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) {
+        if let Some(p) = self.pending_mut(seq) {
             if let Some(slot) = p.parts.get_mut(part) {
                 if slot.is_none() {
                     *slot = Some(Bytes::new());
@@ -133,6 +168,12 @@ impl KafkaSinkCluster {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::warn!("KafkaSinkCluster: cannot read a {:?} v{} response: {e}", p.api_key, p.version);
+                if p.parts.len() > 1 {
+                    // One part as it came would leave the others' partitions unanswered.
+                    self.shared.failed_requests.inc();
+                    let text = format!("shotover: cannot merge the brokers' responses: {e}");
+                    return Message::error_to(&p.request, ProxyError::Upstream, &text);
+                }
                 p.parts.into_iter().next().flatten().unwrap_or_default()
             }
         };
@@ -149,20 +190,18 @@ impl KafkaSinkCluster {
         }
         let mut header = ResponseHeader::default();
         let mut bodies = Vec::with_capacity(p.parts.len());
+        // A v0 ApiVersions answer to a newer request (UNSUPPORTED_VERSION) keeps its version.
+        let mut version = p.version;
         for part in p.parts.iter().flatten() {
             match KafkaFrame::parse_response(part, p.api_key, p.version).map_err(|e| e.to_string())? {
-                KafkaFrame::Response { header: h, body, .. } => {
+                KafkaFrame::Response { header: h, body, api_version, .. } => {
                     header = h;
+                    version = api_version;
                     bodies.push(body);
                 }
                 KafkaFrame::Request { .. } => return Err("a request came back".into()),
             }
         }
-        // A v0 ApiVersions answer to a newer request (UNSUPPORTED_VERSION) keeps its version.
-        let version = match KafkaFrame::parse_response(&first, p.api_key, p.version) {
-            Ok(KafkaFrame::Response { api_version, .. }) => api_version,
-            _ => p.version,
-        };
         let split = bodies.len() > 1;
         let mut body = if split {
             split::merge(bodies).ok_or("parts of different kinds")?
@@ -184,7 +223,7 @@ impl KafkaSinkCluster {
         match kind {
             Kind::Plain => false,
             Kind::Coordinated(which, id) => {
-                if top_level_error_code(body).is_some_and(|c| COORDINATOR_ERRORS.contains(&c)) {
+                if coordinator_moved(body) {
                     shared.metadata.borrow_mut().forget_coordinator(*which, id);
                 }
                 false
@@ -209,8 +248,8 @@ impl KafkaSinkCluster {
             Kind::SaslHandshake { scram } => {
                 if *scram {
                     // The broker now waits for a SCRAM exchange that will not come.
-                    if let Some(home) = self.home.take() {
-                        self.conns.remove(&home);
+                    if let Some(home) = self.home {
+                        self.lost(home, "the client asked for SCRAM, which the proxy does not offer");
                     }
                     self.logging_in = None;
                 }

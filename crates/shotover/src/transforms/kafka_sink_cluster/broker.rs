@@ -35,17 +35,21 @@ pub(super) struct Login {
 }
 
 impl BrokerConn {
-    /// Connects to `address` and replays `login` on it.
+    /// Connects to `address` and replays `login` on it, each answer within `answer_within`.
     pub(super) async fn open(
         address: SocketAddr,
         timeout: Duration,
         tls: Option<&UpstreamTls>,
         login: &Login,
+        answer_within: Duration,
     ) -> io::Result<Self> {
         let mut conn = KafkaConnection::connect(address, timeout, tls).await?;
         for request in &login.requests {
-            conn.write_all(request).await?;
-            let response = conn.next().await?;
+            let response = within(answer_within, async {
+                conn.write_all(request).await?;
+                conn.next().await
+            })
+            .await?;
             if !login_accepted(request, &response) {
                 return Err(io::Error::other(format!("the broker {address} refused the client's SASL login")));
             }
@@ -85,6 +89,19 @@ fn login_accepted(request: &[u8], response: &Bytes) -> bool {
         Ok(KafkaFrame::Response { body, .. }) => shotover_protocols::kafka::api::top_level_error_code(&body) == Some(0),
         _ => false,
     }
+}
+
+/// `work`, or a TimedOut error once `limit` has passed: a broker that accepts a connection
+/// and then says nothing must not hold the client for ever.
+pub(super) async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    futures_lite::future::or(work, async {
+        crate::rt::sleep(limit).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {limit:?}")))
+    })
+    .await
 }
 
 /// Sends one request of the proxy's own on `conn` (with nothing else in flight) and reads

@@ -35,6 +35,10 @@ pub(super) struct Topic {
     pub(super) leaders: Vec<i32>,
 }
 
+/// Partition indexes at or above this are ignored (Kafka's own tools refuse topics with
+/// more than a few hundred thousand partitions).
+const MAX_PARTITIONS: usize = 1 << 20;
+
 /// Which coordinator: FindCoordinator's key types.
 pub(super) const GROUP: i8 = 0;
 pub(super) const TRANSACTION: i8 = 1;
@@ -75,7 +79,11 @@ impl Metadata {
             }
             let mut leaders = Vec::new();
             for p in &t.partitions {
+                // A partition index is small; a huge one (a broker's bug) must not size a Vec.
                 let Ok(index) = usize::try_from(p.partition_index) else { continue };
+                if index >= MAX_PARTITIONS {
+                    continue;
+                }
                 if index >= leaders.len() {
                     leaders.resize(index + 1, -1);
                 }
@@ -156,6 +164,13 @@ impl Metadata {
 
     pub(super) fn set_coordinator(&mut self, kind: i8, key: &str, broker: i32) {
         self.coordinators.insert((kind, Rc::from(key)), broker);
+    }
+
+    /// Forgets the coordinators on the broker at `address`, whose connection failed.
+    pub(super) fn forget_coordinators_at(&mut self, address: SocketAddr) {
+        let ids: Vec<i32> =
+            (self.brokers.iter()).filter(|(_, b)| b.address == Some(address)).map(|(id, _)| *id).collect();
+        self.coordinators.retain(|_, broker| !ids.contains(broker));
     }
 
     pub(super) fn forget_coordinator(&mut self, kind: i8, key: &str) {

@@ -177,13 +177,13 @@ impl KafkaSinkCluster {
         let expects = request.expects_response();
         let Ok(ids) = request_ids(&raw) else { return self.refuse(request, "shotover: malformed request header") };
         let Ok(api_key) = ApiKey::try_from(ids.api_key) else {
-            // Unknown to the proxy: the broker answers (or closes) as it would directly.
-            let seq = self.add_pending(request, (ApiKey::ApiVersions, 0), Kind::Plain, 1, expects);
-            return self.send(Route::Any, &raw, seq, 0, expects).await;
+            // Unknown to the proxy (and to kafka-protocol): answered as a broker that does not
+            // know it either would be, without decoding anything.
+            return self.unsupported(request, &raw, None);
         };
         let key = (api_key, ids.api_version);
         if hiding::max_version(api_key).is_none_or(|max| ids.api_version > max) {
-            return self.unsupported(request, &raw);
+            return self.unsupported(request, &raw, Some(key));
         }
         let (kind, route) = match api_key {
             ApiKey::ApiVersions => (Kind::ApiVersions, Route::Home),
@@ -215,11 +215,15 @@ impl KafkaSinkCluster {
 
     /// Answers a request of an api or version the proxy does not offer as a broker would:
     /// UNSUPPORTED_VERSION (for ApiVersions, in v0 with the versions it does offer).
-    fn unsupported(&mut self, request: Message, raw: &[u8]) {
+    fn unsupported(&mut self, request: Message, raw: &[u8], key: Option<(ApiKey, i16)>) {
+        let Some(key) = key else {
+            // No response type to answer with: the connection closes, as a broker's would.
+            return self.refuse(request, "shotover: a request of an unknown api key");
+        };
         match shotover_protocols::kafka::safe_error::safe_error_response(raw, UNSUPPORTED_VERSION) {
             Ok(Some(bytes)) => {
-                let seq = self.add_pending(request, (ApiKey::ApiVersions, 0), Kind::Plain, 1, true);
-                if let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) {
+                let seq = self.add_pending(request, key, Kind::Plain, 1, true);
+                if let Some(p) = self.pending_mut(seq) {
                     p.parts = vec![Some(bytes)];
                     p.missing = 0;
                 }
@@ -232,8 +236,12 @@ impl KafkaSinkCluster {
     /// Answers a request the proxy cannot read with POLICY_VIOLATION, without sending it.
     fn refuse(&mut self, request: Message, text: &str) {
         tracing::warn!("KafkaSinkCluster: {text}");
-        let seq = self.add_pending(request, (ApiKey::ApiVersions, 0), Kind::Plain, 1, true);
-        if let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) {
+        let key = request_ids(&request.to_bytes().unwrap_or_default())
+            .ok()
+            .and_then(|ids| Some((ApiKey::try_from(ids.api_key).ok()?, ids.api_version)))
+            .unwrap_or((ApiKey::ApiVersions, 0));
+        let seq = self.add_pending(request, key, Kind::Plain, 1, true);
+        if let Some(p) = self.pending_mut(seq) {
             p.parts = vec![Some(Bytes::new())];
             p.missing = 0;
             p.failed = Some((ProxyError::Refused, text.to_owned()));
@@ -294,8 +302,9 @@ impl KafkaSinkCluster {
         for address in candidates {
             if !self.conns.contains_key(&address) {
                 let shared = &self.shared;
-                match BrokerConn::open(address, shared.connect_timeout, shared.tls_for(address).as_ref(), &self.login)
-                    .await
+                let tls = shared.tls_for(address);
+                let answer_within = shared.own_request_timeout();
+                match BrokerConn::open(address, shared.connect_timeout, tls.as_ref(), &self.login, answer_within).await
                 {
                     Ok(conn) => {
                         self.conns.insert(address, conn);
@@ -336,7 +345,15 @@ impl KafkaSinkCluster {
             for address in self.shared.any_brokers() {
                 let shared = &self.shared;
                 let tls = shared.tls_for(address);
-                match BrokerConn::open(address, shared.connect_timeout, tls.as_ref(), &self.login).await {
+                match BrokerConn::open(
+                    address,
+                    shared.connect_timeout,
+                    tls.as_ref(),
+                    &self.login,
+                    shared.own_request_timeout(),
+                )
+                .await
+                {
                     Ok(conn) => {
                         self.control = Some(conn.conn);
                         break;
@@ -352,8 +369,9 @@ impl KafkaSinkCluster {
     async fn ask(&mut self, body: RequestKind, api_key: ApiKey, version: i16) -> Option<ResponseKind> {
         self.own_correlation_id = self.own_correlation_id.wrapping_add(1);
         let id = self.own_correlation_id;
+        let limit = self.shared.own_request_timeout();
         let conn = self.control().await?;
-        match broker::ask(conn, body, api_key, version, id).await {
+        match broker::within(limit, broker::ask(conn, body, api_key, version, id)).await {
             Ok(response) => Some(response),
             Err(e) => {
                 tracing::warn!("KafkaSinkCluster: asking the cluster for {api_key:?} failed: {e}");
@@ -532,6 +550,20 @@ impl Transform for KafkaSinkCluster {
             return Poll::Pending;
         };
         let timer = self.timer.get_or_insert_with(|| Timer::new(limit.saturating_sub(oldest.elapsed())));
-        Pin::new(timer).poll(cx).map(|_| ())
+        if Pin::new(timer).poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.timed_out() {
+            return Poll::Ready(()); // the next run fails the chain
+        }
+        // The request the timer was set for was answered: set it for the oldest now.
+        let mut timer = Timer::new(limit.saturating_sub(oldest.elapsed()));
+        let ready = Pin::new(&mut timer).poll(cx).is_ready();
+        self.timer = Some(timer);
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }

@@ -58,6 +58,12 @@ impl Shared {
         self.tls.as_ref().map(|connector| crate::sinks::valkey_slots::node_tls(connector, broker))
     }
 
+    /// How long the proxy waits for the answer to a request of its own (Metadata,
+    /// FindCoordinator, a replayed login): `read_timeout`, or 10 s without one.
+    pub(super) fn own_request_timeout(&self) -> Duration {
+        self.read_timeout.unwrap_or(Duration::from_secs(10))
+    }
+
     pub(super) fn local_rack(&self) -> &str {
         self.shotover.get(self.local).map_or("", |n| &n.rack)
     }

@@ -116,6 +116,9 @@ pub(super) fn split(
             r.session_id = 0;
             r.session_epoch = -1;
             r.forgotten_topics_data.clear();
+            // The client's rack would have a rack-aware broker name a follower to fetch from
+            // (preferred_read_replica), which the proxy would not follow: fetch from leaders.
+            r.rack_id = Default::default();
             split_into!(Fetch, r, topics, |t| named(t.topic.0.as_bytes(), t.topic_id.as_bytes()), partitions, partition)
         }
         RequestKind::ListOffsets(r) => {
