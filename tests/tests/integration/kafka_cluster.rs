@@ -60,6 +60,29 @@ fn failed_requests(shotover: &Shotover) -> f64 {
     metric_value(&shotover.metrics(), "failed_requests{chain=\"kafka\",transform=\"KafkaSinkCluster\"}")
 }
 
+/// Starts `keep-going` for `seconds` through the proxy on `port`, and returns once it is
+/// producing; the marker file `started` in the returned directory names its topic.
+fn start_load(kafka: &KafkaCluster, port: u16, seconds: u32) -> (std::thread::JoinHandle<String>, TempDir) {
+    let marker = TempDir::new("kafka-load");
+    let started = marker.path("started");
+    let proxy = format!("127.0.0.1:{port}");
+    let (bootstrap, started_arg) = (kafka.bootstrap(), started.to_string_lossy().into_owned());
+    let load = std::thread::spawn(move || run("keep-going", &proxy, &bootstrap, &[&seconds.to_string(), &started_arg]));
+    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load never started");
+    (load, marker)
+}
+
+/// `keep-going` acknowledged a good number of records, and read every one of them back.
+fn every_acknowledged_record_was_read(out: &str, shotover: &Shotover) {
+    let acked = out
+        .lines()
+        .find_map(|l| l.strip_prefix("sent=")?.split(' ').find_map(|w| w.strip_prefix("acked=")))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(acked > 100, "records were acknowledged:\n{out}");
+    assert!(has(out, &format!("acked_and_read={acked}/{acked}")), "{out}\nproxy:\n{}", shotover.output());
+}
+
 /// One Shotover in front of three brokers: the clients see one broker, produce to every
 /// partition in one request (the proxy splits it by leader) and consume with a group.
 #[test]
@@ -177,22 +200,11 @@ fn sasl_plain_is_replayed_and_scram_looks_disabled() {
 fn a_broker_killed_under_load_loses_nothing_acknowledged() {
     let kafka = KafkaCluster::start(3);
     let (shotover, port) = one_proxy(&kafka, "");
-    let marker = TempDir::new("kafka-load");
-    let started = marker.path("started");
-    let proxy = format!("127.0.0.1:{port}");
-    let (bootstrap, started_arg) = (kafka.bootstrap(), started.to_string_lossy().into_owned());
-    let load = std::thread::spawn(move || run("keep-going", &proxy, &bootstrap, &["20", &started_arg]));
-    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load never started");
+    let (load, _marker) = start_load(&kafka, port, 20);
     std::thread::sleep(Duration::from_secs(3));
     kafka.stop_broker(2);
     let out = load.join().expect("the load thread");
-    let acked = out
-        .lines()
-        .find_map(|l| l.strip_prefix("sent=")?.split(' ').find_map(|w| w.strip_prefix("acked=")))
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(0);
-    assert!(acked > 100, "records were acknowledged:\n{out}");
-    assert!(has(&out, &format!("acked_and_read={acked}/{acked}")), "{out}\nproxy:\n{}", shotover.output());
+    every_acknowledged_record_was_read(&out, &shotover);
 }
 
 /// Kafka's own Java producer and consumer (the performance tools) through the proxy.
@@ -255,12 +267,8 @@ fn the_java_client_produces_and_consumes_through_the_proxy() {
 fn partition_leaders_moved_by_the_admin_tools_are_followed() {
     let kafka = shared_kafka();
     let (shotover, port) = one_proxy(&kafka, "");
-    let marker = TempDir::new("kafka-move");
+    let (load, marker) = start_load(&kafka, port, 15);
     let started = marker.path("started");
-    let proxy = format!("127.0.0.1:{port}");
-    let (bootstrap, started_arg) = (kafka.bootstrap(), started.to_string_lossy().into_owned());
-    let load = std::thread::spawn(move || run("keep-going", &proxy, &bootstrap, &["15", &started_arg]));
-    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load never started");
     std::thread::sleep(Duration::from_secs(2));
     let topic = std::fs::read_to_string(&started).unwrap();
     // Each partition's preferred leader becomes a broker that does not lead it now.
@@ -302,11 +310,5 @@ fn partition_leaders_moved_by_the_admin_tools_are_followed() {
         "{elected}\n{}",
         String::from_utf8_lossy(&elect.stderr)
     );
-    let acked = out
-        .lines()
-        .find_map(|l| l.strip_prefix("sent=")?.split(' ').find_map(|w| w.strip_prefix("acked=")))
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(0);
-    assert!(acked > 100, "records were acknowledged:\n{out}");
-    assert!(has(&out, &format!("acked_and_read={acked}/{acked}")), "{out}\nproxy:\n{}", shotover.output());
+    every_acknowledged_record_was_read(&out, &shotover);
 }
