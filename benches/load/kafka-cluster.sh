@@ -54,18 +54,18 @@ proxy_pid=$!
 wait_port "$proxy"
 
 tool() { scripts/kafka tool "$dir/kafka" "$@"; }
-n=0
+# A new topic (called in a subshell, so the name cannot come from a counter).
 topic() {
-  n=$((n + 1))
-  tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --create --topic "bench-$n" \
+  local name="bench-$(date +%s%N)"
+  tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --create --topic "$name" \
     --partitions 6 --replication-factor 3 >/dev/null
-  echo "bench-$n"
+  echo "$name"
 }
-# records/s of one producer run
+# records/s of one producer run (the tool prints a line every 5 s, then the whole run's)
 produce() {
   tool org.apache.kafka.tools.ProducerPerformance --topic "$2" --num-records "$RECORDS" --record-size 1024 \
     --throughput -1 --command-property "bootstrap.servers=$1" "acks=$3" 2>/dev/null |
-    awk '/records sent/ {sub(/ records\/sec.*/, ""); sub(/.*, /, ""); print}'
+    awk '/records sent/ {sub(/ records\/sec.*/, ""); sub(/.*, /, ""); rate = $0} END {print rate}'
 }
 # records/s of one consumer run (fetch.nMsg.sec: without the group's join time)
 consume() {
