@@ -39,6 +39,9 @@ pub(super) struct Topic {
 /// more than a few hundred thousand partitions).
 const MAX_PARTITIONS: usize = 1 << 20;
 
+/// Coordinators remembered per core, at most.
+const MAX_COORDINATORS: usize = 100_000;
+
 /// Which coordinator: FindCoordinator's key types.
 pub(super) const GROUP: i8 = 0;
 pub(super) const TRANSACTION: i8 = 1;
@@ -163,6 +166,11 @@ impl Metadata {
     }
 
     pub(super) fn set_coordinator(&mut self, kind: i8, key: &str, broker: i32) {
+        // Clients pick the ids: the map must not grow without end. Starting over costs a
+        // FindCoordinator per id in use.
+        if self.coordinators.len() >= MAX_COORDINATORS {
+            self.coordinators.clear();
+        }
         self.coordinators.insert((kind, Rc::from(key)), broker);
     }
 

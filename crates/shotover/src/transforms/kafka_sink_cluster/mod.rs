@@ -264,8 +264,7 @@ impl KafkaSinkCluster {
             split::split(body, &|topic: &TopicKey, partition| metadata.leader(topic, partition)).unwrap_or_default()
         };
         if parts.is_empty() {
-            let seq = self.add_pending(request, key, Kind::Plain, 1, expects);
-            return self.send(Route::Any, &raw, seq, 0, expects).await;
+            return self.refuse(request, "shotover: a partition request the proxy cannot split");
         }
         let seq = self.add_pending(request, key, Kind::Partitions, parts.len(), expects);
         let fetch = key.0 == ApiKey::Fetch;

@@ -90,7 +90,11 @@ pub(super) fn split(
     macro_rules! split_into {
         ($variant:ident, $r:ident, $topics:ident, $key:expr, $parts:ident, $index:ident) => {{
             let topics = std::mem::take(&mut $r.$topics);
-            let groups = by_leader(topics, leader, $key, |t| &mut t.$parts, |p| p.$index);
+            let mut groups = by_leader(topics, leader, $key, |t| &mut t.$parts, |p| p.$index);
+            if groups.is_empty() {
+                // No topics (a Fetch that only waits): one part, to any broker.
+                groups.push((None, Vec::new()));
+            }
             groups
                 .into_iter()
                 .map(|(d, topics)| {
@@ -330,8 +334,12 @@ mod tests {
                 .with_topic(name("a"))
                 .with_partitions(vec![FetchPartition::default()])])
             .with_forgotten_topics_data(vec![ForgottenTopic::default()]);
-        let parts = split(RequestKind::Fetch(request), &|_, _| Some(4)).unwrap();
+        let parts = split(RequestKind::Fetch(request.clone()), &|_, _| Some(4)).unwrap();
         let [(Some(4), RequestKind::Fetch(r))] = &parts[..] else { panic!("one part: {parts:?}") };
         assert_eq!((r.session_id, r.session_epoch, r.forgotten_topics_data.len()), (0, -1, 0));
+        // Without topics too.
+        let parts = split(RequestKind::Fetch(request.with_topics(vec![])), &|_, _| Some(4)).unwrap();
+        let [(None, RequestKind::Fetch(r))] = &parts[..] else { panic!("one part: {parts:?}") };
+        assert_eq!((r.session_id, r.session_epoch), (0, -1));
     }
 }
