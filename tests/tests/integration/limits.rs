@@ -38,8 +38,11 @@ fn hard_connection_limit_drops_excess_connections() {
     // the test starts.
     let available = || metric_value(&shotover.metrics(), "shotover_available_connections_count{source=\"valkey\"}");
     let opened = || metric_sum(&shotover.metrics(), "connections_opened", "source=\"valkey\"");
+    // The series appears once the worker has counted that connection, which may be a moment
+    // after the port answered: wait for it too (metric_sum fails on a missing series).
+    let counted = || shotover.metrics().contains("connections_opened{");
     assert!(
-        wait_until(Duration::from_secs(5), || opened() >= 1.0 && available() == 2.0),
+        wait_until(Duration::from_secs(5), || counted() && opened() >= 1.0 && available() == 2.0),
         "the connection that waited for the port was not counted and closed:\n{}",
         shotover.metrics()
     );
