@@ -36,8 +36,10 @@ fn coordinator_moved(body: &ResponseKind) -> bool {
 impl KafkaSinkCluster {
     /// Takes in the responses already read, without waiting.
     pub(super) fn take_read(&mut self) {
-        let addresses: Vec<SocketAddr> = self.conns.keys().copied().collect();
-        for address in addresses {
+        let mut addresses = std::mem::take(&mut self.addresses);
+        addresses.clear();
+        addresses.extend(self.conns.keys());
+        for &address in &addresses {
             while let Some(conn) = self.conns.get_mut(&address) {
                 match conn.conn.take_message() {
                     Ok(Some(raw)) => self.accept(address, raw),
@@ -49,13 +51,16 @@ impl KafkaSinkCluster {
                 }
             }
         }
+        self.addresses = addresses;
     }
 
     /// Reads what the connections have; ready when anything was taken in.
     pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut progressed = false;
-        let addresses: Vec<SocketAddr> = self.conns.keys().copied().collect();
-        for address in addresses {
+        let mut addresses = std::mem::take(&mut self.addresses);
+        addresses.clear();
+        addresses.extend(self.conns.keys());
+        for &address in &addresses {
             while let Some(conn) = self.conns.get_mut(&address) {
                 // Brokers send nothing unasked: with nothing in flight, only a close comes.
                 let mode = if conn.in_flight.is_empty() { ReadMode::Wait } else { ReadMode::Spin };
@@ -74,6 +79,7 @@ impl KafkaSinkCluster {
                 }
             }
         }
+        self.addresses = addresses;
         if progressed {
             Poll::Ready(())
         } else {

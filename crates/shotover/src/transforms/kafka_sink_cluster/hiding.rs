@@ -53,8 +53,8 @@ impl View<'_> {
     fn stand_in(&self, broker: i32, hash: u64) -> Option<&ShotoverNode> {
         self.metadata.brokers.get(&broker)?;
         let nodes = self.in_rack_of(broker);
-        let len = nodes.len() as u64;
-        (len > 0).then(|| nodes[(hash % len) as usize])
+        let at = hash.checked_rem(nodes.len() as u64)?;
+        nodes.get(usize::try_from(at).ok()?).copied()
     }
 
     fn stand_ins(&self, brokers: &[BrokerId]) -> Vec<BrokerId> {

@@ -130,6 +130,8 @@ pub struct KafkaSinkCluster {
     next_seq: u64,
     own_correlation_id: i32,
     timer: Option<Timer>,
+    /// The connections' addresses, reused by every read so that none allocates.
+    addresses: Vec<SocketAddr>,
 }
 
 impl KafkaSinkCluster {
@@ -145,6 +147,7 @@ impl KafkaSinkCluster {
             next_seq: 0,
             own_correlation_id: 0,
             timer: None,
+            addresses: Vec::new(),
         }
     }
 

@@ -25,36 +25,27 @@ fn by_leader<T: Clone, P>(
     partitions: impl Fn(&mut T) -> &mut Vec<P>,
     index: impl Fn(&P) -> i32,
 ) -> Vec<(Destination, Vec<T>)> {
-    let mut out: Vec<(Destination, Vec<T>)> = Vec::new();
-    for mut topic in topics {
+    // Per destination: its topics, and which of the request's topics is its last one.
+    let mut out: Vec<(Destination, Vec<T>, usize)> = Vec::new();
+    for (n, mut topic) in topics.into_iter().enumerate() {
         let key = key(&topic);
-        let taken = std::mem::take(partitions(&mut topic));
-        // Where this topic's entry is in each destination's list.
-        let mut entries: Vec<(Destination, usize)> = Vec::new();
-        for p in taken {
+        for p in std::mem::take(partitions(&mut topic)) {
             let to = leader(&key, index(&p));
-            let slot = match out.iter().position(|(d, _)| *d == to) {
-                Some(slot) => slot,
-                None => {
-                    out.push((to, Vec::new()));
-                    out.len() - 1
-                }
-            };
-            let list = &mut out[slot].1;
-            let entry = match entries.iter().find(|(d, _)| *d == to) {
-                Some((_, e)) => *e,
-                None => {
-                    list.push(topic.clone());
-                    entries.push((to, list.len() - 1));
-                    list.len() - 1
-                }
-            };
-            if let Some(t) = list.get_mut(entry) {
+            let i = out.iter().position(|(d, _, _)| *d == to).unwrap_or_else(|| {
+                out.push((to, Vec::new(), usize::MAX));
+                out.len() - 1
+            });
+            let Some(group) = out.get_mut(i) else { continue };
+            if group.2 != n {
+                group.1.push(topic.clone());
+                group.2 = n;
+            }
+            if let Some(t) = group.1.last_mut() {
                 partitions(t).push(p);
             }
         }
     }
-    out
+    out.into_iter().map(|(d, topics, _)| (d, topics)).collect()
 }
 
 fn named(name: &[u8], id: &[u8; 16]) -> TopicKey {
@@ -321,6 +312,22 @@ mod tests {
             .map(|t| (t.name.0.to_string(), t.partition_responses.iter().map(|p| p.index).collect()))
             .collect();
         assert_eq!(got, vec![("a".to_owned(), vec![0, 2, 1]), ("b".to_owned(), vec![0])]);
+    }
+
+    /// A partition error saying the leader moved names its topic once; other errors none.
+    #[test]
+    fn leader_errors_name_their_topics() {
+        let answer = |t, codes: &[i16]| {
+            TopicProduceResponse::default().with_name(name(t)).with_partition_responses(
+                codes.iter().map(|c| PartitionProduceResponse::default().with_error_code(*c)).collect(),
+            )
+        };
+        let body = ResponseKind::Produce(ProduceResponse::default().with_responses(vec![
+            answer("a", &[0, 6, 6]),
+            answer("b", &[0, 87]),
+            answer("c", &[74]),
+        ]));
+        assert_eq!(stale_topics(&body, &[6, 74]), vec![TopicKey::Name("a".into()), TopicKey::Name("c".into())]);
     }
 
     #[test]
