@@ -11,6 +11,12 @@ Modes (each prints `key=value` lines for the test to assert on):
                 transactional producer read by a read_committed consumer.
   metadata      the brokers and partition leaders as seen through the proxy and directly.
   sasl USER PW  SASL PLAIN through the proxy as USER (produce, consume), then SCRAM.
+  scram USER PW ALLOWED DENIED PHASE
+                SCRAM-SHA-256 and -512 through the proxy as USER, who may use only the topic
+                ALLOWED (and groups scram-g*): phase 1 makes both topics and the ACLs; every
+                phase produces to and consumes ALLOWED; phase 1 also checks that DENIED is
+                out of reach, and logs in by hand over a socket with a wrong password and
+                with the right one (what the proxy answers, and whether it then closes).
   keep-going S  produces and consumes for S seconds (a broker is killed meanwhile): every
                 acknowledged record must be read back.
 """
@@ -27,8 +33,8 @@ common = {"bootstrap.servers": proxy, "broker.address.family": "v4"}
 direct_common = {"bootstrap.servers": direct, "broker.address.family": "v4"}
 
 
-def new_topic(config, partitions=6, replication=3):
-    topic = "t-" + uuid.uuid4().hex[:8]
+def new_topic(config, partitions=6, replication=3, topic=None):
+    topic = topic or "t-" + uuid.uuid4().hex[:8]
     admin = AdminClient(config)
     for f in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replication)]).values():
         f.result(30)
@@ -225,6 +231,118 @@ elif mode == "sasl":
     scram_admin.poll(1)
     # librdkafka: "SASL SCRAM-SHA-256 mechanism handshake failed: Broker: Unsupported SASL mechanism"
     print("scram_error=%s" % any("Unsupported SASL mechanism" in e for e in scram_errors))
+    print("done")
+
+elif mode == "scram":
+    import base64
+    import hashlib
+    import hmac
+    import os
+    import socket
+    import struct
+
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType)
+
+    user, password, allowed, denied, phase = extra[:5]
+    if phase == "1":
+        for t in (allowed, denied):
+            new_topic(direct_common, topic=t)
+        principal = "User:" + user
+        acls = [AclBinding(ResourceType.TOPIC, allowed, ResourcePatternType.LITERAL, principal, "*",
+                           AclOperation.ALL, AclPermissionType.ALLOW),
+                AclBinding(ResourceType.GROUP, "scram-g", ResourcePatternType.PREFIXED, principal, "*",
+                           AclOperation.ALL, AclPermissionType.ALLOW)]
+        acl_admin = AdminClient(direct_common)  # kept alive until the results come
+        for f in acl_admin.create_acls(acls).values():
+            f.result(30)
+        time.sleep(2)  # the ACLs reach every broker
+
+    for k, mechanism in enumerate(("SCRAM-SHA-256", "SCRAM-SHA-512")):
+        scram = dict(common, **{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mechanism,
+                                "sasl.username": user, "sasl.password": password})
+        producer = Producer(dict(scram, **{"acks": "all"}))
+        errors = []
+        for i in range(60):
+            producer.produce(allowed, value=b"%s-%d" % (mechanism.encode(), i), partition=i % 6,
+                             on_delivery=lambda err, msg: errors.append(err) if err else None)
+        left = producer.flush(30)
+        print("%s_produce_errors=%d left=%d" % (mechanism, len(errors), left))
+        want = 60 * (2 * (int(phase) - 1) + k + 1)
+        c, got = consume(scram, allowed, want, group="scram-g-" + uuid.uuid4().hex[:8])
+        c.close()
+        print("%s_consumed_all=%s" % (mechanism, len(got) == want))
+
+    if phase == "1":
+        scram = dict(common, **{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+                                "sasl.username": user, "sasl.password": password})
+        topics = AdminClient(scram).list_topics(timeout=30).topics
+        print("sees_allowed=%s sees_denied=%s" % (allowed in topics, denied in topics))
+        producer = Producer(dict(scram, **{"acks": "all", "message.timeout.ms": 10000}))
+        outcome = []
+        producer.produce(denied, value=b"no", partition=0,
+                         on_delivery=lambda err, msg: outcome.append(err.name() if err else "delivered"))
+        producer.flush(20)
+        print("denied_produce=%s" % outcome)
+        c = Consumer(dict(scram, **{"group.id": "scram-g-" + uuid.uuid4().hex[:8]}))
+        c.subscribe([denied])
+        fetch = "nothing"
+        deadline = time.time() + 20
+        while fetch == "nothing" and time.time() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None:
+                fetch = msg.error().name() if msg.error() else "record"
+        c.close()
+        print("denied_fetch=%s" % fetch)
+
+        def request(api_key, version, correlation, body):
+            message = struct.pack(">hhih", api_key, version, correlation, 10) + b"scram-test" + body
+            return struct.pack(">i", len(message)) + message
+
+        def response(sock):
+            size = sock.recv(4, socket.MSG_WAITALL)
+            if len(size) < 4:
+                return None
+            return sock.recv(struct.unpack(">i", size)[0], socket.MSG_WAITALL)
+
+        def raw_login(secret):
+            """SCRAM-SHA-256 by hand (SaslHandshake v1, SaslAuthenticate v1); then Metadata."""
+            host, port = proxy.split(":")
+            s = socket.create_connection((host, int(port)), timeout=15)
+            s.sendall(request(17, 1, 1, struct.pack(">h", 13) + b"SCRAM-SHA-256"))
+            r = response(s)
+            nonce = base64.b64encode(os.urandom(18)).decode()
+            first_bare = "n=%s,r=%s" % (user, nonce)
+            first = ("n,," + first_bare).encode()
+            s.sendall(request(36, 1, 2, struct.pack(">i", len(first)) + first))
+            r = response(s)
+            (message_len,) = struct.unpack(">h", r[6:8])
+            at = 8 + max(message_len, 0)
+            (server_len,) = struct.unpack(">i", r[at:at + 4])
+            server_first = r[at + 4:at + 4 + server_len].decode()
+            fields = dict(f.split("=", 1) for f in server_first.split(","))
+            salted = hashlib.pbkdf2_hmac("sha256", secret.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+            client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+            final_bare = "c=biws,r=" + fields["r"]
+            auth = ",".join([first_bare, server_first, final_bare]).encode()
+            signature = hmac.new(hashlib.sha256(client_key).digest(), auth, hashlib.sha256).digest()
+            proof = bytes(a ^ b for a, b in zip(client_key, signature))
+            final = (final_bare + ",p=" + base64.b64encode(proof).decode()).encode()
+            s.sendall(request(36, 1, 3, struct.pack(">i", len(final)) + final))
+            r = response(s)
+            error = struct.unpack(">h", r[4:6])[0]
+            try:
+                s.sendall(request(3, 1, 4, struct.pack(">i", -1)))  # Metadata v1, every topic
+                after = "answered" if response(s) is not None else "closed"
+            except (ConnectionResetError, BrokenPipeError):
+                after = "closed"
+            except socket.timeout:
+                after = "timeout"
+            s.close()
+            return error, after
+
+        print("raw_right_password=%d,%s" % raw_login(password))
+        print("raw_wrong_password=%d,%s" % raw_login("wrong-" + password))
     print("done")
 
 elif mode == "keep-going":

@@ -194,6 +194,57 @@ fn sasl_plain_is_replayed_and_scram_looks_disabled() {
     }
 }
 
+/// SCRAM over mTLS: the client's SCRAM login (SHA-256 and SHA-512) is checked by one
+/// broker, and its other broker connections log in with delegation tokens of the same user,
+/// made over the mTLS port. The user's ACLs hold through the proxy; a wrong password gets
+/// the broker's refusal and the connection closes; tokens are made anew once half their
+/// lifetime has passed, and logins still work after the first ones expired.
+#[test]
+fn scram_over_mtls_logs_in_with_delegation_tokens() {
+    let kafka = shared_kafka();
+    let port = free_port();
+    let contact = kafka.brokers.iter().map(|b| format!("\"127.0.0.1:{}\"", b.sasl)).collect::<Vec<_>>().join(", ");
+    let (mtls, tls) = (kafka.brokers[0].ssl, kafka.path("tls"));
+    let topology = format!(
+        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n              - address_for_client: \"127.0.0.1:{port}\"\n                rack: \"rack1\"\n                broker_id: 0\n            local_shotover_broker_id: 0\n            authorize_scram_over_mtls:\n              mtls_port_contact_points: [\"127.0.0.1:{mtls}\"]\n              tls:\n                certificate_authority_path: \"{tls}/ca.crt\"\n                certificate_path: \"{tls}/mtls.crt\"\n                private_key_path: \"{tls}/mtls.key\"\n              delegation_token_lifetime_seconds: 8\n"
+    );
+    let shotover = Shotover::start(&topology, port);
+    let (proxy, direct) = (format!("127.0.0.1:{port}"), kafka.bootstrap());
+    let (allowed, denied) = (format!("scram-ok-{port}"), format!("scram-no-{port}"));
+    let args = |phase| ["user1", "user1-secret", allowed.as_str(), denied.as_str(), phase];
+    let made = || shotover.output().matches("made a delegation token for the user \"user1\"").count();
+    let out = run("scram", &proxy, &direct, &args("1"));
+    for line in [
+        "SCRAM-SHA-256_produce_errors=0 left=0",
+        "SCRAM-SHA-256_consumed_all=True",
+        "SCRAM-SHA-512_produce_errors=0 left=0",
+        "SCRAM-SHA-512_consumed_all=True",
+        "sees_allowed=True sees_denied=False",
+        "denied_produce=['TOPIC_AUTHORIZATION_FAILED']",
+        "denied_fetch=TOPIC_AUTHORIZATION_FAILED",
+        "raw_right_password=0,answered",
+        "raw_wrong_password=58,closed",
+        "done",
+    ] {
+        assert!(has(&out, line), "missing {line}:\n{out}\nproxy:\n{}", shotover.output());
+    }
+    let first = made();
+    assert!(first >= 1, "no token was made:\n{}", shotover.output());
+    // Past the 8 s lifetime: the first tokens have expired (the controller drops expired
+    // tokens every second), and new connections need new ones.
+    std::thread::sleep(Duration::from_secs(9));
+    let out = run("scram", &proxy, &direct, &args("2"));
+    for line in ["SCRAM-SHA-256_consumed_all=True", "SCRAM-SHA-512_consumed_all=True", "done"] {
+        assert!(
+            has(&out, line),
+            "missing {line} after the first tokens expired:\n{out}\nproxy:\n{}",
+            shotover.output()
+        );
+    }
+    assert!(made() > first, "no token was made anew:\n{}", shotover.output());
+    assert!(shotover.output().contains("refused the SCRAM login of \"user1\""), "{}", shotover.output());
+}
+
 /// A broker killed while clients produce and consume: the clients carry on through the
 /// proxy, and every record the broker acknowledged is read back.
 #[test]

@@ -2,7 +2,7 @@
 //! client request, and a request whose parts are all in becomes one response for the
 //! client (merged, rewritten, or as the broker sent it), in request order.
 
-use super::hiding::{hide_scram, limit_versions, View};
+use super::hiding::{limit_versions, View};
 use super::*;
 use shotover_protocols::kafka::api::top_level_error_code;
 use shotover_protocols::kafka::kafka_protocol::messages::ResponseHeader;
@@ -251,22 +251,9 @@ impl KafkaSinkCluster {
             }
             Kind::FindCoordinator | Kind::DescribeCluster => self.view_rewrite(body, version),
             Kind::ApiVersions => limit_versions(body),
-            Kind::SaslHandshake { scram } => {
-                if *scram {
-                    // The broker now waits for a SCRAM exchange that will not come.
-                    if let Some(home) = self.home {
-                        self.lost(home, "the client asked for SCRAM, which the proxy does not offer");
-                    }
-                    self.logging_in = None;
-                }
-                hide_scram(body, *scram)
-            }
+            Kind::SaslHandshake { scram, hide } => self.handshake_answered(body, *scram, *hide),
             Kind::SaslAuthenticate => {
-                if top_level_error_code(body) == Some(0) {
-                    if let Some(requests) = self.logging_in.take() {
-                        self.login = Login { requests };
-                    }
-                }
+                self.authenticate_answered(body);
                 false
             }
         }

@@ -2,14 +2,16 @@
 //! response answers (brokers answer in request order), plus the proxy's own one-off
 //! requests (Metadata, FindCoordinator) on a connection of their own.
 
+use super::scram::{self, Mechanism};
+use super::shared::Shared;
 use crate::sinks::kafka::KafkaConnection;
-use crate::sinks::UpstreamTls;
 use bytes::{BufMut, Bytes, BytesMut};
 use shotover_protocols::kafka::kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use shotover_protocols::kafka::KafkaFrame;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Which part of which client request a response answers.
@@ -27,34 +29,53 @@ pub(super) struct BrokerConn {
     pub(super) in_flight: VecDeque<Sent>,
 }
 
-/// What a new connection replays to be logged in as the client: the SaslHandshake and
-/// SaslAuthenticate requests that succeeded on the first connection.
-#[derive(Default, Clone)]
-pub(super) struct Login {
-    pub(super) requests: Vec<Bytes>,
+/// How a new connection logs in as the client.
+#[derive(Clone)]
+pub(super) enum Login {
+    /// The SaslHandshake and SaslAuthenticate requests that succeeded on the client's first
+    /// connection, sent again (none without SASL).
+    Replay(Vec<Bytes>),
+    /// The client's SCRAM login succeeded on its first connection: the others log in with a
+    /// delegation token of the same user ([`scram`]).
+    Token { user: Rc<str>, mechanism: Mechanism },
 }
 
+impl Default for Login {
+    fn default() -> Self {
+        Login::Replay(Vec::new())
+    }
+}
+
+/// How long a token login is tried again while the brokers learn of a token just made.
+const TOKEN_SPREAD: Duration = Duration::from_secs(5);
+
 impl BrokerConn {
-    /// Connects to `address` and replays `login` on it, each answer within `answer_within`.
-    pub(super) async fn open(
-        address: SocketAddr,
-        timeout: Duration,
-        tls: Option<&UpstreamTls>,
-        login: &Login,
-        answer_within: Duration,
-    ) -> io::Result<Self> {
-        let mut conn = KafkaConnection::connect(address, timeout, tls).await?;
-        for request in &login.requests {
-            let response = within(answer_within, async {
-                conn.write_all(request).await?;
-                conn.next().await
-            })
-            .await?;
-            if !login_accepted(request, &response) {
-                return Err(io::Error::other(format!("the broker {address} refused the client's SASL login")));
+    /// Connects to `address` and logs in with `login`, each answer within the time the
+    /// proxy gives its own requests.
+    pub(super) async fn open(shared: &Shared, address: SocketAddr, login: &Login) -> io::Result<Self> {
+        let (timeout, limit) = (shared.connect_timeout, shared.own_request_timeout());
+        let tls = shared.tls_for(address);
+        let started = Instant::now();
+        loop {
+            let mut conn = KafkaConnection::connect(address, timeout, tls.as_ref()).await?;
+            let logged_in = match login {
+                Login::Replay(requests) => replay(&mut conn, requests, limit).await,
+                Login::Token { user, mechanism } => {
+                    let scram = shared.scram.as_ref().ok_or_else(|| io::Error::other("SCRAM over mTLS is off"))?;
+                    let token = scram.token(user, timeout, limit).await?;
+                    within(limit, scram::login(&mut conn, *mechanism, &token)).await
+                }
+            };
+            match logged_in {
+                Ok(()) => return Ok(BrokerConn { conn, out: BytesMut::new(), in_flight: VecDeque::new() }),
+                // The broker closes a connection whose login failed: try a new one.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied && started.elapsed() < TOKEN_SPREAD => {
+                    tracing::debug!("KafkaSinkCluster: {address}: {e}; trying again");
+                    crate::rt::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("logging in to the broker {address}: {e}"))),
             }
         }
-        Ok(BrokerConn { conn, out: BytesMut::new(), in_flight: VecDeque::new() })
     }
 
     /// Queues `message` for the next [`flush`](Self::flush); `answer` when a response
@@ -77,6 +98,21 @@ impl BrokerConn {
     pub(super) fn oldest(&self) -> Option<Instant> {
         self.in_flight.front().map(|s| s.at)
     }
+}
+
+/// Sends each of `requests` and checks that the broker accepted it.
+async fn replay(conn: &mut KafkaConnection, requests: &[Bytes], limit: Duration) -> io::Result<()> {
+    for request in requests {
+        let response = within(limit, async {
+            conn.write_all(request).await?;
+            conn.next().await
+        })
+        .await?;
+        if !login_accepted(request, &response) {
+            return Err(io::Error::other("the broker refused the client's SASL login"));
+        }
+    }
+    Ok(())
 }
 
 /// True when a replayed SaslHandshake or SaslAuthenticate got error code 0. Both

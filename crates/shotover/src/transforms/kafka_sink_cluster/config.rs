@@ -76,6 +76,34 @@ pub(super) struct Settings {
     pub(super) local: usize,
     pub(super) connect: ConnectSettings,
     pub(super) check_peers_every: Option<Duration>,
+    pub(super) scram: Option<ScramSettings>,
+}
+
+/// `authorize_scram_over_mtls`, resolved.
+pub(super) struct ScramSettings {
+    pub(super) contact: Vec<SocketAddr>,
+    pub(super) tls: futures_rustls::TlsConnector,
+    pub(super) lifetime: Duration,
+}
+
+impl ScramOverMtlsConfig {
+    fn resolve(&self) -> Result<ScramSettings> {
+        if self.mtls_port_contact_points.is_empty() {
+            bail!("mtls_port_contact_points: give at least one broker's mTLS port");
+        }
+        let contact = (self.mtls_port_contact_points.iter().enumerate())
+            .map(|(i, address)| resolve_address(address).with_context(|| format!("mtls_port_contact_points[{i}]")))
+            .collect::<Result<_>>()?;
+        if self.tls.certificate_path.is_none() {
+            // The brokers know the proxy by its certificate: without one it cannot make tokens.
+            bail!("tls: certificate_path and private_key_path are needed (the mTLS port knows the proxy by its certificate)");
+        }
+        let tls = self.tls.build().context("tls")?;
+        if self.delegation_token_lifetime_seconds == 0 {
+            bail!("delegation_token_lifetime_seconds: must be at least 1");
+        }
+        Ok(ScramSettings { contact, tls, lifetime: Duration::from_secs(self.delegation_token_lifetime_seconds) })
+    }
 }
 
 /// Splits `host:port` into its host and port, without looking the host up.
@@ -133,12 +161,10 @@ impl TransformConfig for KafkaSinkClusterConfig {
             Some(0) => bail!("check_shotover_peers_delay_ms: must be at least 1; leave it out to not check peers"),
             other => other.map(Duration::from_millis),
         };
-        if self.authorize_scram_over_mtls.is_some() {
-            // Refused rather than ignored: a client would otherwise find SCRAM missing
-            // without a word in the log about why.
-            bail!("authorize_scram_over_mtls: not available in this build yet (SCRAM clients see SCRAM as disabled without it)");
-        }
-        self.resolved.set(Settings { contact, shotover, local, connect, check_peers_every });
+        let scram = (self.authorize_scram_over_mtls.as_ref())
+            .map(|s| s.resolve().context("authorize_scram_over_mtls"))
+            .transpose()?;
+        self.resolved.set(Settings { contact, shotover, local, connect, check_peers_every, scram });
         Ok(())
     }
 
@@ -200,6 +226,16 @@ check_shotover_peers_delay_ms: 3000
             "first_contact_points: [\"127.0.0.1:1\"]\n{node}\nlocal_shotover_broker_id: 0\ncheck_shotover_peers_delay_ms: 0"
         ));
         assert!(err.unwrap_err().starts_with("check_shotover_peers_delay_ms:"));
+        let scram = |block: &str| {
+            load(&format!(
+                "first_contact_points: [\"127.0.0.1:1\"]\n{node}\nlocal_shotover_broker_id: 0\nauthorize_scram_over_mtls:\n{block}"
+            ))
+            .unwrap_err()
+        };
+        let err = scram("  mtls_port_contact_points: []\n  tls: {certificate_authority_path: ca.crt}");
+        assert!(err.starts_with("authorize_scram_over_mtls: mtls_port_contact_points:"), "{err}");
+        let err = scram("  mtls_port_contact_points: [\"127.0.0.1:1\"]\n  tls: {certificate_authority_path: ca.crt}");
+        assert!(err.starts_with("authorize_scram_over_mtls: tls: certificate_path"), "{err}");
     }
 
     #[test]

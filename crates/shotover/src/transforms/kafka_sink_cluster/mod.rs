@@ -21,7 +21,9 @@
 //! - Group requests go to the group's coordinator, transaction requests to the
 //!   transaction's coordinator, found with FindCoordinator and remembered per core.
 //! - The handshake (ApiVersions, SASL) goes to the client's first broker connection; a
-//!   SASL login that succeeded there is replayed on every other connection of the client.
+//!   SASL login that succeeded there is replayed on every other connection of the client,
+//!   or, for SCRAM with `authorize_scram_over_mtls`, done again with a delegation token of
+//!   the same user ([`login`], [`scram`]).
 //! - Everything else goes to any broker, round robin, this node's rack first.
 //! - Metadata, FindCoordinator and DescribeCluster answers name Shotover nodes ([`hiding`]).
 //!
@@ -34,7 +36,9 @@ mod answers;
 mod broker;
 mod config;
 mod hiding;
+mod login;
 mod metadata;
+mod scram;
 mod shared;
 mod split;
 
@@ -48,6 +52,7 @@ use crate::stream::ReadMode;
 use async_trait::async_trait;
 use broker::{BrokerConn, Login, Sent};
 use bytes::Bytes;
+use login::ScramLogin;
 use metadata::{TopicKey, GROUP, TRANSACTION};
 use shared::Shared;
 use shotover_protocols::kafka::header::request_ids;
@@ -81,7 +86,10 @@ enum Kind {
     DescribeCluster,
     ApiVersions,
     SaslHandshake {
+        /// The client asked for SCRAM.
         scram: bool,
+        /// SCRAM is hidden (no `authorize_scram_over_mtls`).
+        hide: bool,
     },
     SaslAuthenticate,
 }
@@ -125,6 +133,10 @@ pub struct KafkaSinkCluster {
     login: Login,
     /// SASL requests sent and not yet known to have succeeded.
     logging_in: Option<Vec<Bytes>>,
+    /// A SCRAM login under way, checked by the home broker (`authorize_scram_over_mtls`).
+    scram_login: Option<ScramLogin>,
+    /// The client's SCRAM login failed: the connection closes before any other request.
+    refused: bool,
     /// Oldest first; answered in this order.
     pending: VecDeque<Pending>,
     next_seq: u64,
@@ -143,6 +155,8 @@ impl KafkaSinkCluster {
             control: None,
             login: Login::default(),
             logging_in: None,
+            scram_login: None,
+            refused: false,
             pending: VecDeque::new(),
             next_seq: 0,
             own_correlation_id: 0,
@@ -173,6 +187,9 @@ impl KafkaSinkCluster {
 
     /// Works out where a request goes and sends it.
     async fn dispatch(&mut self, request: Message) {
+        if self.refused {
+            return self.refuse(request, "shotover: the client's SCRAM login failed");
+        }
         let raw = match request.to_bytes() {
             Ok(raw) => raw,
             Err(e) => return self.refuse(request, &format!("shotover: cannot encode the request: {e}")),
@@ -190,15 +207,12 @@ impl KafkaSinkCluster {
         }
         let (kind, route) = match api_key {
             ApiKey::ApiVersions => (Kind::ApiVersions, Route::Home),
-            ApiKey::SaslHandshake => {
-                let mechanism = leading_strings::<1>(&raw).ok().and_then(|[m]| m).unwrap_or_default();
-                self.logging_in = Some(vec![raw.clone()]);
-                (Kind::SaslHandshake { scram: mechanism.starts_with(b"SCRAM-") }, Route::Home)
-            }
-            ApiKey::SaslAuthenticate => {
-                self.logging_in.get_or_insert_with(Vec::new).push(raw.clone());
-                (Kind::SaslAuthenticate, Route::Home)
-            }
+            ApiKey::SaslHandshake => self.handshake(&raw),
+            ApiKey::SaslAuthenticate => match self.authenticate(&raw) {
+                Some(routed) => routed,
+                // Refused by the proxy itself: answered as a failed login.
+                None => return self.refuse_login(request, &raw, key),
+            },
             _ if self.logging_in.is_some() => (Kind::Plain, Route::Home),
             ApiKey::Metadata => (Kind::Metadata, Route::Any),
             ApiKey::FindCoordinator => (Kind::FindCoordinator, Route::Any),
@@ -224,15 +238,18 @@ impl KafkaSinkCluster {
             return self.refuse(request, "shotover: a request of an unknown api key");
         };
         match shotover_protocols::kafka::safe_error::safe_error_response(raw, UNSUPPORTED_VERSION) {
-            Ok(Some(bytes)) => {
-                let seq = self.add_pending(request, key, Kind::Plain, 1, true);
-                if let Some(p) = self.pending_mut(seq) {
-                    p.parts = vec![Some(bytes)];
-                    p.missing = 0;
-                }
-            }
+            Ok(Some(bytes)) => self.answer_now(request, key, bytes),
             Ok(None) => {}
             Err(e) => self.refuse(request, &format!("shotover: an unsupported request: {e}")),
+        }
+    }
+
+    /// Answers `request` with `bytes`, without sending it anywhere.
+    fn answer_now(&mut self, request: Message, key: (ApiKey, i16), bytes: Bytes) {
+        let seq = self.add_pending(request, key, Kind::Plain, 1, true);
+        if let Some(p) = self.pending_mut(seq) {
+            p.parts = vec![Some(bytes)];
+            p.missing = 0;
         }
     }
 
@@ -303,11 +320,7 @@ impl KafkaSinkCluster {
         };
         for address in candidates {
             if !self.conns.contains_key(&address) {
-                let shared = &self.shared;
-                let tls = shared.tls_for(address);
-                let answer_within = shared.own_request_timeout();
-                match BrokerConn::open(address, shared.connect_timeout, tls.as_ref(), &self.login, answer_within).await
-                {
+                match BrokerConn::open(&self.shared, address, &self.login).await {
                     Ok(conn) => {
                         self.conns.insert(address, conn);
                         self.home.get_or_insert(address);
@@ -345,17 +358,7 @@ impl KafkaSinkCluster {
     async fn control(&mut self) -> Option<&mut KafkaConnection> {
         if self.control.is_none() {
             for address in self.shared.any_brokers() {
-                let shared = &self.shared;
-                let tls = shared.tls_for(address);
-                match BrokerConn::open(
-                    address,
-                    shared.connect_timeout,
-                    tls.as_ref(),
-                    &self.login,
-                    shared.own_request_timeout(),
-                )
-                .await
-                {
+                match BrokerConn::open(&self.shared, address, &self.login).await {
                     Ok(conn) => {
                         self.control = Some(conn.conn);
                         break;
@@ -527,6 +530,10 @@ fn coordinator_key(api_key: ApiKey, raw: &[u8]) -> Option<(i8, Rc<str>)> {
 #[async_trait(?Send)]
 impl Transform for KafkaSinkCluster {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
+        if self.refused && self.pending.is_empty() {
+            // After the failed login's answer, nothing more: no request reaches a broker.
+            return Err(ChainError::client("the client's SCRAM login failed").close_connection());
+        }
         for request in std::mem::take(&mut state.requests) {
             self.dispatch(request).await;
         }
@@ -541,7 +548,7 @@ impl Transform for KafkaSinkCluster {
     }
 
     fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.head_done() {
+        if self.head_done() || (self.refused && self.pending.is_empty()) {
             return Poll::Ready(());
         }
         if self.poll_read(cx).is_ready() && self.head_done() {

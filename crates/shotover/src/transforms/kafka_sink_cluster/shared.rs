@@ -3,6 +3,7 @@
 
 use super::config::Settings;
 use super::metadata::Metadata;
+use super::scram::ScramOverMtls;
 use crate::sinks::UpstreamTls;
 use prometheus::IntCounter;
 use std::cell::{Cell, RefCell};
@@ -36,6 +37,8 @@ pub(super) struct Shared {
     /// Round robin position for requests any broker can take.
     turn: Cell<usize>,
     pub(super) failed_requests: IntCounter,
+    /// `authorize_scram_over_mtls`, with this core's delegation tokens.
+    pub(super) scram: Option<ScramOverMtls>,
 }
 
 impl Shared {
@@ -51,6 +54,7 @@ impl Shared {
             peers_up: settings.shotover.iter().map(|_| Cell::new(true)).collect(),
             turn: Cell::new(0),
             failed_requests,
+            scram: settings.scram.as_ref().map(|s| ScramOverMtls::new(s.contact.clone(), s.tls.clone(), s.lifetime)),
         }
     }
 
