@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Kafka producer throughput, direct to Tansu and through the proxy (KafkaSinkSingle), in
-# one run; prints records/s and the ratio proxy/direct.
+# Kafka producer throughput, direct to one Apache Kafka 4 broker (scripts/kafka) and through
+# the proxy (KafkaSinkSingle), in one run; prints records/s and the ratio proxy/direct.
 #
 #   benches/load/kafka.sh [RECORDS] [ACKS]     (defaults: 200000 records of 1 KiB, acks=1)
 #
 # The producer is confluent-kafka (librdkafka) from the venv of scripts/install-backends,
 # one process, batching as it does by default (linger.ms=5). The proxy runs one worker core.
+# The broker runs with the full JIT (no KAFKA_JVM_OPTS) and is warmed by a first produce that
+# is not counted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benches/load/common.sh
@@ -16,15 +18,15 @@ python=${SHOTOVER_BACKENDS_DIR:-/opt/shotover-backends}/venv/bin/python
 dir=$(mktemp -d /tmp/kafka-bench.XXXXXX)
 cleanup() {
   [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null || true
-  scripts/tansu stop "$dir" >/dev/null 2>&1 || true
+  scripts/kafka stop "$dir/kafka" >/dev/null 2>&1 || true
   rm -rf "$dir"
 }
 trap cleanup EXIT
 
 build_release
-broker=$(free_port)
 proxy=$(free_port)
-scripts/tansu start "$dir" "$broker" >/dev/null
+broker=$(scripts/kafka start "$dir/kafka" --brokers 1 | head -1)
+broker=${broker##*:}
 cat > "$dir/topology.yaml" <<YAML
 sources:
   - Kafka:
@@ -66,6 +68,10 @@ print("%d %.3f %d %d" % (n / elapsed, elapsed, len(errors), left))
 PY
 }
 
+records_wanted=$records
+records=20000
+produce "127.0.0.1:$broker" >/dev/null  # warm-up
+records=$records_wanted
 direct=$(produce "127.0.0.1:$broker")
 through=$(produce "127.0.0.1:$proxy")
 read -r d_rate d_secs d_err d_left <<<"$direct"

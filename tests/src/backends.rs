@@ -1,13 +1,13 @@
-//! Real Cassandra and Kafka-wire backends, and the Python clients that talk to them.
+//! Real Cassandra backends, and the Python clients that talk to them (Kafka's are in
+//! [`crate::kafka_cluster`]).
 //!
 //! - [`Cassandra`]: a Cassandra 2.1 cluster of one node or three, stopped on drop.
-//! - [`Tansu`]: a Tansu broker (the Kafka stand-in) with in-memory storage, stopped on drop.
 //! - [`python`] and [`run_python`]: the venv with `cassandra-driver`, `cqlsh`,
 //!   `confluent-kafka` and `kafka-python`.
 //!
 //! `scripts/install-backends` installs all of it (`scripts/install-deps` calls it) under
 //! `$SHOTOVER_BACKENDS_DIR`, default `/opt/shotover-backends`. The servers are started by
-//! `scripts/cassandra` and `scripts/tansu`; these helpers only pick ports and directories.
+//! `scripts/cassandra`; these helpers only pick ports and directories.
 
 use crate::{free_port, TempDir};
 use std::io::Read;
@@ -277,55 +277,6 @@ pub fn shared_ring() -> SharedRing {
     }
     std::fs::write(&state, port.to_string()).expect("ring state");
     SharedRing { nodes: String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect(), port }
-}
-
-/// A Tansu broker on 127.0.0.1, started by `scripts/tansu`, keeping its data in memory.
-/// Tansu is not a Kafka cluster: it calls itself node 111 and leads every partition.
-pub struct Tansu {
-    pub port: u16,
-    dir: TempDir,
-}
-
-impl Tansu {
-    /// Starts one on a free port; it listens within a fraction of a second.
-    pub fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    pub fn start_on(port: u16) -> Self {
-        let dir = TempDir::new("tansu");
-        let out = Command::new(script("tansu"))
-            .arg("start")
-            .arg(&dir.0)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run scripts/tansu");
-        let tansu = Tansu { port, dir };
-        if !out.status.success() {
-            panic!(
-                "tansu did not start (run scripts/install-backends if it is missing):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        tansu
-    }
-
-    /// `127.0.0.1:port`, for `bootstrap.servers`.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Everything it logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path("tansu.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = Command::new(script("tansu")).arg("stop").arg(&self.dir.0).status();
-    }
 }
 
 /// The venv's python, with `cassandra-driver`, `cqlsh`, `confluent-kafka` and `kafka-python`.

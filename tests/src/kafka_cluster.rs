@@ -23,6 +23,16 @@ pub struct KafkaBroker {
     pub sasl: u16,
     pub ssl: u16,
     pub rack: String,
+    /// The address all its listeners are on: 127.0.0.1, or 127.0.0.ID in a cluster started
+    /// with `--ips` (the shared one).
+    pub host: String,
+}
+
+impl KafkaBroker {
+    /// `host:port` of one of its listeners.
+    pub fn address(&self, port: u16) -> String {
+        format!("{}:{port}", self.host)
+    }
 }
 
 pub struct KafkaCluster {
@@ -37,7 +47,7 @@ impl KafkaCluster {
     /// A cluster of `brokers` brokers (racks rack1..rackN) for this test alone.
     pub fn start(brokers: usize) -> Self {
         let dir = TempDir::new("kafka");
-        start_in(&dir.0, brokers);
+        start_in(&dir.0, brokers, false);
         let mut cluster = Self::read(dir.0.clone());
         cluster.owned = Some(dir);
         cluster
@@ -51,11 +61,11 @@ impl KafkaCluster {
 
     /// `host:port` of every broker's PLAINTEXT listener, comma separated.
     pub fn bootstrap(&self) -> String {
-        self.brokers.iter().map(|b| format!("127.0.0.1:{}", b.plaintext)).collect::<Vec<_>>().join(",")
+        self.brokers.iter().map(|b| b.address(b.plaintext)).collect::<Vec<_>>().join(",")
     }
 
     pub fn sasl_bootstrap(&self) -> String {
-        self.brokers.iter().map(|b| format!("127.0.0.1:{}", b.sasl)).collect::<Vec<_>>().join(",")
+        self.brokers.iter().map(|b| b.address(b.sasl)).collect::<Vec<_>>().join(",")
     }
 
     pub fn broker(&self, id: i32) -> &KafkaBroker {
@@ -113,7 +123,7 @@ impl Drop for KafkaCluster {
     }
 }
 
-/// `broker ID plaintext PORT sasl PORT ssl PORT internal PORT rack RACK`
+/// `broker ID plaintext PORT sasl PORT ssl PORT internal PORT rack RACK host HOST`
 fn parse_broker(line: &str) -> Option<KafkaBroker> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
@@ -126,14 +136,17 @@ fn parse_broker(line: &str) -> Option<KafkaBroker> {
         sasl: field("sasl")?.parse().ok()?,
         ssl: field("ssl")?.parse().ok()?,
         rack: field("rack")?.to_owned(),
+        host: field("host").unwrap_or("127.0.0.1").to_owned(),
     })
 }
 
-fn start_in(dir: &Path, brokers: usize) {
+/// With `ips`, broker ID listens on 127.0.0.ID, every broker on the same ports.
+fn start_in(dir: &Path, brokers: usize, ips: bool) {
     let out = Command::new(script())
         .arg("start")
         .arg(dir)
         .args(["--brokers", &brokers.to_string()])
+        .args(ips.then_some("--ips"))
         // Starts in about 9 s instead of 14 on 2 cores; the tests are not benchmarks.
         .env("KAFKA_JVM_OPTS", "-XX:TieredStopAtLevel=1")
         .stdin(Stdio::null())
@@ -148,7 +161,8 @@ fn start_in(dir: &Path, brokers: usize) {
     }
 }
 
-/// The 3-broker cluster shared by the tests of a run that leave its brokers alone. The
+/// The 3-broker cluster shared by the tests of a run that leave its brokers alone, started
+/// with `--ips` (broker ID on 127.0.0.ID, all on the same ports, as KafkaSinkSingle wants). The
 /// first test to ask starts it under a file lock; the others reuse it. `scripts/test`
 /// stops it when the run ends; one left over from an earlier run is reused while every
 /// broker still answers.
@@ -161,11 +175,12 @@ pub fn shared_kafka() -> KafkaCluster {
     let nodes = dir.join("cluster");
     if nodes.join("ports").exists() {
         let cluster = KafkaCluster::read(nodes.clone());
-        let answers = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        if cluster.brokers.len() == 3 && cluster.brokers.iter().all(|b| answers(b.plaintext)) {
+        let answers = |b: &KafkaBroker| std::net::TcpStream::connect(b.address(b.plaintext)).is_ok();
+        let spread = cluster.brokers.iter().all(|b| b.host == format!("127.0.0.{}", b.id));
+        if cluster.brokers.len() == 3 && spread && cluster.brokers.iter().all(answers) {
             return cluster;
         }
     }
-    start_in(&nodes, 3);
+    start_in(&nodes, 3, true);
     KafkaCluster::read(nodes)
 }

@@ -178,20 +178,14 @@ pub struct ShotoverBuilder {
     topology: String,
     config: Option<String>,
     args: Vec<String>,
-    wait_port: Option<u16>,
+    wait_at: Option<std::net::SocketAddr>,
 }
 
 impl Shotover {
     /// Shotover with `topology` (YAML text) and a default config with observability on a
     /// free port. Waits until `listen_port` accepts connections.
     pub fn builder(topology: &str) -> ShotoverBuilder {
-        ShotoverBuilder {
-            binary: None,
-            topology: topology.to_string(),
-            config: None,
-            args: Vec::new(),
-            wait_port: None,
-        }
+        ShotoverBuilder { binary: None, topology: topology.to_string(), config: None, args: Vec::new(), wait_at: None }
     }
 
     pub fn start(topology: &str, listen_port: u16) -> Shotover {
@@ -262,8 +256,13 @@ impl ShotoverBuilder {
         self
     }
 
-    pub fn wait_for(mut self, port: u16) -> Self {
-        self.wait_port = Some(port);
+    pub fn wait_for(self, port: u16) -> Self {
+        self.wait_for_address(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// As [`wait_for`](Self::wait_for), for a source on another address (127.0.0.2, ...).
+    pub fn wait_for_address(mut self, address: std::net::SocketAddr) -> Self {
+        self.wait_at = Some(address);
         self
     }
 
@@ -310,17 +309,17 @@ impl ShotoverBuilder {
             });
         }
         let mut shotover = Shotover { child, output, observability_port, dir };
-        if let Some(port) = self.wait_port {
+        if let Some(address) = self.wait_at {
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                if TcpStream::connect(address).is_ok() {
                     break;
                 }
                 if let Ok(Some(status)) = shotover.child.try_wait() {
                     bail!("shotover exited with {status} before listening:\n{}", shotover.output());
                 }
                 if Instant::now() > deadline {
-                    bail!("shotover did not listen on {port}:\n{}", shotover.output());
+                    bail!("shotover did not listen on {address}:\n{}", shotover.output());
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

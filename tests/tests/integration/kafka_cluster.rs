@@ -17,7 +17,8 @@ struct Node {
 }
 
 fn cluster_topology(kafka: &KafkaCluster, nodes: &[Node], local: usize, extra: &str) -> String {
-    let contact = kafka.brokers.iter().map(|b| format!("\"127.0.0.1:{}\"", b.plaintext)).collect::<Vec<_>>().join(", ");
+    let contact =
+        kafka.brokers.iter().map(|b| format!("\"{}\"", b.address(b.plaintext))).collect::<Vec<_>>().join(", ");
     let shotover_nodes: String = nodes
         .iter()
         .map(|n| {
@@ -176,7 +177,7 @@ fn groups_rebalance_and_transactions_commit_through_the_proxy() {
 fn sasl_plain_is_replayed_and_scram_looks_disabled() {
     let kafka = shared_kafka();
     let port = free_port();
-    let contact = kafka.brokers.iter().map(|b| format!("\"127.0.0.1:{}\"", b.sasl)).collect::<Vec<_>>().join(", ");
+    let contact = kafka.brokers.iter().map(|b| format!("\"{}\"", b.address(b.sasl))).collect::<Vec<_>>().join(", ");
     let topology = format!(
         "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n              - address_for_client: \"127.0.0.1:{port}\"\n                rack: \"rack1\"\n                broker_id: 0\n            local_shotover_broker_id: 0\n"
     );
@@ -203,10 +204,10 @@ fn sasl_plain_is_replayed_and_scram_looks_disabled() {
 fn scram_over_mtls_logs_in_with_delegation_tokens() {
     let kafka = shared_kafka();
     let port = free_port();
-    let contact = kafka.brokers.iter().map(|b| format!("\"127.0.0.1:{}\"", b.sasl)).collect::<Vec<_>>().join(", ");
-    let (mtls, tls) = (kafka.brokers[0].ssl, kafka.path("tls"));
+    let contact = kafka.brokers.iter().map(|b| format!("\"{}\"", b.address(b.sasl))).collect::<Vec<_>>().join(", ");
+    let (mtls, tls) = (kafka.brokers[0].address(kafka.brokers[0].ssl), kafka.path("tls"));
     let topology = format!(
-        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n              - address_for_client: \"127.0.0.1:{port}\"\n                rack: \"rack1\"\n                broker_id: 0\n            local_shotover_broker_id: 0\n            authorize_scram_over_mtls:\n              mtls_port_contact_points: [\"127.0.0.1:{mtls}\"]\n              tls:\n                certificate_authority_path: \"{tls}/ca.crt\"\n                certificate_path: \"{tls}/mtls.crt\"\n                private_key_path: \"{tls}/mtls.key\"\n              delegation_token_lifetime_seconds: 8\n"
+        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n              - address_for_client: \"127.0.0.1:{port}\"\n                rack: \"rack1\"\n                broker_id: 0\n            local_shotover_broker_id: 0\n            authorize_scram_over_mtls:\n              mtls_port_contact_points: [\"{mtls}\"]\n              tls:\n                certificate_authority_path: \"{tls}/ca.crt\"\n                certificate_path: \"{tls}/mtls.crt\"\n                private_key_path: \"{tls}/mtls.key\"\n              delegation_token_lifetime_seconds: 8\n"
     );
     let shotover = Shotover::start(&topology, port);
     let (proxy, direct) = (format!("127.0.0.1:{port}"), kafka.bootstrap());
