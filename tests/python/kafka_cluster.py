@@ -305,17 +305,32 @@ elif mode == "scram":
                 return None
             return sock.recv(struct.unpack(">i", size)[0], socket.MSG_WAITALL)
 
-        def raw_login(secret):
+        def after_login(s):
+            """Whether a Metadata request (v1, every topic) gets an answer, or the connection closes."""
+            try:
+                s.sendall(request(3, 1, 4, struct.pack(">i", -1)))
+                after = "answered" if response(s) is not None else "closed"
+            except (ConnectionResetError, BrokenPipeError):
+                after = "closed"
+            except socket.timeout:
+                after = "timeout"
+            s.close()
+            return after
+
+        def raw_login(secret, extensions=""):
             """SCRAM-SHA-256 by hand (SaslHandshake v1, SaslAuthenticate v1); then Metadata."""
             host, port = proxy.split(":")
             s = socket.create_connection((host, int(port)), timeout=15)
             s.sendall(request(17, 1, 1, struct.pack(">h", 13) + b"SCRAM-SHA-256"))
             r = response(s)
             nonce = base64.b64encode(os.urandom(18)).decode()
-            first_bare = "n=%s,r=%s" % (user, nonce)
+            first_bare = "n=%s,r=%s%s" % (user, nonce, extensions)
             first = ("n,," + first_bare).encode()
             s.sendall(request(36, 1, 2, struct.pack(">i", len(first)) + first))
             r = response(s)
+            error = struct.unpack(">h", r[4:6])[0]
+            if error:
+                return error, after_login(s)
             (message_len,) = struct.unpack(">h", r[6:8])
             at = 8 + max(message_len, 0)
             (server_len,) = struct.unpack(">i", r[at:at + 4])
@@ -330,19 +345,13 @@ elif mode == "scram":
             final = (final_bare + ",p=" + base64.b64encode(proof).decode()).encode()
             s.sendall(request(36, 1, 3, struct.pack(">i", len(final)) + final))
             r = response(s)
-            error = struct.unpack(">h", r[4:6])[0]
-            try:
-                s.sendall(request(3, 1, 4, struct.pack(">i", -1)))  # Metadata v1, every topic
-                after = "answered" if response(s) is not None else "closed"
-            except (ConnectionResetError, BrokenPipeError):
-                after = "closed"
-            except socket.timeout:
-                after = "timeout"
-            s.close()
-            return error, after
+            return struct.unpack(">h", r[4:6])[0], after_login(s)
 
         print("raw_right_password=%d,%s" % raw_login(password))
         print("raw_wrong_password=%d,%s" % raw_login("wrong-" + password))
+        # A login that says it uses a delegation token (in any case): the proxy could not
+        # know whose tokens to make, so it refuses it itself.
+        print("raw_token_login=%d,%s" % raw_login(password, ",tokenauth=TRUE"))
     print("done")
 
 elif mode == "keep-going":

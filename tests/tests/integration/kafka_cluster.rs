@@ -225,6 +225,7 @@ fn scram_over_mtls_logs_in_with_delegation_tokens() {
         "denied_fetch=TOPIC_AUTHORIZATION_FAILED",
         "raw_right_password=0,answered",
         "raw_wrong_password=58,closed",
+        "raw_token_login=58,closed",
         "done",
     ] {
         assert!(has(&out, line), "missing {line}:\n{out}\nproxy:\n{}", shotover.output());

@@ -1,6 +1,7 @@
 //! What the proxy does with the brokers' responses: each is matched to its part of a
 //! client request, and a request whose parts are all in becomes one response for the
-//! client (merged, rewritten, or as the broker sent it), in request order.
+//! client (merged, rewritten, or as the broker sent it), in request order. Requests the
+//! proxy answers itself, without sending them, are here too.
 
 use super::hiding::{limit_versions, View};
 use super::*;
@@ -34,6 +35,49 @@ fn coordinator_moved(body: &ResponseKind) -> bool {
 }
 
 impl KafkaSinkCluster {
+    /// Answers a request of an api or version the proxy does not offer as a broker would:
+    /// UNSUPPORTED_VERSION (for ApiVersions, in v0 with the versions it does offer).
+    pub(super) fn unsupported(&mut self, request: Message, raw: &[u8], key: Option<(ApiKey, i16)>) {
+        let Some(key) = key else {
+            // No response type to answer with: the connection closes, as a broker's would.
+            return self.refuse(request, "shotover: a request of an unknown api key");
+        };
+        match shotover_protocols::kafka::safe_error::safe_error_response(raw, UNSUPPORTED_VERSION) {
+            Ok(Some(bytes)) => self.answer_now(request, key, bytes),
+            Ok(None) => {}
+            Err(e) => self.refuse(request, &format!("shotover: an unsupported request: {e}")),
+        }
+    }
+
+    /// Closes the client connection at `request`, without answering it or sending it
+    /// anywhere (as a broker closes a connection whose login failed): an empty answer is
+    /// the source's sign to close.
+    pub(super) fn close_unanswered(&mut self, request: Message) {
+        let key = request_key(&request);
+        self.answer_now(request, key, Bytes::new());
+    }
+
+    /// Answers `request` with `bytes`, without sending it anywhere.
+    pub(super) fn answer_now(&mut self, request: Message, key: (ApiKey, i16), bytes: Bytes) {
+        let seq = self.add_pending(request, key, Kind::Plain, 1, true);
+        if let Some(p) = self.pending_mut(seq) {
+            p.parts = vec![Some(bytes)];
+            p.missing = 0;
+        }
+    }
+
+    /// Answers a request the proxy cannot read with POLICY_VIOLATION, without sending it.
+    pub(super) fn refuse(&mut self, request: Message, text: &str) {
+        tracing::warn!("KafkaSinkCluster: {text}");
+        let key = request_key(&request);
+        let seq = self.add_pending(request, key, Kind::Plain, 1, true);
+        if let Some(p) = self.pending_mut(seq) {
+            p.parts = vec![Some(Bytes::new())];
+            p.missing = 0;
+            p.failed = Some((ProxyError::Refused, text.to_owned()));
+        }
+    }
+
     /// Takes in the responses already read, without waiting.
     pub(super) fn take_read(&mut self) {
         let mut addresses = std::mem::take(&mut self.addresses);
@@ -266,4 +310,13 @@ impl KafkaSinkCluster {
         let view = View { up: shared.up_shotover_nodes(), local, metadata: &metadata };
         view.rewrite(body, version)
     }
+}
+
+/// A request's api key and version, read from its header (ApiVersions v0 when unreadable:
+/// only the proxy's own answer to it depends on them).
+pub(super) fn request_key(request: &Message) -> (ApiKey, i16) {
+    request_ids(&request.to_bytes().unwrap_or_default())
+        .ok()
+        .and_then(|ids| Some((ApiKey::try_from(ids.api_key).ok()?, ids.api_version)))
+        .unwrap_or((ApiKey::ApiVersions, 0))
 }

@@ -73,7 +73,14 @@ impl BrokerConn {
                     tracing::debug!("KafkaSinkCluster: {address}: {e}; trying again");
                     crate::rt::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(io::Error::new(e.kind(), format!("logging in to the broker {address}: {e}"))),
+                Err(e) => {
+                    if let (Login::Token { user, .. }, Some(scram)) = (login, &shared.scram) {
+                        if e.kind() == io::ErrorKind::PermissionDenied {
+                            scram.forget(user);
+                        }
+                    }
+                    return Err(io::Error::new(e.kind(), format!("logging in to the broker {address}: {e}")));
+                }
             }
         }
     }

@@ -65,6 +65,11 @@ impl KafkaSinkCluster {
 
     /// The SaslHandshake's answer; true when it was changed.
     pub(super) fn handshake_answered(&mut self, body: &mut ResponseKind, scram: bool, hide: bool) -> bool {
+        if top_level_error_code(body) != Some(0) {
+            // No login under way after all: requests go where they belong again.
+            self.logging_in = None;
+            self.scram_login = None;
+        }
         if !hide {
             return false;
         }
@@ -99,8 +104,9 @@ impl KafkaSinkCluster {
                     self.logged_in(Login::Token { user, mechanism });
                 }
             }
-        } else if accepted {
-            if let Some(requests) = self.logging_in.take() {
+        } else if let Some(requests) = self.logging_in.take() {
+            // A refused step (a wrong password, or SASL out of turn) ends the attempt.
+            if accepted {
                 self.logged_in(Login::Replay(requests));
             }
         }

@@ -188,7 +188,7 @@ impl KafkaSinkCluster {
     /// Works out where a request goes and sends it.
     async fn dispatch(&mut self, request: Message) {
         if self.refused {
-            return self.refuse(request, "shotover: the client's SCRAM login failed");
+            return self.close_unanswered(request);
         }
         let raw = match request.to_bytes() {
             Ok(raw) => raw,
@@ -213,7 +213,19 @@ impl KafkaSinkCluster {
                 // Refused by the proxy itself: answered as a failed login.
                 None => return self.refuse_login(request, &raw, key),
             },
+            _ if self.scram_login.is_some() => {
+                // A broker in the middle of a SASL exchange takes nothing else either.
+                tracing::warn!("KafkaSinkCluster: a request in the middle of a SCRAM login: closing the connection");
+                self.refused = true;
+                return self.close_unanswered(request);
+            }
             _ if self.logging_in.is_some() => (Kind::Plain, Route::Home),
+            // Brokers refuse these on a connection logged in with a delegation token: only
+            // the client's own login may ask for them.
+            ApiKey::CreateDelegationToken
+            | ApiKey::RenewDelegationToken
+            | ApiKey::ExpireDelegationToken
+            | ApiKey::DescribeDelegationToken => (Kind::Plain, Route::Home),
             ApiKey::Metadata => (Kind::Metadata, Route::Any),
             ApiKey::FindCoordinator => (Kind::FindCoordinator, Route::Any),
             ApiKey::DescribeCluster => (Kind::DescribeCluster, Route::Any),
@@ -228,44 +240,6 @@ impl KafkaSinkCluster {
         };
         let seq = self.add_pending(request, key, kind, 1, expects);
         self.send(route, &raw, seq, 0, expects).await;
-    }
-
-    /// Answers a request of an api or version the proxy does not offer as a broker would:
-    /// UNSUPPORTED_VERSION (for ApiVersions, in v0 with the versions it does offer).
-    fn unsupported(&mut self, request: Message, raw: &[u8], key: Option<(ApiKey, i16)>) {
-        let Some(key) = key else {
-            // No response type to answer with: the connection closes, as a broker's would.
-            return self.refuse(request, "shotover: a request of an unknown api key");
-        };
-        match shotover_protocols::kafka::safe_error::safe_error_response(raw, UNSUPPORTED_VERSION) {
-            Ok(Some(bytes)) => self.answer_now(request, key, bytes),
-            Ok(None) => {}
-            Err(e) => self.refuse(request, &format!("shotover: an unsupported request: {e}")),
-        }
-    }
-
-    /// Answers `request` with `bytes`, without sending it anywhere.
-    fn answer_now(&mut self, request: Message, key: (ApiKey, i16), bytes: Bytes) {
-        let seq = self.add_pending(request, key, Kind::Plain, 1, true);
-        if let Some(p) = self.pending_mut(seq) {
-            p.parts = vec![Some(bytes)];
-            p.missing = 0;
-        }
-    }
-
-    /// Answers a request the proxy cannot read with POLICY_VIOLATION, without sending it.
-    fn refuse(&mut self, request: Message, text: &str) {
-        tracing::warn!("KafkaSinkCluster: {text}");
-        let key = request_ids(&request.to_bytes().unwrap_or_default())
-            .ok()
-            .and_then(|ids| Some((ApiKey::try_from(ids.api_key).ok()?, ids.api_version)))
-            .unwrap_or((ApiKey::ApiVersions, 0));
-        let seq = self.add_pending(request, key, Kind::Plain, 1, true);
-        if let Some(p) = self.pending_mut(seq) {
-            p.parts = vec![Some(Bytes::new())];
-            p.missing = 0;
-            p.failed = Some((ProxyError::Refused, text.to_owned()));
-        }
     }
 
     /// A partition request: to each partition's leader, split if need be.
@@ -530,8 +504,9 @@ fn coordinator_key(api_key: ApiKey, raw: &[u8]) -> Option<(i8, Rc<str>)> {
 #[async_trait(?Send)]
 impl Transform for KafkaSinkCluster {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
-        if self.refused && self.pending.is_empty() {
-            // After the failed login's answer, nothing more: no request reaches a broker.
+        if self.refused && self.pending.is_empty() && state.requests.is_empty() {
+            // After the failed login's answer, nothing more: no request reaches a broker
+            // (those that come are not answered, see `close_unanswered`).
             return Err(ChainError::client("the client's SCRAM login failed").close_connection());
         }
         for request in std::mem::take(&mut state.requests) {

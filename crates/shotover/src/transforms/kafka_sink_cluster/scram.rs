@@ -111,6 +111,14 @@ pub(super) struct Token {
     id: Rc<str>,
     password: Rc<str>,
     made: Instant,
+    /// How long it lives: what was asked for, or less if the broker says so.
+    lifetime: Duration,
+}
+
+impl Token {
+    fn fresh(&self) -> bool {
+        self.made.elapsed() < self.lifetime / 2
+    }
 }
 
 /// What a client's SCRAM client-first message says.
@@ -121,27 +129,34 @@ pub(super) struct ClientFirst {
     pub(super) token: bool,
 }
 
-/// Reads a SCRAM client-first message: `gs2-header client-first-bare`, that is
-/// `n,[a=authzid],[m=ext,]n=user,r=nonce[,ext=value...]`. `None` when it is not one.
+/// Reads a SCRAM client-first message as Kafka does: `n,[a=authzid],[m=ext,]n=user,r=nonce`
+/// followed by `key=value` extensions. `None` when it is not one, or when the broker would
+/// log it in as someone the user name does not say:
+/// - any `tokenauth` extension, whatever its value (Kafka reads the last one, ignoring
+///   case), marks a token login, whose owner only the broker knows;
+/// - an authzid other than the user is refused by Kafka too.
 pub(super) fn client_first(message: &[u8]) -> Option<ClientFirst> {
     let text = std::str::from_utf8(message).ok()?;
-    let mut fields = text.split(',');
-    let binding = fields.next()?;
-    if !(binding == "n" || binding == "y" || binding.starts_with("p=")) {
-        return None;
+    let rest = text.strip_prefix("n,")?;
+    let (authzid, rest) = rest.split_once(',')?;
+    let mut fields = rest.split(',').peekable();
+    if fields.peek().is_some_and(|f| f.starts_with("m=")) {
+        fields.next();
     }
-    let _authzid = fields.next()?;
-    let mut user = None;
+    // RFC 5802 escapes ',' and '=' in user names.
+    let user = fields.next()?.strip_prefix("n=")?.replace("=2C", ",").replace("=3D", "=");
+    fields.next()?.strip_prefix("r=")?;
     let mut token = false;
-    for field in fields {
-        if let Some(name) = field.strip_prefix("n=") {
-            // RFC 5802 escapes ',' and '=' in user names.
-            user.get_or_insert_with(|| name.replace("=2C", ",").replace("=3D", "="));
-        } else if field == "tokenauth=true" {
-            token = true;
-        }
+    for extension in fields {
+        let (key, _) = extension.split_once('=')?;
+        token |= key.eq_ignore_ascii_case("tokenauth");
     }
-    Some(ClientFirst { user: user?, token })
+    match authzid.strip_prefix("a=") {
+        Some(id) if id.replace("=2C", ",").replace("=3D", "=") != user => return None,
+        None if !authzid.is_empty() => return None,
+        _ => {}
+    }
+    Some(ClientFirst { user, token })
 }
 
 /// `authorize_scram_over_mtls`, resolved, with the tokens made on this core.
@@ -159,13 +174,22 @@ impl ScramOverMtls {
 
     /// A token of `user` younger than half its lifetime: the one last made, or a new one.
     pub(super) async fn token(&self, user: &Rc<str>, connect_timeout: Duration, limit: Duration) -> io::Result<Token> {
-        let fresh = self.tokens.borrow().get(user).filter(|t| t.made.elapsed() < self.lifetime / 2).cloned();
+        let fresh = self.tokens.borrow().get(user).filter(|t| t.fresh()).cloned();
         if let Some(token) = fresh {
             return Ok(token);
         }
         let token = self.create(user, connect_timeout, limit).await?;
-        self.tokens.borrow_mut().insert(user.clone(), token.clone());
+        let mut tokens = self.tokens.borrow_mut();
+        // Those of users gone quiet go once they would be made anew anyway.
+        tokens.retain(|_, t| t.fresh());
+        tokens.insert(user.clone(), token.clone());
         Ok(token)
+    }
+
+    /// Forgets `user`'s token, which the brokers no longer take (expired early, or the
+    /// brokers' token secret changed): the next connection makes a new one.
+    pub(super) fn forget(&self, user: &str) {
+        self.tokens.borrow_mut().remove(user);
     }
 
     /// Makes a token owned by `user` over the first mTLS contact point that answers.
@@ -181,11 +205,17 @@ impl ScramOverMtls {
                     .with_max_lifetime_ms(i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX));
                 let body = RequestKind::CreateDelegationToken(request);
                 match ask(&mut conn, body, ApiKey::CreateDelegationToken, 3, 1).await? {
-                    ResponseKind::CreateDelegationToken(r) if r.error_code == 0 => Ok(Token {
-                        id: Rc::from(r.token_id.as_str()),
-                        password: Rc::from(base64::engine::general_purpose::STANDARD.encode(&r.hmac)),
-                        made: Instant::now(),
-                    }),
+                    ResponseKind::CreateDelegationToken(r) if r.error_code == 0 => {
+                        // The broker may cut the lifetime short (delegation.token.expiry.time.ms).
+                        let ends = r.expiry_timestamp_ms.min(r.max_timestamp_ms);
+                        let granted = u64::try_from(ends.saturating_sub(r.issue_timestamp_ms)).unwrap_or(0);
+                        Ok(Token {
+                            id: Rc::from(r.token_id.as_str()),
+                            password: Rc::from(base64::engine::general_purpose::STANDARD.encode(&r.hmac)),
+                            made: Instant::now(),
+                            lifetime: self.lifetime.min(Duration::from_millis(granted)),
+                        })
+                    }
                     ResponseKind::CreateDelegationToken(r) => {
                         Err(io::Error::other(format!("the broker answered with error code {}", r.error_code)))
                     }
@@ -254,8 +284,22 @@ mod tests {
         assert_eq!(first, Some(ClientFirst { user: "user1".into(), token: false }));
         let token = client_first(b"n,,n=tok=2Cen=3D,r=abc,tokenauth=true");
         assert_eq!(token, Some(ClientFirst { user: "tok,en=".into(), token: true }));
+        // Kafka reads the last tokenauth, ignoring the case of its value: any of them is a
+        // token login.
+        for ext in ["tokenauth=TRUE", "tokenauth=false,tokenauth=True", "TokenAuth=1"] {
+            let first = client_first(format!("n,,n=tok,r=abc,{ext}").as_bytes());
+            assert_eq!(first.map(|f| f.token), Some(true), "{ext}");
+        }
+        // The first n= is the user; a later one is an extension, as for Kafka.
+        let first = client_first(b"n,,n=user1,r=abc,n=admin").unwrap();
+        assert_eq!(first.user, "user1");
+        assert_eq!(client_first(b"n,,m=x,n=user1,r=abc").map(|f| f.user), Some("user1".into()));
+        assert_eq!(client_first(b"n,a=user1,n=user1,r=abc").map(|f| f.user), Some("user1".into()));
+        assert_eq!(client_first(b"n,a=admin,n=user1,r=abc"), None);
+        assert_eq!(client_first(b"y,,n=user1,r=abc"), None);
         assert_eq!(client_first(b"x,,n=user1,r=abc"), None);
         assert_eq!(client_first(b"n,,r=abc"), None);
+        assert_eq!(client_first(b"n,,n=user1"), None);
         assert_eq!(client_first(&[0xff, 0xfe]), None);
     }
 
