@@ -9,7 +9,7 @@
 //! `$SHOTOVER_BACKENDS_DIR`, default `/opt/shotover-backends`. The servers are started by
 //! `scripts/cassandra`; these helpers only pick ports and directories.
 
-use crate::{free_port, TempDir};
+use crate::TempDir;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -357,7 +357,7 @@ pub fn run_python_with_timeout(snippet: &str, args: &[&str], timeout: Duration) 
 /// taken under a file lock shared by all test processes and stay reserved by a marker file
 /// for a while, because a Cassandra node binds its ports only seconds after it was given them.
 /// The range lies above the kernel's ephemeral ports (32768-60999) and apart from
-/// [`free_port`] and the Valkey cluster ports.
+/// [`crate::free_port`] and the Valkey cluster ports.
 fn reserve_ports(ips: &[&str], count: u16) -> u16 {
     const FIRST: u16 = 61000;
     const LAST: u16 = 64999;

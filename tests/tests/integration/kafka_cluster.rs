@@ -3,7 +3,7 @@
 //! Java tools.
 
 use shotover_integration_tests::backends::run_python_with_timeout;
-use shotover_integration_tests::kafka_cluster::{shared_kafka, KafkaCluster};
+use shotover_integration_tests::kafka_cluster::{shared_kafka, KafkaBroker, KafkaCluster};
 use shotover_integration_tests::*;
 use std::path::Path;
 use std::time::Duration;
@@ -16,9 +16,14 @@ struct Node {
     id: i32,
 }
 
-fn cluster_topology(kafka: &KafkaCluster, nodes: &[Node], local: usize, extra: &str) -> String {
-    let contact =
-        kafka.brokers.iter().map(|b| format!("\"{}\"", b.address(b.plaintext))).collect::<Vec<_>>().join(", ");
+/// `"host:port"` of every broker's listener `listener` picks, for `first_contact_points`.
+fn contact(kafka: &KafkaCluster, listener: fn(&KafkaBroker) -> u16) -> String {
+    kafka.brokers.iter().map(|b| format!("\"{}\"", b.address(listener(b)))).collect::<Vec<_>>().join(", ")
+}
+
+/// Shotover node `local` of `nodes`, in front of the brokers at `contact`; `extra` is more
+/// of KafkaSinkCluster's fields.
+fn topology_with(contact: &str, nodes: &[Node], local: usize, extra: &str) -> String {
     let shotover_nodes: String = nodes
         .iter()
         .map(|n| {
@@ -35,10 +40,35 @@ fn cluster_topology(kafka: &KafkaCluster, nodes: &[Node], local: usize, extra: &
     )
 }
 
-fn one_proxy(kafka: &KafkaCluster, extra: &str) -> (Shotover, u16) {
+fn cluster_topology(kafka: &KafkaCluster, nodes: &[Node], local: usize, extra: &str) -> String {
+    topology_with(&contact(kafka, |b| b.plaintext), nodes, local, extra)
+}
+
+/// One Shotover node in rack1, in front of the brokers' listener `listener` picks.
+fn one_proxy_on(kafka: &KafkaCluster, listener: fn(&KafkaBroker) -> u16, extra: &str) -> (Shotover, u16) {
     let port = free_port();
     let nodes = [Node { port, rack: "rack1", id: 0 }];
-    (Shotover::start(&cluster_topology(kafka, &nodes, 0, extra), port), port)
+    (Shotover::start(&topology_with(&contact(kafka, listener), &nodes, 0, extra), port), port)
+}
+
+fn one_proxy(kafka: &KafkaCluster, extra: &str) -> (Shotover, u16) {
+    one_proxy_on(kafka, |b| b.plaintext, extra)
+}
+
+/// Three Shotover nodes, one per rack (ids 10, 11, 12), checking each other every 500 ms.
+fn three_proxies(kafka: &KafkaCluster) -> (Vec<Shotover>, Vec<Node>) {
+    let nodes: Vec<Node> = ["rack1", "rack2", "rack3"]
+        .iter()
+        .enumerate()
+        .map(|(i, rack)| Node { port: free_port(), rack, id: 10 + i as i32 })
+        .collect();
+    let proxies = (0..3)
+        .map(|i| {
+            let topology = cluster_topology(kafka, &nodes, i, "            check_shotover_peers_delay_ms: 500\n");
+            Shotover::start(&topology, nodes[i].port)
+        })
+        .collect();
+    (proxies, nodes)
 }
 
 fn script() -> String {
@@ -114,17 +144,7 @@ fn clients_produce_and_consume_through_one_shotover() {
 #[test]
 fn three_shotovers_show_leaders_in_their_racks() {
     let kafka = shared_kafka();
-    let nodes: Vec<Node> = ["rack1", "rack2", "rack3"]
-        .iter()
-        .enumerate()
-        .map(|(i, rack)| Node { port: free_port(), rack, id: 10 + i as i32 })
-        .collect();
-    let mut proxies: Vec<Shotover> = (0..3)
-        .map(|i| {
-            let topology = cluster_topology(&kafka, &nodes, i, "            check_shotover_peers_delay_ms: 500\n");
-            Shotover::start(&topology, nodes[i].port)
-        })
-        .collect();
+    let (mut proxies, nodes) = three_proxies(&kafka);
     let bootstrap = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
     let out = run("metadata", &format!("127.0.0.1:{}", nodes[1].port), &kafka.bootstrap(), &[]);
     let expected: Vec<String> = nodes.iter().map(|n| format!("'{}@127.0.0.1:{}'", n.id, n.port)).collect();
@@ -176,12 +196,7 @@ fn groups_rebalance_and_transactions_commit_through_the_proxy() {
 #[test]
 fn sasl_plain_is_replayed_and_scram_looks_disabled() {
     let kafka = shared_kafka();
-    let port = free_port();
-    let contact = kafka.brokers.iter().map(|b| format!("\"{}\"", b.address(b.sasl))).collect::<Vec<_>>().join(", ");
-    let topology = format!(
-        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n              - address_for_client: \"127.0.0.1:{port}\"\n                rack: \"rack1\"\n                broker_id: 0\n            local_shotover_broker_id: 0\n"
-    );
-    let shotover = Shotover::start(&topology, port);
+    let (shotover, port) = one_proxy_on(&kafka, |b| b.sasl, "");
     let out = run("sasl", &format!("127.0.0.1:{port}"), &kafka.bootstrap(), &["admin", "admin-secret"]);
     for line in [
         "plain_produce_errors=0 left=0",
@@ -195,6 +210,28 @@ fn sasl_plain_is_replayed_and_scram_looks_disabled() {
     }
 }
 
+/// A `tls:` block (indented by `indent`) with the cluster's CA and the mTLS client
+/// certificate (the super user `User:CN=shotover-mtls`).
+fn client_certificate(kafka: &KafkaCluster, indent: &str) -> String {
+    let tls = kafka.path("tls");
+    format!(
+        "{indent}tls:\n{indent}  certificate_authority_path: \"{tls}/ca.crt\"\n{indent}  certificate_path: \"{tls}/mtls.crt\"\n{indent}  private_key_path: \"{tls}/mtls.key\"\n"
+    )
+}
+
+/// `tls` to the brokers: the proxy reaches the brokers' TLS listener, which requires a
+/// client certificate, and the clients (plain TCP to the proxy) produce and consume.
+#[test]
+fn tls_to_the_brokers_with_a_client_certificate() {
+    let kafka = shared_kafka();
+    let (shotover, port) = one_proxy_on(&kafka, |b| b.ssl, &client_certificate(&kafka, "            "));
+    let out = run("workload", &format!("127.0.0.1:{port}"), &kafka.bootstrap(), &[]);
+    for line in ["produce_errors=0 left=0", "consumed=660", "direct_total=720", "done"] {
+        assert!(has(&out, line), "missing {line}:\n{out}\nproxy:\n{}", shotover.output());
+    }
+    assert_eq!(failed_requests(&shotover), 0.0, "{}", shotover.output());
+}
+
 /// SCRAM over mTLS: the client's SCRAM login (SHA-256 and SHA-512) is checked by one
 /// broker, and its other broker connections log in with delegation tokens of the same user,
 /// made over the mTLS port. The user's ACLs hold through the proxy; a wrong password gets
@@ -203,13 +240,12 @@ fn sasl_plain_is_replayed_and_scram_looks_disabled() {
 #[test]
 fn scram_over_mtls_logs_in_with_delegation_tokens() {
     let kafka = shared_kafka();
-    let port = free_port();
-    let contact = kafka.brokers.iter().map(|b| format!("\"{}\"", b.address(b.sasl))).collect::<Vec<_>>().join(", ");
-    let (mtls, tls) = (kafka.brokers[0].address(kafka.brokers[0].ssl), kafka.path("tls"));
-    let topology = format!(
-        "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - KafkaSinkCluster:\n            first_contact_points: [{contact}]\n            shotover_nodes:\n              - address_for_client: \"127.0.0.1:{port}\"\n                rack: \"rack1\"\n                broker_id: 0\n            local_shotover_broker_id: 0\n            authorize_scram_over_mtls:\n              mtls_port_contact_points: [\"{mtls}\"]\n              tls:\n                certificate_authority_path: \"{tls}/ca.crt\"\n                certificate_path: \"{tls}/mtls.crt\"\n                private_key_path: \"{tls}/mtls.key\"\n              delegation_token_lifetime_seconds: 8\n"
+    let mtls = kafka.brokers[0].address(kafka.brokers[0].ssl);
+    let extra = format!(
+        "            authorize_scram_over_mtls:\n              mtls_port_contact_points: [\"{mtls}\"]\n{}              delegation_token_lifetime_seconds: 8\n",
+        client_certificate(&kafka, "              ")
     );
-    let shotover = Shotover::start(&topology, port);
+    let (shotover, port) = one_proxy_on(&kafka, |b| b.sasl, &extra);
     let (proxy, direct) = (format!("127.0.0.1:{port}"), kafka.bootstrap());
     let (allowed, denied) = (format!("scram-ok-{port}"), format!("scram-no-{port}"));
     let args = |phase| ["user1", "user1-secret", allowed.as_str(), denied.as_str(), phase];
@@ -258,13 +294,47 @@ fn a_broker_killed_under_load_loses_nothing_acknowledged() {
     kafka.stop_broker(2);
     let out = load.join().expect("the load thread");
     every_acknowledged_record_was_read(&out, &shotover);
+
+    // `read_timeout`: with brokers that accept connections but stop answering (SIGSTOP),
+    // the request waiting gets the proxy's error answer once it has passed, and the client
+    // connection closes.
+    let (waiting, port) = one_proxy(&kafka, "            read_timeout: 2\n");
+    let pause = |signal| {
+        for id in [1, 3] {
+            let pid = std::fs::read_to_string(kafka.path(&format!("broker-{id}/pid"))).expect("a broker's pid file");
+            let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("a pid"));
+            nix::sys::signal::kill(pid, signal).expect("signal the broker");
+        }
+    };
+    pause(nix::sys::signal::Signal::SIGSTOP);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Metadata v1 for every topic, correlation id 1, client id "t".
+    let body = [0u8, 3, 0, 1, 0, 0, 0, 1, 0, 1, b't', 0xff, 0xff, 0xff, 0xff];
+    let mut request = (body.len() as u32).to_be_bytes().to_vec();
+    request.extend_from_slice(&body);
+    std::io::Write::write_all(&mut client, &request).unwrap();
+    let sent = std::time::Instant::now();
+    let answer = read_once(&mut client, Duration::from_secs(15));
+    let waited = sent.elapsed();
+    let then = read_once(&mut client, Duration::from_secs(5));
+    pause(nix::sys::signal::Signal::SIGCONT);
+    // Metadata v1 with no brokers, controller -1 and no topics: the proxy's error answer.
+    let error_answer = ReadOutcome::Data(
+        String::from_utf8_lossy(&[0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])
+            .into_owned(),
+    );
+    assert_eq!((answer, then), (error_answer, ReadOutcome::Closed), "{}", waiting.output());
+    assert!(waited >= Duration::from_secs(2), "closed after {waited:?}, before the read_timeout");
+    assert!(waiting.wait_for_log("within the read_timeout of 2s", Duration::from_secs(5)), "{}", waiting.output());
 }
 
-/// Kafka's own Java producer and consumer (the performance tools) through the proxy.
+/// Kafka's own Java producer and consumer (the performance tools): the producer through
+/// one Shotover, the consumer through three (one per rack).
 #[test]
 fn the_java_client_produces_and_consumes_through_the_proxy() {
     let kafka = shared_kafka();
     let (shotover, port) = one_proxy(&kafka, "");
+    let (proxies, nodes) = three_proxies(&kafka);
     let topic = format!("java-{port}");
     let create = kafka.tool(
         "org.apache.kafka.tools.TopicCommand",
@@ -301,16 +371,19 @@ fn the_java_client_produces_and_consumes_through_the_proxy() {
     let text = String::from_utf8_lossy(&produce.stdout);
     assert!(produce.status.success(), "{text}\n{}", String::from_utf8_lossy(&produce.stderr));
     assert!(text.lines().any(|l| l.starts_with("20000 records sent")), "{text}");
+    let three = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
     let consume = kafka.tool(
         "org.apache.kafka.tools.ConsumerPerformance",
-        &["--bootstrap-server", &proxy, "--topic", &topic, "--num-records", "20000", "--timeout", "60000"],
+        &["--bootstrap-server", &three, "--topic", &topic, "--num-records", "20000", "--timeout", "60000"],
     );
     let text = String::from_utf8_lossy(&consume.stdout);
     assert!(consume.status.success(), "{text}\n{}", String::from_utf8_lossy(&consume.stderr));
     // The data line's fifth column, data.consumed.in.nMsg, is the number of records consumed.
     let consumed = text.lines().filter_map(|l| l.split(", ").nth(4)?.trim().parse::<u64>().ok()).next_back();
     assert_eq!(consumed, Some(20000), "{text}");
-    assert_eq!(failed_requests(&shotover), 0.0, "{}", shotover.output());
+    for p in std::iter::once(&shotover).chain(&proxies) {
+        assert_eq!(failed_requests(p), 0.0, "{}", p.output());
+    }
 }
 
 /// Partition leaders moved with Kafka's admin tools while a producer writes through the
