@@ -17,6 +17,8 @@
 //!   Bodies live in [`request`], [`result`] and [`response`].
 //! - [`mod@classify`]: sorts statements into query types, and remembers prepared statements'.
 //! - [`token`]: routing keys and Murmur3 tokens, for token-aware routing.
+//! - [`statement`]: CQL statements as data (tables, columns, values), for Protect and
+//!   ValkeyCache.
 //! - [`cells`]: the few typed cell values the proxy reads itself (addresses, tokens, ids).
 //!
 //! Start at [`framing::frame_len`], or at [`segment::SegmentDecoder`] for v5. A connection
@@ -71,6 +73,7 @@ pub mod response;
 pub mod result;
 pub mod segment;
 pub mod state;
+pub mod statement;
 pub mod token;
 mod wire;
 
