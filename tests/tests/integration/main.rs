@@ -20,6 +20,7 @@ mod malformed;
 mod multiplex;
 mod observability;
 mod passthrough;
+mod protect;
 mod shutdown;
 mod throttling;
 mod tls;

@@ -19,6 +19,7 @@
 //! | Tee | no | [`tee`] |
 //! | ParallelMap | yes | [`parallel_map`] |
 //! | RequestThrottling | no | [`request_throttling`] |
+//! | Protect | no | [`protect`] |
 
 pub mod cassandra_peers_rewrite;
 pub mod cassandra_sink_cluster;
@@ -30,6 +31,7 @@ pub mod kafka_sink_cluster;
 pub mod kafka_sink_single;
 pub mod null_sink;
 pub mod parallel_map;
+pub mod protect;
 pub mod query_counter;
 pub mod query_type_filter;
 pub mod request_throttling;
@@ -58,6 +60,7 @@ pub fn registry() -> TransformRegistry {
         .register::<kafka_sink_single::KafkaSinkSingleConfig>()
         .register::<kafka_sink_cluster::KafkaSinkClusterConfig>()
         .register::<request_throttling::RequestThrottlingConfig>()
+        .register::<protect::ProtectConfig>()
         .register_parser(tee::TeeConfig::parse)
         .register_parser(parallel_map::ParallelMapConfig::parse);
     r

@@ -49,7 +49,8 @@ impl Token {
     fn ends_term(&self) -> bool {
         match &self.kind {
             Kind::Literal(_) | Kind::Quoted(_) | Kind::Marker { .. } => true,
-            Kind::Punct(p) => matches!(*p, ")" | "]" | "}"),
+            // Not `)`: `(blob) :name` is a cast of a named marker.
+            Kind::Punct(p) => matches!(*p, "]" | "}"),
             // Keywords after which a named marker may come.
             Kind::Word(w) => !matches!(
                 w.as_str(),

@@ -149,6 +149,20 @@ fn statement_end(t: &Token) -> bool {
     t.is_punct(";") || ["apply", "insert", "update", "delete"].iter().any(|w| t.is_word(w))
 }
 
+/// How many bind markers `cql` holds, as the parser numbers them (`None` when it cannot be
+/// read). A caller can check it against the values bound, or the markers Cassandra reports.
+pub fn marker_count(cql: &str) -> Option<usize> {
+    Some(lex::tokens(cql)?.iter().filter(|t| matches!(t.kind, Kind::Marker { .. })).count())
+}
+
+/// The first word of `cql`, lowercased, after whitespace and comments.
+pub fn first_word(cql: &str) -> Option<String> {
+    match lex::tokens(cql)?.into_iter().next()?.kind {
+        Kind::Word(w) => Some(w),
+        _ => None,
+    }
+}
+
 struct Parser<'a> {
     t: &'a [Token],
     at: usize,
@@ -459,10 +473,13 @@ impl Parser<'_> {
         self.using(&["insert", "update", "delete"])?;
         let mut statements = Vec::new();
         while !self.eat_word("apply") {
-            let s = self.statement()?;
-            if !matches!(s, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) {
-                return None;
-            }
+            // Only writes: no nesting, so no input can recurse deeply.
+            let s = match &self.next()?.kind {
+                Kind::Word(w) if w == "insert" => Statement::Insert(self.insert()?),
+                Kind::Word(w) if w == "update" => Statement::Update(self.update()?),
+                Kind::Word(w) if w == "delete" => Statement::Delete(self.delete()?),
+                _ => return None,
+            };
             statements.push(s);
             self.eat_punct(";");
         }

@@ -82,6 +82,11 @@ fn delete_and_batch() {
     let Statement::Update(u) = &statements[1] else { panic!() };
     assert_eq!(u.r#where.relations[0].value, Term::Marker { index: 1, name: None });
     assert!(parse("BEGIN BATCH SELECT * FROM t APPLY BATCH").is_none());
+    // Batches do not nest: no input recurses deeply (this one would overflow the stack).
+    assert!(parse(&"BEGIN BATCH ".repeat(100_000)).is_none());
+    assert_eq!(marker_count("INSERT INTO t (a, b) VALUES (?, :b) USING TTL ?"), Some(3));
+    assert_eq!(marker_count("UPDATE t SET n = (blob) :a, c = ? WHERE k = 1"), Some(2));
+    assert_eq!(first_word("/* x */ -- y\n  Insert INTO t"), Some("insert".into()));
 }
 
 #[test]

@@ -1,0 +1,210 @@
+//! What Protect stores in a protected column, and how it is made and read back.
+//!
+//! A value is encrypted with ChaCha20-Poly1305 under a data encryption key (DEK) and a
+//! random 96-bit nonce. The DEK itself is stored beside it, encrypted by the key
+//! encryption key (KEK), with the KEK's id, so that any holder of the KEK can read the
+//! value. The four fields are written in bincode 1's default layout (fixed-width,
+//! little-endian) for a struct of them, which is what the blob column holds:
+//!
+//! | field | bytes |
+//! |---|---|
+//! | `cipher` length | u64, little-endian |
+//! | `cipher` | the ciphertext and its 16-byte Poly1305 tag |
+//! | `nonce` | 12 |
+//! | `enc_dek` length | u64, little-endian |
+//! | `enc_dek` | the DEK as the key manager wraps it (Local: a 12-byte nonce, then the DEK encrypted under the KEK with its tag) |
+//! | `kek_id` length | u64, little-endian |
+//! | `kek_id` | UTF-8 |
+//!
+//! The layout is written here rather than with the `bincode` crate, whose development has
+//! ended; the unit tests pin it.
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use std::collections::HashMap;
+
+/// A protected value, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    pub cipher: Vec<u8>,
+    pub nonce: [u8; 12],
+    pub enc_dek: Vec<u8>,
+    pub kek_id: String,
+}
+
+/// Why a stored value could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtectError {
+    #[error("not a protected value (truncated or of another layout)")]
+    Layout,
+    #[error("the value was encrypted under the key encryption key {0:?}, not this one")]
+    OtherKek(String),
+    #[error("the data encryption key cannot be unwrapped: wrong key encryption key, or tampered")]
+    Dek,
+    #[error("the value does not decrypt: tampered, or another data encryption key")]
+    Value,
+}
+
+impl Protected {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.cipher.len() + 12 + 8 + self.enc_dek.len() + 8 + self.kek_id.len());
+        put(&mut out, &self.cipher);
+        out.extend_from_slice(&self.nonce);
+        put(&mut out, &self.enc_dek);
+        put(&mut out, self.kek_id.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtectError> {
+        let mut r = bytes;
+        let cipher = take(&mut r)?.to_vec();
+        let nonce = r.get(..12).and_then(|n| <[u8; 12]>::try_from(n).ok()).ok_or(ProtectError::Layout)?;
+        r = r.get(12..).ok_or(ProtectError::Layout)?;
+        let enc_dek = take(&mut r)?.to_vec();
+        let kek_id = String::from_utf8(take(&mut r)?.to_vec()).map_err(|_| ProtectError::Layout)?;
+        if !r.is_empty() {
+            return Err(ProtectError::Layout);
+        }
+        Ok(Protected { cipher, nonce, enc_dek, kek_id })
+    }
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A length-prefixed field off the front of `r`.
+fn take<'a>(r: &mut &'a [u8]) -> Result<&'a [u8], ProtectError> {
+    let len = r.get(..8).and_then(|l| <[u8; 8]>::try_from(l).ok()).ok_or(ProtectError::Layout)?;
+    let len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| ProtectError::Layout)?;
+    let field = r.get(8..8usize.checked_add(len).ok_or(ProtectError::Layout)?).ok_or(ProtectError::Layout)?;
+    *r = r.get(8 + len..).unwrap_or_default();
+    Ok(field)
+}
+
+/// At most this many unwrapped DEKs are remembered; then the memory starts afresh.
+const MAX_DEKS: usize = 1024;
+
+/// Values encrypted under one DEK before a new one is made: random 96-bit nonces stay far
+/// from colliding (the usual bound is 2^32 per key).
+const DEK_USES: u64 = 1 << 30;
+
+/// A new DEK, and its bytes wrapped by `kek` (a nonce, then the ciphertext and tag).
+fn new_dek(kek: &ChaCha20Poly1305) -> Result<(ChaCha20Poly1305, Vec<u8>), ProtectError> {
+    let dek = ChaCha20Poly1305::generate_key(&mut OsRng);
+    let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let wrapped = kek.encrypt(&nonce, dek.as_slice()).map_err(|_| ProtectError::Dek)?;
+    let mut enc_dek = nonce.to_vec();
+    enc_dek.extend_from_slice(&wrapped);
+    Ok((ChaCha20Poly1305::new(&dek), enc_dek))
+}
+
+/// The `Local` key manager: a KEK given in the configuration, and one DEK made at start
+/// (the DEK id function is a constant, as the user guide says), wrapped by the KEK.
+pub struct LocalKeys {
+    kek: ChaCha20Poly1305,
+    kek_id: String,
+    dek: ChaCha20Poly1305,
+    enc_dek: Vec<u8>,
+    /// Values encrypted under `dek`.
+    used: u64,
+    /// Wrapped DEKs already unwrapped, by their wrapped bytes.
+    deks: HashMap<Vec<u8>, ChaCha20Poly1305>,
+}
+
+impl LocalKeys {
+    pub fn new(kek: &[u8; 32], kek_id: &str) -> Result<Self, ProtectError> {
+        let kek = ChaCha20Poly1305::new(Key::from_slice(kek));
+        let (dek, enc_dek) = new_dek(&kek)?;
+        Ok(LocalKeys { kek, kek_id: kek_id.to_owned(), dek, enc_dek, used: 0, deks: HashMap::new() })
+    }
+
+    /// `plaintext`, encrypted and laid out for storage.
+    pub fn protect(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ProtectError> {
+        if self.used >= DEK_USES {
+            (self.dek, self.enc_dek) = new_dek(&self.kek)?;
+            self.used = 0;
+        }
+        self.used += 1;
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let cipher = self.dek.encrypt(&nonce, plaintext).map_err(|_| ProtectError::Value)?;
+        let mut fixed = [0u8; 12];
+        fixed.copy_from_slice(nonce.as_slice());
+        let protected = Protected { cipher, nonce: fixed, enc_dek: self.enc_dek.clone(), kek_id: self.kek_id.clone() };
+        Ok(protected.encode())
+    }
+
+    /// The plaintext of a stored value.
+    pub fn unprotect(&mut self, stored: &[u8]) -> Result<Vec<u8>, ProtectError> {
+        let p = Protected::decode(stored)?;
+        if p.kek_id != self.kek_id {
+            return Err(ProtectError::OtherKek(p.kek_id));
+        }
+        let dek = match self.deks.get(&p.enc_dek) {
+            Some(dek) => dek,
+            None => {
+                let dek = self.unwrap_dek(&p.enc_dek)?;
+                if self.deks.len() >= MAX_DEKS {
+                    self.deks.clear();
+                }
+                self.deks.entry(p.enc_dek.clone()).or_insert(dek)
+            }
+        };
+        dek.decrypt(Nonce::from_slice(&p.nonce), p.cipher.as_slice()).map_err(|_| ProtectError::Value)
+    }
+
+    fn unwrap_dek(&self, enc_dek: &[u8]) -> Result<ChaCha20Poly1305, ProtectError> {
+        let (nonce, wrapped) = (enc_dek.get(..12).ok_or(ProtectError::Dek)?, enc_dek.get(12..).unwrap_or_default());
+        let dek = self.kek.decrypt(Nonce::from_slice(nonce), wrapped).map_err(|_| ProtectError::Dek)?;
+        let key = <[u8; 32]>::try_from(dek.as_slice()).map_err(|_| ProtectError::Dek)?;
+        Ok(ChaCha20Poly1305::new(Key::from_slice(&key)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_is_bincode_1s() {
+        let p = Protected { cipher: vec![1, 2], nonce: [9; 12], enc_dek: vec![3], kek_id: "k".into() };
+        let mut want = vec![2, 0, 0, 0, 0, 0, 0, 0, 1, 2];
+        want.extend_from_slice(&[9; 12]);
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 3]);
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, b'k']);
+        assert_eq!(p.encode(), want);
+        assert_eq!(Protected::decode(&want), Ok(p));
+        for cut in 0..want.len() {
+            assert_eq!(Protected::decode(&want[..cut]), Err(ProtectError::Layout), "cut at {cut}");
+        }
+        let mut huge = want.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(Protected::decode(&huge), Err(ProtectError::Layout));
+    }
+
+    #[test]
+    fn values_round_trip_and_tampering_is_caught() {
+        let mut keys = LocalKeys::new(&[7; 32], "kek-1").unwrap();
+        let stored = keys.protect(b"I am gonna get encrypted!!").unwrap();
+        assert_eq!(keys.unprotect(&stored).unwrap(), b"I am gonna get encrypted!!");
+        // Each value gets its own nonce.
+        assert_ne!(keys.protect(b"x").unwrap(), keys.protect(b"x").unwrap());
+        let mut tampered = Protected::decode(&stored).unwrap();
+        tampered.cipher[0] ^= 1;
+        assert_eq!(keys.unprotect(&tampered.encode()), Err(ProtectError::Value));
+        let mut other_dek = Protected::decode(&stored).unwrap();
+        other_dek.enc_dek[20] ^= 1;
+        assert_eq!(keys.unprotect(&other_dek.encode()), Err(ProtectError::Dek));
+        // Another process with the same KEK reads it; one with another KEK cannot.
+        assert_eq!(
+            LocalKeys::new(&[7; 32], "kek-1").unwrap().unprotect(&stored).unwrap(),
+            b"I am gonna get encrypted!!"
+        );
+        assert_eq!(LocalKeys::new(&[8; 32], "kek-1").unwrap().unprotect(&stored), Err(ProtectError::Dek));
+        assert!(matches!(
+            LocalKeys::new(&[7; 32], "other").unwrap().unprotect(&stored),
+            Err(ProtectError::OtherKek(_))
+        ));
+    }
+}

@@ -1,0 +1,311 @@
+//! Protect: encrypts the configured columns of CQL writes before Cassandra sees them, and
+//! decrypts them in the rows Cassandra returns.
+//!
+//! ```yaml
+//! - Protect:
+//!     key_manager:
+//!       Local:
+//!         kek: Ht8M1nDO/7fay+cft71M2Xy7j30EnLAsA84hSUMCm1k=
+//!         kek_id: ""
+//!     keyspace_table_columns:
+//!       test_protect_keyspace:
+//!         test_table:
+//!           - col1
+//! ```
+//!
+//! - A protected column is a `blob`. What is written to it (a blob or string literal, or a
+//!   bound value) is encrypted and stored in the layout of [`crypto`]; what is read from it
+//!   is the original bytes again.
+//! - Writes: INSERT and UPDATE in QUERY (literals and bound values, [`write`]), EXECUTE
+//!   (bound values, by the prepared statement's metadata) and BATCH (both).
+//! - Reads: every ROWS result of a request that names a protected table, or executes a
+//!   statement that returns protected columns, has those columns decrypted, page by page.
+//! - Prepared statements are learnt from the PREPARED results that pass, shared by the
+//!   core's connections. An EXECUTE of a statement this core has not seen prepared gets
+//!   UNPREPARED, so the driver prepares it again through this core: otherwise its values
+//!   could reach a protected column unencrypted.
+//! - A statement naming a protected table that the proxy cannot read gets an Invalid error
+//!   when it writes, and passes (its rows decrypted by their metadata) when it reads.
+
+mod config;
+mod crypto;
+mod prepare;
+mod write;
+
+pub use config::{KeyManagerConfig, ProtectConfig};
+
+use crate::chain::{ChainResult, ChainState, Transform};
+use crate::message::{Frame, Message};
+use async_trait::async_trait;
+use bytes::Bytes;
+use crypto::LocalKeys;
+use shotover_protocols::cassandra::classify::query_text;
+use shotover_protocols::cassandra::response::ErrorBody;
+use shotover_protocols::cassandra::result::{ResultBody, Rows};
+use shotover_protocols::cassandra::{CassandraBody, CassandraFrame, ErrorCode, FrameHeader, Opcode};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+/// (keyspace, table) → protected columns.
+pub(crate) type Columns = HashMap<(String, String), HashSet<String>>;
+
+/// What a prepared statement binds and returns, as far as Protect cares.
+#[derive(Debug, Clone, Default)]
+struct PreparedInfo {
+    /// Per bind marker: for a protected column, the marker's name (named values use it).
+    bind: Vec<Option<String>>,
+    /// Per result column: whether to decrypt it.
+    result: Vec<bool>,
+    /// It names a protected table: its rows (those of a conditional write too) are read.
+    touches: bool,
+}
+
+/// At most this many prepared statements are remembered per core; then the memory starts
+/// afresh (their EXECUTEs get UNPREPARED once and are learnt again).
+const MAX_PREPARED: usize = 100_000;
+
+/// What the connections of one core share.
+pub(crate) struct Shared {
+    columns: Columns,
+    tables: HashSet<String>,
+    keys: RefCell<LocalKeys>,
+    prepared: RefCell<HashMap<Bytes, Rc<PreparedInfo>>>,
+}
+
+impl Shared {
+    fn new(columns: Columns, keys: LocalKeys) -> Self {
+        let tables = columns.keys().map(|(_, table)| table.to_ascii_lowercase()).collect();
+        Shared { columns, tables, keys: RefCell::new(keys), prepared: RefCell::new(HashMap::new()) }
+    }
+
+    fn protected(&self, keyspace: &str, table: &str, column: &str) -> bool {
+        self.columns.get(&(keyspace.to_owned(), table.to_owned())).is_some_and(|c| c.contains(column))
+    }
+
+    /// Whether `cql` may name a protected table (a cheap test before parsing it).
+    fn may_name_protected(&self, cql: &str) -> bool {
+        let lower = cql.to_ascii_lowercase();
+        self.tables.iter().any(|t| lower.contains(t.as_str()))
+    }
+}
+
+/// What a response needs, by the stream id of its request.
+#[derive(Debug, Clone)]
+enum Waiting {
+    /// Learn the prepared statement.
+    Prepare(prepare::PrepareCheck),
+    /// Decrypt protected columns, found by the rows' metadata or, without it, by the
+    /// prepared statement's (whose id is given).
+    Rows(Option<(Bytes, Rc<PreparedInfo>)>),
+    /// Note the keyspace a USE sets.
+    Use,
+}
+
+pub struct Protect {
+    shared: Rc<Shared>,
+    /// The connection's keyspace, as set by USE; `None` while a USE is unanswered.
+    keyspace: Option<String>,
+    waiting: HashMap<i16, Waiting>,
+}
+
+impl Protect {
+    fn new(shared: Rc<Shared>) -> Self {
+        Protect { shared, keyspace: None, waiting: HashMap::new() }
+    }
+
+    /// Encrypts what a request writes to protected columns; `Err` is the answer to send
+    /// instead of passing it on.
+    fn request(&mut self, request: &mut Message) -> Result<(), Box<CassandraFrame>> {
+        let Some(header) = request.cql_header() else { return Ok(()) };
+        // A stream id is free again once its request is sent anew.
+        self.waiting.remove(&header.stream_id);
+        if !matches!(header.opcode, Opcode::Query | Opcode::Prepare | Opcode::Execute | Opcode::Batch) {
+            return Ok(());
+        }
+        let refuse = |e: Refusal| Box::new(e.into_frame(&header));
+        // The common cases, without decoding or re-encoding the request: a QUERY that names
+        // no protected table, and an EXECUTE that binds no protected column.
+        if header.opcode == Opcode::Query {
+            let text = request.raw().and_then(|raw| query_text(raw));
+            if text.is_some_and(|t| !write::is_use(t) && !self.shared.may_name_protected(t)) {
+                return Ok(());
+            }
+        }
+        let keyspace = self.keyspace.clone();
+        let (shared, stream) = (self.shared.clone(), header.stream_id);
+        let body = match request.frame() {
+            Ok(Frame::Cassandra(frame)) => &frame.body,
+            _ => return Err(refuse(Refusal::Invalid("the proxy cannot read this request".into()))),
+        };
+        match body {
+            CassandraBody::Prepare(p) => {
+                let ks = p.keyspace.as_deref().or(keyspace.as_deref());
+                let check = prepare::check(&shared, ks, &p.query).map_err(refuse)?;
+                self.waiting.insert(stream, Waiting::Prepare(check));
+                return Ok(());
+            }
+            CassandraBody::Execute(e) => {
+                let info = write::prepared(&shared, &e.id).map_err(refuse)?;
+                if info.bind.iter().all(Option::is_none) {
+                    if info.touches {
+                        self.waiting.insert(stream, Waiting::Rows(Some((e.id.clone(), info))));
+                    }
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        let Ok(Frame::Cassandra(frame)) = request.frame_mut() else { return Ok(()) };
+        match write::protect_request(&shared, keyspace.as_deref(), &mut frame.body).map_err(refuse)? {
+            write::Outcome::Rows(info) => {
+                self.waiting.insert(stream, Waiting::Rows(info));
+            }
+            write::Outcome::Use => {
+                // Unqualified protected tables are refused until the answer names it.
+                self.keyspace = None;
+                self.waiting.insert(stream, Waiting::Use);
+            }
+            write::Outcome::Nothing => {}
+        }
+        Ok(())
+    }
+
+    fn response(&mut self, response: &mut Message) {
+        let Some(header) = response.cql_header() else { return };
+        let Some(waiting) = self.waiting.remove(&header.stream_id) else { return };
+        let frame = match response.frame_mut() {
+            Ok(Frame::Cassandra(frame)) => frame,
+            _ => {
+                if matches!(waiting, Waiting::Rows(_)) {
+                    // Rows that may hold protected columns and cannot be read: not passed on.
+                    let text = "shotover: Protect: cannot read the response";
+                    let mut error = Message::from_frame(Frame::Cassandra(Box::new(CassandraFrame::error(
+                        &header,
+                        ErrorCode::SERVER_ERROR,
+                        text,
+                    ))));
+                    if let Some(id) = response.request_id() {
+                        error.set_request_id(id);
+                    }
+                    *response = error;
+                }
+                return;
+            }
+        };
+        let shared = &self.shared;
+        match (waiting, &mut frame.body) {
+            (Waiting::Use, CassandraBody::Result(ResultBody::SetKeyspace(ks))) => self.keyspace = Some(ks.clone()),
+            (Waiting::Prepare(check), CassandraBody::Result(ResultBody::Prepared(p))) => {
+                match prepare::learn(shared, &check, p) {
+                    Ok(info) => {
+                        let mut prepared = shared.prepared.borrow_mut();
+                        if prepared.len() >= MAX_PREPARED {
+                            prepared.clear();
+                        }
+                        prepared.insert(p.id.clone(), Rc::new(info));
+                    }
+                    Err(e) => **frame = e.into_frame(&header),
+                }
+            }
+            (Waiting::Rows(info), CassandraBody::Result(ResultBody::Rows(rows))) => {
+                if let (Some((id, info)), false) = (&info, rows.metadata.columns.is_empty()) {
+                    // The statement's result changed (v5 METADATA_CHANGED, a schema change):
+                    // later rows without metadata follow the new columns.
+                    let result = prepare::result_columns(shared, &rows.metadata);
+                    if result != info.result {
+                        let updated = PreparedInfo { result, ..PreparedInfo::clone(info) };
+                        shared.prepared.borrow_mut().insert(id.clone(), Rc::new(updated));
+                    }
+                }
+                if let Err(text) = self.decrypt(rows, info.as_ref().map(|(_, i)| &**i)) {
+                    tracing::warn!("Protect: {text}");
+                    **frame =
+                        CassandraFrame::error(&header, ErrorCode::SERVER_ERROR, format!("shotover: Protect: {text}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Decrypts the protected columns of `rows`, named by their metadata or by `info`.
+    fn decrypt(&self, rows: &mut Rows, info: Option<&PreparedInfo>) -> Result<(), String> {
+        let columns: Vec<(usize, String)> = if rows.metadata.columns.is_empty() {
+            let Some(info) = info else { return Ok(()) };
+            info.result.iter().enumerate().filter(|(_, p)| **p).map(|(i, _)| (i, format!("column {i}"))).collect()
+        } else {
+            (0..rows.metadata.columns.len())
+                .filter_map(|i| {
+                    let spec = rows.column(i)?;
+                    let table = rows.metadata.table_of(i)?;
+                    self.shared
+                        .protected(&table.keyspace, &table.table, &spec.name)
+                        .then(|| (i, format!("{}.{}.{}", table.keyspace, table.table, spec.name)))
+                })
+                .collect()
+        };
+        let mut keys = self.shared.keys.borrow_mut();
+        for (column, name) in columns {
+            for row in 0..rows.rows.len() {
+                let Some(Some(stored)) = rows.cell(row, column).map(|c| c.cloned()) else { continue };
+                let plain = keys.unprotect(&stored).map_err(|e| format!("cannot decrypt {name}: {e}"))?;
+                rows.set_cell(row, column, Some(Bytes::from(plain))).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a request is answered by Protect itself.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Invalid(String),
+    /// An EXECUTE (or a BATCH statement) of a statement this core has not seen prepared.
+    Unprepared(Bytes),
+}
+
+impl Refusal {
+    fn into_frame(self, header: &FrameHeader) -> CassandraFrame {
+        match self {
+            Refusal::Invalid(text) => {
+                CassandraFrame::error(header, ErrorCode::INVALID, format!("shotover: Protect: {text}"))
+            }
+            Refusal::Unprepared(id) => {
+                let mut extra = (id.len() as u16).to_be_bytes().to_vec();
+                extra.extend_from_slice(&id);
+                let body = ErrorBody {
+                    code: ErrorCode::UNPREPARED,
+                    message: "shotover: Protect has not seen this statement prepared on this core".into(),
+                    extra: Bytes::from(extra),
+                };
+                CassandraFrame::response(header, CassandraBody::Error(body))
+            }
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl Transform for Protect {
+    async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
+        let mut answered = Vec::new();
+        let requests = std::mem::take(&mut state.requests);
+        for mut request in requests {
+            match self.request(&mut request) {
+                Ok(()) => state.requests.push(request),
+                Err(frame) => {
+                    let mut answer = Message::from_frame(Frame::Cassandra(frame));
+                    answer.set_request_id(request.id());
+                    answered.push(answer);
+                }
+            }
+        }
+        let mut responses = state.call_next_transform().await?;
+        if !self.waiting.is_empty() {
+            for response in &mut responses {
+                self.response(response);
+            }
+        }
+        responses.extend(answered);
+        Ok(responses)
+    }
+}
