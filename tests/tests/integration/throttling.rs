@@ -24,8 +24,15 @@ fn throttled_proxy(valkey: &ValkeyServer) -> (Shotover, u16) {
 
 /// The worker core (the `core` label) whose `connections_opened` grew.
 fn cores_opened(shotover: &Shotover) -> [f64; 2] {
-    let m = shotover.metrics();
-    [0, 1].map(|core| metric_value(&m, &format!("connections_opened{{core=\"{core}\",source=\"valkey\"}}")))
+    let series = |core: usize| format!("connections_opened{{core=\"{core}\",source=\"valkey\"}}");
+    // A core's series appears once that core has set its source up: wait for both.
+    let mut m = String::new();
+    let both = wait_until(Duration::from_secs(10), || {
+        m = shotover.metrics();
+        (0..2).all(|core| metric(&m, &series(core)).is_some())
+    });
+    assert!(both, "connections_opened is not there for both cores:\n{m}");
+    [0, 1].map(|core| metric_value(&m, &series(core)))
 }
 
 /// A PING's answer proves the proxy has accepted (and counted) the connection.

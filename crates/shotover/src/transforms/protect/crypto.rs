@@ -1,7 +1,7 @@
 //! What Protect stores in a protected column, and how it is made and read back.
 //!
 //! A value is encrypted with ChaCha20-Poly1305 under a data encryption key (DEK) and a
-//! random 96-bit nonce. The DEK itself is stored beside it, encrypted by the key
+//! 96-bit nonce that never repeats under that DEK (a counter and a random salt). The DEK itself is stored beside it, encrypted by the key
 //! encryption key (KEK), with the KEK's id, so that any holder of the KEK can read the
 //! value. The four fields are written in bincode 1's default layout (fixed-width,
 //! little-endian) for a struct of them, which is what the blob column holds:
@@ -19,8 +19,9 @@
 //! The layout is written here rather than with the `bincode` crate, whose development has
 //! ended; the unit tests pin it.
 
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::aead::rand_core::RngCore;
+use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use std::collections::HashMap;
 
 /// A protected value, as stored.
@@ -56,17 +57,26 @@ impl Protected {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtectError> {
-        let mut r = bytes;
-        let cipher = take(&mut r)?.to_vec();
-        let nonce = r.get(..12).and_then(|n| <[u8; 12]>::try_from(n).ok()).ok_or(ProtectError::Layout)?;
-        r = r.get(12..).ok_or(ProtectError::Layout)?;
-        let enc_dek = take(&mut r)?.to_vec();
-        let kek_id = String::from_utf8(take(&mut r)?.to_vec()).map_err(|_| ProtectError::Layout)?;
-        if !r.is_empty() {
-            return Err(ProtectError::Layout);
-        }
-        Ok(Protected { cipher, nonce, enc_dek, kek_id })
+        let (cipher, nonce, enc_dek, kek_id) = fields(bytes)?;
+        let kek_id = String::from_utf8(kek_id.to_vec()).map_err(|_| ProtectError::Layout)?;
+        Ok(Protected { cipher: cipher.to_vec(), nonce, enc_dek: enc_dek.to_vec(), kek_id })
     }
+}
+
+/// The fields of a stored value, borrowed: cipher, nonce, enc_dek, kek_id.
+type Fields<'a> = (&'a [u8], [u8; 12], &'a [u8], &'a [u8]);
+
+fn fields(bytes: &[u8]) -> Result<Fields<'_>, ProtectError> {
+    let mut r = bytes;
+    let cipher = take(&mut r)?;
+    let nonce = r.get(..12).and_then(|n| <[u8; 12]>::try_from(n).ok()).ok_or(ProtectError::Layout)?;
+    r = r.get(12..).ok_or(ProtectError::Layout)?;
+    let enc_dek = take(&mut r)?;
+    let kek_id = take(&mut r)?;
+    if !r.is_empty() {
+        return Err(ProtectError::Layout);
+    }
+    Ok((cipher, nonce, enc_dek, kek_id))
 }
 
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -86,18 +96,20 @@ fn take<'a>(r: &mut &'a [u8]) -> Result<&'a [u8], ProtectError> {
 /// At most this many unwrapped DEKs are remembered; then the memory starts afresh.
 const MAX_DEKS: usize = 1024;
 
-/// Values encrypted under one DEK before a new one is made: random 96-bit nonces stay far
-/// from colliding (the usual bound is 2^32 per key).
+/// Values encrypted under one DEK before a new one is made, well inside what one key
+/// should protect.
 const DEK_USES: u64 = 1 << 30;
 
 /// A new DEK, and its bytes wrapped by `kek` (a nonce, then the ciphertext and tag).
-fn new_dek(kek: &ChaCha20Poly1305) -> Result<(ChaCha20Poly1305, Vec<u8>), ProtectError> {
+fn new_dek(kek: &ChaCha20Poly1305) -> Result<(ChaCha20Poly1305, Vec<u8>, [u8; 4]), ProtectError> {
     let dek = ChaCha20Poly1305::generate_key(&mut OsRng);
     let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
     let wrapped = kek.encrypt(&nonce, dek.as_slice()).map_err(|_| ProtectError::Dek)?;
     let mut enc_dek = nonce.to_vec();
     enc_dek.extend_from_slice(&wrapped);
-    Ok((ChaCha20Poly1305::new(&dek), enc_dek))
+    let mut salt = [0u8; 4];
+    OsRng.try_fill_bytes(&mut salt).map_err(|_| ProtectError::Dek)?;
+    Ok((ChaCha20Poly1305::new(&dek), enc_dek, salt))
 }
 
 /// The `Local` key manager: a KEK given in the configuration, and one DEK made at start
@@ -107,7 +119,9 @@ pub struct LocalKeys {
     kek_id: String,
     dek: ChaCha20Poly1305,
     enc_dek: Vec<u8>,
-    /// Values encrypted under `dek`.
+    /// The last 4 bytes of every nonce under `dek`.
+    salt: [u8; 4],
+    /// Values encrypted under `dek`: the first 8 bytes of the next nonce.
     used: u64,
     /// Wrapped DEKs already unwrapped, by their wrapped bytes.
     deks: HashMap<Vec<u8>, ChaCha20Poly1305>,
@@ -116,42 +130,60 @@ pub struct LocalKeys {
 impl LocalKeys {
     pub fn new(kek: &[u8; 32], kek_id: &str) -> Result<Self, ProtectError> {
         let kek = ChaCha20Poly1305::new(Key::from_slice(kek));
-        let (dek, enc_dek) = new_dek(&kek)?;
-        Ok(LocalKeys { kek, kek_id: kek_id.to_owned(), dek, enc_dek, used: 0, deks: HashMap::new() })
+        let (dek, enc_dek, salt) = new_dek(&kek)?;
+        Ok(LocalKeys { kek, kek_id: kek_id.to_owned(), dek, enc_dek, salt, used: 0, deks: HashMap::new() })
     }
 
     /// `plaintext`, encrypted and laid out for storage.
     pub fn protect(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ProtectError> {
         if self.used >= DEK_USES {
-            (self.dek, self.enc_dek) = new_dek(&self.kek)?;
+            (self.dek, self.enc_dek, self.salt) = new_dek(&self.kek)?;
             self.used = 0;
         }
         self.used += 1;
-        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let cipher = self.dek.encrypt(&nonce, plaintext).map_err(|_| ProtectError::Value)?;
-        let mut fixed = [0u8; 12];
-        fixed.copy_from_slice(nonce.as_slice());
-        let protected = Protected { cipher, nonce: fixed, enc_dek: self.enc_dek.clone(), kek_id: self.kek_id.clone() };
-        Ok(protected.encode())
+        // A counter and a random salt drawn with the DEK: never twice under one DEK, and no
+        // system call per value.
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&self.used.to_le_bytes());
+        nonce[8..].copy_from_slice(&self.salt);
+        let cipher_len = plaintext.len() + 16;
+        let mut out = Vec::with_capacity(8 + cipher_len + 12 + 8 + self.enc_dek.len() + 8 + self.kek_id.len());
+        out.extend_from_slice(&(cipher_len as u64).to_le_bytes());
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .dek
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", out.get_mut(8..).unwrap_or_default())
+            .map_err(|_| ProtectError::Value)?;
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(&nonce);
+        put(&mut out, &self.enc_dek);
+        put(&mut out, self.kek_id.as_bytes());
+        Ok(out)
     }
 
     /// The plaintext of a stored value.
     pub fn unprotect(&mut self, stored: &[u8]) -> Result<Vec<u8>, ProtectError> {
-        let p = Protected::decode(stored)?;
-        if p.kek_id != self.kek_id {
-            return Err(ProtectError::OtherKek(p.kek_id));
+        let (cipher, nonce, enc_dek, kek_id) = fields(stored)?;
+        if kek_id != self.kek_id.as_bytes() {
+            return Err(ProtectError::OtherKek(String::from_utf8_lossy(kek_id).into_owned()));
         }
-        let dek = match self.deks.get(&p.enc_dek) {
-            Some(dek) => dek,
-            None => {
-                let dek = self.unwrap_dek(&p.enc_dek)?;
-                if self.deks.len() >= MAX_DEKS {
-                    self.deks.clear();
-                }
-                self.deks.entry(p.enc_dek.clone()).or_insert(dek)
+        let dek = if enc_dek == self.enc_dek.as_slice() {
+            &self.dek
+        } else if self.deks.contains_key(enc_dek) {
+            self.deks.get(enc_dek).ok_or(ProtectError::Dek)?
+        } else {
+            let dek = self.unwrap_dek(enc_dek)?;
+            if self.deks.len() >= MAX_DEKS {
+                self.deks.clear();
             }
+            self.deks.entry(enc_dek.to_vec()).or_insert(dek)
         };
-        dek.decrypt(Nonce::from_slice(&p.nonce), p.cipher.as_slice()).map_err(|_| ProtectError::Value)
+        let split = cipher.len().checked_sub(16).ok_or(ProtectError::Value)?;
+        let (body, tag) = cipher.split_at(split);
+        let mut plain = body.to_vec();
+        dek.decrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut plain, Tag::from_slice(tag))
+            .map_err(|_| ProtectError::Value)?;
+        Ok(plain)
     }
 
     fn unwrap_dek(&self, enc_dek: &[u8]) -> Result<ChaCha20Poly1305, ProtectError> {

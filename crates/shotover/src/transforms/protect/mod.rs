@@ -28,7 +28,7 @@
 //!   when it writes, and passes (its rows decrypted by their metadata) when it reads.
 
 mod config;
-mod crypto;
+pub mod crypto;
 mod prepare;
 mod write;
 
