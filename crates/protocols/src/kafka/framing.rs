@@ -48,6 +48,24 @@ pub fn message_len_max(buf: &[u8], max: usize) -> Result<Option<usize>, KafkaCod
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// At most this much is reserved ahead for a message still arriving: enough for the
+/// batches clients send (librdkafka's default `message.max.bytes` is 1 MB), while a length
+/// prefix alone cannot make the proxy reserve [`MAX_MESSAGE_LEN`].
+pub const RESERVE_AHEAD: usize = 16 * 1024 * 1024;
+
+/// Reserves room in `buf` for the rest of the message it starts with, once the length prefix
+/// is in: a large message is then read into one allocation, instead of one that grows (and
+/// copies what it holds) as the message arrives. Does nothing for a message already whole,
+/// or a prefix [`message_len`] refuses.
+pub fn reserve_rest(buf: &mut bytes::BytesMut) {
+    let Some(prefix) = buf.first_chunk::<LENGTH_PREFIX_LEN>() else { return };
+    let Ok(len) = usize::try_from(i32::from_be_bytes(*prefix)) else { return };
+    let total = len.saturating_add(LENGTH_PREFIX_LEN).min(RESERVE_AHEAD);
+    if let Some(more) = total.checked_sub(buf.len()).filter(|m| *m > 0) {
+        buf.reserve(more);
+    }
+}
+
 /// Checks that `msg` is exactly one message: its prefix declares the rest of it.
 pub(crate) fn check_whole(msg: &[u8]) -> Result<(), KafkaCodecError> {
     let declared = Reader::new(msg, 0).i32("length prefix")?;
@@ -110,5 +128,22 @@ mod tests {
             Err(KafkaCodecError::LengthMismatch { declared: 5, actual: 4 })
         );
         assert_eq!(check_whole(&[0, 0]), Err(KafkaCodecError::Truncated("length prefix")));
+    }
+
+    #[test]
+    fn the_rest_of_a_message_is_reserved_up_to_a_bound() {
+        let mut buf = bytes::BytesMut::new();
+        buf.extend_from_slice(&1_000_000i32.to_be_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        reserve_rest(&mut buf);
+        assert!(buf.capacity() >= 1_000_004);
+        let mut huge = bytes::BytesMut::new();
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        reserve_rest(&mut huge);
+        assert!(huge.capacity() >= RESERVE_AHEAD && huge.capacity() < 2 * RESERVE_AHEAD);
+        let mut negative = bytes::BytesMut::new();
+        negative.extend_from_slice(&(-1i32).to_be_bytes());
+        reserve_rest(&mut negative);
+        assert!(negative.capacity() < 64);
     }
 }

@@ -31,7 +31,10 @@ impl KafkaConnection {
     pub fn take_message(&mut self) -> io::Result<Option<Bytes>> {
         match framing::message_len(&self.read.buf) {
             Ok(Some(len)) => Ok(Some(self.read.buf.split_to(len).freeze())),
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                framing::reserve_rest(&mut self.read.buf);
+                Ok(None)
+            }
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("broker sent: {e}"))),
         }
     }

@@ -34,7 +34,10 @@ impl SourceCodec for KafkaCodec {
         loop {
             match framing::message_len(buf) {
                 Ok(Some(len)) => batch.push(Message::from_bytes(buf.split_to(len).freeze(), Protocol::Kafka, now)),
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    framing::reserve_rest(buf);
+                    return Ok(());
+                }
                 // Kafka has no reply to bytes it cannot frame: the broker closes, and so do we.
                 Err(e) => return Err(Malformed { reply: Vec::new(), reason: e.to_string() }),
             }
