@@ -53,21 +53,18 @@ impl Mechanism {
 
     /// A SCRAM client logging in as `token`.
     fn client(self, token: &Token) -> io::Result<Box<dyn sasl::client::Mechanism>> {
-        let (user, password) = (token.id.to_string(), Password::Plain(token.password.to_string()));
-        let extensions = "tokenauth=true".to_owned();
-        Ok(match self {
-            Mechanism::Sha256 => Box::new(
-                Scram::<Sha256>::new(user, password, ChannelBinding::None)
-                    .map_err(|e| io::Error::other(format!("cannot start SCRAM: {e:?}")))?
-                    .with_first_extensions(extensions),
-            ),
-            Mechanism::Sha512 => Box::new(
-                Scram::<Sha512>::new(user, password, ChannelBinding::None)
-                    .map_err(|e| io::Error::other(format!("cannot start SCRAM: {e:?}")))?
-                    .with_first_extensions(extensions),
-            ),
-        })
+        match self {
+            Mechanism::Sha256 => token_client::<Sha256>(token),
+            Mechanism::Sha512 => token_client::<Sha512>(token),
+        }
     }
+}
+
+fn token_client<S: ScramProvider + 'static>(token: &Token) -> io::Result<Box<dyn sasl::client::Mechanism>> {
+    let scram =
+        Scram::<S>::new(token.id.to_string(), Password::Plain(token.password.to_string()), ChannelBinding::None)
+            .map_err(|e| io::Error::other(format!("cannot start SCRAM: {e:?}")))?;
+    Ok(Box::new(scram.with_first_extensions("tokenauth=true".to_owned())))
 }
 
 /// SCRAM-SHA-512, which the sasl crate does not provide (Kafka offers it beside SHA-256).

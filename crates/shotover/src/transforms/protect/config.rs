@@ -67,7 +67,7 @@ impl TransformConfig for ProtectConfig {
                     bail!("keyspace_table_columns.{keyspace}.{table}: name at least one column");
                 }
                 let set: HashSet<String> = names.iter().cloned().collect();
-                columns.insert((keyspace.clone(), table.clone()), set);
+                columns.entry(keyspace.clone()).or_default().insert(table.clone(), set);
             }
         }
         if columns.is_empty() {

@@ -47,8 +47,8 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-/// (keyspace, table) → protected columns.
-pub(crate) type Columns = HashMap<(String, String), HashSet<String>>;
+/// keyspace → table → protected columns, looked up by `&str` without allocating.
+pub(crate) type Columns = HashMap<String, HashMap<String, HashSet<String>>>;
 
 /// What a prepared statement binds and returns, as far as Protect cares.
 #[derive(Debug, Clone, Default)]
@@ -75,18 +75,23 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(columns: Columns, keys: LocalKeys) -> Self {
-        let tables = columns.keys().map(|(_, table)| table.to_ascii_lowercase()).collect();
+        let tables = columns.values().flat_map(HashMap::keys).map(|t| t.to_ascii_lowercase()).collect();
         Shared { columns, tables, keys: RefCell::new(keys), prepared: RefCell::new(HashMap::new()) }
     }
 
     fn protected(&self, keyspace: &str, table: &str, column: &str) -> bool {
-        self.columns.get(&(keyspace.to_owned(), table.to_owned())).is_some_and(|c| c.contains(column))
+        self.table(keyspace, table).is_some_and(|c| c.contains(column))
     }
 
-    /// Whether `cql` may name a protected table (a cheap test before parsing it).
+    fn table(&self, keyspace: &str, table: &str) -> Option<&HashSet<String>> {
+        self.columns.get(keyspace)?.get(table)
+    }
+
+    /// Whether `cql` may name a protected table: a cheap test before parsing it, made on
+    /// every QUERY, so it allocates nothing (table names are stored lowercased).
     fn may_name_protected(&self, cql: &str) -> bool {
-        let lower = cql.to_ascii_lowercase();
-        self.tables.iter().any(|t| lower.contains(t.as_str()))
+        let cql = cql.as_bytes();
+        self.tables.iter().any(|t| cql.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t.as_bytes())))
     }
 }
 

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use shotover_protocols::cassandra::request::{query_flags, BatchQuery, Value, Values};
 use shotover_protocols::cassandra::statement::{self, LiteralKind, Statement, Table, Term};
 use shotover_protocols::cassandra::CassandraBody;
+use std::fmt::Write as _;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -75,10 +76,12 @@ pub(super) fn protect_request(
 
 /// Whether `cql` is a USE statement.
 pub(super) fn is_use(cql: &str) -> bool {
-    // The parse (which skips comments) only for statements that can be one.
-    cql.len() < 4096
-        && cql.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"use"))
-        && matches!(statement::parse(cql), Some(Statement::Use { .. }))
+    // Parsed (which skips comments) only when it starts with USE or a comment: this runs on
+    // every QUERY.
+    let head = cql.trim_start().as_bytes();
+    let may = head.get(..3).is_some_and(|w| w.eq_ignore_ascii_case(b"use"))
+        || [&b"--"[..], b"//", b"/*"].iter().any(|c| head.starts_with(c));
+    may && matches!(statement::parse(cql), Some(Statement::Use { .. }))
 }
 
 pub(super) fn prepared(shared: &Shared, id: &Bytes) -> Result<Rc<PreparedInfo>, Refusal> {
@@ -233,7 +236,7 @@ pub(super) fn is_protected(
     column: &str,
 ) -> Result<bool, Refusal> {
     let Some(ks) = table.keyspace.as_deref().or(keyspace) else {
-        let named = shared.columns.keys().any(|(_, t)| *t == table.name);
+        let named = shared.columns.values().any(|tables| tables.contains_key(&table.name));
         return if named {
             Err(Refusal::Invalid(format!(
                 "{}: no keyspace given, so the proxy cannot tell whether it is protected",
@@ -243,8 +246,7 @@ pub(super) fn is_protected(
             Ok(false)
         };
     };
-    let columns = shared.columns.get(&(ks.to_owned(), table.name.clone()));
-    Ok(columns.is_some_and(|c| column == "*" || c.contains(column)))
+    Ok(shared.table(ks, &table.name).is_some_and(|c| column == "*" || c.contains(column)))
 }
 
 /// The bytes a string (UTF-8) or blob literal stands for.
@@ -269,7 +271,8 @@ fn hex_literal(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(2 + bytes.len() * 2);
     out.push_str("0x");
     for b in bytes {
-        out.push_str(&format!("{b:02x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
     }
     out
 }
@@ -281,7 +284,7 @@ mod tests {
 
     fn shared() -> Shared {
         let mut columns = Columns::new();
-        columns.insert(("ks".into(), "t".into()), ["c".to_string()].into());
+        columns.entry("ks".into()).or_default().insert("t".into(), ["c".to_string()].into());
         Shared::new(columns, LocalKeys::new(&[1; 32], "k").unwrap())
     }
 
@@ -314,6 +317,15 @@ mod tests {
         assert_eq!(protect_statement(&s, None, other, None).unwrap().as_deref(), Some(other));
         assert_eq!(protect_statement(&s, None, "SELECT c FROM ks.t", None).unwrap(), None);
         assert_eq!(protect_statement(&s, None, "SELECT c FROM ks.t WHERE ((", None).unwrap(), None);
+    }
+
+    #[test]
+    fn use_and_protected_tables_are_spotted_cheaply() {
+        let s = shared();
+        assert!(is_use("USE ks") && is_use("  /* c */ use \"Ks\";"));
+        assert!(!is_use("SELECT * FROM users") && !is_use("-- use ks\nSELECT 1"));
+        assert!(s.may_name_protected("INSERT INTO KS.T (k) VALUES (1)"));
+        assert!(!s.may_name_protected("DROP KEYSPACE a"));
     }
 
     #[test]
