@@ -35,7 +35,9 @@ print("brokers=%s" % sorted("%s:%d" % (b.host, b.port) for b in metadata.brokers
 print("brokers_at_proxy=%s" % all(b.port == proxy_port for b in metadata.brokers.values()))
 
 sent = 0
-for acks in ["0", "1", "all"]:
+# acks=0 after acks=1: records sent with acks=0 to a partition whose leader is not ready yet
+# are dropped without a word (Kafka promises nothing for them), as a CI run saw once.
+for acks in ["1", "0", "all"]:
     producer = Producer(dict(common, **{"acks": acks, "linger.ms": 5}))
     errors = []
     for i in range(100):
