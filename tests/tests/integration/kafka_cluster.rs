@@ -297,8 +297,18 @@ fn a_broker_killed_under_load_loses_nothing_acknowledged() {
 
     // `read_timeout`: with brokers that accept connections but stop answering (SIGSTOP),
     // the request waiting gets the proxy's error answer once it has passed, and the client
-    // connection closes.
-    let (waiting, port) = one_proxy(&kafka, "            read_timeout: 2\n");
+    // connection closes. Its contact points are the paused brokers only: the killed one's
+    // port is free, and another test's process may listen on it by now.
+    let port = free_port();
+    let paused: String = kafka
+        .brokers
+        .iter()
+        .filter(|b| b.id != 2)
+        .map(|b| format!("\"{}\"", b.address(b.plaintext)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let nodes = [Node { port, rack: "rack1", id: 0 }];
+    let waiting = Shotover::start(&topology_with(&paused, &nodes, 0, "            read_timeout: 2\n"), port);
     let pause = |signal| {
         for id in [1, 3] {
             let pid = std::fs::read_to_string(kafka.path(&format!("broker-{id}/pid"))).expect("a broker's pid file");
