@@ -397,6 +397,11 @@ impl Message {
         }
     }
 
+    /// How the raw bytes of a Cassandra message are compressed (see [`Message::from_cql`]).
+    pub fn cql_compression(&self) -> Compression {
+        self.compression
+    }
+
     /// The header of a Cassandra message, read from its bytes (or its frame) without parsing.
     pub fn cql_header(&self) -> Option<FrameHeader> {
         match (&self.raw, self.modified, &self.frame) {

@@ -1,6 +1,7 @@
 //! Integration tests: real valkey-server, the real release binary, real clients
 //! (redis-rs, valkey-cli, valkey-benchmark). One crate, one binary, to build once.
 
+mod cache;
 mod cassandra;
 mod cassandra_cluster;
 mod cassandra_v4_v5;

@@ -67,6 +67,19 @@ fn line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((buf.get(..end)?, buf.get(end + 2..)?))
 }
 
+/// Encodes a command as clients send it: a RESP array of bulk strings.
+pub fn encode(parts: &[&[u8]]) -> bytes::Bytes {
+    use bytes::BufMut;
+    let mut out = bytes::BytesMut::with_capacity(16 + parts.iter().map(|p| p.len() + 16).sum::<usize>());
+    out.put_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    for part in parts {
+        out.put_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.put_slice(part);
+        out.put_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
 /// True when `raw` is exactly one command as clients send it: an array (`*N`) of N bulk
 /// strings and nothing else. Such a request gets exactly one reply, which is what lets the
 /// proxy share a connection between clients; inline commands and other RESP values (which a

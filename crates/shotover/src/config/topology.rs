@@ -44,6 +44,17 @@ impl ParseContext<'_> {
         self.registry.parse_chain(self.file, path, value, self.protocol)
     }
 
+    /// Parses a sub-chain of another protocol than the source's (ValkeyCache's Valkey chain
+    /// inside a Cassandra chain).
+    pub fn parse_chain_of(
+        &self,
+        protocol: Protocol,
+        path: &str,
+        value: Value,
+    ) -> Result<Vec<Box<dyn AnyTransformConfig>>, ConfigError> {
+        self.registry.parse_chain(self.file, path, value, protocol)
+    }
+
     /// Deserializes `value`, reporting errors at `path` plus the path inside `value`.
     pub fn from_value<T: DeserializeOwned>(&self, path: &str, value: Value) -> Result<T, ConfigError> {
         from_value(self.file, path, value)

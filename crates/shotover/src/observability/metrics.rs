@@ -33,6 +33,10 @@ pub struct CoreMetrics {
     pub query_count: IntCounterVec,
     pub tee_dropped_messages: IntCounterVec,
     pub throttled_requests: IntCounterVec,
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    pub cache_invalidations: IntCounterVec,
+    pub cache_errors: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -142,6 +146,25 @@ impl CoreMetrics {
                 r,
                 "throttled_requests",
                 "Requests RequestThrottling refused because they were over the limit",
+                &["chain"],
+            ),
+            cache_hits: counter(r, "shotover_cache_hit_count", "Reads ValkeyCache answered from the cache", &["chain"]),
+            cache_misses: counter(
+                r,
+                "shotover_cache_miss_count",
+                "Cacheable reads ValkeyCache did not find in the cache, sent to Cassandra",
+                &["chain"],
+            ),
+            cache_invalidations: counter(
+                r,
+                "shotover_cache_invalidation_count",
+                "Cache entries (partitions or whole tables) ValkeyCache invalidated after a write",
+                &["chain"],
+            ),
+            cache_errors: counter(
+                r,
+                "shotover_cache_error_count",
+                "Valkey commands of ValkeyCache that failed, or were skipped while the cache was down",
                 &["chain"],
             ),
         }

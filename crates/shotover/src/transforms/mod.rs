@@ -20,6 +20,7 @@
 //! | ParallelMap | yes | [`parallel_map`] |
 //! | RequestThrottling | no | [`request_throttling`] |
 //! | Protect | no | [`protect`] |
+//! | ValkeyCache | no | [`valkey_cache`] |
 
 pub mod cassandra_peers_rewrite;
 pub mod cassandra_sink_cluster;
@@ -36,6 +37,7 @@ pub mod query_counter;
 pub mod query_type_filter;
 pub mod request_throttling;
 pub mod tee;
+pub mod valkey_cache;
 pub mod valkey_cluster_ports_rewrite;
 pub mod valkey_sink_cluster;
 pub mod valkey_sink_single;
@@ -62,6 +64,7 @@ pub fn registry() -> TransformRegistry {
         .register::<request_throttling::RequestThrottlingConfig>()
         .register::<protect::ProtectConfig>()
         .register_parser(tee::TeeConfig::parse)
-        .register_parser(parallel_map::ParallelMapConfig::parse);
+        .register_parser(parallel_map::ParallelMapConfig::parse)
+        .register_parser(valkey_cache::ValkeyCacheConfig::parse);
     r
 }

@@ -163,6 +163,24 @@ pub fn first_word(cql: &str) -> Option<String> {
     }
 }
 
+/// The bytes a string (UTF-8) or blob literal stands for.
+pub fn literal_bytes(kind: LiteralKind, text: &str) -> Option<Vec<u8>> {
+    match kind {
+        LiteralKind::String if text.starts_with("$$") => {
+            Some(text.get(2..text.len().checked_sub(2)?)?.as_bytes().to_vec())
+        }
+        LiteralKind::String => Some(text.get(1..text.len().checked_sub(1)?)?.replace("''", "'").into_bytes()),
+        LiteralKind::Blob => {
+            let hex = text.get(2..)?.as_bytes();
+            if hex.len() % 2 != 0 {
+                return None;
+            }
+            hex.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
+        }
+        _ => None,
+    }
+}
+
 struct Parser<'a> {
     t: &'a [Token],
     at: usize,

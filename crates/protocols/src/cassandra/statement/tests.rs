@@ -137,3 +137,13 @@ fn mutated_statements_do_not_panic() {
         }
     }
 }
+
+#[test]
+fn literals_become_bytes() {
+    assert_eq!(literal_bytes(LiteralKind::String, "'it''s'"), Some(b"it's".to_vec()));
+    assert_eq!(literal_bytes(LiteralKind::String, "$$a'b$$"), Some(b"a'b".to_vec()));
+    assert_eq!(literal_bytes(LiteralKind::Blob, "0xCAfe"), Some(vec![0xca, 0xfe]));
+    assert_eq!(literal_bytes(LiteralKind::Blob, "0xCAf"), None);
+    assert_eq!(literal_bytes(LiteralKind::Blob, "0x"), Some(vec![]));
+    assert_eq!(literal_bytes(LiteralKind::String, "'"), None);
+}

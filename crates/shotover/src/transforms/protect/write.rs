@@ -150,7 +150,7 @@ fn protect_statement(
             Term::Constant { word, .. } if word == "null" => {}
             Term::Literal { kind: kind @ (LiteralKind::String | LiteralKind::Blob), span } => {
                 let text = cql.get(span.clone()).unwrap_or_default();
-                let plain = literal_bytes(*kind, text)
+                let plain = statement::literal_bytes(*kind, text)
                     .ok_or_else(|| Refusal::Invalid(format!("{column}: an unreadable literal")))?;
                 let stored = shared.keys.borrow_mut().protect(&plain).map_err(|e| Refusal::Invalid(e.to_string()))?;
                 replacements.push((span.clone(), hex_literal(&stored)));
@@ -249,24 +249,6 @@ pub(super) fn is_protected(
     Ok(shared.table(ks, &table.name).is_some_and(|c| column == "*" || c.contains(column)))
 }
 
-/// The bytes a string (UTF-8) or blob literal stands for.
-fn literal_bytes(kind: LiteralKind, text: &str) -> Option<Vec<u8>> {
-    match kind {
-        LiteralKind::String if text.starts_with("$$") => {
-            Some(text.get(2..text.len().checked_sub(2)?)?.as_bytes().to_vec())
-        }
-        LiteralKind::String => Some(text.get(1..text.len().checked_sub(1)?)?.replace("''", "'").into_bytes()),
-        LiteralKind::Blob => {
-            let hex = text.get(2..)?.as_bytes();
-            if hex.len() % 2 != 0 {
-                return None;
-            }
-            hex.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
-        }
-        _ => None,
-    }
-}
-
 fn hex_literal(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(2 + bytes.len() * 2);
     out.push_str("0x");
@@ -302,7 +284,7 @@ mod tests {
         let cql = "INSERT INTO ks.t (k, c) VALUES ('a', 'it''s secret')";
         let out = protect_statement(&s, None, cql, None).unwrap().unwrap();
         let hex = out.strip_prefix("INSERT INTO ks.t (k, c) VALUES ('a', 0x").unwrap().strip_suffix(')').unwrap();
-        let stored = literal_bytes(LiteralKind::Blob, &format!("0x{hex}")).unwrap();
+        let stored = statement::literal_bytes(LiteralKind::Blob, &format!("0x{hex}")).unwrap();
         assert_eq!(s.keys.borrow_mut().unprotect(&stored).unwrap(), b"it's secret");
 
         let mut values = Values::Positional(vec![Value::Bytes(Bytes::from_static(b"x")), Value::Null]);
@@ -369,12 +351,6 @@ mod tests {
 
     #[test]
     fn literals_become_bytes() {
-        assert_eq!(literal_bytes(LiteralKind::String, "'it''s'"), Some(b"it's".to_vec()));
-        assert_eq!(literal_bytes(LiteralKind::String, "$$a'b$$"), Some(b"a'b".to_vec()));
-        assert_eq!(literal_bytes(LiteralKind::Blob, "0xCAfe"), Some(vec![0xca, 0xfe]));
-        assert_eq!(literal_bytes(LiteralKind::Blob, "0xCAf"), None);
-        assert_eq!(literal_bytes(LiteralKind::Blob, "0x"), Some(vec![]));
-        assert_eq!(literal_bytes(LiteralKind::String, "'"), None);
         assert_eq!(hex_literal(&[0, 0xab]), "0x00ab");
     }
 }

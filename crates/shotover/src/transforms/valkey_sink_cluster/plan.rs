@@ -14,7 +14,7 @@
 use super::route::{is_script, script_key, Routes};
 use crate::message::Message;
 use crate::sinks::valkey_slots::slot;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use shotover_protocols::valkey::command::{array_strings, request_word};
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -65,14 +65,7 @@ pub(super) struct Plan {
 
 /// Encodes a command as a RESP array of bulk strings.
 pub(super) fn command(parts: &[&[u8]]) -> Bytes {
-    let mut out = BytesMut::with_capacity(16 + parts.iter().map(|p| p.len() + 16).sum::<usize>());
-    out.put_slice(format!("*{}\r\n", parts.len()).as_bytes());
-    for part in parts {
-        out.put_slice(format!("${}\r\n", part.len()).as_bytes());
-        out.put_slice(part);
-        out.put_slice(b"\r\n");
-    }
-    out.freeze()
+    shotover_protocols::valkey::command::encode(parts)
 }
 
 impl Routes<'_> {

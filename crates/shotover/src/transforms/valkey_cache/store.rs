@@ -1,0 +1,190 @@
+//! What ValkeyCache asks Valkey, and whether Valkey can be asked.
+//!
+//! A partition is a Valkey hash (see [`super::key`]): one field per cached request, plus
+//! the field `~gen`, the partition's generation. An entry (a cached table) has a
+//! generation key of its own. Each operation is one Lua script, so that it is atomic:
+//! - [`lookup`]: the request's field, if it was stored under the table's current
+//!   generation; otherwise the two generations, read before Cassandra is asked;
+//! - [`fill`]: stores Cassandra's answer only if neither generation moved meanwhile, so
+//!   that a read that raced a write never stores the old rows after the write's
+//!   invalidation;
+//! - [`invalidate`]: deletes the partition's fields and bumps its generation;
+//! - [`invalidate_table`]: bumps the table's generation, which voids every field stored
+//!   under the old one.
+
+use crate::message::{Message, Protocol};
+use bytes::Bytes;
+use shotover_protocols::valkey::ValkeyFrame as BytesFrame;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const LOOKUP: &str = "local t = redis.call('GET', KEYS[2]) or ''
+local r = redis.call('HMGET', KEYS[1], ARGV[1], '~gen')
+local v = r[1]
+if v then
+  local at = string.find(v, ':', 1, true)
+  if at and string.sub(v, 1, at - 1) == t then return {1, string.sub(v, at + 1)} end
+end
+return {0, r[2] or '', t}";
+
+const FILL: &str = "if (redis.call('HGET', KEYS[1], '~gen') or '') == ARGV[2]
+  and (redis.call('GET', KEYS[2]) or '') == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. ARGV[4])
+  return 1
+end
+return 0";
+
+const INVALIDATE: &str = "local g = tonumber(redis.call('HGET', KEYS[1], '~gen') or '0') or 0
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '~gen', g + 1)
+return 1";
+
+/// How long the cache is left alone after a failure before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn command(parts: &[&[u8]]) -> Message {
+    Message::from_bytes(shotover_protocols::valkey::command::encode(parts), Protocol::Valkey, Instant::now())
+}
+
+pub(super) fn lookup(partition: &[u8], table: &[u8], field: &[u8]) -> Message {
+    command(&[b"EVAL", LOOKUP.as_bytes(), b"2", partition, table, field])
+}
+
+pub(super) fn fill(partition: &[u8], table: &[u8], field: &[u8], gens: &Generations, frame: &[u8]) -> Message {
+    command(&[b"EVAL", FILL.as_bytes(), b"2", partition, table, field, &gens.partition, &gens.table, frame])
+}
+
+pub(super) fn invalidate(partition: &[u8]) -> Message {
+    command(&[b"EVAL", INVALIDATE.as_bytes(), b"1", partition])
+}
+
+pub(super) fn invalidate_table(table: &[u8]) -> Message {
+    command(&[b"INCR", table])
+}
+
+/// The generations a lookup that missed read.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Generations {
+    partition: Bytes,
+    table: Bytes,
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq)]
+pub(super) enum Found {
+    /// The cached response frame.
+    Hit(Bytes),
+    Miss(Generations),
+}
+
+/// Reads a lookup's reply; `Err` says what was wrong with it.
+pub(super) fn found(reply: &mut Message) -> Result<Found, String> {
+    let items = match array(reply)? {
+        Some(items) => items,
+        None => return Err("a nil reply".into()),
+    };
+    match items.as_slice() {
+        [BytesFrame::Number { data: 1, .. }, frame] => Ok(Found::Hit(bulk(frame)?)),
+        [BytesFrame::Number { data: 0, .. }, partition, table] => {
+            Ok(Found::Miss(Generations { partition: bulk(partition)?, table: bulk(table)? }))
+        }
+        other => Err(format!("an unexpected reply: {other:?}")),
+    }
+}
+
+/// Whether a reply is a success (not an error, nor something unparsable).
+pub(super) fn succeeded(reply: &mut Message) -> Result<(), String> {
+    match reply.frame() {
+        Ok(crate::message::Frame::Valkey(BytesFrame::SimpleError { data, .. })) => Err(data.to_string()),
+        Ok(crate::message::Frame::Valkey(BytesFrame::BlobError { data, .. })) => {
+            Err(String::from_utf8_lossy(data).into_owned())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn array(reply: &mut Message) -> Result<Option<Vec<BytesFrame>>, String> {
+    succeeded(reply)?;
+    match reply.frame() {
+        Ok(crate::message::Frame::Valkey(BytesFrame::Array { data, .. })) => Ok(Some(data.clone())),
+        Ok(crate::message::Frame::Valkey(BytesFrame::Null)) => Ok(None),
+        Ok(other) => Err(format!("an unexpected reply: {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn bulk(frame: &BytesFrame) -> Result<Bytes, String> {
+    match frame {
+        BytesFrame::BlobString { data, .. } => Ok(data.clone()),
+        other => Err(format!("an unexpected reply: {other:?}")),
+    }
+}
+
+/// Whether this core may use the cache: after a failure it is left alone for
+/// [`RETRY_AFTER`], and one WARN is logged per outage.
+#[derive(Default)]
+pub(super) struct Health {
+    retry_at: Cell<Option<Instant>>,
+    down: Cell<bool>,
+    /// Entries whose invalidation failed: their table generation is bumped before the
+    /// cache is used again, since their cached rows may be stale.
+    dirty: RefCell<BTreeSet<usize>>,
+}
+
+impl Health {
+    pub(super) fn usable(&self) -> bool {
+        self.retry_at.get().is_none_or(|at| Instant::now() >= at)
+    }
+
+    pub(super) fn failed(&self, why: &str) {
+        if !self.down.replace(true) {
+            tracing::warn!(
+                "ValkeyCache: the cache failed ({why}); requests are served by Cassandra alone until it is back"
+            );
+        }
+        self.retry_at.set(Some(Instant::now() + RETRY_AFTER));
+    }
+
+    pub(super) fn worked(&self) {
+        self.retry_at.set(None);
+        if self.down.replace(false) {
+            tracing::info!("ValkeyCache: the cache is back");
+        }
+    }
+
+    pub(super) fn mark_dirty(&self, entry: usize) {
+        self.dirty.borrow_mut().insert(entry);
+    }
+
+    pub(super) fn dirty(&self) -> Vec<usize> {
+        self.dirty.borrow().iter().copied().collect()
+    }
+
+    pub(super) fn clean(&self, entries: &[usize]) {
+        let mut dirty = self.dirty.borrow_mut();
+        for e in entries {
+            dirty.remove(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(raw: &'static [u8]) -> Message {
+        Message::from_bytes(Bytes::from_static(raw), Protocol::Valkey, Instant::now())
+    }
+
+    #[test]
+    fn lookup_replies_are_read() {
+        assert_eq!(found(&mut reply(b"*2\r\n:1\r\n$3\r\nabc\r\n")), Ok(Found::Hit(Bytes::from_static(b"abc"))));
+        let miss = Generations { partition: Bytes::new(), table: Bytes::from_static(b"3") };
+        assert_eq!(found(&mut reply(b"*3\r\n:0\r\n$0\r\n\r\n$1\r\n3\r\n")), Ok(Found::Miss(miss)));
+        assert!(found(&mut reply(b"-ERR no\r\n")).unwrap_err().contains("no"));
+        assert!(found(&mut reply(b"*1\r\n:1\r\n")).is_err());
+        assert!(found(&mut reply(b"$-1\r\n")).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! ValkeyCache in front of the shared Cassandra 5.0 ring, with a real valkey-server as the
+//! cache, driven by the Python cassandra-driver (`python/cql_cache.py`) and cqlsh.
+
+use crate::cassandra::{cassandra_sink, cassandra_topology};
+use shotover_integration_tests::backends::{backends_dir, run_python_with_timeout, shared_ring, SHARED_RING_USER};
+use shotover_integration_tests::*;
+use std::path::Path;
+use std::time::Duration;
+
+const KEYSPACE: &str = "cache_it";
+
+fn run(phase: &str, proxy: u16, direct: u16, shotover: &Shotover) -> String {
+    let script = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cql_cache.py")).unwrap();
+    let args = [phase.to_string(), proxy.to_string(), direct.to_string(), KEYSPACE.into(), SHARED_RING_USER.into()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_python_with_timeout(&script, &args, Duration::from_secs(240));
+    assert!(
+        out.success(),
+        "cql_cache.py {phase} failed:\n{}\n{}\nproxy:\n{}",
+        out.stdout,
+        out.stderr,
+        shotover.output()
+    );
+    assert!(out.stdout.lines().any(|l| l == "done"), "{}", out.stdout);
+    out.stdout
+}
+
+fn expect(out: &str, lines: &[&str], shotover: &Shotover) {
+    for line in lines {
+        assert!(out.lines().any(|l| l == *line), "missing {line}:\n{out}\nproxy:\n{}", shotover.output());
+    }
+}
+
+fn counter(shotover: &Shotover, name: &str) -> f64 {
+    metric_sum(&shotover.metrics(), name, "chain=\"cql\"")
+}
+
+#[test]
+fn valkey_cache_serves_reads_and_invalidates_on_writes() {
+    let ring = shared_ring();
+    // Appended to disk at every write, so that a restart brings the old entries back, as a
+    // cache node that was only unreachable would still have them.
+    let mut valkey = ValkeyServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let port = free_port();
+    let chain = format!(
+        "        - ValkeyCache:\n            caching_schema:\n              {KEYSPACE}.kv:\n                partition_key: [k]\n              {KEYSPACE}.t:\n                partition_key: [id]\n                range_key: [c]\n            chain:\n              - ValkeySinkSingle:\n                  remote_address: \"127.0.0.1:{}\"\n                  connect_timeout_ms: 1000\n{}",
+        valkey.port,
+        cassandra_sink(&ring.nodes[0])
+    );
+    let shotover = Shotover::start(&cassandra_topology(port, &chain), port);
+
+    let out = run("main", port, ring.port, &shotover);
+    expect(
+        &out,
+        &[
+            "prepared_hit=True",
+            "update_invalidated=True",
+            "literal_hit=True",
+            "insert_invalidated=True",
+            "batch_invalidated=True",
+            "delete_invalidated=True",
+            "truncate_invalidated=True",
+            "use_keyspace=True",
+            "range_hit=True",
+            "partition_read_not_cached=True",
+            "partition_invalidated=True",
+            "paged_rows=10000",
+            "row_5=True",
+            "race_errors=[]",
+        ],
+        &shotover,
+    );
+    let race = out.lines().find(|l| l.starts_with("race ")).unwrap_or_default();
+    assert!(race.starts_with("race stale=0 checked=1200"), "{race}\n{out}");
+    let (hits, misses, invalidations) = (
+        counter(&shotover, "shotover_cache_hit_count"),
+        counter(&shotover, "shotover_cache_miss_count"),
+        counter(&shotover, "shotover_cache_invalidation_count"),
+    );
+    assert!(hits >= 10.0 && misses >= 10.0 && invalidations >= 1200.0, "{hits} {misses} {invalidations}");
+    assert_eq!(counter(&shotover, "shotover_cache_error_count"), 0.0);
+
+    // cqlsh, through the cache: the same answer twice.
+    let cqlsh = backends_dir().join("venv/bin/cqlsh").display().to_string();
+    let (user, password) = SHARED_RING_USER.split_once(':').unwrap();
+    for _ in 0..2 {
+        let select = format!("SELECT c, v FROM {KEYSPACE}.t WHERE id = 2 AND c = 7");
+        let args = ["127.0.0.1", &port.to_string(), "-u", user, "-p", password, "-e", &select];
+        let (status, out) = run_tool(&cqlsh, &args);
+        assert!(status.success() && out.contains("r7") && out.contains("(1 rows)"), "{out}");
+    }
+
+    // Valkey down: Cassandra serves everything, one WARN for the outage. A write made then
+    // cannot invalidate its entry, so the whole table is invalidated once Valkey is back
+    // (with its old entries: see above), before anything is read from it.
+    expect(&run("prime", port, ring.port, &shotover), &["primed=True"], &shotover);
+    valkey.kill();
+    expect(&run("outage", port, ring.port, &shotover), &["outage_reads=True"], &shotover);
+    assert!(counter(&shotover, "shotover_cache_error_count") > 0.0);
+    valkey.restart();
+    let hits_before = counter(&shotover, "shotover_cache_hit_count");
+    expect(&run("after", port, ring.port, &shotover), &["after_outage=[6]"], &shotover);
+    assert!(counter(&shotover, "shotover_cache_hit_count") > hits_before, "the cache is used again");
+    let output = shotover.output();
+    let warnings = output.lines().filter(|l| l.contains("ValkeyCache: the cache failed")).count();
+    // One per core that met the outage.
+    assert!((1..=2).contains(&warnings), "{warnings} warnings:\n{output}");
+    assert!(output.contains("ValkeyCache: the cache is back"), "{output}");
+}
