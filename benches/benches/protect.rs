@@ -3,11 +3,11 @@
 //! reading the CQL statement that carries it.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use shotover::transforms::protect::crypto::LocalKeys;
+use shotover::transforms::protect::crypto::Keys;
 use shotover_protocols::cassandra::statement;
 
 fn protect(c: &mut Criterion) {
-    let mut keys = LocalKeys::new(&[7; 32], "kek-1").unwrap();
+    let mut keys = Keys::local(&[7; 32], "kek-1").unwrap();
     let value = [0x5au8; 100];
     c.bench_function("protect/encrypt_100_bytes", |b| b.iter(|| keys.protect(black_box(&value)).unwrap()));
     let stored = keys.protect(&value).unwrap();

@@ -7,6 +7,12 @@
 #   benches/load/cassandra.sh                    # defaults: n=100000, 32 threads, 2 repetitions
 #   N=20000 REPS=1 THREADS=16 benches/load/cassandra.sh
 #   RING=3 benches/load/cassandra.sh             # a 3-node ring, through CassandraSinkCluster
+#   CACHE=1 benches/load/cassandra.sh            # reads only, also through ValkeyCache
+#
+# With CACHE=1 only `read` is measured, over KEYS keys (default 10000, of the WARMUP keys
+# written) drawn uniformly, so each key is read about N/KEYS times: a read-heavy workload
+# with a hot set. A third target runs the same proxy with a ValkeyCache of the table in
+# front of the sink (a local valkey-server, unpinned, started by this script).
 #
 # With RING=3 the nodes are 127.0.0.1-3 (one data centre, one rack, as the default snitch
 # puts them), the keyspace gets replication_factor 3 (cassandra-stress `-schema`), and the
@@ -36,6 +42,8 @@ WARMUP=${WARMUP:-50000}
 MODE=${MODE:-simplenative prepared cql3}
 STRESS_TIMEOUT=${STRESS_TIMEOUT:-900}
 RING=${RING:-1}
+CACHE=${CACHE:-0}
+KEYS=${KEYS:-10000}
 
 command -v java >/dev/null || { echo "missing java: run scripts/install-deps" >&2; exit 1; }
 source benches/load/common.sh
@@ -76,19 +84,43 @@ if [ "$RING" = 3 ]; then
   SCHEMA=(-schema "replication(factor=3)")
 fi
 
-PROXY=$(free_port)
 printf 'main_log_level: "warn"\n' > "$WORK/config.yaml"
-cat > "$WORK/topology.yaml" <<YAML
+# start_proxy NAME PORT CHAIN: one shotover worker on CPU 1 with that chain.
+start_proxy() {
+  cat > "$WORK/$1.yaml" <<YAML
 ---
 sources:
   - Cassandra:
       name: "cql"
-      listen_addr: "127.0.0.1:$PROXY"
+      listen_addr: "127.0.0.1:$2"
       chain:
-${SINK//PROXY_PORT/$PROXY}
+${3//PROXY_PORT/$2}
 YAML
-"$BIN" --config-file "$WORK/config.yaml" --topology-file "$WORK/topology.yaml" --worker-cores 1 >"$WORK/shotover.log" 2>&1 &
-PIDS+=($!); wait_port "$PROXY"
+  "$BIN" --config-file "$WORK/config.yaml" --topology-file "$WORK/$1.yaml" --worker-cores 1 >"$WORK/$1.log" 2>&1 &
+  PIDS+=($!); wait_port "$2"
+}
+PROXY=$(free_port)
+start_proxy shotover "$PROXY" "$SINK"
+TARGETS=("direct:$NATIVE" "shotover-1-core:$PROXY")
+OPS_MEASURED="write read"
+POP=()
+if [ "$CACHE" = 1 ]; then
+  VALKEY=$(free_port)
+  valkey-server --port "$VALKEY" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/valkey.log" 2>&1 &
+  PIDS+=($!); wait_port "$VALKEY"
+  CACHED=$(free_port)
+  start_proxy cached "$CACHED" "        - ValkeyCache:
+            caching_schema:
+              Keyspace1.Standard1:
+                partition_key: [key]
+            chain:
+              - ValkeySinkSingle:
+                  remote_address: \"127.0.0.1:$VALKEY\"
+$SINK"
+  TARGETS+=("shotover-cache:$CACHED")
+  OPS_MEASURED=read
+  POP=(-key "dist=uniform(1..$KEYS)")
+fi
 
 export JAVA_TOOL_OPTIONS="-Dcassandra.config=file://$WORK/cassandra/node-1/conf/cassandra.yaml"
 
@@ -96,12 +128,13 @@ export JAVA_TOOL_OPTIONS="-Dcassandra.config=file://$WORK/cassandra/node-1/conf/
 # $(...) subshell, so that cleanup knows STRESS_PID. The 2.1 tool does not exit after `END`
 # in simplenative mode (SimpleClient's threads stay up), so it is stopped once it prints END.
 stress() {
-  local op=$1 n=$2 port=$3 log=$4 nodes=127.0.0.1
+  local op=$1 n=$2 port=$3 log=$4 nodes=127.0.0.1 pop=()
+  [ "$op" = read ] && pop=("${POP[@]}")
   # Direct to a ring: every node of it.
   [ "$port" = "$NATIVE" ] && nodes=$(IFS=,; echo "${IPS[*]}")
   : >"$log"
   # shellcheck disable=SC2086
-  scripts/cassandra-stress "$op" n="$n" no_warmup "${SCHEMA[@]}" -rate threads="$THREADS" -mode $MODE \
+  scripts/cassandra-stress "$op" n="$n" no_warmup "${SCHEMA[@]}" "${pop[@]}" -rate threads="$THREADS" -mode $MODE \
     -node "$nodes" -port native="$port" thrift="$THRIFT" >"$log" 2>&1 &
   STRESS_PID=$!
   local deadline=$((SECONDS + STRESS_TIMEOUT))
@@ -134,10 +167,12 @@ for rep in $(seq "$REPS"); do
   # Alternate which target goes first: the first `read` after a `write` phase meets a node
   # still flushing and compacting, and is slower. With an even REPS, the geometric mean of
   # the per-repetition ratios cancels that.
-  targets="direct:$NATIVE shotover-1-core:$PROXY"
-  [ $((rep % 2)) = 0 ] && targets="shotover-1-core:$PROXY direct:$NATIVE"
-  for op in write read; do
-    for target in $targets; do
+  targets=("${TARGETS[@]}")
+  if [ $((rep % 2)) = 0 ]; then
+    for i in "${!TARGETS[@]}"; do targets[i]=${TARGETS[$((${#TARGETS[@]} - 1 - i))]}; done
+  fi
+  for op in $OPS_MEASURED; do
+    for target in "${targets[@]}"; do
       name=${target%%:*}; port=${target##*:}
       stress "$op" "$N" "$port" "$WORK/$rep-$op-$name.log"
       echo "rep $rep: $op $name $OPS op/s" >&2
@@ -146,26 +181,30 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-python3 - "$RESULTS" "$N" "$THREADS" "$MODE" "$RING" <<'PY'
+python3 - "$RESULTS" "$N" "$THREADS" "$MODE" "$RING" "$CACHE" "$KEYS" <<'PY'
 import csv, math, sys
 from collections import defaultdict
-path, n, threads, mode, ring = sys.argv[1:6]
+path, n, threads, mode, ring, cache, keys = sys.argv[1:8]
 ops = defaultdict(dict)
 for row in csv.DictReader(open(path)):
     ops[(row["op"], int(row["rep"]))][row["target"]] = float(row["ops"])
 sink = "CassandraSinkCluster, 3-node ring, RF 3" if ring == "3" else "CassandraSinkSingle, 1 node"
-print(f"\ncassandra-stress 2.1, -mode {mode}, n={n}, -rate threads={threads}, {sink}, ops/s")
-print("| op | rep | direct | shotover 1 core | shotover / direct |")
-print("|---|---|---|---|---|")
+proxies = ["shotover-1-core"] + (["shotover-cache"] if cache == "1" else [])
+reads = f", reads over {keys} keys drawn uniformly" if cache == "1" else ""
+print(f"\ncassandra-stress 2.1, -mode {mode}, n={n}, -rate threads={threads}, {sink}{reads}, ops/s")
+print("| op | rep | direct | " + " | ".join(proxies) + " | " + " | ".join(f"{p} / direct" for p in proxies) + " |")
+print("|---" * (3 + 2 * len(proxies)) + "|")
 for op in ("write", "read"):
-    ratios = []
+    ratios = defaultdict(list)
     for (o, rep), t in sorted(ops.items()):
         if o != op:
             continue
-        r = t["shotover-1-core"] / t["direct"]
-        ratios.append(r)
-        print(f"| {op} | {rep} | {t['direct']:,.0f} | {t['shotover-1-core']:,.0f} | {r:.2f} |")
-    if len(ratios) > 1:
-        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
-        print(f"| {op} | geometric mean | | | {geomean:.2f} |")
+        row = [f"{t[p]:,.0f}" for p in proxies]
+        for p in proxies:
+            ratios[p].append(t[p] / t["direct"])
+        print(f"| {op} | {rep} | {t['direct']:,.0f} | " + " | ".join(row) + " | "
+              + " | ".join(f"{ratios[p][-1]:.2f}" for p in proxies) + " |")
+    if len(ratios[proxies[0]]) > 1:
+        means = [math.exp(sum(map(math.log, ratios[p])) / len(ratios[p])) for p in proxies]
+        print(f"| {op} | geometric mean | |" + " |" * len(proxies) + " " + " | ".join(f"{m:.2f}" for m in means) + " |")
 PY

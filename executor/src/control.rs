@@ -57,6 +57,13 @@ impl HttpResponse {
 }
 
 /// Answers the requests of one HTTP endpoint; runs on the control thread.
+/// Channels between worker cores and tasks on the control core ([`ControlHandle::spawn`]):
+/// a worker sends without blocking and awaits a `oneshot` answer, which works from any
+/// executor.
+pub mod channel {
+    pub use tokio::sync::{mpsc, oneshot};
+}
+
 pub type HttpHandler = Arc<dyn Fn(HttpRequest) -> HttpResponse + Send + Sync>;
 
 #[derive(Default)]

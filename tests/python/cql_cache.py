@@ -1,6 +1,6 @@
 """Drives ValkeyCache with the Python cassandra-driver.
 
-usage: cql_cache.py PHASE PROXY_PORT DIRECT_PORT KEYSPACE USER:PASSWORD
+usage: cql_cache.py PHASE PROXY_PORT DIRECT_PORT KEYSPACE USER:PASSWORD [V]
 
 The proxy caches KEYSPACE.kv (partition key k) and KEYSPACE.t (partition key id, range key
 c). A write made directly to Cassandra, around the proxy, is how a read shows where its
@@ -9,9 +9,9 @@ answer came from: a read that still returns the old value was answered by the ca
 PHASE is one of:
 - main: hits, misses and invalidation by every kind of write, prepared and simple
   statements, USE, BATCH, TRUNCATE, paging over 10,000 rows, and reads racing writes;
-- prime: caches kv 'o' = 5 (and shows it is cached);
-- outage: with Valkey down, writes kv 'o' = 6 and reads it back;
-- after: with Valkey back (with its old data), reads kv 'o' for 3 s: never 5.
+- prime V: caches kv 'o' = V (and shows it is cached);
+- outage V: with Valkey down or stalled, writes kv 'o' = V and reads it back;
+- after V: with Valkey back (with its old data), reads kv 'o' for 3 s: only ever V.
 Prints `key=value` lines for the test to assert on.
 """
 import random
@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+from cassandra import Unauthorized
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
@@ -28,12 +29,14 @@ from cassandra.query import BatchStatement, SimpleStatement
 phase = sys.argv[1]
 proxy_port, direct_port, ks = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 user, password = sys.argv[5].split(":", 1)
+value = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 
 
-def connect(port, keyspace=None):
+def connect(port, keyspace=None, login=None):
     # Only 127.0.0.1: the driver must not find the ring's other nodes and go around the proxy.
+    name, secret = login or (user, password)
     cluster = Cluster(["127.0.0.1"], port=port, protocol_version=4, connect_timeout=20,
-                      auth_provider=PlainTextAuthProvider(username=user, password=password),
+                      auth_provider=PlainTextAuthProvider(username=name, password=secret),
                       load_balancing_policy=WhiteListRoundRobinPolicy(["127.0.0.1"]))
     session = cluster.connect(keyspace)
     session.default_timeout = 30
@@ -123,6 +126,18 @@ if phase == "main":
     print("paged_rows=%d" % sum(1 for r in rows if r.v == "r%d" % r.c))
     print("row_5=%s" % (one(proxy, get_row, (2, 5)) == "r5" and one(proxy, get_row, (2, 5)) == "r5"))
 
+    # Another role, allowed to log in but not to read: a cached answer is not its to read.
+    direct.execute("CREATE ROLE IF NOT EXISTS cache_nobody WITH PASSWORD = 'nobody' AND LOGIN = true")
+    proxy.execute("INSERT INTO %s.kv (k, v) VALUES ('secret', 7)" % ks)
+    one(proxy, get_kv, ("secret",))
+    cached = one(proxy, get_kv, ("secret",)) == 7
+    nobody = connect(proxy_port, login=("cache_nobody", "nobody"))
+    try:
+        one(nobody, nobody.prepare("SELECT v FROM %s.kv WHERE k = ?" % ks), ("secret",))
+        print("other_role=read")
+    except Unauthorized:
+        print("other_role=%s" % ("unauthorized" if cached else "not cached"))
+
     # Reads racing writes: each writer owns a key and, once a write is acknowledged, reads
     # it back through another connection; readers keep reading (and filling) those keys.
     keys = ["race%d" % i for i in range(4)]
@@ -167,17 +182,19 @@ if phase == "main":
     print("race stale=%d checked=%d" % (stale[0], checked[0]))
 
 elif phase == "prime":
-    proxy.execute("INSERT INTO %s.kv (k, v) VALUES ('o', 5)" % ks)
+    proxy.execute("INSERT INTO %s.kv (k, v) VALUES ('o', %d)" % (ks, value))
     first = one(proxy, get_kv, ("o",))
     direct.execute("UPDATE %s.kv SET v = 50 WHERE k = 'o'" % ks)
-    cached = first == 5 and one(proxy, get_kv, ("o",)) == 5
-    direct.execute("UPDATE %s.kv SET v = 5 WHERE k = 'o'" % ks)
+    cached = first == value and one(proxy, get_kv, ("o",)) == value
+    direct.execute("UPDATE %s.kv SET v = %d WHERE k = 'o'" % (ks, value))
     print("primed=%s" % cached)
 
 elif phase == "outage":
-    proxy.execute("UPDATE %s.kv SET v = 6 WHERE k = 'o'" % ks)
+    start = time.time()
+    proxy.execute("UPDATE %s.kv SET v = %d WHERE k = 'o'" % (ks, value))
     reads = [one(proxy, get_kv, ("o",)) for _ in range(20)]
-    print("outage_reads=%s" % (reads == [6] * 20))
+    print("outage_reads=%s" % (reads == [value] * 20))
+    print("outage_seconds=%.1f" % (time.time() - start), file=sys.stderr)
 
 elif phase == "after":
     seen = set()

@@ -1,13 +1,22 @@
-"""Drives Protect (Local key manager) with the Python cassandra-driver.
+"""Drives Protect with the Python cassandra-driver.
 
-usage: cql_protect.py PROXY_PORT DIRECT_PORT KEYSPACE USER:PASSWORD
+usage: cql_protect.py PROXY_PORT DIRECT_PORT KEYSPACE USER:PASSWORD [MODE ARGS...]
 
 KEYSPACE.t has the protected blob column col1. Through the proxy: literal and prepared
 INSERTs, an UPDATE, a BATCH mixing both, USE then an unqualified INSERT, and reads (simple,
 prepared, 1000 rows paged by 100). Directly: the stored col1 values, which must not be the
 plaintext. Then a value tampered with directly, and a write the proxy cannot encrypt.
 Prints `key=value` lines for the test to assert on.
+
+Other MODEs, for the AWSKms key manager (KMS is moto's server, reached with boto3):
+- `outside ENDPOINT ALIAS`: reads the stored col1 values of the 'prep' rows directly and
+  decrypts them without the proxy, as docs/transforms.md describes the layout: the DEK with
+  KMS Decrypt, the value with ChaCha20-Poly1305. Prints `outside=<decrypted>/<stored>` and
+  `kek_id=<the stored KEK ids>`.
+- `outage`: through a proxy whose KMS is down, a protected write and a protected read each
+  get an error naming the key management service, and the connection still serves.
 """
+import struct
 import sys
 
 from cassandra import InvalidRequest
@@ -29,6 +38,50 @@ def connect(port):
     session.default_timeout = 30
     return session
 
+
+mode = sys.argv[5] if len(sys.argv) > 5 else "main"
+if mode == "outside":
+    import boto3
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    def fields(blob):
+        """cipher, nonce, enc_dek, kek_id of a stored value (bincode 1's layout)."""
+        (n,), at = struct.unpack_from("<Q", blob, 0), 8
+        cipher, at = blob[at:at + n], at + n
+        nonce, at = blob[at:at + 12], at + 12
+        (n,), at = struct.unpack_from("<Q", blob, at), at + 8
+        enc_dek, at = blob[at:at + n], at + n
+        (n,), at = struct.unpack_from("<Q", blob, at), at + 8
+        return cipher, nonce, enc_dek, blob[at:at + n].decode()
+
+    endpoint, alias = sys.argv[6], sys.argv[7]
+    kms = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    rows = [r.col1 for r in connect(direct_port).execute("SELECT col1 FROM %s.t WHERE pk = 'prep'" % ks) if r.col1]
+    decrypted, kek_ids, deks = 0, set(), {}
+    for blob in rows:
+        cipher, nonce, enc_dek, kek_id = fields(blob)
+        kek_ids.add(kek_id)
+        if enc_dek not in deks:
+            deks[enc_dek] = kms.decrypt(CiphertextBlob=enc_dek, KeyId=alias)["Plaintext"]
+        decrypted += ChaCha20Poly1305(deks[enc_dek]).decrypt(nonce, cipher, None).startswith(b"prepared-")
+    print("outside=%d/%d" % (decrypted, len(rows)))
+    print("kek_id=%s" % ",".join(sorted(kek_ids)))
+    print("done")
+    sys.exit(0)
+if mode == "outage":
+    proxy = connect(proxy_port)
+    for name, cql in [("write", "INSERT INTO %s.t (pk, ck, col1, col2) VALUES ('down', 1, 'x', 1)" % ks),
+                      ("read", "SELECT col1 FROM %s.t WHERE pk = 'lit' AND ck = 1" % ks)]:
+        try:
+            proxy.execute(cql)
+            print("%s=passed" % name)
+        except Exception as e:  # noqa: BLE001 - what the driver raised is the point
+            print("%s=%s" % (name, "refused" if "key management service" in str(e) else str(e)))
+    row = proxy.execute("SELECT col2 FROM %s.t WHERE pk = 'lit' AND ck = 1" % ks).one()
+    print("usable=%s" % (row is not None and row.col2 == 42))
+    print("done")
+    sys.exit(0)
 
 direct = connect(direct_port)
 direct.execute("DROP KEYSPACE IF EXISTS %s" % ks)

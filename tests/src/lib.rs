@@ -109,6 +109,14 @@ impl ValkeyServer {
         ValkeyServer { port, child, args, _dir: dir }
     }
 
+    /// Stops (`true`, SIGSTOP) or resumes (SIGCONT) the server: a server that accepts
+    /// connections but answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        use nix::sys::signal::{kill, Signal};
+        let signal = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
+        kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).expect("signal valkey-server");
+    }
+
     /// Kills the server (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -178,6 +186,7 @@ pub struct ShotoverBuilder {
     topology: String,
     config: Option<String>,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     wait_at: Option<std::net::SocketAddr>,
 }
 
@@ -185,7 +194,14 @@ impl Shotover {
     /// Shotover with `topology` (YAML text) and a default config with observability on a
     /// free port. Waits until `listen_port` accepts connections.
     pub fn builder(topology: &str) -> ShotoverBuilder {
-        ShotoverBuilder { binary: None, topology: topology.to_string(), config: None, args: Vec::new(), wait_at: None }
+        ShotoverBuilder {
+            binary: None,
+            topology: topology.to_string(),
+            config: None,
+            args: Vec::new(),
+            envs: Vec::new(),
+            wait_at: None,
+        }
     }
 
     pub fn start(topology: &str, listen_port: u16) -> Shotover {
@@ -256,6 +272,12 @@ impl ShotoverBuilder {
         self
     }
 
+    /// Sets an environment variable of the process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn wait_for(self, port: u16) -> Self {
         self.wait_for_address(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
@@ -282,6 +304,7 @@ impl ShotoverBuilder {
             .arg("--config-file")
             .arg(dir.path("config.yaml"))
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

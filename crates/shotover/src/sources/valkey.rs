@@ -152,9 +152,9 @@ fn protocol_switch(request: &Message) -> Option<RespVersion> {
     if !view.is("HELLO") || view.argc == 0 {
         return None;
     }
-    match request_args(request.raw()?).first().map(|v| v.as_ref()) {
-        Some(b"3") => Some(RespVersion::Resp3),
-        Some(b"2") => Some(RespVersion::Resp2),
+    match request_args(request.raw()?).first().copied() {
+        Some([b'3']) => Some(RespVersion::Resp3),
+        Some([b'2']) => Some(RespVersion::Resp2),
         _ => None,
     }
 }

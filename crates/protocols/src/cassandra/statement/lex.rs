@@ -54,7 +54,7 @@ impl Token {
             // Keywords after which a named marker may come.
             Kind::Word(w) => !matches!(
                 w.as_str(),
-                "in" | "limit" | "ttl" | "timestamp" | "key" | "contains" | "and" | "where" | "set" | "values"
+                "in" | "limit" | "ttl" | "timestamp" | "key" | "contains" | "and" | "where" | "set" | "values" | "like"
             ),
         }
     }

@@ -147,3 +147,11 @@ fn literals_become_bytes() {
     assert_eq!(literal_bytes(LiteralKind::Blob, "0x"), Some(vec![]));
     assert_eq!(literal_bytes(LiteralKind::String, "'"), None);
 }
+
+#[test]
+fn named_markers_after_like_are_markers() {
+    let cql = "SELECT * FROM t WHERE v LIKE :p AND id = :id";
+    assert_eq!(marker_count(cql), Some(2));
+    let Some(Statement::Select(s)) = parse(cql) else { panic!() };
+    assert_eq!(s.r#where.relations[1].value, Term::Marker { index: 1, name: Some("id".into()) });
+}

@@ -1,6 +1,7 @@
 //! Protect's configuration: the key manager and the protected columns.
 
-use super::crypto::LocalKeys;
+use super::crypto::Keys;
+use super::kms::{Kms, KmsSettings};
 use super::{Columns, Protect, Shared};
 use crate::chain::{BuildContext, Resolved, TransformBuilder, TransformConfig};
 use crate::message::Protocol;
@@ -35,9 +36,14 @@ pub enum KeyManagerConfig {
     AwsKms { endpoint: String, region: String, cmk_id: String, number_of_bytes: usize },
 }
 
+/// Where the keys come from, resolved.
+enum Source {
+    Local { kek: [u8; 32], kek_id: String },
+    Kms(KmsSettings),
+}
+
 struct Settings {
-    kek: [u8; 32],
-    kek_id: String,
+    source: Source,
     columns: Columns,
 }
 
@@ -47,7 +53,7 @@ impl TransformConfig for ProtectConfig {
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
 
     fn validate(&mut self) -> Result<()> {
-        let (kek, kek_id) = match &self.key_manager {
+        let source = match &self.key_manager {
             KeyManagerConfig::Local { kek, kek_id } => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(kek.trim())
@@ -55,10 +61,29 @@ impl TransformConfig for ProtectConfig {
                 let kek = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
                     anyhow!("key_manager.Local.kek: must be 32 bytes (44 characters of base64), not {}", bytes.len())
                 })?;
-                (kek, kek_id.clone())
+                Source::Local { kek, kek_id: kek_id.clone() }
             }
-            // Refused rather than ignored: writes would otherwise reach Cassandra unencrypted.
-            KeyManagerConfig::AwsKms { .. } => bail!("key_manager.AWSKms: not available in this build yet"),
+            KeyManagerConfig::AwsKms { endpoint, region, cmk_id, number_of_bytes } => {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    bail!("key_manager.AWSKms.endpoint: must be an http:// or https:// URL, not {endpoint:?}");
+                }
+                if region.trim().is_empty() {
+                    bail!("key_manager.AWSKms.region: must not be empty");
+                }
+                if cmk_id.trim().is_empty() {
+                    bail!("key_manager.AWSKms.cmk_id: must not be empty");
+                }
+                // The DEK is a ChaCha20-Poly1305 key.
+                if *number_of_bytes != 32 {
+                    bail!("key_manager.AWSKms.number_of_bytes: must be 32 (a ChaCha20-Poly1305 key), not {number_of_bytes}");
+                }
+                Source::Kms(KmsSettings {
+                    endpoint: endpoint.clone(),
+                    region: region.clone(),
+                    cmk_id: cmk_id.clone(),
+                    number_of_bytes: 32,
+                })
+            }
         };
         let mut columns = Columns::new();
         for (keyspace, tables) in &self.keyspace_table_columns {
@@ -73,14 +98,20 @@ impl TransformConfig for ProtectConfig {
         if columns.is_empty() {
             bail!("keyspace_table_columns: name at least one keyspace, table and column");
         }
-        self.resolved.set(Settings { kek, kek_id, columns });
+        self.resolved.set(Settings { source, columns });
         Ok(())
     }
 
-    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         let s = self.resolved.get()?;
-        let keys = LocalKeys::new(&s.kek, &s.kek_id).map_err(|e| anyhow!("cannot make a data encryption key: {e}"))?;
-        let shared = Rc::new(Shared::new(s.columns.clone(), keys));
+        let (keys, kms) = match &s.source {
+            Source::Local { kek, kek_id } => {
+                (Keys::local(kek, kek_id).map_err(|e| anyhow!("cannot make a data encryption key: {e}"))?, None)
+            }
+            // One client per core, on the control core.
+            Source::Kms(settings) => (Keys::remote(&settings.cmk_id), Some(Kms::start(&ctx.control, settings.clone()))),
+        };
+        let shared = Rc::new(Shared::new(s.columns.clone(), keys, kms));
         Ok(Box::new(move || Protect::new(shared.clone())))
     }
 }
@@ -108,9 +139,16 @@ mod tests {
     }
 
     #[test]
-    fn the_guides_aws_example_parses_and_is_refused_for_now() {
+    fn the_guides_aws_example_loads_and_bad_fields_are_named() {
         let aws = "key_manager:\n  AWSKms:\n    endpoint: \"http://localhost:5000\"\n    region: \"us-east-1\"\n    cmk_id: \"alias/aws/secretsmanager\"\n    number_of_bytes: 32\nkeyspace_table_columns:\n  test_protect_keyspace:\n    test_table:\n      - col1\n";
-        let err = format!("{:#}", load(aws).unwrap_err());
-        assert!(err.starts_with("key_manager.AWSKms: not available"), "{err}");
+        load(aws).unwrap();
+        for (from, to, expected) in [
+            ("number_of_bytes: 32", "number_of_bytes: 16", "key_manager.AWSKms.number_of_bytes: must be 32"),
+            ("\"http://localhost:5000\"", "\"localhost:5000\"", "key_manager.AWSKms.endpoint: must be an http"),
+            ("\"alias/aws/secretsmanager\"", "\"\"", "key_manager.AWSKms.cmk_id: must not be empty"),
+        ] {
+            let err = format!("{:#}", load(&aws.replace(from, to)).unwrap_err());
+            assert!(err.starts_with(expected), "{err}");
+        }
     }
 }

@@ -23,6 +23,7 @@ use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// A protected value, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum ProtectError {
     Dek,
     #[error("the value does not decrypt: tampered, or another data encryption key")]
     Value,
+    #[error("the key management service could not be reached for a data encryption key")]
+    Unavailable,
 }
 
 impl Protected {
@@ -100,83 +103,145 @@ const MAX_DEKS: usize = 1024;
 /// should protect.
 const DEK_USES: u64 = 1 << 30;
 
+/// How long a DEK from KMS is used to encrypt, and an unwrapped DEK is remembered, before
+/// KMS is asked again: plaintext keys stay in memory for a bounded time.
+pub const DEK_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// A new DEK, and its bytes wrapped by `kek` (a nonce, then the ciphertext and tag).
-fn new_dek(kek: &ChaCha20Poly1305) -> Result<(ChaCha20Poly1305, Vec<u8>, [u8; 4]), ProtectError> {
+fn new_dek(kek: &ChaCha20Poly1305) -> Result<(Key, Vec<u8>), ProtectError> {
     let dek = ChaCha20Poly1305::generate_key(&mut OsRng);
     let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
     let wrapped = kek.encrypt(&nonce, dek.as_slice()).map_err(|_| ProtectError::Dek)?;
     let mut enc_dek = nonce.to_vec();
     enc_dek.extend_from_slice(&wrapped);
-    let mut salt = [0u8; 4];
-    OsRng.try_fill_bytes(&mut salt).map_err(|_| ProtectError::Dek)?;
-    Ok((ChaCha20Poly1305::new(&dek), enc_dek, salt))
+    Ok((dek, enc_dek))
 }
 
-/// The `Local` key manager: a KEK given in the configuration, and one DEK made at start
-/// (the DEK id function is a constant, as the user guide says), wrapped by the KEK.
-pub struct LocalKeys {
-    kek: ChaCha20Poly1305,
-    kek_id: String,
+/// The DEK values are encrypted under now.
+struct Current {
     dek: ChaCha20Poly1305,
     enc_dek: Vec<u8>,
-    /// The last 4 bytes of every nonce under `dek`.
+    /// The nonce's last 4 bytes, drawn with the DEK.
     salt: [u8; 4],
-    /// Values encrypted under `dek`: the first 8 bytes of the next nonce.
     used: u64,
-    /// Wrapped DEKs already unwrapped, by their wrapped bytes.
-    deks: HashMap<Vec<u8>, ChaCha20Poly1305>,
+    made: Instant,
 }
 
-impl LocalKeys {
-    pub fn new(kek: &[u8; 32], kek_id: &str) -> Result<Self, ProtectError> {
+/// A key manager's keys, on one core.
+///
+/// - `Local`: the KEK is given in the configuration; one DEK is made at start (the DEK id
+///   function is a constant, as the user guide says) and wrapped by the KEK, and stored
+///   DEKs are unwrapped here.
+/// - `AWSKms`: DEKs are made and unwrapped by KMS, asynchronously, by the caller
+///   ([`Keys::needs_dek`], [`Keys::missing`], then [`Keys::install`] and [`Keys::learn`]);
+///   until then, encrypting or decrypting fails with [`ProtectError::Unavailable`].
+pub struct Keys {
+    /// The Local KEK; `None` for KMS.
+    kek: Option<ChaCha20Poly1305>,
+    kek_id: String,
+    current: Option<Current>,
+    /// DEKs unwrapped so far, by their wrapped bytes.
+    deks: HashMap<Vec<u8>, (ChaCha20Poly1305, Instant)>,
+}
+
+impl Keys {
+    pub fn local(kek: &[u8; 32], kek_id: &str) -> Result<Self, ProtectError> {
         let kek = ChaCha20Poly1305::new(Key::from_slice(kek));
-        let (dek, enc_dek, salt) = new_dek(&kek)?;
-        Ok(LocalKeys { kek, kek_id: kek_id.to_owned(), dek, enc_dek, salt, used: 0, deks: HashMap::new() })
+        let (dek, enc_dek) = new_dek(&kek)?;
+        let mut keys = Keys { kek: Some(kek), kek_id: kek_id.to_owned(), current: None, deks: HashMap::new() };
+        keys.install(&dek, enc_dek)?;
+        Ok(keys)
     }
 
-    /// `plaintext`, encrypted and laid out for storage.
-    pub fn protect(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ProtectError> {
-        if self.used >= DEK_USES {
-            (self.dek, self.enc_dek, self.salt) = new_dek(&self.kek)?;
-            self.used = 0;
+    /// Keys whose DEKs come from KMS key `kek_id`.
+    pub fn remote(kek_id: &str) -> Self {
+        Keys { kek: None, kek_id: kek_id.to_owned(), current: None, deks: HashMap::new() }
+    }
+
+    /// Whether a new DEK must be installed before the next value is encrypted (always
+    /// false for Local keys, which make their own).
+    pub fn needs_dek(&self) -> bool {
+        self.kek.is_none()
+            && self.current.as_ref().is_none_or(|c| c.used >= DEK_USES || c.made.elapsed() >= DEK_LIFETIME)
+    }
+
+    /// Makes `dek` (wrapped as `enc_dek`) the DEK new values are encrypted under.
+    pub fn install(&mut self, dek: &[u8], enc_dek: Vec<u8>) -> Result<(), ProtectError> {
+        let key = <[u8; 32]>::try_from(dek).map_err(|_| ProtectError::Dek)?;
+        let mut salt = [0u8; 4];
+        OsRng.try_fill_bytes(&mut salt).map_err(|_| ProtectError::Dek)?;
+        let dek = ChaCha20Poly1305::new(Key::from_slice(&key));
+        self.current = Some(Current { dek, enc_dek, salt, used: 0, made: Instant::now() });
+        Ok(())
+    }
+
+    /// The wrapped DEK of a stored value that must be unwrapped remotely first, if any.
+    pub fn missing(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        let (_, _, enc_dek, kek_id) = fields(stored).ok()?;
+        let known = self.current.as_ref().is_some_and(|c| c.enc_dek == enc_dek)
+            || self.deks.get(enc_dek).is_some_and(|(_, at)| at.elapsed() < DEK_LIFETIME);
+        (self.kek.is_none() && kek_id == self.kek_id.as_bytes() && !known).then(|| enc_dek.to_vec())
+    }
+
+    /// Remembers a DEK unwrapped remotely.
+    pub fn learn(&mut self, enc_dek: Vec<u8>, dek: &[u8]) -> Result<(), ProtectError> {
+        let key = <[u8; 32]>::try_from(dek).map_err(|_| ProtectError::Dek)?;
+        self.remember(enc_dek, ChaCha20Poly1305::new(Key::from_slice(&key)));
+        Ok(())
+    }
+
+    fn remember(&mut self, enc_dek: Vec<u8>, dek: ChaCha20Poly1305) {
+        if self.deks.len() >= MAX_DEKS {
+            self.deks.clear();
         }
-        self.used += 1;
-        // A counter and a random salt drawn with the DEK: never twice under one DEK, and no
-        // system call per value.
+        self.deks.insert(enc_dek, (dek, Instant::now()));
+    }
+
+    /// Encrypts `plaintext` into the stored layout.
+    pub fn protect(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ProtectError> {
+        if let (Some(kek), true) = (&self.kek, self.current.as_ref().is_some_and(|c| c.used >= DEK_USES)) {
+            let (dek, enc_dek) = new_dek(kek)?;
+            self.install(&dek, enc_dek)?;
+        }
+        let current = self.current.as_mut().ok_or(ProtectError::Unavailable)?;
+        current.used += 1;
+        // A counter and the DEK's salt: never repeated under one DEK.
         let mut nonce = [0u8; 12];
-        nonce[..8].copy_from_slice(&self.used.to_le_bytes());
-        nonce[8..].copy_from_slice(&self.salt);
+        nonce[..8].copy_from_slice(&current.used.to_le_bytes());
+        nonce[8..].copy_from_slice(&current.salt);
         let cipher_len = plaintext.len() + 16;
-        let mut out = Vec::with_capacity(8 + cipher_len + 12 + 8 + self.enc_dek.len() + 8 + self.kek_id.len());
+        let mut out = Vec::with_capacity(8 + cipher_len + 12 + 8 + current.enc_dek.len() + 8 + self.kek_id.len());
         out.extend_from_slice(&(cipher_len as u64).to_le_bytes());
         out.extend_from_slice(plaintext);
-        let tag = self
+        let tag = current
             .dek
             .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", out.get_mut(8..).unwrap_or_default())
             .map_err(|_| ProtectError::Value)?;
         out.extend_from_slice(&tag);
         out.extend_from_slice(&nonce);
-        put(&mut out, &self.enc_dek);
+        put(&mut out, &current.enc_dek);
         put(&mut out, self.kek_id.as_bytes());
         Ok(out)
     }
 
-    /// The plaintext of a stored value.
+    /// Decrypts a stored value.
     pub fn unprotect(&mut self, stored: &[u8]) -> Result<Vec<u8>, ProtectError> {
         let (cipher, nonce, enc_dek, kek_id) = fields(stored)?;
         if kek_id != self.kek_id.as_bytes() {
             return Err(ProtectError::OtherKek(String::from_utf8_lossy(kek_id).into_owned()));
         }
-        let dek = if enc_dek == self.enc_dek.as_slice() {
-            &self.dek
-        } else if self.deks.contains_key(enc_dek) {
-            self.deks.get(enc_dek).ok_or(ProtectError::Dek)?
-        } else {
-            let dek = self.unwrap_dek(enc_dek)?;
-            if self.deks.len() >= MAX_DEKS {
-                self.deks.clear();
-            }
-            self.deks.entry(enc_dek.to_vec()).or_insert(dek)
+        let current = self.current.as_ref().filter(|c| c.enc_dek == enc_dek).map(|c| c.dek.clone());
+        let dek = match current {
+            Some(dek) => dek,
+            None => match self.deks.get(enc_dek).filter(|(_, at)| at.elapsed() < DEK_LIFETIME) {
+                Some((dek, _)) => dek.clone(),
+                None => {
+                    let kek = self.kek.as_ref().ok_or(ProtectError::Unavailable)?;
+                    let dek = unwrap_dek(kek, enc_dek)?;
+                    self.remember(enc_dek.to_vec(), dek.clone());
+                    dek
+                }
+            },
         };
         let split = cipher.len().checked_sub(16).ok_or(ProtectError::Value)?;
         let (body, tag) = cipher.split_at(split);
@@ -185,13 +250,13 @@ impl LocalKeys {
             .map_err(|_| ProtectError::Value)?;
         Ok(plain)
     }
+}
 
-    fn unwrap_dek(&self, enc_dek: &[u8]) -> Result<ChaCha20Poly1305, ProtectError> {
-        let (nonce, wrapped) = (enc_dek.get(..12).ok_or(ProtectError::Dek)?, enc_dek.get(12..).unwrap_or_default());
-        let dek = self.kek.decrypt(Nonce::from_slice(nonce), wrapped).map_err(|_| ProtectError::Dek)?;
-        let key = <[u8; 32]>::try_from(dek.as_slice()).map_err(|_| ProtectError::Dek)?;
-        Ok(ChaCha20Poly1305::new(Key::from_slice(&key)))
-    }
+fn unwrap_dek(kek: &ChaCha20Poly1305, enc_dek: &[u8]) -> Result<ChaCha20Poly1305, ProtectError> {
+    let (nonce, wrapped) = (enc_dek.get(..12).ok_or(ProtectError::Dek)?, enc_dek.get(12..).unwrap_or_default());
+    let dek = kek.decrypt(Nonce::from_slice(nonce), wrapped).map_err(|_| ProtectError::Dek)?;
+    let key = <[u8; 32]>::try_from(dek.as_slice()).map_err(|_| ProtectError::Dek)?;
+    Ok(ChaCha20Poly1305::new(Key::from_slice(&key)))
 }
 
 #[cfg(test)]
@@ -217,7 +282,7 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_tampering_is_caught() {
-        let mut keys = LocalKeys::new(&[7; 32], "kek-1").unwrap();
+        let mut keys = Keys::local(&[7; 32], "kek-1").unwrap();
         let stored = keys.protect(b"I am gonna get encrypted!!").unwrap();
         assert_eq!(keys.unprotect(&stored).unwrap(), b"I am gonna get encrypted!!");
         // Each value gets its own nonce.
@@ -229,14 +294,31 @@ mod tests {
         other_dek.enc_dek[20] ^= 1;
         assert_eq!(keys.unprotect(&other_dek.encode()), Err(ProtectError::Dek));
         // Another process with the same KEK reads it; one with another KEK cannot.
-        assert_eq!(
-            LocalKeys::new(&[7; 32], "kek-1").unwrap().unprotect(&stored).unwrap(),
-            b"I am gonna get encrypted!!"
-        );
-        assert_eq!(LocalKeys::new(&[8; 32], "kek-1").unwrap().unprotect(&stored), Err(ProtectError::Dek));
-        assert!(matches!(
-            LocalKeys::new(&[7; 32], "other").unwrap().unprotect(&stored),
-            Err(ProtectError::OtherKek(_))
-        ));
+        assert_eq!(Keys::local(&[7; 32], "kek-1").unwrap().unprotect(&stored).unwrap(), b"I am gonna get encrypted!!");
+        assert_eq!(Keys::local(&[8; 32], "kek-1").unwrap().unprotect(&stored), Err(ProtectError::Dek));
+        assert!(matches!(Keys::local(&[7; 32], "other").unwrap().unprotect(&stored), Err(ProtectError::OtherKek(_))));
+    }
+
+    #[test]
+    fn remote_keys_wait_for_their_deks() {
+        let mut keys = Keys::remote("alias/k");
+        assert!(keys.needs_dek());
+        assert_eq!(keys.protect(b"x"), Err(ProtectError::Unavailable));
+        keys.install(&[5; 32], b"wrapped by kms".to_vec()).unwrap();
+        assert!(!keys.needs_dek());
+        let stored = keys.protect(b"secret").unwrap();
+        assert_eq!(keys.missing(&stored), None, "the current DEK is known");
+        assert_eq!(keys.unprotect(&stored).unwrap(), b"secret");
+        // Another core (or an earlier run) reads it: KMS must unwrap the DEK first.
+        let mut other = Keys::remote("alias/k");
+        assert_eq!(other.missing(&stored), Some(b"wrapped by kms".to_vec()));
+        assert_eq!(other.unprotect(&stored), Err(ProtectError::Unavailable));
+        other.learn(b"wrapped by kms".to_vec(), &[5; 32]).unwrap();
+        assert_eq!(other.missing(&stored), None);
+        assert_eq!(other.unprotect(&stored).unwrap(), b"secret");
+        assert!(other.install(&[1; 16], Vec::new()).is_err(), "a DEK is 32 bytes");
+        // Another KEK id is not asked of this KMS key.
+        assert_eq!(Keys::remote("alias/other").missing(&stored), None);
+        assert_eq!(Keys::local(&[7; 32], "kek-1").unwrap().missing(&stored), None);
     }
 }

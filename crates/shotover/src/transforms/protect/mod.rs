@@ -29,6 +29,7 @@
 
 mod config;
 pub mod crypto;
+mod kms;
 mod prepare;
 mod write;
 
@@ -38,14 +39,15 @@ use crate::chain::{ChainResult, ChainState, Transform};
 use crate::message::{Frame, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
-use crypto::LocalKeys;
+use crypto::Keys;
 use shotover_protocols::cassandra::classify::query_text;
 use shotover_protocols::cassandra::response::ErrorBody;
 use shotover_protocols::cassandra::result::{ResultBody, Rows};
 use shotover_protocols::cassandra::{CassandraBody, CassandraFrame, ErrorCode, FrameHeader, Opcode};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// keyspace → table → protected columns, looked up by `&str` without allocating.
 pub(crate) type Columns = HashMap<String, HashMap<String, HashSet<String>>>;
@@ -69,14 +71,53 @@ const MAX_PREPARED: usize = 100_000;
 pub(crate) struct Shared {
     columns: Columns,
     tables: HashSet<String>,
-    keys: RefCell<LocalKeys>,
+    keys: RefCell<Keys>,
     prepared: RefCell<HashMap<Bytes, Rc<PreparedInfo>>>,
+    /// The `AWSKms` client; `None` for Local keys.
+    kms: Option<kms::Kms>,
+    /// After a KMS failure, KMS is not asked again before this (requests that need it fail
+    /// at once meanwhile), and one WARN is logged per outage.
+    kms_retry_at: Cell<Option<Instant>>,
+    kms_down: Cell<bool>,
 }
 
 impl Shared {
-    fn new(columns: Columns, keys: LocalKeys) -> Self {
+    fn new(columns: Columns, keys: Keys, kms: Option<kms::Kms>) -> Self {
         let tables = columns.values().flat_map(HashMap::keys).map(|t| t.to_ascii_lowercase()).collect();
-        Shared { columns, tables, keys: RefCell::new(keys), prepared: RefCell::new(HashMap::new()) }
+        Shared {
+            columns,
+            tables,
+            keys: RefCell::new(keys),
+            prepared: RefCell::new(HashMap::new()),
+            kms,
+            kms_retry_at: Cell::new(None),
+            kms_down: Cell::new(false),
+        }
+    }
+
+    /// The KMS client, unless KMS failed less than a second ago.
+    fn kms(&self) -> Option<&kms::Kms> {
+        let waiting = self.kms_retry_at.get().is_some_and(|at| Instant::now() < at);
+        self.kms.as_ref().filter(|_| !waiting)
+    }
+
+    fn kms_result<T>(&self, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => {
+                self.kms_retry_at.set(None);
+                if self.kms_down.replace(false) {
+                    tracing::info!("Protect: the key management service answers again");
+                }
+                Some(value)
+            }
+            Err(e) => {
+                if !self.kms_down.replace(true) {
+                    tracing::warn!("Protect: {e}; values that need it get errors until it answers");
+                }
+                self.kms_retry_at.set(Some(Instant::now() + Duration::from_secs(1)));
+                None
+            }
+        }
     }
 
     fn protected(&self, keyspace: &str, table: &str, column: &str) -> bool {
@@ -233,22 +274,33 @@ impl Protect {
         }
     }
 
+    /// The protected columns of `rows`, named by their metadata or by `info`, with their
+    /// names for errors.
+    fn protected_columns(&self, rows: &Rows, info: Option<&PreparedInfo>) -> Vec<(usize, String)> {
+        if rows.metadata.columns.is_empty() {
+            let Some(info) = info else { return Vec::new() };
+            return info
+                .result
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| **p)
+                .map(|(i, _)| (i, format!("column {i}")))
+                .collect();
+        }
+        (0..rows.metadata.columns.len())
+            .filter_map(|i| {
+                let spec = rows.column(i)?;
+                let table = rows.metadata.table_of(i)?;
+                self.shared
+                    .protected(&table.keyspace, &table.table, &spec.name)
+                    .then(|| (i, format!("{}.{}.{}", table.keyspace, table.table, spec.name)))
+            })
+            .collect()
+    }
+
     /// Decrypts the protected columns of `rows`, named by their metadata or by `info`.
     fn decrypt(&self, rows: &mut Rows, info: Option<&PreparedInfo>) -> Result<(), String> {
-        let columns: Vec<(usize, String)> = if rows.metadata.columns.is_empty() {
-            let Some(info) = info else { return Ok(()) };
-            info.result.iter().enumerate().filter(|(_, p)| **p).map(|(i, _)| (i, format!("column {i}"))).collect()
-        } else {
-            (0..rows.metadata.columns.len())
-                .filter_map(|i| {
-                    let spec = rows.column(i)?;
-                    let table = rows.metadata.table_of(i)?;
-                    self.shared
-                        .protected(&table.keyspace, &table.table, &spec.name)
-                        .then(|| (i, format!("{}.{}.{}", table.keyspace, table.table, spec.name)))
-                })
-                .collect()
-        };
+        let columns = self.protected_columns(rows, info);
         let mut keys = self.shared.keys.borrow_mut();
         for (column, name) in columns {
             for row in 0..rows.rows.len() {
@@ -259,21 +311,76 @@ impl Protect {
         }
         Ok(())
     }
+
+    /// The wrapped DEKs that rows about to be decrypted need from KMS.
+    fn missing_deks(&self, responses: &mut [Message]) -> Vec<Vec<u8>> {
+        let mut missing = Vec::new();
+        for response in responses {
+            let Some(header) = response.cql_header() else { continue };
+            let Some(Waiting::Rows(info)) = self.waiting.get(&header.stream_id) else { continue };
+            let Ok(Frame::Cassandra(frame)) = response.frame() else { continue };
+            let CassandraBody::Result(ResultBody::Rows(rows)) = &frame.body else { continue };
+            let keys = self.shared.keys.borrow();
+            for (column, _) in self.protected_columns(rows, info.as_ref().map(|(_, i)| &**i)) {
+                for row in 0..rows.rows.len() {
+                    if let Some(Some(stored)) = rows.cell(row, column) {
+                        missing.extend(keys.missing(stored).filter(|m| !missing.contains(m)));
+                    }
+                }
+            }
+        }
+        missing
+    }
+
+    /// With KMS: a DEK for the writes of this batch, and the DEKs its rows need.
+    async fn fetch_keys(&self, dek: bool, enc_deks: Vec<Vec<u8>>) {
+        let shared = &self.shared;
+        if dek && shared.keys.borrow().needs_dek() {
+            if let Some(kms) = shared.kms() {
+                if let Some((plain, enc_dek)) = shared.kms_result(kms.generate().await) {
+                    if let Err(e) = shared.keys.borrow_mut().install(&plain, enc_dek) {
+                        tracing::warn!("Protect: KMS gave an unusable data encryption key: {e}");
+                    }
+                }
+            }
+        }
+        for enc_dek in enc_deks {
+            let Some(kms) = shared.kms() else { return };
+            if let Some(plain) = shared.kms_result(kms.decrypt(enc_dek.clone()).await) {
+                if let Err(e) = shared.keys.borrow_mut().learn(enc_dek, &plain) {
+                    tracing::warn!("Protect: KMS gave an unusable data encryption key: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// Why a request is answered by Protect itself.
 #[derive(Debug)]
 pub(crate) enum Refusal {
     Invalid(String),
+    /// The key management service could not be reached.
+    Unavailable(String),
     /// An EXECUTE (or a BATCH statement) of a statement this core has not seen prepared.
     Unprepared(Bytes),
 }
 
 impl Refusal {
+    /// A value that could not be encrypted.
+    fn encrypting(e: crypto::ProtectError) -> Self {
+        match e {
+            crypto::ProtectError::Unavailable => Refusal::Unavailable(e.to_string()),
+            other => Refusal::Invalid(other.to_string()),
+        }
+    }
+
     fn into_frame(self, header: &FrameHeader) -> CassandraFrame {
         match self {
             Refusal::Invalid(text) => {
                 CassandraFrame::error(header, ErrorCode::INVALID, format!("shotover: Protect: {text}"))
+            }
+            Refusal::Unavailable(text) => {
+                CassandraFrame::error(header, ErrorCode::SERVER_ERROR, format!("shotover: Protect: {text}"))
             }
             Refusal::Unprepared(id) => {
                 let mut extra = (id.len() as u16).to_be_bytes().to_vec();
@@ -293,6 +400,12 @@ impl Refusal {
 impl Transform for Protect {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let mut answered = Vec::new();
+        if self.shared.kms.is_some() {
+            let writes = state.requests.iter().any(|r| {
+                r.cql_header().is_some_and(|h| matches!(h.opcode, Opcode::Query | Opcode::Execute | Opcode::Batch))
+            });
+            self.fetch_keys(writes, Vec::new()).await;
+        }
         let requests = std::mem::take(&mut state.requests);
         for mut request in requests {
             match self.request(&mut request) {
@@ -305,6 +418,12 @@ impl Transform for Protect {
             }
         }
         let mut responses = state.call_next_transform().await?;
+        if self.shared.kms.is_some() && !self.waiting.is_empty() {
+            let missing = self.missing_deks(&mut responses);
+            if !missing.is_empty() {
+                self.fetch_keys(false, missing).await;
+            }
+        }
         if !self.waiting.is_empty() {
             for response in &mut responses {
                 self.response(response);

@@ -111,7 +111,7 @@ fn protect_bound(shared: &Shared, info: &PreparedInfo, values: &mut Values) -> R
 
 fn encrypt_value(shared: &Shared, value: &mut Value) -> Result<(), Refusal> {
     if let Value::Bytes(plain) = value {
-        let stored = shared.keys.borrow_mut().protect(plain).map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let stored = shared.keys.borrow_mut().protect(plain).map_err(Refusal::encrypting)?;
         *value = Value::Bytes(Bytes::from(stored));
     }
     Ok(())
@@ -152,7 +152,7 @@ fn protect_statement(
                 let text = cql.get(span.clone()).unwrap_or_default();
                 let plain = statement::literal_bytes(*kind, text)
                     .ok_or_else(|| Refusal::Invalid(format!("{column}: an unreadable literal")))?;
-                let stored = shared.keys.borrow_mut().protect(&plain).map_err(|e| Refusal::Invalid(e.to_string()))?;
+                let stored = shared.keys.borrow_mut().protect(&plain).map_err(Refusal::encrypting)?;
                 replacements.push((span.clone(), hex_literal(&stored)));
             }
             Term::Marker { index, name } => {
@@ -261,19 +261,20 @@ fn hex_literal(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{crypto::LocalKeys, Columns};
+    use super::super::{crypto::Keys, Columns};
     use super::*;
 
     fn shared() -> Shared {
         let mut columns = Columns::new();
         columns.entry("ks".into()).or_default().insert("t".into(), ["c".to_string()].into());
-        Shared::new(columns, LocalKeys::new(&[1; 32], "k").unwrap())
+        Shared::new(columns, Keys::local(&[1; 32], "k").unwrap(), None)
     }
 
     fn invalid(r: Result<Option<String>, Refusal>) -> String {
         match r {
             Err(Refusal::Invalid(text)) => text,
             Err(Refusal::Unprepared(_)) => "unprepared".into(),
+            Err(Refusal::Unavailable(text)) => format!("unavailable: {text}"),
             Ok(text) => panic!("not refused: {text:?}"),
         }
     }

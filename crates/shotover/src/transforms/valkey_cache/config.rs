@@ -1,6 +1,7 @@
 //! ValkeyCache's configuration: the cached tables and the Valkey sub-chain.
 
-use super::{Entry, Shared, ValkeyCache};
+use super::shared::{Dirty, DirtyTables, Entry, Shared};
+use super::ValkeyCache;
 use crate::chain::{AnyTransformConfig, BuildContext, ChainBuilder, TransformBuilder, TransformConfig};
 use crate::config::topology::ParseContext;
 use crate::config::ConfigError;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// The sinks a cache sub-chain may end with.
 const VALKEY_SINKS: [&str; 2] = ["ValkeySinkSingle", "ValkeySinkCluster"];
@@ -20,6 +22,8 @@ pub struct ValkeyCacheConfig {
     pub caching_schema: BTreeMap<String, TableCacheSchema>,
     /// The Valkey sub-chain; it ends with ValkeySinkSingle or ValkeySinkCluster.
     pub chain: Vec<Box<dyn AnyTransformConfig>>,
+    /// The tables to invalidate whole, shared by every core.
+    dirty: DirtyTables,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,7 +74,8 @@ impl ValkeyCacheConfig {
                 ))
             }
         }
-        Ok(ValkeyCacheConfig { caching_schema: raw.caching_schema, chain })
+        let dirty = Arc::new((0..raw.caching_schema.len()).map(|_| Dirty::default()).collect());
+        Ok(ValkeyCacheConfig { caching_schema: raw.caching_schema, chain, dirty })
     }
 
     fn entries(&self) -> Vec<Entry> {
@@ -99,9 +104,9 @@ impl TransformConfig for ValkeyCacheConfig {
     const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
-        let chain = ChainBuilder::new("valkey_cache_chain", &self.chain, ctx)?;
-        let shared = Rc::new(Shared::new(self.entries(), ctx));
-        Ok(Box::new(move || ValkeyCache::new(shared.clone(), chain.build())))
+        let chain = Rc::new(ChainBuilder::new("valkey_cache_chain", &self.chain, ctx)?);
+        let shared = Rc::new(Shared::new(self.entries(), self.dirty.clone(), ctx));
+        Ok(Box::new(move || ValkeyCache::new(shared.clone(), chain.clone())))
     }
 }
 

@@ -103,10 +103,18 @@ pub(super) fn of(entries: &[Entry], keyspace: Option<&str>, cql: &str) -> Shape 
                 return Shape::Pass;
             }
             let lower = cql.to_ascii_lowercase();
+            // DROP or ALTER KEYSPACE names no table: every entry that can be in it.
+            let keyspace_wide = names_word(&lower, "keyspace");
+            let concerned = |e: &Entry| match &e.keyspace {
+                Some(ks) => {
+                    names_word(&lower, &e.table.to_ascii_lowercase()) || names_word(&lower, &ks.to_ascii_lowercase())
+                }
+                None => names_word(&lower, &e.table.to_ascii_lowercase()) || keyspace_wide,
+            };
             let named: Vec<Write> = entries
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| names_word(&lower, &e.table.to_ascii_lowercase()))
+                .filter(|(_, e)| concerned(e))
                 .map(|(entry, _)| Write { entry, keyspace: String::new(), parts: None })
                 .collect();
             if named.is_empty() {
@@ -134,10 +142,14 @@ fn read(entries: &[Entry], keyspace: Option<&str>, s: &Select, cql: &str) -> Opt
     if s.r#where.relations.iter().any(|r| r.operator == "in") {
         return None;
     }
-    let columns = s
-        .selectors
-        .as_ref()
-        .map(|selected| selected.iter().map(|c| if c.alias.is_none() { c.column.clone() } else { None }).collect());
+    // SELECT JSON answers one `[json]` column: none of the table's.
+    let columns = if s.json {
+        Some(Vec::new())
+    } else {
+        s.selectors
+            .as_ref()
+            .map(|selected| selected.iter().map(|c| if c.alias.is_none() { c.column.clone() } else { None }).collect())
+    };
     Some(Read { entry, keyspace, table: s.table.name.clone(), parts, columns })
 }
 
@@ -272,6 +284,10 @@ mod tests {
         );
         assert_eq!(batch.len(), 2);
         assert_eq!(w("TRUNCATE ks.t", None), vec![Write { entry: 0, keyspace: String::new(), parts: None }]);
+        let dropped = |cql: &str| w(cql, None).iter().map(|w| w.entry).collect::<Vec<_>>();
+        assert_eq!(dropped("DROP KEYSPACE ks"), vec![0, 1], "ks.t, and u that may be in ks");
+        assert_eq!(dropped("DROP KEYSPACE other"), vec![1]);
+        assert_eq!(dropped("DROP TABLE other.u"), vec![1]);
         assert_eq!(of(&e, None, "INSERT INTO ks.other (a) VALUES (1)"), Shape::Pass);
         assert_eq!(of(&e, None, "SELECT count(*) FROM ks.t WHERE token(a) > 0 GROUP BY b"), Shape::Pass);
         assert_eq!(of(&e, None, "USE \"Ks\""), Shape::Use("Ks".into()));

@@ -2,21 +2,23 @@
 //!
 //! A partition is a Valkey hash (see [`super::key`]): one field per cached request, plus
 //! the field `~gen`, the partition's generation. An entry (a cached table) has a
-//! generation key of its own. Each operation is one Lua script, so that it is atomic:
+//! generation key of its own. A generation is a random token, never a counter: a counter
+//! starts again from 1 when Valkey evicts it or comes back from an older snapshot, and
+//! would bring back fields it had voided. Each read or partition operation is one Lua
+//! script, so that it is atomic:
 //! - [`lookup`]: the request's field, if it was stored under the table's current
 //!   generation; otherwise the two generations, read before Cassandra is asked;
 //! - [`fill`]: stores Cassandra's answer only if neither generation moved meanwhile, so
 //!   that a read that raced a write never stores the old rows after the write's
 //!   invalidation;
-//! - [`invalidate`]: deletes the partition's fields and bumps its generation;
-//! - [`invalidate_table`]: bumps the table's generation, which voids every field stored
-//!   under the old one.
+//! - [`invalidate`]: deletes the partition's fields and gives it a new generation;
+//! - [`invalidate_table`]: gives the table a new generation (a `SET`), which voids every
+//!   field stored under the old one.
 
 use crate::message::{Message, Protocol};
 use bytes::Bytes;
 use shotover_protocols::valkey::ValkeyFrame as BytesFrame;
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 const LOOKUP: &str = "local t = redis.call('GET', KEYS[2]) or ''
@@ -35,9 +37,8 @@ const FILL: &str = "if (redis.call('HGET', KEYS[1], '~gen') or '') == ARGV[2]
 end
 return 0";
 
-const INVALIDATE: &str = "local g = tonumber(redis.call('HGET', KEYS[1], '~gen') or '0') or 0
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], '~gen', g + 1)
+const INVALIDATE: &str = "redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '~gen', ARGV[1])
 return 1";
 
 /// How long the cache is left alone after a failure before it is tried again.
@@ -56,12 +57,23 @@ pub(super) fn fill(partition: &[u8], table: &[u8], field: &[u8], gens: &Generati
 }
 
 pub(super) fn invalidate(partition: &[u8]) -> Message {
-    command(&[b"EVAL", INVALIDATE.as_bytes(), b"1", partition])
+    command(&[b"EVAL", INVALIDATE.as_bytes(), b"1", partition, &token()])
 }
 
 pub(super) fn invalidate_table(table: &[u8]) -> Message {
-    command(&[b"INCR", table])
+    command(&[b"SET", table, &token()])
 }
+
+/// A new generation: 16 random bytes in hex (no `:`, which separates a field's generation
+/// from its frame).
+fn token() -> Vec<u8> {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    chacha20poly1305::aead::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]).collect()
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The generations a lookup that missed read.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,9 +140,6 @@ fn bulk(frame: &BytesFrame) -> Result<Bytes, String> {
 pub(super) struct Health {
     retry_at: Cell<Option<Instant>>,
     down: Cell<bool>,
-    /// Entries whose invalidation failed: their table generation is bumped before the
-    /// cache is used again, since their cached rows may be stale.
-    dirty: RefCell<BTreeSet<usize>>,
 }
 
 impl Health {
@@ -153,21 +162,6 @@ impl Health {
             tracing::info!("ValkeyCache: the cache is back");
         }
     }
-
-    pub(super) fn mark_dirty(&self, entry: usize) {
-        self.dirty.borrow_mut().insert(entry);
-    }
-
-    pub(super) fn dirty(&self) -> Vec<usize> {
-        self.dirty.borrow().iter().copied().collect()
-    }
-
-    pub(super) fn clean(&self, entries: &[usize]) {
-        let mut dirty = self.dirty.borrow_mut();
-        for e in entries {
-            dirty.remove(e);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -186,5 +180,13 @@ mod tests {
         assert!(found(&mut reply(b"-ERR no\r\n")).unwrap_err().contains("no"));
         assert!(found(&mut reply(b"*1\r\n:1\r\n")).is_err());
         assert!(found(&mut reply(b"$-1\r\n")).is_err());
+    }
+
+    #[test]
+    fn generations_are_random_tokens() {
+        let (a, b) = (token(), token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.iter().all(u8::is_ascii_hexdigit));
     }
 }
