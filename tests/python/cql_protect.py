@@ -4,7 +4,7 @@ usage: cql_protect.py PROXY_PORT DIRECT_PORT KEYSPACE USER:PASSWORD [MODE ARGS..
 
 KEYSPACE.t has the protected blob column col1. Through the proxy: literal and prepared
 INSERTs, an UPDATE, a BATCH mixing both, USE then an unqualified INSERT, and reads (simple,
-prepared, 1000 rows paged by 100). Directly: the stored col1 values, which must not be the
+prepared, 10,000 rows paged by 1000). Directly: the stored col1 values, which must not be the
 plaintext. Then a value tampered with directly, and a write the proxy cannot encrypt.
 Prints `key=value` lines for the test to assert on.
 
@@ -22,6 +22,7 @@ import sys
 from cassandra import InvalidRequest
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster
+from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.policies import WhiteListRoundRobinPolicy
 from cassandra.query import BatchStatement, SimpleStatement
 
@@ -100,10 +101,11 @@ proxy.execute("UPDATE %s.t SET col1 = $$it's updated$$, col2 = 7 WHERE pk = 'lit
 expected[("lit", 4)] = b"it's updated"
 
 insert = proxy.prepare("INSERT INTO %s.t (pk, ck, col1, col2) VALUES (?, ?, ?, ?)" % ks)
-for i in range(1000):
-    value = b"prepared-%d-" % i + bytes(range(256))[: i % 256]
-    proxy.execute(insert, ("prep", i, value, i))
-    expected[("prep", i)] = value
+rows = [("prep", i, b"prepared-%d-" % i + bytes(range(256))[: i % 256], i) for i in range(10000)]
+results = execute_concurrent_with_args(proxy, insert, rows, concurrency=50)
+assert all(ok for ok, _ in results), [r for ok, r in results if not ok][:3]
+for pk, ck, value, _ in rows:
+    expected[(pk, ck)] = value
 
 batch = BatchStatement()
 batch.add(insert, ("batch", 1, b"bound in a batch", 1))
@@ -133,7 +135,7 @@ seen = {}
 for row in proxy.execute("SELECT pk, ck, col1 FROM %s.t WHERE pk IN ('lit', 'batch', 'use', 'named')" % ks):
     seen[(row.pk, row.ck)] = row.col1
 select = proxy.prepare("SELECT pk, ck, col1, col2 FROM %s.t WHERE pk = ?" % ks)
-select.fetch_size = 100
+select.fetch_size = 1000
 pages = 0
 result = proxy.execute(select, ("prep",))
 while True:

@@ -1,7 +1,9 @@
 //! Protect's configuration: the key manager and the protected columns.
 
 use super::crypto::Keys;
+use super::keyring::KeyRing;
 use super::kms::{Kms, KmsSettings};
+use super::valkey::{Patterns, ValkeyProtect};
 use super::{Columns, Protect, Shared};
 use crate::chain::{BuildContext, Resolved, TransformBuilder, TransformConfig};
 use crate::message::Protocol;
@@ -17,8 +19,12 @@ pub struct ProtectConfig {
     /// `Local: {...}` or `AWSKms: {...}`: a map of one entry, as the user guide writes it.
     #[serde(with = "serde_yaml_ng::with::singleton_map")]
     pub key_manager: KeyManagerConfig,
-    /// keyspace → table → the columns to encrypt.
+    /// keyspace → table → the columns to encrypt (Cassandra chains).
+    #[serde(default)]
     pub keyspace_table_columns: HashMap<String, HashMap<String, Vec<String>>>,
+    /// Key patterns whose values are encrypted (Valkey chains).
+    #[serde(default)]
+    pub valkey_key_patterns: Vec<String>,
     #[serde(skip)]
     resolved: Resolved<Settings>,
 }
@@ -50,7 +56,16 @@ struct Settings {
 impl TransformConfig for ProtectConfig {
     const NAME: &'static str = "Protect";
     const TERMINATING: bool = false;
-    const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra];
+    const PROTOCOLS: &'static [Protocol] = &[Protocol::Cassandra, Protocol::Valkey];
+
+    /// Cassandra with `keyspace_table_columns`, Valkey with `valkey_key_patterns`.
+    fn protocols(&self) -> &'static [Protocol] {
+        if self.valkey_key_patterns.is_empty() {
+            &[Protocol::Cassandra]
+        } else {
+            &[Protocol::Valkey]
+        }
+    }
 
     fn validate(&mut self) -> Result<()> {
         let source = match &self.key_manager {
@@ -95,8 +110,17 @@ impl TransformConfig for ProtectConfig {
                 columns.entry(keyspace.clone()).or_default().insert(table.clone(), set);
             }
         }
-        if columns.is_empty() {
-            bail!("keyspace_table_columns: name at least one keyspace, table and column");
+        match (columns.is_empty(), self.valkey_key_patterns.is_empty()) {
+            (true, true) => bail!(
+                "keyspace_table_columns: name at least one keyspace, table and column (or, in a Valkey chain, give valkey_key_patterns)"
+            ),
+            (false, false) => bail!(
+                "valkey_key_patterns: give either keyspace_table_columns (a Cassandra chain) or valkey_key_patterns (a Valkey chain), not both"
+            ),
+            _ => {}
+        }
+        if let Some(bad) = self.valkey_key_patterns.iter().find(|p| p.is_empty()) {
+            bail!("valkey_key_patterns: a pattern must not be empty ({bad:?})");
         }
         self.resolved.set(Settings { source, columns });
         Ok(())
@@ -111,7 +135,12 @@ impl TransformConfig for ProtectConfig {
             // One client per core, on the control core.
             Source::Kms(settings) => (Keys::remote(&settings.cmk_id), Some(Kms::start(&ctx.control, settings.clone()))),
         };
-        let shared = Rc::new(Shared::new(s.columns.clone(), keys, kms));
+        let ring = Rc::new(KeyRing::new(keys, kms));
+        if !self.valkey_key_patterns.is_empty() {
+            let patterns = Rc::new(Patterns::new(&self.valkey_key_patterns));
+            return Ok(Box::new(move || ValkeyProtect::new(ring.clone(), patterns.clone())));
+        }
+        let shared = Rc::new(Shared::new(s.columns.clone(), ring));
         Ok(Box::new(move || Protect::new(shared.clone())))
     }
 }
@@ -136,6 +165,17 @@ mod tests {
         let garbage = guide.replace("Ht8M1nDO/7fay+cft71M2Xy7j30EnLAsA84hSUMCm1k=", "not*base64");
         let err = format!("{:#}", load(&garbage).unwrap_err());
         assert!(err.starts_with("key_manager.Local.kek: not base64"), "{err}");
+    }
+
+    #[test]
+    fn the_valkey_form_takes_key_patterns() {
+        let valkey = "key_manager:\n  Local:\n    kek: Ht8M1nDO/7fay+cft71M2Xy7j30EnLAsA84hSUMCm1k=\n    kek_id: \"\"\nvalkey_key_patterns: [\"secret:*\"]\n";
+        let config = load(valkey).unwrap();
+        assert_eq!(TransformConfig::protocols(&config), &[Protocol::Valkey]);
+        let neither = valkey.replace("valkey_key_patterns: [\"secret:*\"]\n", "");
+        assert!(format!("{:#}", load(&neither).unwrap_err()).starts_with("keyspace_table_columns: name at least one"));
+        let both = format!("{valkey}keyspace_table_columns:\n  ks:\n    t: [c]\n");
+        assert!(format!("{:#}", load(&both).unwrap_err()).starts_with("valkey_key_patterns: give either"));
     }
 
     #[test]

@@ -29,8 +29,10 @@
 
 mod config;
 pub mod crypto;
+mod keyring;
 mod kms;
 mod prepare;
+mod valkey;
 mod write;
 
 pub use config::{KeyManagerConfig, ProtectConfig};
@@ -39,15 +41,14 @@ use crate::chain::{ChainResult, ChainState, Transform};
 use crate::message::{Frame, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
-use crypto::Keys;
+use keyring::KeyRing;
 use shotover_protocols::cassandra::classify::query_text;
 use shotover_protocols::cassandra::response::ErrorBody;
 use shotover_protocols::cassandra::result::{ResultBody, Rows};
 use shotover_protocols::cassandra::{CassandraBody, CassandraFrame, ErrorCode, FrameHeader, Opcode};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 /// keyspace → table → protected columns, looked up by `&str` without allocating.
 pub(crate) type Columns = HashMap<String, HashMap<String, HashSet<String>>>;
@@ -71,53 +72,14 @@ const MAX_PREPARED: usize = 100_000;
 pub(crate) struct Shared {
     columns: Columns,
     tables: HashSet<String>,
-    keys: RefCell<Keys>,
+    ring: Rc<KeyRing>,
     prepared: RefCell<HashMap<Bytes, Rc<PreparedInfo>>>,
-    /// The `AWSKms` client; `None` for Local keys.
-    kms: Option<kms::Kms>,
-    /// After a KMS failure, KMS is not asked again before this (requests that need it fail
-    /// at once meanwhile), and one WARN is logged per outage.
-    kms_retry_at: Cell<Option<Instant>>,
-    kms_down: Cell<bool>,
 }
 
 impl Shared {
-    fn new(columns: Columns, keys: Keys, kms: Option<kms::Kms>) -> Self {
+    fn new(columns: Columns, ring: Rc<KeyRing>) -> Self {
         let tables = columns.values().flat_map(HashMap::keys).map(|t| t.to_ascii_lowercase()).collect();
-        Shared {
-            columns,
-            tables,
-            keys: RefCell::new(keys),
-            prepared: RefCell::new(HashMap::new()),
-            kms,
-            kms_retry_at: Cell::new(None),
-            kms_down: Cell::new(false),
-        }
-    }
-
-    /// The KMS client, unless KMS failed less than a second ago.
-    fn kms(&self) -> Option<&kms::Kms> {
-        let waiting = self.kms_retry_at.get().is_some_and(|at| Instant::now() < at);
-        self.kms.as_ref().filter(|_| !waiting)
-    }
-
-    fn kms_result<T>(&self, result: Result<T, String>) -> Option<T> {
-        match result {
-            Ok(value) => {
-                self.kms_retry_at.set(None);
-                if self.kms_down.replace(false) {
-                    tracing::info!("Protect: the key management service answers again");
-                }
-                Some(value)
-            }
-            Err(e) => {
-                if !self.kms_down.replace(true) {
-                    tracing::warn!("Protect: {e}; values that need it get errors until it answers");
-                }
-                self.kms_retry_at.set(Some(Instant::now() + Duration::from_secs(1)));
-                None
-            }
-        }
+        Shared { columns, tables, ring, prepared: RefCell::new(HashMap::new()) }
     }
 
     fn protected(&self, keyspace: &str, table: &str, column: &str) -> bool {
@@ -301,7 +263,7 @@ impl Protect {
     /// Decrypts the protected columns of `rows`, named by their metadata or by `info`.
     fn decrypt(&self, rows: &mut Rows, info: Option<&PreparedInfo>) -> Result<(), String> {
         let columns = self.protected_columns(rows, info);
-        let mut keys = self.shared.keys.borrow_mut();
+        let mut keys = self.shared.ring.keys.borrow_mut();
         for (column, name) in columns {
             for row in 0..rows.rows.len() {
                 let Some(Some(stored)) = rows.cell(row, column).map(|c| c.cloned()) else { continue };
@@ -320,7 +282,7 @@ impl Protect {
             let Some(Waiting::Rows(info)) = self.waiting.get(&header.stream_id) else { continue };
             let Ok(Frame::Cassandra(frame)) = response.frame() else { continue };
             let CassandraBody::Result(ResultBody::Rows(rows)) = &frame.body else { continue };
-            let keys = self.shared.keys.borrow();
+            let keys = self.shared.ring.keys.borrow();
             for (column, _) in self.protected_columns(rows, info.as_ref().map(|(_, i)| &**i)) {
                 for row in 0..rows.rows.len() {
                     if let Some(Some(stored)) = rows.cell(row, column) {
@@ -330,28 +292,6 @@ impl Protect {
             }
         }
         missing
-    }
-
-    /// With KMS: a DEK for the writes of this batch, and the DEKs its rows need.
-    async fn fetch_keys(&self, dek: bool, enc_deks: Vec<Vec<u8>>) {
-        let shared = &self.shared;
-        if dek && shared.keys.borrow().needs_dek() {
-            if let Some(kms) = shared.kms() {
-                if let Some((plain, enc_dek)) = shared.kms_result(kms.generate().await) {
-                    if let Err(e) = shared.keys.borrow_mut().install(&plain, enc_dek) {
-                        tracing::warn!("Protect: KMS gave an unusable data encryption key: {e}");
-                    }
-                }
-            }
-        }
-        for enc_dek in enc_deks {
-            let Some(kms) = shared.kms() else { return };
-            if let Some(plain) = shared.kms_result(kms.decrypt(enc_dek.clone()).await) {
-                if let Err(e) = shared.keys.borrow_mut().learn(enc_dek, &plain) {
-                    tracing::warn!("Protect: KMS gave an unusable data encryption key: {e}");
-                }
-            }
-        }
     }
 }
 
@@ -400,11 +340,11 @@ impl Refusal {
 impl Transform for Protect {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         let mut answered = Vec::new();
-        if self.shared.kms.is_some() {
+        if self.shared.ring.is_remote() {
             let writes = state.requests.iter().any(|r| {
                 r.cql_header().is_some_and(|h| matches!(h.opcode, Opcode::Query | Opcode::Execute | Opcode::Batch))
             });
-            self.fetch_keys(writes, Vec::new()).await;
+            self.shared.ring.fetch(writes, Vec::new()).await;
         }
         let requests = std::mem::take(&mut state.requests);
         for mut request in requests {
@@ -418,10 +358,10 @@ impl Transform for Protect {
             }
         }
         let mut responses = state.call_next_transform().await?;
-        if self.shared.kms.is_some() && !self.waiting.is_empty() {
+        if self.shared.ring.is_remote() && !self.waiting.is_empty() {
             let missing = self.missing_deks(&mut responses);
             if !missing.is_empty() {
-                self.fetch_keys(false, missing).await;
+                self.shared.ring.fetch(false, missing).await;
             }
         }
         if !self.waiting.is_empty() {

@@ -111,7 +111,7 @@ fn protect_bound(shared: &Shared, info: &PreparedInfo, values: &mut Values) -> R
 
 fn encrypt_value(shared: &Shared, value: &mut Value) -> Result<(), Refusal> {
     if let Value::Bytes(plain) = value {
-        let stored = shared.keys.borrow_mut().protect(plain).map_err(Refusal::encrypting)?;
+        let stored = shared.ring.keys.borrow_mut().protect(plain).map_err(Refusal::encrypting)?;
         *value = Value::Bytes(Bytes::from(stored));
     }
     Ok(())
@@ -152,7 +152,7 @@ fn protect_statement(
                 let text = cql.get(span.clone()).unwrap_or_default();
                 let plain = statement::literal_bytes(*kind, text)
                     .ok_or_else(|| Refusal::Invalid(format!("{column}: an unreadable literal")))?;
-                let stored = shared.keys.borrow_mut().protect(&plain).map_err(Refusal::encrypting)?;
+                let stored = shared.ring.keys.borrow_mut().protect(&plain).map_err(Refusal::encrypting)?;
                 replacements.push((span.clone(), hex_literal(&stored)));
             }
             Term::Marker { index, name } => {
@@ -261,13 +261,13 @@ fn hex_literal(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{crypto::Keys, Columns};
+    use super::super::{crypto::Keys, keyring::KeyRing, Columns};
     use super::*;
 
     fn shared() -> Shared {
         let mut columns = Columns::new();
         columns.entry("ks".into()).or_default().insert("t".into(), ["c".to_string()].into());
-        Shared::new(columns, Keys::local(&[1; 32], "k").unwrap(), None)
+        Shared::new(columns, Rc::new(KeyRing::new(Keys::local(&[1; 32], "k").unwrap(), None)))
     }
 
     fn invalid(r: Result<Option<String>, Refusal>) -> String {
@@ -286,13 +286,13 @@ mod tests {
         let out = protect_statement(&s, None, cql, None).unwrap().unwrap();
         let hex = out.strip_prefix("INSERT INTO ks.t (k, c) VALUES ('a', 0x").unwrap().strip_suffix(')').unwrap();
         let stored = statement::literal_bytes(LiteralKind::Blob, &format!("0x{hex}")).unwrap();
-        assert_eq!(s.keys.borrow_mut().unprotect(&stored).unwrap(), b"it's secret");
+        assert_eq!(s.ring.keys.borrow_mut().unprotect(&stored).unwrap(), b"it's secret");
 
         let mut values = Values::Positional(vec![Value::Bytes(Bytes::from_static(b"x")), Value::Null]);
         protect_statement(&s, Some("ks"), "UPDATE t SET c = ? WHERE k = ?", Some(&mut values)).unwrap();
         let Values::Positional(v) = &values else { unreachable!() };
         let Value::Bytes(stored) = &v[0] else { panic!("{v:?}") };
-        assert_eq!(s.keys.borrow_mut().unprotect(stored).unwrap(), b"x");
+        assert_eq!(s.ring.keys.borrow_mut().unprotect(stored).unwrap(), b"x");
         assert_eq!(v[1], Value::Null);
 
         // Other tables, and reads, pass as they are.
@@ -347,7 +347,7 @@ mod tests {
         protect_bound(&s, &info, &mut values).unwrap();
         let Values::Named(v) = &values else { unreachable!() };
         let Value::Bytes(stored) = &v[0].1 else { panic!() };
-        assert_eq!(s.keys.borrow_mut().unprotect(stored).unwrap(), b"x");
+        assert_eq!(s.ring.keys.borrow_mut().unprotect(stored).unwrap(), b"x");
     }
 
     #[test]
