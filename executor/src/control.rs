@@ -56,7 +56,6 @@ impl HttpResponse {
     }
 }
 
-/// Answers the requests of one HTTP endpoint; runs on the control thread.
 /// Channels between worker cores and tasks on the control core ([`ControlHandle::spawn`]):
 /// a worker sends without blocking and awaits a `oneshot` answer, which works from any
 /// executor.
@@ -64,6 +63,7 @@ pub mod channel {
     pub use tokio::sync::{mpsc, oneshot};
 }
 
+/// Answers the requests of one HTTP endpoint; runs on the control thread.
 pub type HttpHandler = Arc<dyn Fn(HttpRequest) -> HttpResponse + Send + Sync>;
 
 #[derive(Default)]

@@ -156,6 +156,20 @@ encrypted = sum(1 for k, v in expected.items() if v is not None and stored.get(k
 print("plaintext_stored=%d encrypted=%d/%d" % (plain_stored, encrypted, sum(1 for v in expected.values() if v)))
 print("null_kept=%s" % (stored.get(("lit", 3)) is None))
 
+# A protected column that is not a blob: refused when prepared, an error when read.
+direct.execute("CREATE TABLE %s.bad (pk text PRIMARY KEY, col1 text)" % ks)
+try:
+    proxy.prepare("INSERT INTO %s.bad (pk, col1) VALUES (?, ?)" % ks)
+    print("bad_prepare=prepared")
+except InvalidRequest as e:
+    print("bad_prepare=%s" % ("must be a blob column" in str(e)))
+direct.execute("INSERT INTO %s.bad (pk, col1) VALUES ('x', 'plain')" % ks)
+try:
+    proxy.execute("SELECT col1 FROM %s.bad WHERE pk = 'x'" % ks)
+    print("bad_read=read")
+except Exception as e:  # noqa: BLE001 - the error's text is the point
+    print("bad_read=%s" % ("must be a blob column" in str(e)))
+
 # A value tampered with: an error on that read, and the connection carries on.
 direct.execute("UPDATE %s.t SET col1 = 0x00112233 WHERE pk = 'lit' AND ck = 2" % ks)
 try:

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The lines cql_protect.py prints when every check passed.
-const PROTECTED: [&str; 12] = [
+const PROTECTED: [&str; 14] = [
     "paged=True",
     "read_back=10008/10008",
     "plaintext_stored=0 encrypted=10007/10007",
@@ -23,6 +23,8 @@ const PROTECTED: [&str; 12] = [
     "json=refused",
     "number=refused",
     "json_row_stored=False",
+    "bad_prepare=True",
+    "bad_read=True",
     "done",
 ];
 
@@ -50,7 +52,7 @@ fn expect(out: &PythonOutput, lines: &[&str], shotover: &Shotover) {
 
 fn protect_chain(key_manager: &str, keyspace: &str, node: &str) -> String {
     format!(
-        "        - Protect:\n            key_manager:\n{key_manager}            keyspace_table_columns:\n              {keyspace}:\n                t:\n                  - col1\n{}",
+        "        - Protect:\n            key_manager:\n{key_manager}            keyspace_table_columns:\n              {keyspace}:\n                t:\n                  - col1\n                bad:\n                  - col1\n{}",
         cassandra_sink(node)
     )
 }
@@ -154,6 +156,18 @@ fn protect_encrypts_columns_with_aws_kms() {
     assert!((1..=2).contains(&warnings), "{warnings} warnings:\n{output}");
 }
 
+/// At least `len` bytes from `raw`, as text.
+fn read_text(raw: &mut std::net::TcpStream, len: usize) -> String {
+    let mut got = String::new();
+    while got.len() < len {
+        match read_once(raw, Duration::from_secs(5)) {
+            ReadOutcome::Data(d) => got.push_str(&d),
+            other => panic!("{other:?} after {got:?}"),
+        }
+    }
+    got
+}
+
 /// The Valkey form: values of keys matching the patterns are stored encrypted and read
 /// back as written, through redis-rs, valkey-cli and raw RESP2/RESP3.
 #[test]
@@ -212,14 +226,14 @@ fn protect_encrypts_valkey_values_of_matching_keys() {
     )
     .unwrap();
     let expected = "+OK\r\n-ERR shotover: Protect: APPEND on a protected key is refused: its value would not be encrypted\r\n$1\r\na\r\n-ERR shotover: Protect: EVAL on a protected key is refused: the script could read or write its value unencrypted\r\n+PONG\r\n";
-    let mut got = String::new();
-    while got.len() < expected.len() {
-        match read_once(&mut raw, Duration::from_secs(5)) {
-            ReadOutcome::Data(d) => got.push_str(&d),
-            other => panic!("{other:?} after {got:?}"),
-        }
-    }
-    assert_eq!(got, expected);
+    assert_eq!(read_text(&mut raw, expected.len()), expected);
+
+    // A command refused inside MULTI aborts the transaction; a destination key counts too;
+    // a huge key count in EVAL is Valkey's to refuse.
+    let sent = b"MULTI\r\nSET secret:m x\r\nAPPEND secret:m y\r\nEXEC\r\nGET secret:m\r\nCOPY public:a secret:z\r\nEVAL \"\" 99999999999999999\r\n";
+    std::io::Write::write_all(&mut raw, sent).unwrap();
+    let expected = "+OK\r\n+QUEUED\r\n-ERR shotover: Protect: APPEND on a protected key is refused: its value would not be encrypted\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n-ERR shotover: Protect: COPY on a protected key is refused: its value would not be encrypted\r\n-ERR Number of keys can't be greater than number of args\r\n";
+    assert_eq!(read_text(&mut raw, expected.len()), expected);
 
     // RESP3: HGETALL's map, decrypted.
     std::io::Write::write_all(&mut raw, b"HELLO 3\r\n").unwrap();

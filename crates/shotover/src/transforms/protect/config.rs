@@ -122,6 +122,11 @@ impl TransformConfig for ProtectConfig {
         if let Some(bad) = self.valkey_key_patterns.iter().find(|p| p.is_empty()) {
             bail!("valkey_key_patterns: a pattern must not be empty ({bad:?})");
         }
+        // Valkey's own globs have classes and escapes; these patterns do not, and would
+        // silently protect nothing where a class was meant.
+        if let Some(bad) = self.valkey_key_patterns.iter().find(|p| p.contains(['[', ']', '\\'])) {
+            bail!("valkey_key_patterns: {bad:?}: only `*` and `?` are special; `[`, `]` and `\\` are not accepted");
+        }
         self.resolved.set(Settings { source, columns });
         Ok(())
     }
@@ -176,6 +181,8 @@ mod tests {
         assert!(format!("{:#}", load(&neither).unwrap_err()).starts_with("keyspace_table_columns: name at least one"));
         let both = format!("{valkey}keyspace_table_columns:\n  ks:\n    t: [c]\n");
         assert!(format!("{:#}", load(&both).unwrap_err()).starts_with("valkey_key_patterns: give either"));
+        let class = valkey.replace("secret:*", "user:[0-9]*");
+        assert!(format!("{:#}", load(&class).unwrap_err()).contains("only `*` and `?` are special"));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// A protected value, as stored.
@@ -96,8 +96,9 @@ fn take<'a>(r: &mut &'a [u8]) -> Result<&'a [u8], ProtectError> {
     Ok(field)
 }
 
-/// At most this many unwrapped DEKs are remembered; then the memory starts afresh.
-const MAX_DEKS: usize = 1024;
+/// At most this many unwrapped DEKs are remembered per core; past it, expired ones go
+/// first, then any one.
+const MAX_DEKS: usize = 4096;
 
 /// Values encrypted under one DEK before a new one is made, well inside what one key
 /// should protect.
@@ -142,23 +143,36 @@ pub struct Keys {
     current: Option<Current>,
     /// DEKs unwrapped so far, by their wrapped bytes.
     deks: HashMap<Vec<u8>, (ChaCha20Poly1305, Instant)>,
+    /// Wrapped DEKs KMS refused to unwrap (at most [`MAX_DEKS`], then forgotten at once).
+    refused: HashSet<Vec<u8>>,
 }
 
 impl Keys {
     pub fn local(kek: &[u8; 32], kek_id: &str) -> Result<Self, ProtectError> {
         let kek = ChaCha20Poly1305::new(Key::from_slice(kek));
         let (dek, enc_dek) = new_dek(&kek)?;
-        let mut keys = Keys { kek: Some(kek), kek_id: kek_id.to_owned(), current: None, deks: HashMap::new() };
+        let mut keys = Keys {
+            kek: Some(kek),
+            kek_id: kek_id.to_owned(),
+            current: None,
+            deks: HashMap::new(),
+            refused: HashSet::new(),
+        };
         keys.install(&dek, enc_dek)?;
         Ok(keys)
     }
 
     /// Keys whose DEKs come from KMS key `kek_id`.
     pub fn remote(kek_id: &str) -> Self {
-        Keys { kek: None, kek_id: kek_id.to_owned(), current: None, deks: HashMap::new() }
+        Keys { kek: None, kek_id: kek_id.to_owned(), current: None, deks: HashMap::new(), refused: HashSet::new() }
     }
 
-    /// Whether a new DEK must be installed before the next value is encrypted (always
+    /// Whether there is a DEK to encrypt with (an aged one counts).
+    pub fn has_dek(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Whether a new DEK should be installed: there is none, or it has aged out (always
     /// false for Local keys, which make their own).
     pub fn needs_dek(&self) -> bool {
         self.kek.is_none()
@@ -180,7 +194,16 @@ impl Keys {
         let (_, _, enc_dek, kek_id) = fields(stored).ok()?;
         let known = self.current.as_ref().is_some_and(|c| c.enc_dek == enc_dek)
             || self.deks.get(enc_dek).is_some_and(|(_, at)| at.elapsed() < DEK_LIFETIME);
-        (self.kek.is_none() && kek_id == self.kek_id.as_bytes() && !known).then(|| enc_dek.to_vec())
+        let wanted = self.kek.is_none() && kek_id == self.kek_id.as_bytes() && !known;
+        (wanted && !self.refused.contains(enc_dek)).then(|| enc_dek.to_vec())
+    }
+
+    /// Remembers that KMS refused to unwrap `enc_dek`: its values fail at once.
+    pub fn refused(&mut self, enc_dek: Vec<u8>) {
+        if self.refused.len() >= MAX_DEKS {
+            self.refused.clear();
+        }
+        self.refused.insert(enc_dek);
     }
 
     /// Remembers a DEK unwrapped remotely.
@@ -192,7 +215,12 @@ impl Keys {
 
     fn remember(&mut self, enc_dek: Vec<u8>, dek: ChaCha20Poly1305) {
         if self.deks.len() >= MAX_DEKS {
-            self.deks.clear();
+            self.deks.retain(|_, (_, at)| at.elapsed() < DEK_LIFETIME);
+        }
+        if self.deks.len() >= MAX_DEKS {
+            if let Some(any) = self.deks.keys().next().cloned() {
+                self.deks.remove(&any);
+            }
         }
         self.deks.insert(enc_dek, (dek, Instant::now()));
     }
@@ -235,6 +263,7 @@ impl Keys {
             Some(dek) => dek,
             None => match self.deks.get(enc_dek).filter(|(_, at)| at.elapsed() < DEK_LIFETIME) {
                 Some((dek, _)) => dek.clone(),
+                None if self.refused.contains(enc_dek) => return Err(ProtectError::Dek),
                 None => {
                     let kek = self.kek.as_ref().ok_or(ProtectError::Unavailable)?;
                     let dek = unwrap_dek(kek, enc_dek)?;
@@ -320,5 +349,10 @@ mod tests {
         // Another KEK id is not asked of this KMS key.
         assert_eq!(Keys::remote("alias/other").missing(&stored), None);
         assert_eq!(Keys::local(&[7; 32], "kek-1").unwrap().missing(&stored), None);
+        // What KMS refused is not asked again, and fails as a bad key.
+        let mut third = Keys::remote("alias/k");
+        third.refused(b"wrapped by kms".to_vec());
+        assert_eq!(third.missing(&stored), None);
+        assert_eq!(third.unprotect(&stored), Err(ProtectError::Dek));
     }
 }

@@ -44,7 +44,7 @@ use bytes::Bytes;
 use keyring::KeyRing;
 use shotover_protocols::cassandra::classify::query_text;
 use shotover_protocols::cassandra::response::ErrorBody;
-use shotover_protocols::cassandra::result::{ResultBody, Rows};
+use shotover_protocols::cassandra::result::{ColumnType, ResultBody, Rows};
 use shotover_protocols::cassandra::{CassandraBody, CassandraFrame, ErrorCode, FrameHeader, Opcode};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -124,14 +124,17 @@ impl Protect {
 
     /// Encrypts what a request writes to protected columns; `Err` is the answer to send
     /// instead of passing it on.
-    fn request(&mut self, request: &mut Message) -> Result<(), Box<CassandraFrame>> {
+    fn request(&mut self, request: &mut Message) -> Result<(), (FrameHeader, Refusal)> {
         let Some(header) = request.cql_header() else { return Ok(()) };
         // A stream id is free again once its request is sent anew.
         self.waiting.remove(&header.stream_id);
         if !matches!(header.opcode, Opcode::Query | Opcode::Prepare | Opcode::Execute | Opcode::Batch) {
             return Ok(());
         }
-        let refuse = |e: Refusal| Box::new(e.into_frame(&header));
+        self.plan(request, &header).map_err(|refusal| (header, refusal))
+    }
+
+    fn plan(&mut self, request: &mut Message, header: &FrameHeader) -> Result<(), Refusal> {
         // The common cases, without decoding or re-encoding the request: a QUERY that names
         // no protected table, and an EXECUTE that binds no protected column.
         if header.opcode == Opcode::Query {
@@ -144,17 +147,17 @@ impl Protect {
         let (shared, stream) = (self.shared.clone(), header.stream_id);
         let body = match request.frame() {
             Ok(Frame::Cassandra(frame)) => &frame.body,
-            _ => return Err(refuse(Refusal::Invalid("the proxy cannot read this request".into()))),
+            _ => return Err(Refusal::Invalid("the proxy cannot read this request".into())),
         };
         match body {
             CassandraBody::Prepare(p) => {
                 let ks = p.keyspace.as_deref().or(keyspace.as_deref());
-                let check = prepare::check(&shared, ks, &p.query).map_err(refuse)?;
+                let check = prepare::check(&shared, ks, &p.query)?;
                 self.waiting.insert(stream, Waiting::Prepare(check));
                 return Ok(());
             }
             CassandraBody::Execute(e) => {
-                let info = write::prepared(&shared, &e.id).map_err(refuse)?;
+                let info = write::prepared(&shared, &e.id)?;
                 if info.bind.iter().all(Option::is_none) {
                     if info.touches {
                         self.waiting.insert(stream, Waiting::Rows(Some((e.id.clone(), info))));
@@ -165,7 +168,7 @@ impl Protect {
             _ => {}
         }
         let Ok(Frame::Cassandra(frame)) = request.frame_mut() else { return Ok(()) };
-        match write::protect_request(&shared, keyspace.as_deref(), &mut frame.body).map_err(refuse)? {
+        match write::protect_request(&shared, keyspace.as_deref(), &mut frame.body)? {
             write::Outcome::Rows(info) => {
                 self.waiting.insert(stream, Waiting::Rows(info));
             }
@@ -263,6 +266,10 @@ impl Protect {
     /// Decrypts the protected columns of `rows`, named by their metadata or by `info`.
     fn decrypt(&self, rows: &mut Rows, info: Option<&PreparedInfo>) -> Result<(), String> {
         let columns = self.protected_columns(rows, info);
+        if let Some(spec) = columns.iter().filter_map(|(i, _)| rows.column(*i)).find(|s| s.col_type != ColumnType::Blob)
+        {
+            return Err(format!("{} is protected, so it must be a blob column, not {:?}", spec.name, spec.col_type));
+        }
         let mut keys = self.shared.ring.keys.borrow_mut();
         for (column, name) in columns {
             for row in 0..rows.rows.len() {
@@ -306,6 +313,13 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The answer this refusal makes to the request of `header`.
+    fn answer(self, header: &FrameHeader, request: &Message) -> Message {
+        let mut answer = Message::from_frame(Frame::Cassandra(Box::new(self.into_frame(header))));
+        answer.set_request_id(request.id());
+        answer
+    }
+
     /// A value that could not be encrypted.
     fn encrypting(e: crypto::ProtectError) -> Self {
         match e {
@@ -339,29 +353,34 @@ impl Refusal {
 #[async_trait(?Send)]
 impl Transform for Protect {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
+        let ring = self.shared.ring.clone();
+        ring.renew_if_due();
         let mut answered = Vec::new();
-        if self.shared.ring.is_remote() {
-            let writes = state.requests.iter().any(|r| {
-                r.cql_header().is_some_and(|h| matches!(h.opcode, Opcode::Query | Opcode::Execute | Opcode::Batch))
-            });
-            self.shared.ring.fetch(writes, Vec::new()).await;
-        }
-        let requests = std::mem::take(&mut state.requests);
-        for mut request in requests {
+        // Requests refused for want of a DEK, tried again once one is had.
+        let mut again = Vec::new();
+        for mut request in std::mem::take(&mut state.requests) {
             match self.request(&mut request) {
                 Ok(()) => state.requests.push(request),
-                Err(frame) => {
-                    let mut answer = Message::from_frame(Frame::Cassandra(frame));
-                    answer.set_request_id(request.id());
-                    answered.push(answer);
+                Err((_, Refusal::Unavailable(_))) if ring.is_remote() && !ring.keys.borrow().has_dek() => {
+                    again.push(request)
+                }
+                Err((header, refusal)) => answered.push(refusal.answer(&header, &request)),
+            }
+        }
+        if !again.is_empty() {
+            ring.ensure_dek().await;
+            for mut request in again {
+                match self.request(&mut request) {
+                    Ok(()) => state.requests.push(request),
+                    Err((header, refusal)) => answered.push(refusal.answer(&header, &request)),
                 }
             }
         }
         let mut responses = state.call_next_transform().await?;
-        if self.shared.ring.is_remote() && !self.waiting.is_empty() {
+        if ring.is_remote() && !self.waiting.is_empty() {
             let missing = self.missing_deks(&mut responses);
             if !missing.is_empty() {
-                self.shared.ring.fetch(false, missing).await;
+                ring.unwrap(missing).await;
             }
         }
         if !self.waiting.is_empty() {

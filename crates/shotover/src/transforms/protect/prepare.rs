@@ -4,7 +4,7 @@
 
 use super::write::{collect_writes, is_protected, unreadable};
 use super::{PreparedInfo, Refusal, Shared};
-use shotover_protocols::cassandra::result::{ColumnSpec, Prepared, RowsMetadata, TableSpec};
+use shotover_protocols::cassandra::result::{ColumnSpec, ColumnType, Prepared, RowsMetadata, TableSpec};
 use shotover_protocols::cassandra::statement::{self, Term};
 
 /// What a PREPARE's statement says, kept until its result comes.
@@ -59,6 +59,9 @@ pub(super) fn learn(shared: &Shared, check: &PrepareCheck, p: &Prepared) -> Resu
     }
     let mut bind = vec![None; specs.len()];
     for &index in &check.protected {
+        if let Some(spec) = specs.get(index).filter(|s| s.col_type != ColumnType::Blob) {
+            return Err(not_a_blob(&spec.name, &spec.col_type));
+        }
         if let (Some(slot), Some(spec)) = (bind.get_mut(index), specs.get(index)) {
             // Drivers send named values under the name Cassandra reports.
             *slot = Some(spec.name.clone());
@@ -67,6 +70,11 @@ pub(super) fn learn(shared: &Shared, check: &PrepareCheck, p: &Prepared) -> Resu
     let result = result_columns(shared, &p.result_metadata);
     let touches = check.touches || result.iter().any(|p| *p);
     Ok(PreparedInfo { bind, result, touches })
+}
+
+/// The error for a protected column of another type than blob: what is stored is binary.
+pub(super) fn not_a_blob(column: &str, t: &ColumnType) -> Refusal {
+    Refusal::Invalid(format!("{column} is protected, so it must be a blob column, not {t:?}"))
 }
 
 /// Per result column, whether it is protected.

@@ -7,10 +7,13 @@
 //!   HVALS, HGETALL (an array, or a RESP3 map), and those commands inside MULTI, in EXEC's
 //!   reply.
 //! - Commands that only name or drop keys (DEL, EXISTS, EXPIRE, TTL, TYPE, HDEL, HKEYS, ...)
-//!   pass. Any other command whose key (first argument) matches a pattern is refused, so
-//!   that nothing writes plaintext under a protected key (APPEND, SETRANGE, INCR, ...);
-//!   so are EVAL, EVALSHA and FCALL naming such a key.
+//!   pass. Any other command with an argument that matches a pattern is refused, so that
+//!   nothing writes plaintext under a protected key, wherever the key stands (APPEND,
+//!   SETRANGE, COPY, RENAME, SORT ... STORE, BITOP, ...); so are EVAL, EVALSHA and FCALL
+//!   declaring such a key. A command refused inside MULTI makes EXEC abort, as Valkey does
+//!   for a command it refuses while queueing.
 
+use super::crypto::ProtectError;
 use super::keyring::KeyRing;
 use super::Refusal;
 use crate::chain::{ChainResult, ChainState, Transform};
@@ -77,6 +80,25 @@ enum Expect {
     Pairs,
     /// EXEC: an array of the queued commands' replies.
     Exec(Vec<Expect>),
+    /// A command sent inside MULTI: `+QUEUED`, unless Valkey was not in MULTI after all
+    /// (MULTI failed), when it is the command's own reply.
+    Queued(Box<Expect>),
+    /// EXEC of a transaction a command of which was refused: sent as DISCARD, answered
+    /// with EXECABORT.
+    ExecAbort,
+}
+
+/// Why a request is refused.
+struct Refused {
+    text: String,
+    /// For want of a DEK (KMS): tried again once one is had.
+    no_dek: bool,
+}
+
+impl From<String> for Refused {
+    fn from(text: String) -> Self {
+        Refused { text, no_dek: false }
+    }
 }
 
 /// Commands that only name, drop or time keys: they pass whatever the key.
@@ -112,8 +134,9 @@ pub struct ValkeyProtect {
     patterns: Rc<Patterns>,
     /// What each reply needs, by the id of its request.
     expects: HashMap<MessageId, Expect>,
-    /// Inside MULTI: what each queued command's reply in EXEC's answer needs.
-    queued: Option<Vec<Expect>>,
+    /// Inside MULTI: what each queued command's reply in EXEC's answer needs, and whether a
+    /// command of the transaction was refused.
+    queued: Option<(Vec<Expect>, bool)>,
     /// Refused requests' errors, among the replies in request order.
     order: InOrder,
 }
@@ -124,7 +147,15 @@ impl ValkeyProtect {
     }
 
     /// Encrypts what a request writes under protected keys; `Err` is the error reply.
-    fn request(&mut self, request: &mut Message) -> Result<Expect, String> {
+    fn request(&mut self, request: &mut Message) -> Result<Expect, Refused> {
+        let result = self.plan(request);
+        if let (Err(_), Some((_, refused))) = (&result, &mut self.queued) {
+            *refused = true;
+        }
+        result
+    }
+
+    fn plan(&mut self, request: &mut Message) -> Result<Expect, Refused> {
         // The parsed command, so that inline commands are split with Valkey's quoting rules.
         let words: Vec<Bytes> = match request.frame() {
             Ok(Frame::Valkey(ValkeyFrame::Array { data, .. })) => data
@@ -171,26 +202,40 @@ impl ValkeyProtect {
             "HGETALL" => (vec![], if protected(0) { Expect::Pairs } else { Expect::Nothing }),
             "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" => {
                 let keys = args.get(1).and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok()).unwrap_or(0);
-                if (2..2 + keys).any(protected) {
-                    return Err(format!(
-                        "{name} on a protected key is refused: the script could read or write its value unencrypted"
-                    ));
+                if args.iter().skip(2).take(keys).any(|k| self.patterns.matches(k)) {
+                    let text = "on a protected key is refused: the script could read or write its value unencrypted";
+                    return Err(format!("{name} {text}").into());
                 }
                 (vec![], Expect::Nothing)
             }
             "MULTI" => {
-                self.queued = Some(Vec::new());
+                self.queued = Some((Vec::new(), false));
                 return Ok(Expect::Nothing);
             }
-            "EXEC" => return Ok(self.queued.take().map_or(Expect::Nothing, Expect::Exec)),
-            "DISCARD" => {
+            "EXEC" => {
+                return Ok(match self.queued.take() {
+                    Some((_, true)) => {
+                        if let Ok(Frame::Valkey(ValkeyFrame::Array { data, .. })) = request.frame_mut() {
+                            let discard =
+                                ValkeyFrame::BlobString { data: Bytes::from_static(b"DISCARD"), attributes: None };
+                            *data = vec![discard];
+                        }
+                        Expect::ExecAbort
+                    }
+                    Some((queued, false)) => Expect::Exec(queued),
+                    None => Expect::Nothing,
+                });
+            }
+            "DISCARD" | "RESET" => {
                 self.queued = None;
                 return Ok(Expect::Nothing);
             }
             name if KEY_ONLY.contains(&name) => (vec![], Expect::Nothing),
             name => {
-                if protected(0) {
-                    return Err(format!("{name} on a protected key is refused: its value would not be encrypted"));
+                if args.iter().any(|a| self.patterns.matches(a)) {
+                    return Err(
+                        format!("{name} on a protected key is refused: its value would not be encrypted").into()
+                    );
                 }
                 (vec![], Expect::Nothing)
             }
@@ -200,12 +245,15 @@ impl ValkeyProtect {
             let mut keys = self.ring.keys.borrow_mut();
             for &i in &values {
                 let Some(plain) = args.get(i) else { continue };
-                let stored = keys.protect(plain).map_err(|e| refusal_text(Refusal::encrypting(e)))?;
+                let stored = keys.protect(plain).map_err(|e| Refused {
+                    no_dek: e == ProtectError::Unavailable,
+                    text: refusal_text(Refusal::encrypting(e)),
+                })?;
                 encrypted.push((i, stored));
             }
             drop(keys);
             let Ok(Frame::Valkey(ValkeyFrame::Array { data, .. })) = request.frame_mut() else {
-                return Err("the proxy cannot read this command".into());
+                return Err(String::from("the proxy cannot read this command").into());
             };
             for (i, stored) in encrypted {
                 // Element 0 is the command's name.
@@ -216,9 +264,13 @@ impl ValkeyProtect {
         }
         Ok(match &mut self.queued {
             // Queued: the reply now is +QUEUED; EXEC's answer holds the real one.
-            Some(queued) => {
-                queued.push(expect);
-                Expect::Nothing
+            Some((queued, _)) => {
+                queued.push(expect.clone());
+                if expect == Expect::Nothing {
+                    Expect::Nothing
+                } else {
+                    Expect::Queued(Box::new(expect))
+                }
             }
             None => expect,
         })
@@ -226,6 +278,18 @@ impl ValkeyProtect {
 
     /// Decrypts a reply as `expect` says; an error reply replaces one that cannot be.
     fn reply(&self, expect: &Expect, reply: &mut Message) {
+        // A silent answer (CLIENT REPLY OFF) has nothing to decrypt.
+        if reply.raw().is_some_and(|r| r.is_empty()) {
+            return;
+        }
+        if *expect == Expect::ExecAbort {
+            if let Ok(Frame::Valkey(frame)) = reply.frame_mut() {
+                *frame = shotover_protocols::valkey::frame::error(
+                    "EXECABORT Transaction discarded because of previous errors.",
+                );
+            }
+            return;
+        }
         if let Ok(Frame::Valkey(frame)) = reply.frame() {
             if !needs_work(expect, frame) {
                 return;
@@ -271,6 +335,7 @@ impl ValkeyProtect {
             (Expect::Exec(queued), ValkeyFrame::Array { data, .. }) => {
                 data.iter_mut().zip(queued).try_for_each(|(element, expect)| self.decrypt(expect, element))
             }
+            (Expect::Queued(inner), frame) if !is_queued(frame) => self.decrypt(inner, frame),
             // Nil, errors, and replies of another shape are left as they are.
             _ => Ok(()),
         }
@@ -319,8 +384,14 @@ fn collect<'a>(expect: &Expect, frame: &'a ValkeyFrame, out: &mut Vec<&'a [u8]>)
         (Expect::Exec(queued), ValkeyFrame::Array { data, .. }) => {
             data.iter().zip(queued).for_each(|(e, expect)| collect(expect, e, out))
         }
+        (Expect::Queued(inner), frame) if !is_queued(frame) => collect(inner, frame, out),
         _ => {}
     }
+}
+
+/// Whether a reply is `+QUEUED`.
+fn is_queued(frame: &ValkeyFrame) -> bool {
+    matches!(frame, ValkeyFrame::SimpleString { data, .. } if data.as_ref() == b"QUEUED")
 }
 
 fn refusal_text(r: Refusal) -> String {
@@ -333,13 +404,20 @@ fn refusal_text(r: Refusal) -> String {
 #[async_trait(?Send)]
 impl Transform for ValkeyProtect {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
-        if self.ring.is_remote() && !state.requests.is_empty() {
-            self.ring.fetch(true, Vec::new()).await;
-        }
+        self.ring.renew_if_due();
         // Requests refused are answered in their place, so that replies stay in order.
         let requests = std::mem::take(&mut state.requests);
         for mut request in requests {
-            match self.request(&mut request) {
+            let refused_before = self.queued.as_ref().map(|(_, refused)| *refused);
+            let mut result = self.request(&mut request);
+            if matches!(&result, Err(r) if r.no_dek) && self.ring.ensure_dek().await {
+                // Nothing was changed or queued for it yet: planned again, now with a DEK.
+                if let (Some((_, refused)), Some(before)) = (&mut self.queued, refused_before) {
+                    *refused = before;
+                }
+                result = self.request(&mut request);
+            }
+            match result {
                 Ok(expect) => {
                     if expect != Expect::Nothing {
                         self.expects.insert(request.id(), expect);
@@ -347,8 +425,9 @@ impl Transform for ValkeyProtect {
                     self.order.passed_down(&request);
                     state.requests.push(request);
                 }
-                Err(e) => {
-                    self.order.answered_here(Message::valkey_error_to(&request, format!("ERR shotover: Protect: {e}")))
+                Err(r) => {
+                    let text = format!("ERR shotover: Protect: {}", r.text);
+                    self.order.answered_here(Message::valkey_error_to(&request, text));
                 }
             }
         }
@@ -360,7 +439,7 @@ impl Transform for ValkeyProtect {
         if self.ring.is_remote() && !self.expects.is_empty() {
             let missing = self.missing(&mut responses);
             if !missing.is_empty() {
-                self.ring.fetch(false, missing).await;
+                self.ring.unwrap(missing).await;
             }
         }
         for response in &mut responses {
