@@ -19,5 +19,6 @@
 //! Start at [`valkey::framing::message_len`].
 
 pub mod cassandra;
+pub mod fuzz;
 pub mod kafka;
 pub mod valkey;

@@ -147,7 +147,11 @@ fn three_shotover_nodes_look_like_a_cluster_to_drivers_and_cqlsh() {
         let expected: Vec<String> = SHOTOVER.iter().map(|(ip, ..)| format!("{ip}:{port}")).collect();
         assert_eq!(seen, expected);
         session.query_unpaged("CREATE TABLE IF NOT EXISTS cl_three.s (k int PRIMARY KEY, v text)", &[]).await.unwrap();
-        let insert = session.prepare("INSERT INTO cl_three.s (k, v) VALUES (?, ?)").await.unwrap();
+        let mut insert = session.prepare("INSERT INTO cl_three.s (k, v) VALUES (?, ?)").await.unwrap();
+        // The keyspace has a replica in each data centre and the driver reads through any of
+        // the three proxies (LOCAL_QUORUM by default): a write must reach both replicas
+        // before it is acknowledged, or a read in the other data centre may miss it.
+        insert.set_consistency(scylla::statement::Consistency::All);
         let select = session.prepare("SELECT v FROM cl_three.s WHERE k = ?").await.unwrap();
         for k in 0..20i32 {
             session.execute_unpaged(&insert, (k, format!("s{k}"))).await.unwrap();

@@ -60,7 +60,7 @@
 //! written here, with every length checked against the bytes that are really there.
 
 #[cfg(test)]
-mod captures;
+pub(crate) mod captures;
 pub mod cells;
 pub mod classify;
 pub mod compression;

@@ -56,7 +56,7 @@ pub mod walk;
 mod wire;
 
 #[cfg(test)]
-mod captured;
+pub(crate) mod captured;
 
 pub use crate::valkey::command::QueryType;
 pub use frame::KafkaFrame;

@@ -1,0 +1,285 @@
+//! Entry points for coverage-guided fuzzing: each takes arbitrary bytes and runs every
+//! decoder a client or server can reach for one protocol, the way the proxy calls them. A
+//! panic (or an allocation or loop that input can blow up) is a bug.
+//!
+//! The `fuzz/` crate (cargo-fuzz, libFuzzer, nightly) drives these; the unit tests below
+//! replay the committed corpora (`fuzz/corpus/<target>/`) on every test run, so a crash once
+//! found stays fixed. See `docs/testing.md`.
+
+use crate::cassandra::compression::Compression;
+use crate::cassandra::{framing as cql_framing, segment, statement, CassandraFrame};
+use crate::kafka::{framing as kafka_framing, header as kafka_header, walk, KafkaFrame};
+use crate::valkey::{command, frame as valkey_frame, framing as valkey_framing};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+
+/// A fuzz target: arbitrary bytes in, nothing out but panics.
+pub type Target = fn(&[u8]);
+
+/// The fuzz targets, by name: the `fuzz/` binaries and corpus folders carry these names.
+pub const TARGETS: [(&str, Target); 4] =
+    [("valkey", valkey), ("cql", cql), ("cql_statement", cql_statement), ("kafka", kafka)];
+
+/// Valkey requests and replies, RESP2/RESP3 and inline: framing (both scanners), parsing,
+/// encoding back, and the cheap request views.
+pub fn valkey(data: &[u8]) {
+    let bytes = Bytes::copy_from_slice(data);
+    let mut scanner = valkey_framing::Scanner::default();
+    // Requests, as a source cuts them.
+    cut(
+        &bytes,
+        "request_len",
+        |rest| match valkey_framing::request_len(rest) {
+            Ok(Some(valkey_framing::Request::Nothing(len))) => Some((len, false)),
+            Ok(Some(valkey_framing::Request::Command(len))) => Some((len, true)),
+            _ => None,
+        },
+        |message| {
+            let _ = command::RequestView::new(message);
+            let _ = command::request_args(message);
+            let _ = command::is_command_array(message);
+            parse_and_encode(message);
+        },
+    );
+    let _ = scanner.scan_request(data);
+    // Replies, as a sink cuts them.
+    cut(
+        &bytes,
+        "message_len",
+        |rest| valkey_framing::message_len(rest).ok().flatten().map(|len| (len, true)),
+        |message| {
+            let _ = command::array_strings(message);
+            parse_and_encode(message);
+        },
+    );
+    let _ = scanner.scan(data);
+}
+
+/// Cuts `bytes` into messages with `len_of` (a length, and whether it is a message to look
+/// at) and gives each to `each`, until a length is missing or zero.
+fn cut(bytes: &Bytes, what: &str, len_of: impl Fn(&[u8]) -> Option<(usize, bool)>, mut each: impl FnMut(&Bytes)) {
+    let mut at = 0;
+    while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+        let Some((len, message)) = len_of(rest).filter(|(len, _)| *len > 0) else { break };
+        assert!(len <= rest.len(), "{what} said {len} of {} bytes", rest.len());
+        if message {
+            each(&bytes.slice(at..at + len));
+        }
+        at += len;
+    }
+}
+
+fn parse_and_encode(message: &Bytes) {
+    if let Ok((frame, version)) = valkey_frame::parse(message) {
+        let mut out = BytesMut::new();
+        let _ = valkey_frame::encode(&frame, version, &mut out);
+    }
+}
+
+/// CQL frames v3-v5 (the first byte picks the connection's compression), v5 segments, and
+/// re-encoding what parses.
+pub fn cql(data: &[u8]) {
+    let Some((&choice, data)) = data.split_first() else { return };
+    let compression = match choice % 3 {
+        0 => Compression::None,
+        1 => Compression::Lz4,
+        _ => Compression::Snappy,
+    };
+    let bytes = Bytes::copy_from_slice(data);
+    if let Ok(Some(len)) = cql_framing::frame_len(data) {
+        assert!(len <= data.len(), "frame_len said {len} of {} bytes", data.len());
+        if let Ok(parsed) = CassandraFrame::parse(&bytes.slice(..len), compression) {
+            let _ = parsed.encode();
+        }
+    }
+    // The same bytes as v5 segments.
+    let mut decoder = segment::SegmentDecoder::new();
+    let mut buf = BytesMut::from(data);
+    let mut frames = Vec::new();
+    let _ = decoder.decode(&mut buf, compression, &mut frames);
+    for frame in frames {
+        if let Ok(parsed) = CassandraFrame::parse(&frame, Compression::None) {
+            let _ = parsed.encode();
+        }
+    }
+}
+
+/// CQL statement text (as UTF-8, lossily): the parser and the cheap classifiers.
+pub fn cql_statement(data: &[u8]) {
+    let cql = String::from_utf8_lossy(data);
+    let _ = statement::parse(&cql);
+    let _ = statement::marker_count(&cql);
+    let _ = statement::first_word(&cql);
+    let _ = crate::cassandra::classify(&cql);
+}
+
+/// Kafka messages: the first byte says request (even) or response (odd); a response's
+/// next four bytes pick the api key and version it answers. Framing, the header reads, the
+/// walk of the requests the proxy splits, and full parsing (and re-encoding) of the
+/// requests the proxy parses: the walked ones. Others are never parsed in full by the proxy
+/// (kafka-protocol reserves arrays from their counts on the wire: see `kafka`, "Untrusted
+/// input"), and neither are responses here, which come from the brokers.
+pub fn kafka(data: &[u8]) {
+    let Some((&choice, data)) = data.split_first() else { return };
+    let _ = kafka_framing::message_len(data);
+    if choice % 2 == 0 {
+        let _ = kafka_header::request_ids(data);
+        let _ = walk::check_request(data);
+        let _ = crate::kafka::produce::expects_response(data);
+        let walked = kafka_header::request_ids(data).ok().and_then(|ids| ApiKey::try_from(ids.api_key).ok());
+        if walked.is_some_and(walk::is_walked) {
+            if let Ok(frame) = KafkaFrame::parse_request(&Bytes::copy_from_slice(data)) {
+                let _ = frame.to_bytes();
+            }
+        }
+        let _ = crate::kafka::safe_error::safe_error_response(data, 35);
+    } else {
+        let Some((ids, body)) = data.split_first_chunk::<4>() else { return };
+        let api_key = i16::from_be_bytes([ids[0], ids[1]]);
+        let version = i16::from_be_bytes([ids[2], ids[3]]);
+        let Ok(api_key) = ApiKey::try_from(api_key) else { return };
+        let _ = kafka_framing::response_correlation_id(body);
+        let _ = kafka_header::response_body_offset(body, api_key, version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn corpus(target: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target)
+    }
+
+    /// Every committed corpus input, through its target: what fuzzing found stays fixed.
+    #[test]
+    fn the_fuzz_corpora_replay_without_panics() {
+        for (name, target) in TARGETS {
+            let dir = corpus(name);
+            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let mut count = 0;
+            for entry in entries {
+                let path = entry.expect("a corpus entry").path();
+                let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                target(&data);
+                count += 1;
+            }
+            assert!(count > 0, "the {name} corpus is empty");
+        }
+    }
+
+    /// Writes the seed corpora from captured client and server traffic (run by hand:
+    /// `cargo test -p shotover-protocols write_seed_corpora -- --ignored`).
+    #[test]
+    #[ignore]
+    fn write_seed_corpora() {
+        use crate::cassandra::captures;
+        use crate::kafka::captured;
+        let write = |target: &str, name: &str, data: &[u8]| {
+            let dir = corpus(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+        };
+        for (name, hex) in [
+            ("options_dse_v2", captures::OPTIONS_DSE_V2),
+            ("startup_v5_lz4", captures::STARTUP_V5_LZ4),
+            ("startup_v4_lz4", captures::STARTUP_V4_LZ4),
+            ("startup_v3", captures::STARTUP_V3),
+            ("register_v3", captures::REGISTER_V3),
+            ("register_v4_lz4", captures::REGISTER_V4_LZ4),
+            ("register_v5_segment", captures::REGISTER_V5_SEGMENT),
+            ("register_v5_lz4_segment", captures::REGISTER_V5_LZ4_SEGMENT),
+            ("query_v3_1", captures::QUERY_V3_1),
+            ("query_v4_1", captures::QUERY_V4_1),
+            ("query_v5_1", captures::QUERY_V5_1),
+            ("query_v3_2", captures::QUERY_V3_2),
+            ("query_v4_2", captures::QUERY_V4_2),
+            ("query_v5_2", captures::QUERY_V5_2),
+            ("query_v3_3", captures::QUERY_V3_3),
+            ("query_v4_3", captures::QUERY_V4_3),
+            ("query_v5_3", captures::QUERY_V5_3),
+            ("query_v5_4", captures::QUERY_V5_4),
+            ("prepare_v3_1", captures::PREPARE_V3_1),
+            ("prepare_v4_1", captures::PREPARE_V4_1),
+            ("prepare_v5_1", captures::PREPARE_V5_1),
+            ("prepare_v5_2", captures::PREPARE_V5_2),
+            ("execute_v3_1", captures::EXECUTE_V3_1),
+            ("execute_v4_1", captures::EXECUTE_V4_1),
+            ("execute_v5_1", captures::EXECUTE_V5_1),
+            ("batch_v3_1", captures::BATCH_V3_1),
+            ("batch_v4_1", captures::BATCH_V4_1),
+            ("batch_v5_1", captures::BATCH_V5_1),
+            ("query_v4_lz4_1", captures::QUERY_V4_LZ4_1),
+            ("segment_v5_none_1", captures::SEGMENT_V5_NONE_1),
+            ("segment_v5_lz4_1", captures::SEGMENT_V5_LZ4_1),
+        ] {
+            let bytes = captures::hex(hex);
+            for compression in 0..3u8 {
+                let mut data = vec![compression];
+                data.extend_from_slice(&bytes);
+                write("cql", &format!("{name}-{compression}"), &data);
+            }
+        }
+        let request = |msg: &[u8]| [&[0u8][..], msg].concat();
+        let response =
+            |api: i16, version: i16, msg: &[u8]| [&[1u8][..], &api.to_be_bytes(), &version.to_be_bytes(), msg].concat();
+        for (name, data) in [
+            ("api_versions_v3_request", request(captured::API_VERSIONS_V3_REQUEST)),
+            ("api_versions_v3_response", response(18, 3, captured::API_VERSIONS_V3_RESPONSE)),
+            ("api_versions_v4_request", request(captured::API_VERSIONS_V4_REQUEST)),
+            ("api_versions_v0_unsupported_response", response(18, 3, captured::API_VERSIONS_V0_UNSUPPORTED_RESPONSE)),
+            ("api_versions_v2_request", request(captured::API_VERSIONS_V2_REQUEST)),
+            ("api_versions_v2_response", response(18, 2, captured::API_VERSIONS_V2_RESPONSE)),
+            ("api_versions_v0_request", request(captured::API_VERSIONS_V0_REQUEST)),
+            ("api_versions_v0_response", response(18, 0, captured::API_VERSIONS_V0_RESPONSE)),
+            ("metadata_v12_request", request(captured::METADATA_V12_REQUEST)),
+            ("metadata_v12_request_no_topics", request(captured::METADATA_V12_REQUEST_NO_TOPICS)),
+            ("metadata_v12_response", response(3, 12, captured::METADATA_V12_RESPONSE)),
+            ("metadata_v7_request", request(captured::METADATA_V7_REQUEST)),
+            ("metadata_v7_request_topic", request(captured::METADATA_V7_REQUEST_TOPIC)),
+            ("metadata_v7_response", response(3, 7, captured::METADATA_V7_RESPONSE)),
+            ("produce_v9_request_acks_1", request(captured::PRODUCE_V9_REQUEST_ACKS_1)),
+            ("produce_v9_request_acks_0", request(captured::PRODUCE_V9_REQUEST_ACKS_0)),
+            ("produce_v9_request_acks_1_kafka_python", request(captured::PRODUCE_V9_REQUEST_ACKS_1_KAFKA_PYTHON)),
+            ("produce_v9_response", response(0, 9, captured::PRODUCE_V9_RESPONSE)),
+            ("produce_v7_request_acks_all", request(captured::PRODUCE_V7_REQUEST_ACKS_ALL)),
+            ("produce_v7_request_acks_0", request(captured::PRODUCE_V7_REQUEST_ACKS_0)),
+            ("produce_v7_response", response(0, 7, captured::PRODUCE_V7_RESPONSE)),
+            ("find_coordinator_v2_request", request(captured::FIND_COORDINATOR_V2_REQUEST)),
+            ("find_coordinator_v2_response", response(10, 2, captured::FIND_COORDINATOR_V2_RESPONSE)),
+            ("find_coordinator_v4_request", request(captured::FIND_COORDINATOR_V4_REQUEST)),
+            ("find_coordinator_v4_response", response(10, 4, captured::FIND_COORDINATOR_V4_RESPONSE)),
+            ("join_group_v5_request", request(captured::JOIN_GROUP_V5_REQUEST)),
+            ("join_group_v7_request", request(captured::JOIN_GROUP_V7_REQUEST)),
+            ("fetch_v12_request", request(captured::FETCH_V12_REQUEST)),
+            ("fetch_v12_request_kafka_python", request(captured::FETCH_V12_REQUEST_KAFKA_PYTHON)),
+        ] {
+            write("kafka", name, &data);
+        }
+        let valkey: [(&str, &[u8]); 8] = [
+            ("set", b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"),
+            ("inline", b"SET k \"a b\"\r\nGET k\r\n"),
+            ("pipeline", b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+            ("reply_resp2", b"*2\r\n$1\r\na\r\n*1\r\n:5\r\n"),
+            ("reply_resp3_map", b"%1\r\n+k\r\n,1.5\r\n"),
+            ("reply_push", b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"),
+            ("reply_errors", b"-ERR x\r\n!3\r\nERR\r\n_\r\n#t\r\n"),
+            ("reply_attribute", b"|1\r\n+a\r\n:1\r\n$-1\r\n=7\r\ntxt:abc\r\n(123\r\n"),
+        ];
+        for (name, data) in valkey {
+            write("valkey", name, data);
+        }
+        let statements = [
+            "SELECT a, b AS c FROM ks.t WHERE pk = ? AND ck IN (1, 2) LIMIT 10",
+            "INSERT INTO t (pk, ck, v) VALUES ('a''b', 0xcafe, $$x$$) USING TTL 5 IF NOT EXISTS",
+            "UPDATE ks.\"T\" SET v = v + {1: 2}, w[0] = :w WHERE pk = 123e4567-e89b-12d3-a456-426614174000",
+            "BEGIN UNLOGGED BATCH DELETE FROM t WHERE pk = 1; INSERT INTO t JSON '{}' APPLY BATCH",
+            "USE \"Ks\" -- comment",
+            "SELECT * FROM t WHERE v LIKE :p AND token(pk) > -5 /* c */ ALLOW FILTERING",
+        ];
+        for (i, s) in statements.iter().enumerate() {
+            write("cql_statement", &i.to_string(), s.as_bytes());
+        }
+    }
+}
