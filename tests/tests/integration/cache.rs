@@ -117,7 +117,8 @@ fn valkey_cache_serves_reads_and_invalidates_on_writes() {
     assert!(counter(&shotover, "shotover_cache_hit_count") > hits_before, "the cache is used again");
     let output = shotover.output();
     let warnings = output.lines().filter(|l| l.contains("ValkeyCache: the cache failed")).count();
-    // One per outage (two of them) and core that met it.
-    assert!((2..=4).contains(&warnings), "{warnings} warnings:\n{output}");
+    // One per outage (two of them) and core that met it, not one per request (dozens failed):
+    // a core whose connections saw no success between the two outages takes them as one.
+    assert!((1..=4).contains(&warnings), "{warnings} warnings:\n{output}");
     assert!(output.contains("ValkeyCache: the cache is back"), "{output}");
 }

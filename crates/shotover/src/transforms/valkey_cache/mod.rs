@@ -278,7 +278,7 @@ impl ValkeyCache {
             // A request that may write, which the proxy cannot read.
             return if header.opcode == Opcode::AuthResponse { Action::Pass } else { self.all_tables() };
         };
-        let frame = CassandraFrame::clone(frame);
+        // Borrowed: the request is not changed here, and only a cacheable read copies it (its field).
         let shared = self.shared.clone();
         match &frame.body {
             CassandraBody::AuthResponse(token) => Action::Then(Waiting::Auth(plain_role(token.as_ref()))),
@@ -291,7 +291,7 @@ impl ValkeyCache {
                         self.keyspace = None;
                         Action::Then(Waiting::Use)
                     }
-                    Shape::Read(read) => self.read(&frame, read, &q.params, None),
+                    Shape::Read(read) => self.read(frame, read, &q.params, None),
                     Shape::Writes(writes) => {
                         let mut targets = Vec::new();
                         self.targets(&writes, q.params.values.as_ref(), None, &mut targets);
@@ -309,7 +309,7 @@ impl ValkeyCache {
                     return Action::Answer(Box::new(unprepared(&header, &e.id)));
                 };
                 match &prepared.shape {
-                    Shape::Read(read) => self.read(&frame, read.clone(), &e.params, Some(&prepared.bind)),
+                    Shape::Read(read) => self.read(frame, read.clone(), &e.params, Some(&prepared.bind)),
                     Shape::Writes(writes) => {
                         let mut targets = Vec::new();
                         self.targets(writes, e.params.values.as_ref(), Some(&prepared.bind), &mut targets);

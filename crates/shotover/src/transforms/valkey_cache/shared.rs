@@ -40,6 +40,9 @@ pub(crate) struct Dirty {
     cleaned: AtomicU64,
 }
 
+/// Learnt column types of one keyspace: table → column → type.
+type Tables = HashMap<String, HashMap<String, ColumnType>>;
+
 /// Every entry's [`Dirty`], shared by the cores of one topology.
 pub(crate) type DirtyTables = Arc<Vec<Dirty>>;
 
@@ -55,9 +58,10 @@ pub(crate) struct Shared {
     pub(super) entries: Vec<Entry>,
     /// The cached tables' names, lowercased, for a cheap test of each QUERY.
     names: Vec<String>,
-    /// Column types of cached tables, by keyspace and table, learnt from the metadata that
-    /// passes: a read's literals are cached only once their column's type is known.
-    types: RefCell<HashMap<(String, String), HashMap<String, ColumnType>>>,
+    /// Column types of cached tables, keyspace → table → column, learnt from the metadata
+    /// that passes: a read's literals are cached only once their column's type is known.
+    /// Nested so that a lookup by `&str` allocates nothing.
+    types: RefCell<HashMap<String, Tables>>,
     pub(super) prepared: RefCell<HashMap<Bytes, Rc<Prepared>>>,
     pub(super) health: Health,
     dirty: DirtyTables,
@@ -129,15 +133,16 @@ impl Shared {
     }
 
     pub(super) fn type_of(&self, keyspace: &str, table: &str, column: &str) -> Option<ColumnType> {
-        self.types.borrow().get(&(keyspace.to_string(), table.to_string()))?.get(column).cloned()
+        self.types.borrow().get(keyspace)?.get(table)?.get(column).cloned()
     }
 
     fn learn(&self, keyspace: &str, table: &str, column: &str, t: &ColumnType) {
-        let mut types = self.types.borrow_mut();
-        let columns = types.entry((keyspace.to_string(), table.to_string())).or_default();
-        if columns.get(column) != Some(t) {
-            columns.insert(column.to_string(), t.clone());
+        if self.type_of(keyspace, table, column).as_ref() == Some(t) {
+            return;
         }
+        let mut types = self.types.borrow_mut();
+        let tables = types.entry(keyspace.to_string()).or_default();
+        tables.entry(table.to_string()).or_default().insert(column.to_string(), t.clone());
     }
 
     /// Learns the types of a read's result columns that are table columns by name.

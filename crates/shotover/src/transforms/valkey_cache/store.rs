@@ -90,11 +90,15 @@ pub(super) enum Found {
     Miss(Generations),
 }
 
-/// Reads a lookup's reply; `Err` says what was wrong with it.
+/// Reads a lookup's reply (borrowing its elements: nothing is copied but the two `Bytes`
+/// handles); `Err` says what was wrong with it.
 pub(super) fn found(reply: &mut Message) -> Result<Found, String> {
-    let items = match array(reply)? {
-        Some(items) => items,
-        None => return Err("a nil reply".into()),
+    succeeded(reply)?;
+    let items = match reply.frame() {
+        Ok(crate::message::Frame::Valkey(BytesFrame::Array { data, .. })) => data,
+        Ok(crate::message::Frame::Valkey(BytesFrame::Null)) => return Err("a nil reply".into()),
+        Ok(other) => return Err(format!("an unexpected reply: {other:?}")),
+        Err(e) => return Err(e.to_string()),
     };
     match items.as_slice() {
         [BytesFrame::Number { data: 1, .. }, frame] => Ok(Found::Hit(bulk(frame)?)),
@@ -113,16 +117,6 @@ pub(super) fn succeeded(reply: &mut Message) -> Result<(), String> {
             Err(String::from_utf8_lossy(data).into_owned())
         }
         Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn array(reply: &mut Message) -> Result<Option<Vec<BytesFrame>>, String> {
-    succeeded(reply)?;
-    match reply.frame() {
-        Ok(crate::message::Frame::Valkey(BytesFrame::Array { data, .. })) => Ok(Some(data.clone())),
-        Ok(crate::message::Frame::Valkey(BytesFrame::Null)) => Ok(None),
-        Ok(other) => Err(format!("an unexpected reply: {other:?}")),
         Err(e) => Err(e.to_string()),
     }
 }
