@@ -630,12 +630,25 @@ impl ValkeyCluster {
         Self::start_with(port, ips, None)
     }
 
+    /// Every node on 127.0.0.1, ports `port` to `port + 5`, with extra valkey-server
+    /// arguments (`--enable-debug-command yes`).
+    pub fn start_on_one_ip_with(port: u16, extra: &str) -> Self {
+        Self::start_full(port, &["127.0.0.1".to_string()], None, extra)
+    }
+
     fn start_with(port: u16, ips: &[String], tls: Option<&Certs>) -> Self {
+        Self::start_full(port, ips, tls, "")
+    }
+
+    fn start_full(port: u16, ips: &[String], tls: Option<&Certs>, extra: &str) -> Self {
         let dir = TempDir::new("cluster");
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let mut script = Command::new(root.join("scripts/valkey-cluster"));
         if let Some(certs) = tls {
             script.env("VALKEY_TLS_DIR", &certs.dir.0);
+        }
+        if !extra.is_empty() {
+            script.env("VALKEY_EXTRA_ARGS", extra);
         }
         let out = script
             .arg(&dir.0)

@@ -6,6 +6,7 @@ mod cassandra;
 mod cassandra_cluster;
 mod cassandra_v4_v5;
 mod cluster;
+mod cluster_hiding;
 mod cluster_sink;
 mod cluster_sink_fidelity;
 mod composite;

@@ -6,8 +6,10 @@
 //! - [`inline`]: splits an inline request into arguments with Valkey's quoting rules.
 //! - [`frame`]: parses one whole message into a [`ValkeyFrame`] and encodes it back.
 //! - [`command`]: reads the command name of a request cheaply and classifies it.
+//! - [`commands`]: Valkey's command table (`COMMAND`): key positions and cluster routing tips.
 
 pub mod command;
+pub mod commands;
 pub mod frame;
 pub mod framing;
 pub mod inline;

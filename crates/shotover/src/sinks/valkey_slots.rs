@@ -6,6 +6,7 @@
 use crate::sinks::valkey::{UpstreamTls, ValkeyConnection};
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
+use shotover_protocols::valkey::commands::CommandTable;
 use shotover_protocols::valkey::frame::parse;
 use shotover_protocols::valkey::ValkeyFrame;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -23,6 +24,8 @@ pub struct SlotMap {
     /// Index into `masters` per slot; `None` until known.
     slots: Vec<Option<u16>>,
     pub masters: Vec<SocketAddr>,
+    /// Every replica CLUSTER SLOTS lists, for commands that run on every node.
+    pub replicas: Vec<SocketAddr>,
     fetched_at: Option<Instant>,
 }
 
@@ -66,7 +69,7 @@ impl SlotMap {
         let ValkeyFrame::Array { data: ranges, .. } = frame else {
             bail!("CLUSTER SLOTS did not answer with an array: {}", String::from_utf8_lossy(reply).trim_end());
         };
-        let mut map = SlotMap { slots: vec![None; SLOTS], masters: Vec::new(), fetched_at: Some(Instant::now()) };
+        let mut map = SlotMap { slots: vec![None; SLOTS], fetched_at: Some(Instant::now()), ..SlotMap::default() };
         for range in ranges {
             let ValkeyFrame::Array { data: fields, .. } = range else { continue };
             let (Some(ValkeyFrame::Number { data: start, .. }), Some(ValkeyFrame::Number { data: end, .. })) =
@@ -75,17 +78,16 @@ impl SlotMap {
                 continue;
             };
             let Some(ValkeyFrame::Array { data: master, .. }) = fields.get(2) else { continue };
-            let host = match master.first() {
-                Some(ValkeyFrame::BlobString { data, .. }) if !data.is_empty() => {
-                    String::from_utf8_lossy(data).into_owned()
-                }
-                _ => fallback_host.to_string(),
-            };
-            let Some(ValkeyFrame::Number { data: port, .. }) = master.get(1) else { continue };
-            let Some(addr) = (host.as_str(), u16::try_from(*port).unwrap_or(0)).to_socket_addrs()?.next() else {
-                continue;
-            };
+            let Some(addr) = node_address(master, fallback_host)? else { continue };
             map.moved_range(*start, *end, addr);
+            for replica in fields.get(3..).unwrap_or_default() {
+                let ValkeyFrame::Array { data: replica, .. } = replica else { continue };
+                if let Some(addr) = node_address(replica, fallback_host)? {
+                    if !map.replicas.contains(&addr) {
+                        map.replicas.push(addr);
+                    }
+                }
+            }
         }
         if map.masters.is_empty() {
             bail!("CLUSTER SLOTS listed no masters");
@@ -97,7 +99,7 @@ impl SlotMap {
     /// route without a cluster.
     #[cfg(test)]
     pub(crate) fn from_ranges(ranges: &[(u16, u16, SocketAddr)]) -> SlotMap {
-        let mut map = SlotMap { slots: vec![None; SLOTS], masters: Vec::new(), fetched_at: Some(Instant::now()) };
+        let mut map = SlotMap { slots: vec![None; SLOTS], fetched_at: Some(Instant::now()), ..SlotMap::default() };
         for (start, end, addr) in ranges {
             map.moved_range(i64::from(*start), i64::from(*end), *addr);
         }
@@ -112,17 +114,36 @@ impl SlotMap {
     }
 }
 
-/// Fetches the slot map from the first of `nodes` that answers.
+/// One node of a CLUSTER SLOTS entry (`[host, port, id, ...]`): its address.
+fn node_address(node: &[ValkeyFrame], fallback_host: &str) -> Result<Option<SocketAddr>> {
+    let host = match node.first() {
+        Some(ValkeyFrame::BlobString { data, .. }) if !data.is_empty() => String::from_utf8_lossy(data).into_owned(),
+        _ => fallback_host.to_string(),
+    };
+    let Some(ValkeyFrame::Number { data: port, .. }) = node.get(1) else { return Ok(None) };
+    Ok((host.as_str(), u16::try_from(*port).unwrap_or(0)).to_socket_addrs()?.next())
+}
+
+/// What a node told about the cluster: its slot map and, when asked for, its command table
+/// (or why it refused `COMMAND`).
+pub struct Fetched {
+    pub map: SlotMap,
+    pub commands: Option<Result<CommandTable, String>>,
+}
+
+/// Fetches the slot map from the first of `nodes` that answers, and with `commands` the
+/// command table from the same node.
 pub async fn fetch(
     nodes: &[SocketAddr],
     timeout: Duration,
     tls: Option<&futures_rustls::TlsConnector>,
     auth: &[Bytes],
-) -> Result<SlotMap> {
+    commands: bool,
+) -> Result<Fetched> {
     let mut last_error = anyhow!("no cluster node to ask");
     for node in nodes {
         let tls = tls.map(|connector| node_tls(connector, *node));
-        match fetch_from(*node, timeout, tls.as_ref(), auth).await {
+        match fetch_from(*node, timeout, tls.as_ref(), auth, commands).await {
             Ok(map) => return Ok(map),
             Err(e) => last_error = e.context(format!("asking {node} for CLUSTER SLOTS")),
         }
@@ -135,7 +156,13 @@ pub fn node_tls(connector: &futures_rustls::TlsConnector, node: SocketAddr) -> U
     UpstreamTls { connector: connector.clone(), server_name: rustls_pki_types::ServerName::IpAddress(node.ip().into()) }
 }
 
-async fn fetch_from(node: SocketAddr, timeout: Duration, tls: Option<&UpstreamTls>, auth: &[Bytes]) -> Result<SlotMap> {
+async fn fetch_from(
+    node: SocketAddr,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+    auth: &[Bytes],
+    commands: bool,
+) -> Result<Fetched> {
     let mut conn = ValkeyConnection::connect(node, timeout, tls).await?;
     for command in auth {
         conn.write_all(command).await?;
@@ -146,7 +173,13 @@ async fn fetch_from(node: SocketAddr, timeout: Duration, tls: Option<&UpstreamTl
     }
     conn.write_all(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n").await?;
     let reply = conn.next().await?;
-    SlotMap::from_cluster_slots(&reply, &node.ip().to_string())
+    let map = SlotMap::from_cluster_slots(&reply, &node.ip().to_string())?;
+    if !commands {
+        return Ok(Fetched { map, commands: None });
+    }
+    conn.write_all(b"*1\r\n$7\r\nCOMMAND\r\n").await?;
+    let reply = conn.next().await?;
+    Ok(Fetched { map, commands: Some(CommandTable::from_reply(&reply)) })
 }
 
 #[cfg(test)]
@@ -167,6 +200,7 @@ mod tests {
         let map = SlotMap::from_cluster_slots(&reply, "127.0.0.9").unwrap();
         assert_eq!(map.master_of(0), Some("127.0.0.1:7000".parse().unwrap()));
         assert_eq!(map.master_of(16383), Some("127.0.0.9:7001".parse().unwrap()));
+        assert_eq!(map.replicas, vec!["127.0.0.1:7004".parse::<SocketAddr>().unwrap()]);
         let mut map = map;
         map.moved(5, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(map.master_of(5), Some("127.0.0.1:7001".parse().unwrap()));

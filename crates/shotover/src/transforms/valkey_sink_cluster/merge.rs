@@ -9,6 +9,7 @@ use super::plan::{Merge, Plan, Sub};
 use crate::message::{Message, Protocol};
 use bytes::Bytes;
 use prometheus::IntCounter;
+use shotover_protocols::valkey::commands::ResponsePolicy;
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use shotover_protocols::valkey::frame::parse;
 use shotover_protocols::valkey::ValkeyFrame;
@@ -21,8 +22,10 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
         failed_requests.inc();
         Message::valkey_error_to(request, format!("ERR shotover: {text}"))
     };
-    if let Merge::Error(text) = &plan.merge {
-        return Message::valkey_error_to(request, text.clone());
+    match &plan.merge {
+        Merge::Error(text) => return Message::valkey_error_to(request, text.clone()),
+        Merge::Local(bytes) => return reply_message(request, Bytes::from_static(bytes)),
+        _ => {}
     }
     // A failed sub-request fails the request; a node's own error reply is passed on.
     let mut replies = Vec::with_capacity(parts.len());
@@ -32,48 +35,65 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
             Err(reason) => return error(reason.to_string()),
         }
     }
-    if let Some(err) = replies.iter().find(|r| is_error(r)).filter(|_| !matches!(plan.merge, Merge::Single)) {
-        return reply_message(request, err.clone());
-    }
-    match &plan.merge {
-        Merge::Single => match replies.into_iter().next() {
-            Some(raw) => reply_message(request, raw),
-            None => error("no reply".into()),
-        },
-        Merge::AllOk => match replies.into_iter().next() {
-            Some(raw) => reply_message(request, raw),
-            None => error("no node to send to".into()),
-        },
-        Merge::Sum => {
-            let total: i64 =
-                replies.iter().filter_map(|r| parse(r).ok()).map(|(f, _)| number(&f)).fold(0i64, i64::saturating_add);
-            reply_message(request, Bytes::from(format!(":{total}\r\n")))
+    let first_error = replies.iter().position(|r| is_error(r));
+    match (&plan.merge, first_error) {
+        (Merge::Single, _) => {
+            return match replies.into_iter().next() {
+                Some(raw) => reply_message(request, raw),
+                None => error("no node to send to".into()),
+            }
         }
-        Merge::Concat => {
+        (Merge::Policy(ResponsePolicy::OneSucceeded), _) => {
+            let success = replies.iter().position(|r| !is_error(r)).unwrap_or(0);
+            return match replies.get(success) {
+                Some(raw) => reply_message(request, raw.clone()),
+                None => error("no node to send to".into()),
+            };
+        }
+        (_, Some(at)) => {
+            let Some(err) = replies.get(at).cloned() else { return error("no reply".into()) };
+            // Some nodes did it and some did not: say which refused.
+            let mixed = replies.iter().any(|r| !is_error(r));
+            return match (mixed, parts.get(at)) {
+                (true, Some(sub)) => {
+                    let text = String::from_utf8_lossy(err.get(1..).unwrap_or_default());
+                    Message::valkey_error_to(request, format!("{} (from node {})", text.trim_end(), sub.node))
+                }
+                _ => reply_message(request, err),
+            };
+        }
+        (_, None) => {}
+    }
+    let Some(first) = replies.first().cloned() else { return error("no node to send to".into()) };
+    match &plan.merge {
+        Merge::Policy(ResponsePolicy::AggSum) => aggregate(request, &replies, i64::saturating_add),
+        Merge::Policy(ResponsePolicy::AggMin) => aggregate(request, &replies, i64::min),
+        Merge::Policy(ResponsePolicy::AggMax) => aggregate(request, &replies, i64::max),
+        Merge::Policy(ResponsePolicy::AggLogicalAnd) => {
+            aggregate(request, &replies, |a, b| i64::from(a != 0 && b != 0))
+        }
+        Merge::Policy(ResponsePolicy::AggLogicalOr) => aggregate(request, &replies, |a, b| i64::from(a != 0 || b != 0)),
+        Merge::Policy(ResponsePolicy::Default) => {
+            // Arrays are joined (KEYS, SLOWLOG GET); anything else is the first node's.
             let mut items = Vec::new();
             for raw in &replies {
-                if let Ok((ValkeyFrame::Array { data, .. }, _)) = parse(raw) {
-                    items.extend(data);
+                match parse(raw) {
+                    Ok((ValkeyFrame::Array { data, .. }, _)) => items.extend(data),
+                    _ => return reply_message(request, first),
                 }
             }
             frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
         }
-        Merge::AllOf => {
-            let mut combined: Option<Vec<i64>> = None;
-            for raw in &replies {
-                let Ok((ValkeyFrame::Array { data, .. }, _)) = parse(raw) else { continue };
-                let flags: Vec<i64> = data.iter().map(number).collect();
-                combined = Some(match combined {
-                    None => flags,
-                    Some(acc) => acc.iter().zip(&flags).map(|(a, b)| (*a).min(*b)).collect(),
-                });
+        Merge::Info => match super::info::merge_info(&replies) {
+            Some(raw) => reply_message(request, raw),
+            None => reply_message(request, first),
+        },
+        Merge::RandomKey => {
+            let keys: Vec<&Bytes> = replies.iter().filter(|r| !matches!(r.as_ref(), b"$-1\r\n" | b"_\r\n")).collect();
+            match keys.get(random_below(keys.len())) {
+                Some(key) => reply_message(request, (*key).clone()),
+                None => reply_message(request, first),
             }
-            let items = combined
-                .unwrap_or_default()
-                .into_iter()
-                .map(|n| ValkeyFrame::Number { data: n, attributes: None })
-                .collect();
-            frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
         }
         Merge::Mget(positions) => {
             let arrays: Vec<Vec<ValkeyFrame>> = replies
@@ -96,7 +116,7 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
             frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
         }
         Merge::Scan(index, masters) => {
-            let Some(Ok((ValkeyFrame::Array { data, .. }, _))) = replies.first().map(parse) else {
+            let Ok((ValkeyFrame::Array { data, .. }, _)) = parse(&first) else {
                 return error("unexpected SCAN reply".into());
             };
             let next = match data.first() {
@@ -114,8 +134,47 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
             let items = vec![shotover_protocols::valkey::frame::bulk(cursor.to_string()), keys];
             frame_message(request, ValkeyFrame::Array { data: items, attributes: None })
         }
-        Merge::Error(_) => error("unreachable".into()),
+        // All succeeded (or one did), the special ones without a rule of their own (MEMORY
+        // STATS, LATENCY DOCTOR): the first node's reply.
+        _ => reply_message(request, first),
     }
+}
+
+/// Integer replies combined with `f`; arrays of integers element by element (SCRIPT
+/// EXISTS). A reply of another kind is passed on as the first node wrote it.
+fn aggregate(request: &Message, replies: &[Bytes], f: impl Fn(i64, i64) -> i64) -> Message {
+    let frames: Vec<ValkeyFrame> = replies.iter().filter_map(|r| parse(r).ok()).map(|(f, _)| f).collect();
+    let combined = match frames.first() {
+        Some(ValkeyFrame::Number { .. }) => {
+            frames.iter().map(number).reduce(&f).map(|n| ValkeyFrame::Number { data: n, attributes: None })
+        }
+        Some(ValkeyFrame::Array { .. }) => {
+            let mut acc: Option<Vec<i64>> = None;
+            for frame in &frames {
+                let ValkeyFrame::Array { data, .. } = frame else { continue };
+                let flags: Vec<i64> = data.iter().map(number).collect();
+                acc = Some(match acc {
+                    None => flags,
+                    Some(acc) => acc.iter().zip(&flags).map(|(a, b)| f(*a, *b)).collect(),
+                });
+            }
+            let items = acc.unwrap_or_default().into_iter().map(|n| ValkeyFrame::Number { data: n, attributes: None });
+            Some(ValkeyFrame::Array { data: items.collect(), attributes: None })
+        }
+        _ => None,
+    };
+    match combined {
+        Some(frame) if frames.len() == replies.len() => frame_message(request, frame),
+        _ => reply_message(request, replies.first().cloned().unwrap_or_default()),
+    }
+}
+
+/// A number below `n` (0 when `n` is 0), different from call to call: the standard
+/// library's random hash keys, so that no random-number crate is needed for RANDOMKEY.
+fn random_below(n: usize) -> usize {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    usize::try_from(random % (n.max(1) as u64)).unwrap_or(0)
 }
 
 fn number(frame: &ValkeyFrame) -> i64 {
@@ -200,11 +259,17 @@ mod tests {
     #[test]
     fn an_error_reply_from_any_node_is_the_response() {
         let oom = &b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"[..];
+        // Some nodes did it: the error names the node that did not.
         let response = respond(&[b"MSET", b"hello", b"1", b"foo", b"2"], &[Ok(b"+OK\r\n"), Ok(oom)]);
-        assert_eq!(response, oom);
+        assert_eq!(
+            response,
+            &b"-OOM command not allowed when used memory > 'maxmemory'. (from node 10.0.0.3:7000)\r\n"[..]
+        );
         let wrong = &b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"[..];
         let response = respond(&[b"MGET", b"foo", b"hello"], &[Ok(wrong), Ok(b"*1\r\n$1\r\n1\r\n")]);
-        assert_eq!(response, wrong);
+        assert!(response.ends_with(b"value (from node 10.0.0.3:7000)\r\n"));
+        // Every node refused: the error as the nodes wrote it.
+        assert_eq!(respond(&[b"FLUSHALL"], &[Ok(oom), Ok(oom), Ok(oom)]), oom);
         assert_eq!(respond(&[b"GET", b"foo"], &[Ok(wrong)]), wrong);
     }
 

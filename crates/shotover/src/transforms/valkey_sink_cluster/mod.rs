@@ -15,14 +15,16 @@
 //! per request, in request order. `MOVED` updates the slot map and retries; `ASK` retries once
 //! with `ASKING`; connection errors drop the connection and refresh the slot map.
 //!
-//! What runs across the cluster:
-//! - commands with a key go to the master of the key's slot (the first argument is taken as
-//!   the key; a command whose first argument is not a key reaches its node through `MOVED`);
-//!   `EVAL`/`FCALL` and their variants are routed by their first key;
-//! - `MGET`, `MSET` and multi-key `DEL`/`EXISTS`/`UNLINK`/`TOUCH` are split by slot and their
-//!   replies merged; `DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB` and `SCRIPT` go to every master
-//!   (with `direct_connection`: to that node alone, like every command without a key);
-//! - commands without a key (`PING`, `INFO`, `CLUSTER`, `AUTH`, `HELLO`, ...) go to the
+//! What runs across the cluster, as Valkey's command table says (read from a node with
+//! `COMMAND`, else Valkey 8.0.1's built in; see `plan.rs`):
+//! - commands with keys go to the master of their first key's slot, the keys found by the
+//!   table's key specifications;
+//! - `multi_shard` commands (`MGET`, `MSET`, `DEL`...) are split by slot and their replies
+//!   merged; `all_shards` commands (`DBSIZE`, `KEYS`, `FLUSHALL`, `FUNCTION LOAD`, `INFO`...)
+//!   go to every master and `all_nodes` ones (`CONFIG SET`, `SCRIPT LOAD`...) to every node,
+//!   their replies combined by their response policy (with `direct_connection`: to that node
+//!   alone, like every command without a key);
+//! - commands without a key (`ECHO`, `CLUSTER`, `AUTH`, `HELLO`, ...) go to the
 //!   `direct_connection` node, else to a master;
 //! - `SCAN` walks every master in turn: the proxy's cursor holds the node's cursor and the
 //!   master's index (masters in address order, at most 256); with `direct_connection` it is
@@ -43,11 +45,13 @@
 //!
 //! The code, by job: `route.rs` says which node and which kind of connection a request
 //! needs, `plan.rs` splits requests into sub-requests, `send.rs` writes them and reads the
-//! replies (redirections included), `merge.rs` makes the replies one response per request,
+//! replies (redirections included), `merge.rs` makes the replies one response per request
+//! (`info.rs` merges INFO reports),
 //! `transaction.rs` runs MULTI/EXEC and WATCH, and `pubsub.rs` subscriptions and MONITOR.
 //! This file holds the configuration, what
 //! the clients of one core share, and the [`Transform`] that ties the steps together.
 
+mod info;
 mod merge;
 mod plan;
 mod pubsub;
@@ -73,6 +77,7 @@ use prometheus::IntCounter;
 use pubsub::{is_pubsub_command, PubSub};
 use route::{is_stateful, Routes};
 use serde::Deserialize;
+use shotover_protocols::valkey::commands::CommandTable;
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -147,6 +152,8 @@ impl TransformConfig for ValkeySinkClusterConfig {
             timeout: resolved.settings.connect_timeout,
             tls: resolved.settings.tls.clone(),
             map: RefCell::new(SlotMap::default()),
+            commands: RefCell::new(None),
+            want_commands: Cell::new(true),
             connection_count: self.connection_count,
             muxes: RefCell::new(HashMap::new()),
             next_mux: Cell::new(0),
@@ -171,6 +178,11 @@ struct Shared {
     timeout: Duration,
     tls: Option<futures_rustls::TlsConnector>,
     map: RefCell<SlotMap>,
+    /// The command table read from a node; until then, or if nodes refuse `COMMAND`,
+    /// Valkey 8.0.1's built-in one.
+    commands: RefCell<Option<CommandTable>>,
+    /// Read the command table with the next slot map: at start, and after a reconnect.
+    want_commands: Cell<bool>,
     /// Shared connections per node.
     connection_count: usize,
     /// Per node: the core's shared, multiplexed connections (up to `connection_count`),
@@ -204,7 +216,9 @@ impl Shared {
     /// Routing over the slot map as it is now.
     fn routes<R>(&self, f: impl FnOnce(&Routes<'_>) -> R) -> R {
         let map = self.map.borrow();
-        f(&Routes { map: &map, direct: self.direct, contact: &self.contact })
+        let read = self.commands.borrow();
+        let commands = read.as_ref().unwrap_or_else(|| CommandTable::builtin());
+        f(&Routes { map: &map, commands, direct: self.direct, contact: &self.contact })
     }
 }
 
@@ -312,6 +326,8 @@ impl ValkeySinkCluster {
         let broken = self.run(&mut subs, &pending).await;
         let moved = self.follow_redirections(&mut subs).await;
         if broken {
+            // The node may have been replaced by another version: read its table again.
+            self.shared.want_commands.set(true);
             // A node could not be reached (after a failover, say): ask the cluster again and
             // send what never left the proxy to its slot's current master.
             self.refresh_map().await;
@@ -366,6 +382,7 @@ mod fixtures {
     use super::Routes;
     use crate::message::{Message, Protocol};
     use crate::sinks::valkey_slots::SlotMap;
+    use shotover_protocols::valkey::commands::CommandTable;
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Instant;
 
@@ -388,7 +405,12 @@ mod fixtures {
 
     /// Routing over `map`, without `direct_connection` or contact points.
     pub(super) fn routes(map: &SlotMap) -> Routes<'_> {
-        Routes { map, direct: None, contact: &[] }
+        Routes { map, commands: table(), direct: None, contact: &[] }
+    }
+
+    /// Valkey 8.0.1's command table.
+    pub(super) fn table() -> &'static CommandTable {
+        CommandTable::builtin()
     }
 
     /// A request as a client sends it: an array of bulk strings.

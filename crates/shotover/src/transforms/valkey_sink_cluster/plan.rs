@@ -1,21 +1,24 @@
 //! Planning: how one client request becomes sub-requests, each for one node, and how their
 //! replies will be merged back ([`Merge`]).
 //!
-//! A command with a key goes to the master of the key's slot. `MGET`, `MSET` and multi-key
-//! `DEL`/`EXISTS`/`UNLINK`/`TOUCH` are split into one sub-request per slot (Valkey Cluster
-//! refuses keys of different slots in one command, even on one node). Node-wide commands
-//! (`DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB`, `SCRIPT`) go to every master, and `SCAN` to the
-//! master its cursor names, unless `direct_connection` is set: then they go to that node
-//! alone, as every command without a key does. Commands without a key go to
-//! [`Routes::default_node`]. Requests the proxy answers itself (transaction commands outside
-//! a transaction) get no sub-request and a [`Merge::Error`]; pub/sub commands and `MONITOR`
-//! never get here (see `pubsub.rs`).
+//! Valkey's command table decides ([`Routes::commands`]): its key specifications say which
+//! arguments are keys, its `request_policy` tips which commands run on every master
+//! (`all_shards`: `DBSIZE`, `KEYS`, `FLUSHALL`, `FUNCTION LOAD`, `INFO`...), on every node
+//! (`all_nodes`: `CONFIG SET`, `SCRIPT LOAD`, `ACL SETUSER`...) or split by slot
+//! (`multi_shard`: `MGET`, `MSET`, `DEL`...; Valkey Cluster refuses keys of different slots
+//! in one command, even on one node), and its `response_policy` tips how their replies
+//! combine. A command with keys goes to the master of its first key's slot, one without to
+//! [`Routes::default_node`]. With `direct_connection` (handling mode) what would run on
+//! several nodes goes to that node alone. `SCAN` walks the masters one by one. Requests the
+//! proxy answers itself (transaction commands outside a transaction) get no sub-request;
+//! pub/sub commands and `MONITOR` never get here (see `pubsub.rs`).
 
-use super::route::{is_script, script_key, Routes};
+use super::route::{Name, Routes};
 use crate::message::Message;
 use crate::sinks::valkey_slots::slot;
 use bytes::Bytes;
-use shotover_protocols::valkey::command::{array_strings, request_word};
+use shotover_protocols::valkey::command::array_strings;
+use shotover_protocols::valkey::commands::{CommandInfo, RequestPolicy, ResponsePolicy};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
@@ -37,20 +40,20 @@ pub(super) struct Sub {
 pub(super) enum Merge {
     /// The one sub-request's reply.
     Single,
-    /// Integers added up (DEL, EXISTS, UNLINK, TOUCH, DBSIZE).
-    Sum,
-    /// Arrays joined (KEYS).
-    Concat,
-    /// Arrays of 0/1 combined element by element: 1 only where every node says 1
-    /// (SCRIPT EXISTS: a script is usable only if every master has it).
-    AllOf,
-    /// MGET: element `j` of the response is element `.1` of sub-request `.0`'s reply.
+    /// As the command's `response_policy` says (see [`ResponsePolicy`]).
+    Policy(ResponsePolicy),
+    /// A split command without a response policy (`MGET`): element `j` of the response is
+    /// element `.1` of sub-request `.0`'s reply.
     Mget(Vec<(usize, usize)>),
-    /// The first reply, unless any is an error (MSET, FLUSHALL, SCRIPT ...).
-    AllOk,
     /// SCAN on master `.0` of `.1`: the node's cursor is turned into a cluster-wide one.
     Scan(usize, usize),
-    /// Answered by the proxy.
+    /// INFO: one report, counters summed (`info.rs`).
+    Info,
+    /// RANDOMKEY: a key from a master that has one, picked at random.
+    RandomKey,
+    /// Answered by the proxy with these bytes.
+    Local(&'static [u8]),
+    /// Answered by the proxy with this error.
     Error(String),
 }
 
@@ -59,7 +62,8 @@ pub(super) struct Plan {
     /// Its sub-requests: these indices of the batch's list of sub-requests.
     pub(super) subs: std::ops::Range<usize>,
     pub(super) merge: Merge,
-    /// `AUTH` or `HELLO`: once it succeeds, it is replayed on the client's new connections.
+    /// `AUTH`, `HELLO` or `CLIENT SETNAME`: once it succeeds, it is replayed on the client's
+    /// new connections.
     pub(super) session: bool,
 }
 
@@ -68,217 +72,156 @@ pub(super) fn command(parts: &[&[u8]]) -> Bytes {
     shotover_protocols::valkey::command::encode(parts)
 }
 
+/// Appends a sub-request for `node`; one for no node (a slot no master serves) is never
+/// written, and its error becomes the response.
+fn push(subs: &mut Vec<Sub>, node: Option<SocketAddr>, raw: Bytes, slot: Option<u16>) {
+    let reply = match node {
+        Some(_) => Err(Cow::Borrowed("not sent")),
+        None => Err(Cow::Borrowed("no node serves this slot")),
+    };
+    let node = node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    subs.push(Sub { node, raw, slot, reply, sent: false, asking: false });
+}
+
 impl Routes<'_> {
     /// Splits one request into sub-requests (appended to `subs`).
     pub(super) fn plan(&self, request: &Message, subs: &mut Vec<Sub>) -> Plan {
         let start = subs.len();
+        let answer = |merge: Merge| Plan { subs: start..start, merge, session: false };
         let Some(raw) = request.raw().cloned() else {
-            return Plan {
-                subs: start..start,
-                merge: Merge::Error("ERR shotover: cannot route a modified request".into()),
-                session: false,
-            };
+            return answer(Merge::Error("ERR shotover: cannot route a modified request".into()));
         };
-        // The name upper-cased on the stack: every command name Valkey has fits in 32 bytes.
-        let mut upper = [0u8; 32];
-        let long_name;
-        let name: &[u8] = match request_word(&raw, 0) {
-            Some(n) => match upper.get_mut(..n.len()) {
-                Some(buf) => {
-                    buf.copy_from_slice(n);
-                    buf.make_ascii_uppercase();
-                    buf
-                }
-                None => {
-                    long_name = n.to_ascii_uppercase();
-                    &long_name
-                }
-            },
-            None => b"",
-        };
-        // Only the commands that split, fan out or read more than their first argument need
-        // every argument listed (an allocation); the rest route by their first argument.
-        let all_args = is_script(name)
-            || matches!(
-                name,
-                b"SCAN"
-                    | b"MGET"
-                    | b"DEL"
-                    | b"EXISTS"
-                    | b"UNLINK"
-                    | b"TOUCH"
-                    | b"MSET"
-                    | b"DBSIZE"
-                    | b"KEYS"
-                    | b"FLUSHALL"
-                    | b"FLUSHDB"
-                    | b"SCRIPT"
-            );
-        let words = if all_args { array_strings(&raw) } else { Vec::new() };
-        let args = words.get(1..).unwrap_or_default();
-        let first_arg = if all_args { args.first().copied() } else { request_word(&raw, 1) };
-        let needs_own = |what: &str| Plan {
-            subs: start..start,
-            merge: Merge::Error(format!("ERR shotover: {what} needs a pub/sub connection, and none is known")),
-            session: false,
-        };
-        let push = |subs: &mut Vec<Sub>, node: Option<SocketAddr>, raw: Bytes, slot: Option<u16>| {
-            let reply = match node {
-                Some(_) => Err(Cow::Borrowed("not sent")),
-                None => Err(Cow::Borrowed("no node serves this slot")),
-            };
-            let node = node.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-            subs.push(Sub { node, raw, slot, reply, sent: false, asking: false });
-        };
-        let merge = match name {
-            b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
-                // Only reached when planning a batch without an open transaction.
-                return Plan {
-                    subs: start..start,
-                    merge: Merge::Error(format!("ERR {} without MULTI", String::from_utf8_lossy(name))),
-                    session: false,
-                };
+        let name = Name::of(&raw);
+        let name = name.as_bytes();
+        let info = self.info(name, &raw);
+        let client_setname = name == b"CLIENT" && info.is_some_and(|i| i.request == RequestPolicy::AllNodes);
+        match name {
+            // Only reached without an open transaction (see `transaction.rs`).
+            b"EXEC" | b"DISCARD" | b"MULTI" | b"WATCH" => {
+                return answer(Merge::Error(format!("ERR {} without MULTI", String::from_utf8_lossy(name))))
             }
-            b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"SCRIPT" | b"SCAN" if self.direct.is_some() => {
-                // Handling mode: like every command without a key, the direct node's alone
-                // (a cluster-aware client asks each node itself).
-                push(subs, self.direct, raw.clone(), None);
-                Merge::Single
-            }
-            b"SCAN" => {
-                // Cluster cursor = node cursor << 8 | master index, masters in address order.
-                let cursor = args.first().and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok());
-                let Some(cursor) = cursor else {
-                    return Plan {
-                        subs: start..start,
-                        merge: Merge::Error("ERR invalid cursor".into()),
-                        session: false,
-                    };
-                };
-                let mut masters = self.map.masters.clone();
-                masters.sort();
-                let index = (cursor & 0xff) as usize;
-                let Some(node) = masters.get(index).copied() else {
-                    return Plan {
-                        subs: start..start,
-                        merge: Merge::Error("ERR invalid cursor".into()),
-                        session: false,
-                    };
-                };
-                let node_cursor = (cursor >> 8).to_string();
-                let mut parts: Vec<&[u8]> = vec![b"SCAN", node_cursor.as_bytes()];
-                parts.extend(args.get(1..).unwrap_or_default());
-                push(subs, Some(node), command(&parts), None);
-                Merge::Scan(index, masters.len())
-            }
+            b"UNWATCH" => return answer(Merge::Local(b"+OK\r\n")),
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE"
-            | b"MONITOR" => return needs_own(&String::from_utf8_lossy(name)),
-            b"MGET" if !args.is_empty() => {
-                let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
-                for (i, key) in args.iter().enumerate() {
-                    let s = slot(key);
-                    match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
-                        Some((_, keys)) => keys.push(i),
-                        None => by_slot.push((s, vec![i])),
-                    }
-                }
-                let mut positions = vec![(0, 0); args.len()];
-                for (group, (s, keys)) in by_slot.iter().enumerate() {
-                    let mut parts: Vec<&[u8]> = vec![b"MGET"];
-                    for (j, k) in keys.iter().enumerate() {
-                        parts.extend(args.get(*k).copied());
-                        if let Some(p) = positions.get_mut(*k) {
-                            *p = (start + group, j);
-                        }
-                    }
-                    let node = self.map.master_of(*s);
-                    push(subs, node, command(&parts), Some(*s));
-                }
-                Merge::Mget(positions)
+            | b"MONITOR" => {
+                let name = String::from_utf8_lossy(name);
+                return answer(Merge::Error(format!(
+                    "ERR shotover: {name} needs a pub/sub connection, and none is known"
+                )));
             }
-            b"DEL" | b"EXISTS" | b"UNLINK" | b"TOUCH" if args.len() > 1 => {
-                let mut by_slot: Vec<(u16, Vec<&[u8]>)> = Vec::new();
-                for key in args {
-                    let s = slot(key);
-                    match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
-                        Some((_, keys)) => keys.push(key),
-                        None => by_slot.push((s, vec![key])),
-                    }
-                }
-                for (s, keys) in by_slot {
-                    let mut parts: Vec<&[u8]> = vec![name];
-                    parts.extend(keys);
-                    let node = self.map.master_of(s);
-                    push(subs, node, command(&parts), Some(s));
-                }
-                Merge::Sum
+            _ => {}
+        }
+        let request_policy = info.map_or(RequestPolicy::Default, |i| i.request);
+        let response_policy = info.map_or(ResponsePolicy::Default, |i| i.response);
+        // CLIENT SETNAME and SETINFO are `all_nodes`, but they name the client's connection:
+        // they go with its session to every connection it uses instead.
+        let node_wide =
+            matches!(request_policy, RequestPolicy::AllNodes | RequestPolicy::AllShards | RequestPolicy::Special)
+                && name != b"CLIENT";
+        let merge = if node_wide && self.direct.is_some() {
+            // Handling mode: the direct node's alone (a cluster-aware client asks each node).
+            push(subs, self.direct, raw.clone(), None);
+            Merge::Single
+        } else if name == b"SCAN" {
+            match self.scan(&raw, subs) {
+                Some(merge) => merge,
+                None => return answer(Merge::Error("ERR invalid cursor".into())),
             }
-            b"MSET" if args.len() >= 2 && args.len() % 2 == 0 => {
-                let mut by_slot: Vec<(u16, Vec<&[u8]>)> = Vec::new();
-                for pair in args.chunks(2) {
-                    let Some(key) = pair.first() else { continue };
-                    let s = slot(key);
-                    match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
-                        Some((_, kv)) => kv.extend(pair),
-                        None => by_slot.push((s, pair.to_vec())),
-                    }
-                }
-                for (s, kv) in by_slot {
-                    let mut parts: Vec<&[u8]> = vec![b"MSET"];
-                    parts.extend(kv);
-                    let node = self.map.master_of(s);
-                    push(subs, node, command(&parts), Some(s));
-                }
-                Merge::AllOk
+        } else if node_wide {
+            let replicas = if request_policy == RequestPolicy::AllNodes { self.map.replicas.as_slice() } else { &[] };
+            for node in self.map.masters.iter().chain(replicas) {
+                push(subs, Some(*node), raw.clone(), None);
             }
-            b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"SCRIPT" => {
-                let masters = self.map.masters.clone();
-                for node in masters {
-                    push(subs, Some(node), raw.clone(), None);
-                }
-                let exists = args.first().is_some_and(|sub| sub.eq_ignore_ascii_case(b"EXISTS"));
-                match name {
-                    b"DBSIZE" => Merge::Sum,
-                    b"KEYS" => Merge::Concat,
-                    b"SCRIPT" if exists => Merge::AllOf,
-                    _ => Merge::AllOk,
-                }
-            }
-            script if is_script(script) => {
-                match script_key(args) {
-                    Some(key) => {
-                        let (node, s) = self.node_for(key);
-                        push(subs, node, raw.clone(), Some(s));
-                    }
-                    None => push(subs, self.default_node(), raw.clone(), None),
-                }
-                Merge::Single
-            }
-            b"AUTH" | b"HELLO" | b"PING" | b"ECHO" | b"INFO" | b"TIME" | b"COMMAND" | b"CLIENT" | b"CLUSTER"
-            | b"SELECT" | b"READONLY" | b"READWRITE" | b"RANDOMKEY" | b"LASTSAVE" | b"ROLE" => {
+            if self.map.masters.is_empty() {
+                // No slot map yet: a contact point answers for the cluster.
                 push(subs, self.default_node(), raw.clone(), None);
-                Merge::Single
             }
-            _ => match first_arg {
+            match name {
+                b"INFO" => Merge::Info,
+                b"RANDOMKEY" => Merge::RandomKey,
+                _ => Merge::Policy(response_policy),
+            }
+        } else if let Some(merge) = info
+            .filter(|_| request_policy == RequestPolicy::MultiShard)
+            .and_then(|info| self.split(info, name, &raw, subs))
+        {
+            merge
+        } else {
+            match self.first_key(name, info, &raw) {
                 Some(key) => {
                     let (node, s) = self.node_for(key);
                     push(subs, node, raw.clone(), Some(s));
-                    Merge::Single
                 }
-                None => {
-                    push(subs, self.default_node(), raw.clone(), None);
-                    Merge::Single
-                }
-            },
+                None => push(subs, self.default_node(), raw.clone(), None),
+            }
+            Merge::Single
         };
-        let session = matches!(name, b"AUTH" | b"HELLO");
+        let session = matches!(name, b"AUTH" | b"HELLO") || client_setname;
         Plan { subs: start..subs.len(), merge, session }
+    }
+
+    /// SCAN: the cluster cursor is the node's cursor << 8 | the master's index, masters in
+    /// address order. `None` for a cursor that is not one.
+    fn scan(&self, raw: &Bytes, subs: &mut Vec<Sub>) -> Option<Merge> {
+        let words = array_strings(raw);
+        let args = words.get(1..).unwrap_or_default();
+        let cursor = args.first().and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok())?;
+        let mut masters = self.map.masters.clone();
+        masters.sort();
+        let index = (cursor & 0xff) as usize;
+        let node = masters.get(index).copied()?;
+        let node_cursor = (cursor >> 8).to_string();
+        let mut parts: Vec<&[u8]> = vec![b"SCAN", node_cursor.as_bytes()];
+        parts.extend(args.get(1..).unwrap_or_default());
+        push(subs, Some(node), command(&parts), None);
+        Some(Merge::Scan(index, masters.len()))
+    }
+
+    /// A `multi_shard` command split into one command per slot, each key with the
+    /// arguments that follow it (`MSET`'s values). `None` when it has fewer than two keys or
+    /// its arguments are not a plain list of keys (the node then judges it whole).
+    fn split(&self, info: &CommandInfo, name: &[u8], raw: &Bytes, subs: &mut Vec<Sub>) -> Option<Merge> {
+        let words = array_strings(raw);
+        let mut keys = Vec::new();
+        info.keys(&words, &mut keys);
+        let step = info.key_step();
+        let first = *keys.first()?;
+        let plain = keys.iter().enumerate().all(|(i, k)| *k == first + i * step);
+        if keys.len() < 2 || !plain || first + keys.len() * step != words.len() {
+            return None;
+        }
+        let start = subs.len();
+        let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let s = slot(words.get(*key)?);
+            match by_slot.iter_mut().find(|(sl, _)| *sl == s) {
+                Some((_, group)) => group.push(i),
+                None => by_slot.push((s, vec![i])),
+            }
+        }
+        let mut positions = vec![(0, 0); keys.len()];
+        for (group, (s, members)) in by_slot.iter().enumerate() {
+            // The split commands are written anew, their name in upper case.
+            let mut parts: Vec<&[u8]> = vec![name];
+            parts.extend(words.get(1..first).unwrap_or_default());
+            for (j, i) in members.iter().enumerate() {
+                let at = keys.get(*i)?;
+                parts.extend(words.get(*at..at + step)?);
+                if let Some(p) = positions.get_mut(*i) {
+                    *p = (start + group, j);
+                }
+            }
+            push(subs, self.map.master_of(*s), command(&parts), Some(*s));
+        }
+        Some(match info.response {
+            ResponsePolicy::Default => Merge::Mget(positions),
+            policy => Merge::Policy(policy),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{request, routes, three_masters, A, B, C, D};
+    use super::super::fixtures::{request, routes, table, three_masters, A, B, C, D};
     use super::*;
     use crate::sinks::valkey_slots::SlotMap;
 
@@ -340,9 +283,9 @@ mod tests {
         let map = three_masters();
         let mut subs = Vec::new();
         let p = plan(&routes(&map), &mut subs, &[b"UNLINK", b"foo", b"hello", b"{foo}x"]);
-        assert_eq!((p.subs, p.merge), (0..2, Merge::Sum));
+        assert_eq!((p.subs, p.merge), (0..2, Merge::Policy(ResponsePolicy::AggSum)));
         let p = plan(&routes(&map), &mut subs, &[b"MSET", b"hello", b"1", b"foo", b"2", b"{foo}x", b"3"]);
-        assert_eq!((p.subs, p.merge), (2..4, Merge::AllOk));
+        assert_eq!((p.subs, p.merge), (2..4, Merge::Policy(ResponsePolicy::AllSucceeded)));
         assert_eq!(
             targets(&subs),
             vec![
@@ -355,7 +298,7 @@ mod tests {
         // Keys of different slots are split even when one master serves both; the split
         // commands are written anew, their name in upper case.
         let p = plan(&routes(&map), &mut subs, &[b"exists", b"hello", b"bar"]);
-        assert_eq!(p.merge, Merge::Sum);
+        assert_eq!(p.merge, Merge::Policy(ResponsePolicy::AggSum));
         assert_eq!(
             targets(subs.get(p.subs).unwrap()),
             vec![(A, Some(866), command(&[b"EXISTS", b"hello"])), (A, Some(5061), command(&[b"EXISTS", b"bar"]))]
@@ -366,11 +309,11 @@ mod tests {
     fn node_wide_commands_go_to_every_master() {
         let map = three_masters();
         for (parts, merge) in [
-            (&[&b"DBSIZE"[..]][..], Merge::Sum),
-            (&[b"KEYS", b"user:*"], Merge::Concat),
-            (&[b"flushall", b"ASYNC"], Merge::AllOk),
-            (&[b"SCRIPT", b"exists", b"sha1", b"sha2"], Merge::AllOf),
-            (&[b"SCRIPT", b"LOAD", b"return 1"], Merge::AllOk),
+            (&[&b"DBSIZE"[..]][..], Merge::Policy(ResponsePolicy::AggSum)),
+            (&[b"KEYS", b"user:*"], Merge::Policy(ResponsePolicy::Default)),
+            (&[b"flushall", b"ASYNC"], Merge::Policy(ResponsePolicy::AllSucceeded)),
+            (&[b"SCRIPT", b"exists", b"sha1", b"sha2"], Merge::Policy(ResponsePolicy::AggLogicalAnd)),
+            (&[b"SCRIPT", b"LOAD", b"return 1"], Merge::Policy(ResponsePolicy::AllSucceeded)),
         ] {
             let mut subs = Vec::new();
             let p = plan(&routes(&map), &mut subs, parts);
@@ -383,7 +326,7 @@ mod tests {
     #[test]
     fn with_direct_connection_node_wide_commands_and_scan_go_to_the_direct_node_alone() {
         let map = three_masters();
-        let direct = Routes { map: &map, direct: Some(D), contact: &[] };
+        let direct = Routes { map: &map, commands: table(), direct: Some(D), contact: &[] };
         for parts in [
             &[&b"DBSIZE"[..]][..],
             &[b"keys", b"user:*"],
@@ -404,10 +347,9 @@ mod tests {
     #[test]
     fn commands_without_a_key_go_to_the_default_node() {
         let map = three_masters();
-        let direct = Routes { map: &map, direct: Some(D), contact: &[] };
+        let direct = Routes { map: &map, commands: table(), direct: Some(D), contact: &[] };
         let mut subs = Vec::new();
-        for parts in [&[&b"PING"[..]][..], &[b"INFO", b"server"], &[b"CLUSTER", b"INFO"], &[b"MGET"], &[b"ECHO", b"hi"]]
-        {
+        for parts in [&[&b"TIME"[..]][..], &[b"LASTSAVE"], &[b"CLUSTER", b"INFO"], &[b"MGET"], &[b"ECHO", b"hi"]] {
             plan(&routes(&map), &mut subs, parts);
             plan(&direct, &mut subs, parts);
         }
@@ -477,7 +419,7 @@ mod tests {
         assert_eq!(subs[1].reply, Err("no node serves this slot".into()));
         // An empty map: what has no key goes to the first contact point.
         let empty = SlotMap::default();
-        Routes { map: &empty, direct: None, contact: &[D] }.plan(&request(&[b"PING"]), &mut subs);
+        Routes { map: &empty, commands: table(), direct: None, contact: &[D] }.plan(&request(&[b"PING"]), &mut subs);
         assert_eq!(subs.last().map(|s| s.node), Some(D));
     }
 }

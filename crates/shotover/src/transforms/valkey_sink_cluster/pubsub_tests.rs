@@ -49,7 +49,7 @@ fn before_any_subscription_each_command_goes_to_its_node_and_others_go_the_usual
         assert_eq!(at(parts), None, "{parts:?}");
     }
     // With direct_connection, SUBSCRIBE goes there.
-    let direct = Routes { map: &map, direct: Some(D), contact: &[] };
+    let direct = Routes { map: &map, commands: super::super::fixtures::table(), direct: Some(D), contact: &[] };
     assert_eq!(route(&[], None, &request(&[b"PSUBSCRIBE", b"p*"]), &direct), Some(Route::Node(D)));
 }
 

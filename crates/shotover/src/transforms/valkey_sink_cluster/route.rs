@@ -6,19 +6,56 @@
 
 use crate::message::Message;
 use crate::sinks::valkey_slots::{slot, SlotMap};
-use shotover_protocols::valkey::command::array_strings;
+use shotover_protocols::valkey::command::request_word;
+use shotover_protocols::valkey::commands::{self, CommandInfo, CommandTable};
 use std::net::SocketAddr;
 
-/// What routing needs to know: the slot map and the nodes to use when it does not say.
+/// What routing needs to know: the slot map, the command table and the nodes to use when
+/// they do not say.
 pub(super) struct Routes<'a> {
     pub(super) map: &'a SlotMap,
+    /// Valkey's command table: which arguments are keys, and which commands run on every
+    /// node (read from a node, else Valkey 8.0.1's built in).
+    pub(super) commands: &'a CommandTable,
     /// `direct_connection`: the node for commands without a key.
     pub(super) direct: Option<SocketAddr>,
     /// `first_contact_points`, the last resort while the slot map is empty.
     pub(super) contact: &'a [SocketAddr],
 }
 
-impl Routes<'_> {
+/// A command name upper-cased on the stack: every command name Valkey has fits in 32 bytes
+/// (a longer one, which no table knows, is kept on the heap).
+pub(super) struct Name {
+    buf: [u8; 32],
+    len: usize,
+    long: Option<Vec<u8>>,
+}
+
+impl Name {
+    /// The name of a request (empty when it has none).
+    pub(super) fn of(raw: &[u8]) -> Name {
+        let mut name = Name { buf: [0; 32], len: 0, long: None };
+        let word = request_word(raw, 0).unwrap_or_default();
+        match name.buf.get_mut(..word.len()) {
+            Some(buf) => {
+                buf.copy_from_slice(word);
+                buf.make_ascii_uppercase();
+                name.len = word.len();
+            }
+            None => name.long = Some(word.to_ascii_uppercase()),
+        }
+        name
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match &self.long {
+            Some(long) => long,
+            None => self.buf.get(..self.len).unwrap_or_default(),
+        }
+    }
+}
+
+impl<'a> Routes<'a> {
     /// The node for commands without a key: `direct_connection`, else the first master,
     /// else the first contact point.
     pub(super) fn default_node(&self) -> Option<SocketAddr> {
@@ -31,32 +68,24 @@ impl Routes<'_> {
         (self.map.master_of(slot), slot)
     }
 
-    /// The node a command's first key lives on, if it has one. The first argument is taken
-    /// as the key, except for scripts and functions (see [`script_key`]).
+    /// The table's entry for a request named `name` (upper case); its subcommand, if the
+    /// command has any, is its first argument.
+    pub(super) fn info(&self, name: &[u8], raw: &[u8]) -> Option<&'a CommandInfo> {
+        self.commands.lookup(name, || request_word(raw, 1))
+    }
+
+    /// The first key of a request, where the command table says keys are.
+    pub(super) fn first_key<'r>(&self, name: &[u8], info: Option<&CommandInfo>, raw: &'r [u8]) -> Option<&'r [u8]> {
+        commands::first_key(info, name, raw)
+    }
+
+    /// The node a request's first key lives on, if it has a key.
     pub(super) fn key_node(&self, request: &Message) -> Option<SocketAddr> {
         let raw = request.raw()?;
-        let words = array_strings(raw);
-        let key = match words.split_first()? {
-            (name, args) if is_script(&name.to_ascii_uppercase()) => script_key(args)?,
-            (_, args) => args.first()?,
-        };
+        let name = Name::of(raw);
+        let info = self.info(name.as_bytes(), raw);
+        let key = self.first_key(name.as_bytes(), info, raw)?;
         self.map.master_of(slot(key))
-    }
-}
-
-/// `EVAL`, `EVALSHA`, `FCALL` and their `_RO` variants, whose keys follow a key count
-/// (`name` in upper case).
-pub(super) fn is_script(name: &[u8]) -> bool {
-    matches!(name, b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO")
-}
-
-/// The first key of a script or function call, from its arguments (script or function,
-/// `numkeys`, keys...): `None` when `numkeys` is 0 or not a number.
-pub(super) fn script_key<'a>(args: &[&'a [u8]]) -> Option<&'a [u8]> {
-    let numkeys = args.get(1).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<usize>().ok());
-    match (numkeys, args.get(2)) {
-        (Some(n), Some(key)) if n > 0 => Some(key),
-        _ => None,
     }
 }
 
@@ -65,7 +94,7 @@ pub(super) use crate::sinks::valkey_mux::keeps_state as is_stateful;
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{request, routes, three_masters, A, B, C, D};
+    use super::super::fixtures::{request, routes, table, three_masters, A, B, C, D};
     use super::*;
     use crate::message::{Frame, Protocol};
     use bytes::Bytes;
@@ -103,11 +132,11 @@ mod tests {
     fn commands_without_a_key_go_to_direct_connection_then_first_master_then_contact() {
         let map = three_masters();
         let contact = [D];
-        assert_eq!(Routes { map: &map, direct: Some(D), contact: &[] }.default_node(), Some(D));
-        assert_eq!(Routes { map: &map, direct: None, contact: &contact }.default_node(), Some(A));
+        assert_eq!(Routes { map: &map, commands: table(), direct: Some(D), contact: &[] }.default_node(), Some(D));
+        assert_eq!(Routes { map: &map, commands: table(), direct: None, contact: &contact }.default_node(), Some(A));
         let empty = SlotMap::default();
-        assert_eq!(Routes { map: &empty, direct: None, contact: &contact }.default_node(), Some(D));
-        assert_eq!(Routes { map: &empty, direct: None, contact: &[] }.default_node(), None);
+        assert_eq!(Routes { map: &empty, commands: table(), direct: None, contact: &contact }.default_node(), Some(D));
+        assert_eq!(Routes { map: &empty, commands: table(), direct: None, contact: &[] }.default_node(), None);
     }
 
     #[test]

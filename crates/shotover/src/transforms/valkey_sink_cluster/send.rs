@@ -12,7 +12,7 @@ use super::ValkeySinkCluster;
 use crate::chain::{ChainError, ChainResult};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_mux::MuxError;
-use crate::sinks::valkey_slots::{fetch, node_tls};
+use crate::sinks::valkey_slots::{fetch, node_tls, Fetched};
 use bytes::{BufMut, Bytes, BytesMut};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::borrow::Cow;
@@ -267,13 +267,23 @@ impl ValkeySinkCluster {
     pub(super) async fn refresh_map(&mut self) {
         let mut nodes = self.shared.map.borrow().masters.clone();
         nodes.extend(self.shared.contact.iter().copied());
-        match fetch(&nodes, self.shared.timeout, self.shared.tls.as_ref(), &self.session).await {
-            Ok(map) => {
-                // Shared connections to nodes that are no longer masters (failed over, or gone
-                // from the cluster) close once what they owe is answered.
+        let want_commands = self.shared.want_commands.get();
+        match fetch(&nodes, self.shared.timeout, self.shared.tls.as_ref(), &self.session, want_commands).await {
+            Ok(Fetched { map, commands }) => {
+                // Shared connections to nodes that are no longer in the cluster (or gone)
+                // close once what they owe is answered.
                 let direct = self.shared.direct;
-                self.shared.muxes.borrow_mut().retain(|node, _| map.masters.contains(node) || Some(*node) == direct);
+                let known = |node: &SocketAddr| map.masters.contains(node) || map.replicas.contains(node);
+                self.shared.muxes.borrow_mut().retain(|node, _| known(node) || Some(*node) == direct);
                 *self.shared.map.borrow_mut() = map;
+                self.shared.want_commands.set(false);
+                match commands {
+                    Some(Ok(table)) => *self.shared.commands.borrow_mut() = Some(table),
+                    Some(Err(e)) => tracing::warn!(
+                        "the cluster refused COMMAND ({e}); routing with Valkey 8.0.1's built-in command table"
+                    ),
+                    None => {}
+                }
             }
             Err(e) => tracing::warn!("cannot refresh the cluster slot map: {e:#}"),
         }
@@ -333,6 +343,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             tls: None,
             map: RefCell::new(map),
+            commands: RefCell::new(None),
+            want_commands: Cell::new(false),
             connection_count: 1,
             muxes: RefCell::new(HashMap::new()),
             next_mux: Cell::new(0),
