@@ -5,6 +5,7 @@
 # TLS-only cluster: directly and through shotover with TLS on both sides; all in one run.
 #
 #   benches/load/valkey-cluster.sh        # -c 50, 100000 requests, -P 1 and 16, 3 repetitions
+#   SHOTOVER_BIN=/path/to/older/shotover-proxy benches/load/valkey-cluster.sh   # another build
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -12,8 +13,7 @@ CLIENTS=${CLIENTS:-50}
 REQUESTS=${REQUESTS:-100000}
 REPS=${REPS:-3}
 source benches/load/common.sh
-build_release
-BIN=target/release/shotover-proxy
+if [ -n "${SHOTOVER_BIN:-}" ]; then BIN=$SHOTOVER_BIN; else build_release; BIN=target/release/shotover-proxy; fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

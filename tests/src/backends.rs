@@ -304,6 +304,21 @@ impl PythonOutput {
         assert!(self.success(), "python exited with {}:\n{}\n{}", self.status, self.stdout, self.stderr);
         self.stdout
     }
+
+    /// As [`PythonOutput::expect_success`], with the proxy's log in the failure message (what
+    /// the proxy said of a connection that the client saw close).
+    pub fn expect_success_with_log(self, shotover: &crate::Shotover) -> String {
+        let ok = self.success();
+        assert!(
+            ok,
+            "python exited with {}:\n{}\n{}\nproxy log:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr,
+            shotover.output()
+        );
+        self.stdout
+    }
 }
 
 /// Runs `snippet` with the venv's python as `python -c snippet args...` (so `sys.argv[1:]`

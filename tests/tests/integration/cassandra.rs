@@ -278,7 +278,7 @@ fn cql_over_websocket_with_real_cassandra() {
     let shotover = Shotover::start(&websocket_topology(port, "", &cassandra_sink(node.address())), port);
     let script = websocket_script();
     // Hand-made frames: the upgrade, message boundaries, ping, and bad input.
-    let out = run_python(&script, &["raw", &port.to_string()]).expect_success();
+    let out = run_python(&script, &["raw", &port.to_string()]).expect_success_with_log(&shotover);
     for line in WEBSOCKET_RAW {
         assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
     }
@@ -302,8 +302,9 @@ fn cql_over_websocket_under_tls() {
         certs.path("server.crt"),
         certs.path("server.key")
     );
-    let _shotover = Shotover::start(&websocket_topology(port, &tls, &cassandra_sink(node.address())), port);
-    let out = run_python(&websocket_script(), &["raw", &port.to_string(), &certs.path("ca.crt")]).expect_success();
+    let shotover = Shotover::start(&websocket_topology(port, &tls, &cassandra_sink(node.address())), port);
+    let out = run_python(&websocket_script(), &["raw", &port.to_string(), &certs.path("ca.crt")])
+        .expect_success_with_log(&shotover);
     for line in WEBSOCKET_RAW {
         assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
     }

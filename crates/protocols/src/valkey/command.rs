@@ -67,6 +67,13 @@ fn line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((buf.get(..end)?, buf.get(end + 2..)?))
 }
 
+/// As [`line`], for the short length lines of RESP (`*3`, `$5`): a plain scan, which for a
+/// few bytes costs less than memchr's setup.
+fn short_line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = buf.iter().take(24).position(|&c| c == b'\r')?;
+    Some((buf.get(..end)?, buf.get(end + 2..)?))
+}
+
 /// Encodes a command as clients send it: a RESP array of bulk strings.
 pub fn encode(parts: &[&[u8]]) -> bytes::Bytes {
     use bytes::BufMut;
@@ -166,6 +173,32 @@ pub fn request_word(raw: &[u8], n: usize) -> Option<&[u8]> {
         rest = after;
     }
     None
+}
+
+/// The first elements of a request (its name, then its first arguments) into `out`, read in
+/// one pass without allocating: how many were found (fewer when the request has fewer, or
+/// is not an array). Routing needs only these for most commands.
+pub fn leading_words<'a>(raw: &'a [u8], out: &mut [&'a [u8]]) -> usize {
+    if raw.first() != Some(&b'*') {
+        let words = array_strings(raw);
+        let n = words.len().min(out.len());
+        for (slot, word) in out.iter_mut().zip(words) {
+            *slot = word;
+        }
+        return n;
+    }
+    let Some((_, mut rest)) = short_line(raw) else { return 0 };
+    let mut found = 0;
+    for slot in out.iter_mut() {
+        let Some(len_line) = rest.strip_prefix(b"$") else { break };
+        let Some((len, r)) = short_line(len_line) else { break };
+        let Some(len) = parse_len(len).ok().and_then(|l| usize::try_from(l).ok()) else { break };
+        let Some(item) = r.get(..len) else { break };
+        *slot = item;
+        found += 1;
+        rest = r.get(len + 2..).unwrap_or_default();
+    }
+    found
 }
 
 /// The arguments of a request (its name excluded); see [`array_strings`].
@@ -350,6 +383,22 @@ mod tests {
             for n in 0..4 {
                 assert_eq!(request_word(raw, n), words.get(n).copied(), "{:?} word {n}", String::from_utf8_lossy(raw));
             }
+        }
+    }
+
+    #[test]
+    fn leading_words_are_the_first_words_of_array_strings() {
+        for raw in [
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n"[..],
+            b"*1\r\n$4\r\nPING\r\n",
+            b"*2\r\n$3\r\nGET\r\n$9\r\nshort\r\n",
+            b"GET  key  \r\n",
+            b"",
+        ] {
+            let words = array_strings(raw);
+            let mut out: [&[u8]; 2] = [b""; 2];
+            let n = leading_words(raw, &mut out);
+            assert_eq!(&out[..n], &words[..words.len().min(2)], "{:?}", String::from_utf8_lossy(raw));
         }
     }
 

@@ -13,7 +13,7 @@
 //! proxy answers itself (transaction commands outside a transaction) get no sub-request;
 //! pub/sub commands and `MONITOR` never get here (see `pubsub.rs`).
 
-use super::route::{Name, Routes};
+use super::route::{Leading, Name, Routes};
 use crate::message::Message;
 use crate::sinks::valkey_slots::slot;
 use bytes::Bytes;
@@ -91,9 +91,10 @@ impl Routes<'_> {
         let Some(raw) = request.raw().cloned() else {
             return answer(Merge::Error("ERR shotover: cannot route a modified request".into()));
         };
-        let name = Name::of(&raw);
+        let leading = Leading::of(&raw);
+        let name = Name::of(&leading);
         let name = name.as_bytes();
-        let info = self.info(name, &raw);
+        let info = self.info(name, &leading);
         let client_setname = name == b"CLIENT" && info.is_some_and(|i| i.request == RequestPolicy::AllNodes);
         match name {
             // Only reached without an open transaction (see `transaction.rs`).
@@ -146,7 +147,7 @@ impl Routes<'_> {
         {
             merge
         } else {
-            match self.first_key(name, info, &raw) {
+            match self.first_key(name, info, &leading, &raw) {
                 Some(key) => {
                     let (node, s) = self.node_for(key);
                     push(subs, node, raw.clone(), Some(s));

@@ -6,7 +6,7 @@
 
 use crate::message::Message;
 use crate::sinks::valkey_slots::{slot, SlotMap};
-use shotover_protocols::valkey::command::request_word;
+use shotover_protocols::valkey::command::leading_words;
 use shotover_protocols::valkey::commands::{self, CommandInfo, CommandTable};
 use std::net::SocketAddr;
 
@@ -31,18 +31,39 @@ pub(super) struct Name {
     long: Option<Vec<u8>>,
 }
 
+/// A request's first three words (its name and two arguments), read in one pass: enough to
+/// route most commands without reading the request again.
+pub(super) struct Leading<'r> {
+    words: [&'r [u8]; 3],
+    found: usize,
+}
+
+impl<'r> Leading<'r> {
+    pub(super) fn of(raw: &'r [u8]) -> Leading<'r> {
+        let mut words: [&[u8]; 3] = [b""; 3];
+        let found = leading_words(raw, &mut words);
+        Leading { words, found }
+    }
+
+    pub(super) fn words(&self) -> &[&'r [u8]] {
+        self.words.get(..self.found).unwrap_or_default()
+    }
+}
+
 impl Name {
     /// The name of a request (empty when it has none).
-    pub(super) fn of(raw: &[u8]) -> Name {
+    pub(super) fn of(leading: &Leading<'_>) -> Name {
         let mut name = Name { buf: [0; 32], len: 0, long: None };
-        let word = request_word(raw, 0).unwrap_or_default();
-        match name.buf.get_mut(..word.len()) {
-            Some(buf) => {
-                buf.copy_from_slice(word);
-                buf.make_ascii_uppercase();
-                name.len = word.len();
+        let word = leading.words().first().copied().unwrap_or_default();
+        if word.len() <= name.buf.len() {
+            // Copied and upper-cased in one pass (a copy of a few bytes by length would call
+            // memmove).
+            for (to, from) in name.buf.iter_mut().zip(word) {
+                *to = from.to_ascii_uppercase();
             }
-            None => name.long = Some(word.to_ascii_uppercase()),
+            name.len = word.len();
+        } else {
+            name.long = Some(word.to_ascii_uppercase());
         }
         name
     }
@@ -70,21 +91,28 @@ impl<'a> Routes<'a> {
 
     /// The table's entry for a request named `name` (upper case); its subcommand, if the
     /// command has any, is its first argument.
-    pub(super) fn info(&self, name: &[u8], raw: &[u8]) -> Option<&'a CommandInfo> {
-        self.commands.lookup(name, || request_word(raw, 1))
+    pub(super) fn info(&self, name: &[u8], leading: &Leading<'_>) -> Option<&'a CommandInfo> {
+        self.commands.lookup(name, || leading.words().get(1).copied())
     }
 
     /// The first key of a request, where the command table says keys are.
-    pub(super) fn first_key<'r>(&self, name: &[u8], info: Option<&CommandInfo>, raw: &'r [u8]) -> Option<&'r [u8]> {
-        commands::first_key(info, name, raw)
+    pub(super) fn first_key<'r>(
+        &self,
+        name: &[u8],
+        info: Option<&CommandInfo>,
+        leading: &Leading<'r>,
+        raw: &'r [u8],
+    ) -> Option<&'r [u8]> {
+        commands::first_key(info, name, leading.words(), raw)
     }
 
     /// The node a request's first key lives on, if it has a key.
     pub(super) fn key_node(&self, request: &Message) -> Option<SocketAddr> {
         let raw = request.raw()?;
-        let name = Name::of(raw);
-        let info = self.info(name.as_bytes(), raw);
-        let key = self.first_key(name.as_bytes(), info, raw)?;
+        let leading = Leading::of(raw);
+        let name = Name::of(&leading);
+        let info = self.info(name.as_bytes(), &leading);
+        let key = self.first_key(name.as_bytes(), info, &leading, raw)?;
         self.map.master_of(slot(key))
     }
 }
