@@ -4,7 +4,9 @@
 //! Valkey Cluster requires even of a single node.
 //!
 //! Differences that cannot be avoided are listed where they are skipped, with their reason.
+//! CLIENT TRACKING is compared on raw connections, where RESP3 pushes can be seen.
 
+use crate::fidelity::{lossy, Raw};
 use redis::Value;
 use shotover_integration_tests::*;
 use std::time::Duration;
@@ -140,6 +142,20 @@ fn the_cluster_behind_the_proxy_answers_like_one_node_that_owns_every_slot() {
     assert_eq!(pair.same(&["UNWATCH"]).0, Ok(Value::Okay));
     pair.same(&["EXEC"]);
     pair.same(&["DISCARD"]);
+    for refused in ["MULTI", "WATCH"] {
+        pair.same(&["MULTI"]);
+        pair.same(&["SET", "a", "1"]);
+        let mut args = vec![refused];
+        if refused == "WATCH" {
+            args.push("a");
+        }
+        pair.same(&args);
+        let exec = pair.same(&["EXEC"]).0;
+        assert!(exec.as_ref().is_err_and(|e| e.contains("EXECABORT")), "{refused} inside MULTI: {exec:?}");
+    }
+    pair.same(&["MULTI"]);
+    pair.same(&["UNWATCH"]);
+    pair.same(&["EXEC"]);
 
     // Functions and scripts are loaded, deleted and flushed on every master.
     let library = "#!lua name=hiding\nserver.register_function('hidden_get', function(keys) return server.call('GET', keys[1]) end)";
@@ -175,6 +191,29 @@ fn the_cluster_behind_the_proxy_answers_like_one_node_that_owns_every_slot() {
     let (proxy, one) = pair.info_field("stats", "keyspace_hits");
     assert_eq!((proxy.as_deref(), one.as_deref()), (Some("0"), Some("0")), "CONFIG RESETSTAT on every node");
     pair.same(&["LATENCY", "RESET"]);
+    // A slow command on the masters other than the first (slots 5461-16383: `c`, `foo`) shows
+    // in LATENCY LATEST. Timings, and events such as `fast-command` that a loaded machine may
+    // add on any node, differ from the one node's: the `command` event is looked for.
+    pair.same(&["CONFIG", "SET", "latency-monitor-threshold", "1"]);
+    let busy = "local i = 0 while i < 3000000 do i = i + 1 end return i";
+    for key in ["c", "foo"] {
+        pair.same(&["EVAL", busy, "1", key]);
+    }
+    let events = |v: Result<Value, String>| match v {
+        Ok(Value::Array(events)) => events
+            .into_iter()
+            .filter_map(|e| match e {
+                Value::Array(fields) => fields.into_iter().next(),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("LATENCY LATEST: {other:?}"),
+    };
+    let (proxy, one) = pair.both(&["LATENCY", "LATEST"]);
+    let command = Value::BulkString(b"command".to_vec());
+    let (proxy, one) = (events(proxy), events(one));
+    assert!(proxy.contains(&command) && one.contains(&command), "LATENCY LATEST: {proxy:?} / {one:?}");
+    pair.same(&["CONFIG", "SET", "latency-monitor-threshold", "0"]);
 
     // The client's name holds on every node it reaches.
     pair.same(&["CLIENT", "SETNAME", "hider"]);
@@ -266,5 +305,34 @@ fn with_command_refused_by_acl_the_built_in_table_routes() {
         pair.same(&["SET", key, "1"]);
         let (proxy, _) = pair.both(&["OBJECT", "FREQ", key]);
         assert!(matches!(proxy, Ok(Value::Int(_))), "OBJECT FREQ {key} after CONFIG SET on every node: {proxy:?}");
+    }
+}
+
+#[test]
+fn client_tracking_invalidations_come_from_every_master() {
+    let cluster = ValkeyCluster::start_on_one_ip_with(free_cluster_port_range(), DEBUG);
+    let reference = one_node_cluster();
+    let (_shotover, port) = hiding(&cluster);
+    let keys: Vec<String> = (0..8).map(|i| format!("tracked:{i}")).collect();
+    for target in [port, reference.port] {
+        let mut tracker = Raw::connect(target);
+        tracker.talk(b"HELLO 3\r\n");
+        assert_eq!(lossy(&tracker.talk(b"CLIENT TRACKING ON\r\n")), "+OK\r\n");
+        for key in &keys {
+            assert_eq!(lossy(&tracker.talk(format!("GET {key}\r\n").as_bytes())), "_\r\n", "{target}: GET {key}");
+        }
+        let mut writer = connect(target);
+        for key in &keys {
+            let _: () = redis::cmd("SET").arg(key).arg("v").query(&mut writer).unwrap();
+        }
+        // Each key's invalidation comes as a RESP3 push, before a later reply or while idle,
+        // from whichever master holds the key; and no push is taken for a reply.
+        let mut seen = String::new();
+        let all = wait_until(Duration::from_secs(5), || {
+            seen.push_str(&lossy(&tracker.talk(b"PING\r\n")));
+            keys.iter().all(|k| seen.contains(&format!(">2\r\n$10\r\ninvalidate\r\n*1\r\n${}\r\n{k}\r\n", k.len())))
+        });
+        assert!(all, "{target}: every key's invalidation: {seen:?}");
+        assert_eq!(lossy(&tracker.talk(b"GET tracked:0\r\n")), "$1\r\nv\r\n", "{target}: replies stay paired");
     }
 }

@@ -95,6 +95,7 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
                 None => reply_message(request, first),
             }
         }
+        Merge::LatencyLatest => frame_message(request, latency_latest(&replies)),
         Merge::Mget(positions) => {
             let arrays: Vec<Vec<ValkeyFrame>> = replies
                 .iter()
@@ -167,6 +168,42 @@ fn aggregate(request: &Message, replies: &[Bytes], f: impl Fn(i64, i64) -> i64) 
         Some(frame) if frames.len() == replies.len() => frame_message(request, frame),
         _ => reply_message(request, replies.first().cloned().unwrap_or_default()),
     }
+}
+
+/// LATENCY LATEST from every node: `[event, time of latest, latest ms, max ms]` per event,
+/// merged by event: the most recent sample, and the largest.
+fn latency_latest(replies: &[Bytes]) -> ValkeyFrame {
+    let mut events: Vec<(ValkeyFrame, i64, i64, i64)> = Vec::new();
+    for raw in replies {
+        let Ok((ValkeyFrame::Array { data, .. }, _)) = parse(raw) else { continue };
+        for event in data {
+            let ValkeyFrame::Array { data: fields, .. } = event else { continue };
+            let (Some(name), Some(at), Some(latest), Some(max)) =
+                (fields.first(), fields.get(1), fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let (at, latest, max) = (number(at), number(latest), number(max));
+            match events.iter_mut().find(|(n, ..)| n == name) {
+                Some(known) => {
+                    if at > known.1 {
+                        (known.1, known.2) = (at, latest);
+                    }
+                    known.3 = known.3.max(max);
+                }
+                None => events.push((name.clone(), at, latest, max)),
+            }
+        }
+    }
+    let int = |n: i64| ValkeyFrame::Number { data: n, attributes: None };
+    let data = events
+        .into_iter()
+        .map(|(name, at, latest, max)| ValkeyFrame::Array {
+            data: vec![name, int(at), int(latest), int(max)],
+            attributes: None,
+        })
+        .collect();
+    ValkeyFrame::Array { data, attributes: None }
 }
 
 /// A number below `n` (0 when `n` is 0), different from call to call: the standard
@@ -312,6 +349,15 @@ mod tests {
             (response, failed.get()),
             (Bytes::from_static(b"-ERR shotover: cannot route a modified request\r\n"), 0)
         );
+    }
+
+    #[test]
+    fn latency_events_are_merged_by_name() {
+        let a = &b"*1\r\n*4\r\n$7\r\ncommand\r\n:100\r\n:5\r\n:50\r\n"[..];
+        let b = &b"*2\r\n*4\r\n$7\r\ncommand\r\n:200\r\n:7\r\n:9\r\n*4\r\n$4\r\nfork\r\n:150\r\n:2\r\n:2\r\n"[..];
+        let merged = respond(&[b"LATENCY", b"LATEST"], &[Ok(a), Ok(b), Ok(b"*0\r\n")]);
+        let expected = b"*2\r\n*4\r\n$7\r\ncommand\r\n:200\r\n:7\r\n:50\r\n*4\r\n$4\r\nfork\r\n:150\r\n:2\r\n:2\r\n";
+        assert_eq!(merged, &expected[..]);
     }
 
     #[test]

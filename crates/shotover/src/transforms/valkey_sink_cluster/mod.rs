@@ -72,11 +72,12 @@ use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use merge::merge;
-use plan::{Plan, Sub};
+use plan::{is_client_tracking, Plan, Sub};
 use prometheus::IntCounter;
 use pubsub::{is_pubsub_command, PubSub};
 use route::{is_stateful, Routes};
 use serde::Deserialize;
+use shotover_protocols::valkey::command::request_word;
 use shotover_protocols::valkey::commands::CommandTable;
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::cell::{Cell, RefCell};
@@ -167,6 +168,7 @@ impl TransformConfig for ValkeySinkClusterConfig {
             watch_node: None,
             dedicated: false,
             pubsub: PubSub::default(),
+            tracking: false,
         }))
     }
 }
@@ -236,6 +238,9 @@ pub struct ValkeySinkCluster {
     dedicated: bool,
     /// The client's pub/sub and MONITOR connections.
     pubsub: PubSub,
+    /// CLIENT TRACKING is on: its invalidations are read from the client's own connections
+    /// while it is idle.
+    tracking: bool,
 }
 
 impl ValkeySinkCluster {
@@ -271,7 +276,10 @@ impl Transform for ValkeySinkCluster {
             self.refresh_map().await;
         }
         if !self.pubsub.active() && !requests.iter().any(is_pubsub_command) {
-            responses.extend(self.batch(requests).await);
+            let replies = self.batch(requests).await;
+            // Pushed before these replies on the client's own connections: they go first.
+            responses.extend(self.pubsub.take_pushed());
+            responses.extend(replies);
             return Ok(responses);
         }
         // Requests for the pub/sub connections run one at a time, the others in batches
@@ -300,7 +308,11 @@ impl Transform for ValkeySinkCluster {
     }
 
     fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.pubsub.poll_pushed(cx)
+        let own = self.poll_own_pushes(cx);
+        match self.pubsub.poll_pushed(cx) {
+            Poll::Pending if own => Poll::Ready(()),
+            other => other,
+        }
     }
 }
 
@@ -356,6 +368,9 @@ impl ValkeySinkCluster {
             let response = merge(request, plan, &subs, &self.shared.failed_requests);
             if plan.session && response.raw().is_some_and(|r| !is_error(r)) {
                 if let Some(raw) = request.raw() {
+                    if is_client_tracking(raw) {
+                        self.tracking = request_word(raw, 2).is_some_and(|on| on.eq_ignore_ascii_case(b"ON"));
+                    }
                     self.session.push(raw.clone());
                     // Other nodes learn the new session when they reconnect.
                     let keep = subs.get(plan.subs.clone()).and_then(|s| s.first()).map(|s| s.node);

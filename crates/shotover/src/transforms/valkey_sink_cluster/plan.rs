@@ -51,6 +51,8 @@ pub(super) enum Merge {
     Info,
     /// RANDOMKEY: a key from a master that has one, picked at random.
     RandomKey,
+    /// LATENCY LATEST: each event once, with its latest sample and its largest across nodes.
+    LatencyLatest,
     /// Answered by the proxy with these bytes.
     Local(&'static [u8]),
     /// Answered by the proxy with this error.
@@ -62,9 +64,16 @@ pub(super) struct Plan {
     /// Its sub-requests: these indices of the batch's list of sub-requests.
     pub(super) subs: std::ops::Range<usize>,
     pub(super) merge: Merge,
-    /// `AUTH`, `HELLO` or `CLIENT SETNAME`: once it succeeds, it is replayed on the client's
-    /// new connections.
+    /// `AUTH`, `HELLO`, `CLIENT SETNAME` or `CLIENT TRACKING`: once it succeeds, it is
+    /// replayed on the client's new connections.
     pub(super) session: bool,
+}
+
+/// `CLIENT TRACKING ...` (its session is replayed, and ON reads pushes while idle).
+pub(super) fn is_client_tracking(raw: &[u8]) -> bool {
+    let word = |n| shotover_protocols::valkey::command::request_word(raw, n);
+    word(0).is_some_and(|w| w.eq_ignore_ascii_case(b"CLIENT"))
+        && word(1).is_some_and(|w| w.eq_ignore_ascii_case(b"TRACKING"))
 }
 
 /// Encodes a command as a RESP array of bulk strings.
@@ -95,7 +104,13 @@ impl Routes<'_> {
         let name = Name::of(&leading);
         let name = name.as_bytes();
         let info = self.info(name, &leading);
-        let client_setname = name == b"CLIENT" && info.is_some_and(|i| i.request == RequestPolicy::AllNodes);
+        // CLIENT SETNAME and TRACKING set state of the client's connection: they join its
+        // session, replayed on every node connection it opens.
+        let client_session = name == b"CLIENT"
+            && leading
+                .words()
+                .get(1)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"SETNAME") || s.eq_ignore_ascii_case(b"TRACKING"));
         match name {
             // Only reached without an open transaction (see `transaction.rs`).
             b"EXEC" | b"DISCARD" | b"MULTI" | b"WATCH" => {
@@ -136,9 +151,13 @@ impl Routes<'_> {
                 // No slot map yet: a contact point answers for the cluster.
                 push(subs, self.default_node(), raw.clone(), None);
             }
+            let sub = |want: &[u8]| leading.words().get(1).is_some_and(|s| s.eq_ignore_ascii_case(want));
             match name {
                 b"INFO" => Merge::Info,
                 b"RANDOMKEY" => Merge::RandomKey,
+                b"LATENCY" if sub(b"LATEST") => Merge::LatencyLatest,
+                // Every node's samples of the event, joined.
+                b"LATENCY" if sub(b"HISTORY") => Merge::Policy(ResponsePolicy::Default),
                 _ => Merge::Policy(response_policy),
             }
         } else if let Some(merge) = info
@@ -156,7 +175,7 @@ impl Routes<'_> {
             }
             Merge::Single
         };
-        let session = matches!(name, b"AUTH" | b"HELLO") || client_setname;
+        let session = matches!(name, b"AUTH" | b"HELLO") || client_session;
         Plan { subs: start..subs.len(), merge, session }
     }
 

@@ -192,6 +192,11 @@ impl PubSub {
         self.global = None;
     }
 
+    /// A message pushed on another connection of the client's (CLIENT TRACKING).
+    pub(super) fn push(&mut self, message: Message) {
+        self.pushed.push_back(message);
+    }
+
     pub(super) fn take_pushed(&mut self) -> Vec<Message> {
         self.pushed.drain(..).collect()
     }

@@ -10,14 +10,18 @@
 use super::plan::Sub;
 use super::ValkeySinkCluster;
 use crate::chain::{ChainError, ChainResult};
+use crate::message::{Message, Protocol};
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_mux::MuxError;
 use crate::sinks::valkey_slots::{fetch, node_tls, Fetched};
+use crate::stream::ReadMode;
 use bytes::{BufMut, Bytes, BytesMut};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use std::time::Instant;
 
 impl Sub {
     fn replies(&self) -> usize {
@@ -59,7 +63,50 @@ pub(super) fn redirection(raw: &[u8]) -> Option<(bool, u16, SocketAddr)> {
     Some((moved, words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
 
+/// The next reply on a client's own connection. RESP3 pushes read before it (the
+/// invalidations of CLIENT TRACKING) are kept in `pushes` for the client: a push is never the
+/// reply to a command on these connections (pub/sub runs on connections of its own).
+async fn next_reply(conn: &mut ValkeyConnection, pushes: &mut Vec<Bytes>) -> std::io::Result<Bytes> {
+    loop {
+        let raw = conn.next().await?;
+        if raw.first() != Some(&b'>') {
+            return Ok(raw);
+        }
+        pushes.push(raw);
+    }
+}
+
 impl ValkeySinkCluster {
+    /// Messages a node pushed on the client's own connections while the client was idle
+    /// (CLIENT TRACKING's invalidations): only for a client that turned tracking on. Anything
+    /// else read there answers no request, so that connection is dropped.
+    pub(super) fn poll_own_pushes(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.tracking {
+            return false;
+        }
+        let mut found = false;
+        let mut untrusted = Vec::new();
+        for (node, conn) in self.conns.iter_mut() {
+            loop {
+                match conn.poll_next(cx, ReadMode::Wait) {
+                    Poll::Ready(Ok(raw)) if raw.first() == Some(&b'>') => {
+                        self.pubsub.push(Message::pushed(raw, Protocol::Valkey, Instant::now()));
+                        found = true;
+                    }
+                    Poll::Ready(_) => {
+                        untrusted.push(*node);
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        for node in untrusted {
+            self.conns.remove(&node);
+        }
+        found
+    }
+
     /// Connects to `node` if needed, replaying the client's session. Its errors come
     /// before any of the client's commands is written: all are retry-safe, so the commands
     /// may go to another node.
@@ -132,6 +179,7 @@ impl ValkeySinkCluster {
                 }
             }
         }
+        let mut pushes = Vec::new();
         for node in written {
             for &i in pending {
                 if subs.get(i).is_none_or(|s| s.node != node) {
@@ -142,7 +190,7 @@ impl ValkeySinkCluster {
                 let mut failed = None;
                 for _ in 0..wanted {
                     let reply = match self.conns.get_mut(&node) {
-                        Some(conn) => conn.next().await.map_err(|e| format!("node {node}: {e}")),
+                        Some(conn) => next_reply(conn, &mut pushes).await.map_err(|e| format!("node {node}: {e}")),
                         None => Err(format!("node {node}: connection lost")),
                     };
                     match reply {
@@ -164,6 +212,9 @@ impl ValkeySinkCluster {
                     }
                 }
             }
+        }
+        for raw in pushes {
+            self.pubsub.push(Message::pushed(raw, Protocol::Valkey, Instant::now()));
         }
         broken
     }
@@ -358,6 +409,7 @@ mod tests {
             watch_node: None,
             dedicated,
             pubsub: super::super::pubsub::PubSub::default(),
+            tracking: false,
         }
     }
 

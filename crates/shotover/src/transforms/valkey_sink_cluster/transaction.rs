@@ -43,6 +43,13 @@ impl ValkeySinkCluster {
         };
         let local = |text: &'static [u8]| reply_message(request, Bytes::from_static(text));
         match name.as_slice() {
+            b"MULTI" | b"WATCH" if self.txn.is_some() => {
+                // As Valkey 8 answers: the command is refused and the transaction will fail.
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.aborted = true;
+                }
+                local(b"-ERR Command not allowed inside a transaction\r\n")
+            }
             b"WATCH" => {
                 let node = self.key_node(request);
                 match (node, self.watch_node) {
@@ -56,18 +63,13 @@ impl ValkeySinkCluster {
                     }
                 }
             }
+            // Inside MULTI, queued like any command (Valkey answers QUEUED, then OK in EXEC).
+            b"UNWATCH" if self.txn.is_some() => self.txn_command(request, raw).await,
             b"UNWATCH" => match self.watch_node.take() {
-                Some(n) if self.txn.is_none() => reply(self.send_one(n, raw).await),
-                Some(n) => {
-                    self.watch_node = Some(n);
-                    self.txn_command(request, raw).await
-                }
+                Some(n) => reply(self.send_one(n, raw).await),
                 None => local(b"+OK\r\n"),
             },
             b"MULTI" => {
-                if self.txn.is_some() {
-                    return local(b"-ERR MULTI calls can not be nested\r\n");
-                }
                 self.txn = Some(Txn { node: self.watch_node, aborted: false });
                 match self.watch_node {
                     Some(n) => reply(self.send_one(n, raw).await),
