@@ -156,6 +156,17 @@ fn the_cluster_behind_the_proxy_answers_like_one_node_that_owns_every_slot() {
     pair.same(&["MULTI"]);
     pair.same(&["UNWATCH"]);
     pair.same(&["EXEC"]);
+    // Commands without a key queued before the first key ("c" is not on the first master)
+    // run in the key's transaction, in their place.
+    pair.same(&["MULTI"]);
+    pair.same(&["PING"]);
+    pair.same(&["UNWATCH"]);
+    pair.same(&["SET", "c", "1"]);
+    pair.same(&["ECHO", "after"]);
+    pair.same(&["EXEC"]);
+    pair.same(&["MULTI"]);
+    pair.same(&["ECHO", "alone"]);
+    pair.same(&["EXEC"]);
 
     // Functions and scripts are loaded, deleted and flushed on every master.
     let library = "#!lua name=hiding\nserver.register_function('hidden_get', function(keys) return server.call('GET', keys[1]) end)";
@@ -334,5 +345,27 @@ fn client_tracking_invalidations_come_from_every_master() {
         });
         assert!(all, "{target}: every key's invalidation: {seen:?}");
         assert_eq!(lossy(&tracker.talk(b"GET tracked:0\r\n")), "$1\r\nv\r\n", "{target}: replies stay paired");
+
+        // Tracking turned on in the same pipeline as the read applies to that read.
+        let mut piped = Raw::connect(target);
+        let start = lossy(&piped.talk(b"HELLO 3\r\nCLIENT TRACKING ON\r\nGET tracked:5\r\n"));
+        assert!(start.ends_with("+OK\r\n$1\r\nv\r\n"), "{target}: {start:?}");
+        let _: () = redis::cmd("SET").arg("tracked:5").arg("w").query(&mut writer).unwrap();
+        let mut seen = String::new();
+        let invalidated = wait_until(Duration::from_secs(5), || {
+            seen.push_str(&lossy(&piped.talk(b"PING\r\n")));
+            seen.contains(">2\r\n$10\r\ninvalidate\r\n*1\r\n$9\r\ntracked:5\r\n")
+        });
+        assert!(invalidated, "{target}: {seen:?}");
+    }
+    // REDIRECT names a connection of one node, and OPTIN's CLIENT CACHING applies to the next
+    // command on one node: refused rather than tracking the wrong reads.
+    let mut proxy = connect(port);
+    for mode in [&["REDIRECT", "1"][..], &["OPTIN"]] {
+        let refused = run(&mut proxy, &[&["CLIENT", "TRACKING", "ON"][..], mode].concat());
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("not supported by ValkeySinkCluster")),
+            "{mode:?}: {refused:?}"
+        );
     }
 }

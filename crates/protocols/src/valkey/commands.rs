@@ -379,6 +379,10 @@ fn command_info(entry: &ValkeyFrame) -> Option<(Box<[u8]>, CommandInfo)> {
     if let Some(ValkeyFrame::Array { data: specs, .. }) = fields.get(8) {
         // A specification of an unknown kind (SORT's BY and GET patterns) finds no key.
         info.key_specs = specs.iter().filter_map(key_spec).collect();
+    } else if let (Some(first), Some(last), Some(step)) =
+        (number(fields.get(3)), number(fields.get(4)), number(fields.get(5)))
+    {
+        info.key_specs.extend(KeySpec::legacy(first, last, step));
     }
     if let Some(ValkeyFrame::Array { data: subs, .. }) = fields.get(9) {
         info.subcommands = subs.iter().filter_map(command_info).collect();
@@ -413,7 +417,42 @@ fn key_spec(spec: &ValkeyFrame) -> Option<KeySpec> {
         },
         _ => return None,
     };
-    Some(KeySpec { begin, find })
+    let spec = KeySpec { begin, find };
+    spec.is_sane().then_some(spec)
+}
+
+/// Bounds on the numbers of a key specification, far beyond any real command's, so that a
+/// server's table cannot make key finding overflow or spin.
+const SPEC_BOUND: i64 = 1 << 20;
+
+impl KeySpec {
+    fn is_sane(&self) -> bool {
+        let within = |n: i64| (-SPEC_BOUND..=SPEC_BOUND).contains(&n);
+        let begin = match &self.begin {
+            BeginSearch::Index(i) => (0..=SPEC_BOUND).contains(i),
+            BeginSearch::Keyword { startfrom, .. } => within(*startfrom),
+        };
+        let find = match self.find {
+            FindKeys::Range { lastkey, keystep, limit } => {
+                within(lastkey) && (1..=SPEC_BOUND).contains(&keystep) && (0..=SPEC_BOUND).contains(&limit)
+            }
+            FindKeys::Keynum { keynumidx, firstkey, keystep } => {
+                (0..=SPEC_BOUND).contains(&keynumidx)
+                    && (0..=SPEC_BOUND).contains(&firstkey)
+                    && (1..=SPEC_BOUND).contains(&keystep)
+            }
+        };
+        begin && find
+    }
+
+    /// A specification from the legacy first/last/step fields of a table without key
+    /// specifications (Redis 6): keys from `first` to `last` (negative: from the end).
+    fn legacy(first: i64, last: i64, step: i64) -> Option<KeySpec> {
+        let lastkey = if last < 0 { last } else { last - first };
+        let spec =
+            KeySpec { begin: BeginSearch::Index(first), find: FindKeys::Range { lastkey, keystep: step, limit: 0 } };
+        (first > 0 && spec.is_sane()).then_some(spec)
+    }
 }
 
 #[cfg(test)]
@@ -494,6 +533,18 @@ mod tests {
         let refused = Bytes::from_static(b"-NOPERM User x has no permissions to run the 'command' command\r\n");
         assert!(CommandTable::from_reply(&refused).unwrap_err().starts_with("NOPERM"));
         assert!(CommandTable::from_reply(&Bytes::from_static(b"*0\r\n")).is_err());
+        // A Redis 6 entry (no key specifications): the legacy first/last/step.
+        let legacy = Bytes::from_static(b"*1\r\n*7\r\n$4\r\nmset\r\n:-3\r\n*0\r\n:1\r\n:-1\r\n:2\r\n*0\r\n");
+        let table = CommandTable::from_reply(&legacy).unwrap();
+        let mut found = Vec::new();
+        table.lookup(b"MSET", || None).unwrap().keys(&[b"MSET", b"a", b"1", b"b", b"2"], &mut found);
+        assert_eq!(found, [1, 3]);
+        // A specification with a step of 0 or a huge index is dropped, not followed.
+        let zero_step = Bytes::from_static(
+            b"*1\r\n*10\r\n$3\r\nget\r\n:2\r\n*0\r\n:1\r\n:1\r\n:1\r\n*0\r\n*0\r\n*1\r\n*4\r\n$12\r\nbegin_search\r\n*4\r\n$4\r\ntype\r\n$5\r\nindex\r\n$4\r\nspec\r\n*2\r\n$5\r\nindex\r\n:-9223372036854775808\r\n$9\r\nfind_keys\r\n*4\r\n$4\r\ntype\r\n$5\r\nrange\r\n$4\r\nspec\r\n*6\r\n$7\r\nlastkey\r\n:0\r\n$7\r\nkeystep\r\n:0\r\n$5\r\nlimit\r\n:-1\r\n*0\r\n",
+        );
+        let table = CommandTable::from_reply(&zero_step).unwrap();
+        assert!(table.lookup(b"GET", || None).unwrap().keyless());
         assert!(CommandTable::from_reply(&Bytes::from_static(b":1\r\n")).is_err());
     }
 }

@@ -82,7 +82,8 @@ impl SlotMap {
             map.moved_range(*start, *end, addr);
             for replica in fields.get(3..).unwrap_or_default() {
                 let ValkeyFrame::Array { data: replica, .. } = replica else { continue };
-                if let Some(addr) = node_address(replica, fallback_host)? {
+                // A replica whose address does not resolve is left out, not the whole map.
+                if let Ok(Some(addr)) = node_address(replica, fallback_host) {
                     if !map.replicas.contains(&addr) {
                         map.replicas.push(addr);
                     }

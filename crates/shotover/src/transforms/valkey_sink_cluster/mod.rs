@@ -72,7 +72,7 @@ use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use merge::merge;
-use plan::{is_client_tracking, Plan, Sub};
+use plan::{session_kind, Plan, SessionKind, Sub};
 use prometheus::IntCounter;
 use pubsub::{is_pubsub_command, PubSub};
 use route::{is_stateful, Routes};
@@ -155,6 +155,7 @@ impl TransformConfig for ValkeySinkClusterConfig {
             map: RefCell::new(SlotMap::default()),
             commands: RefCell::new(None),
             want_commands: Cell::new(true),
+            commands_read_at: Cell::new(None),
             connection_count: self.connection_count,
             muxes: RefCell::new(HashMap::new()),
             next_mux: Cell::new(0),
@@ -185,6 +186,8 @@ struct Shared {
     commands: RefCell<Option<CommandTable>>,
     /// Read the command table with the next slot map: at start, and after a reconnect.
     want_commands: Cell<bool>,
+    /// When the command table was last read (or refused).
+    commands_read_at: Cell<Option<std::time::Instant>>,
     /// Shared connections per node.
     connection_count: usize,
     /// Per node: the core's shared, multiplexed connections (up to `connection_count`),
@@ -227,9 +230,10 @@ impl Shared {
 pub struct ValkeySinkCluster {
     shared: Rc<Shared>,
     conns: HashMap<SocketAddr, ValkeyConnection>,
-    /// HELLO and AUTH commands that succeeded, replayed on every new node connection so
-    /// that this client's credentials apply on every node it uses, and only for it.
-    session: Vec<Bytes>,
+    /// AUTH, HELLO, CLIENT SETNAME and CLIENT TRACKING commands that succeeded (the latest
+    /// of each kind), replayed on every new node connection so that this client's
+    /// credentials, protocol, name and tracking apply on every node it uses, and only for it.
+    session: Vec<(SessionKind, Bytes)>,
     /// An open MULTI: commands go, in order, to the one node its keys live on.
     txn: Option<Txn>,
     /// The node of the keys under WATCH; a following MULTI must use it.
@@ -317,8 +321,39 @@ impl Transform for ValkeySinkCluster {
 }
 
 impl ValkeySinkCluster {
-    /// Runs a batch of requests that need no pub/sub connection.
-    async fn batch(&mut self, requests: Vec<Message>) -> Vec<Message> {
+    /// Runs a batch of requests that need no pub/sub connection. A session command (AUTH,
+    /// HELLO, CLIENT SETNAME/TRACKING) ends a part of the batch: the requests after it go out
+    /// once the session applies to every connection they use.
+    async fn batch(&mut self, mut requests: Vec<Message>) -> Vec<Message> {
+        let mut responses = Vec::with_capacity(requests.len());
+        loop {
+            let is_session = |r: &Message| {
+                r.valkey_request().is_some_and(|v| v.is("AUTH") || v.is("HELLO") || v.is("CLIENT"))
+                    && r.raw().is_some_and(|raw| session_kind(raw).is_some())
+            };
+            let cut = requests.iter().position(is_session).map(|at| at + 1).filter(|end| *end < requests.len());
+            let rest = cut.map(|end| requests.split_off(end));
+            responses.extend(self.batch_part(requests).await);
+            match rest {
+                Some(rest) => requests = rest,
+                None => return responses,
+            }
+        }
+    }
+
+    /// Drops the client's connections to the nodes `gone` names. With tracking on, those
+    /// nodes forget what they tracked for the client, so the client is told to forget its
+    /// whole cache (RESP3 `invalidate` with null, as Valkey says it after a flush).
+    pub(super) fn drop_conns(&mut self, gone: impl Fn(&SocketAddr) -> bool) {
+        let before = self.conns.len();
+        self.conns.retain(|node, _| !gone(node));
+        if self.tracking && self.conns.len() < before {
+            let flush = Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n_\r\n");
+            self.pubsub.push(Message::pushed(flush, Protocol::Valkey, std::time::Instant::now()));
+        }
+    }
+
+    async fn batch_part(&mut self, requests: Vec<Message>) -> Vec<Message> {
         if self.txn.is_some() || self.watch_node.is_some() || requests.iter().any(is_transaction_command) {
             self.dedicated = true;
             // Transactions run one command at a time, pinned to the node of their keys.
@@ -338,8 +373,12 @@ impl ValkeySinkCluster {
         let broken = self.run(&mut subs, &pending).await;
         let moved = self.follow_redirections(&mut subs).await;
         if broken {
-            // The node may have been replaced by another version: read its table again.
-            self.shared.want_commands.set(true);
+            // The node may have been replaced by another version: read its table again (at
+            // most every 30 s, not on every failed request of an outage).
+            let read_at = self.shared.commands_read_at.get();
+            if read_at.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+                self.shared.want_commands.set(true);
+            }
             // A node could not be reached (after a failover, say): ask the cluster again and
             // send what never left the proxy to its slot's current master.
             self.refresh_map().await;
@@ -366,23 +405,26 @@ impl ValkeySinkCluster {
         let mut responses = Vec::with_capacity(requests.len());
         for (request, plan) in requests.iter().zip(&plans) {
             let response = merge(request, plan, &subs, &self.shared.failed_requests);
-            if plan.session && response.raw().is_some_and(|r| !is_error(r)) {
-                if let Some(raw) = request.raw() {
-                    if is_client_tracking(raw) {
-                        self.tracking = request_word(raw, 2).is_some_and(|on| on.eq_ignore_ascii_case(b"ON"));
-                    }
-                    self.session.push(raw.clone());
+            let kind = request.raw().and_then(|raw| session_kind(raw));
+            if let (true, Some(kind), Some(raw)) = (plan.session, kind, request.raw()) {
+                if response.raw().is_some_and(|r| !is_error(r)) {
+                    self.session.retain(|(k, _)| *k != kind);
+                    self.session.push((kind, raw.clone()));
                     // Other nodes learn the new session when they reconnect.
                     let keep = subs.get(plan.subs.clone()).and_then(|s| s.first()).map(|s| s.node);
-                    self.conns.retain(|node, _| Some(*node) == keep);
+                    self.drop_conns(|node| Some(*node) != keep);
+                    if kind == SessionKind::Tracking {
+                        self.tracking = request_word(raw, 2).is_some_and(|on| on.eq_ignore_ascii_case(b"ON"));
+                    }
                 }
             }
             if request.valkey_request().is_some_and(|v| v.is("RESET")) && response.raw().is_some_and(|r| !is_error(r)) {
-                // RESET logs the connection out: the session is not replayed any more, and
-                // the connections that have it close.
+                // RESET logs the connection out and ends tracking: the session is not
+                // replayed any more, and the connections that have it close.
                 self.session.clear();
+                self.tracking = false;
                 let keep = subs.get(plan.subs.clone()).and_then(|s| s.first()).map(|s| s.node);
-                self.conns.retain(|node, _| Some(*node) == keep);
+                self.drop_conns(|node| Some(*node) != keep);
             }
             responses.push(response);
         }

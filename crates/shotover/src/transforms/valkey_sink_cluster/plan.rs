@@ -69,11 +69,34 @@ pub(super) struct Plan {
     pub(super) session: bool,
 }
 
-/// `CLIENT TRACKING ...` (its session is replayed, and ON reads pushes while idle).
-pub(super) fn is_client_tracking(raw: &[u8]) -> bool {
-    let word = |n| shotover_protocols::valkey::command::request_word(raw, n);
-    word(0).is_some_and(|w| w.eq_ignore_ascii_case(b"CLIENT"))
-        && word(1).is_some_and(|w| w.eq_ignore_ascii_case(b"TRACKING"))
+/// What a session command sets on a connection: replayed on every node connection the client
+/// opens, a later command of the same kind replacing the earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SessionKind {
+    Auth,
+    Hello,
+    /// CLIENT SETNAME.
+    Name,
+    /// CLIENT TRACKING.
+    Tracking,
+}
+
+/// The session kind of a request named `name` (upper case).
+fn session_kind_of(name: &[u8], leading: &Leading<'_>) -> Option<SessionKind> {
+    let sub = |want: &[u8]| leading.words().get(1).is_some_and(|w| w.eq_ignore_ascii_case(want));
+    match name {
+        b"AUTH" => Some(SessionKind::Auth),
+        b"HELLO" => Some(SessionKind::Hello),
+        b"CLIENT" if sub(b"SETNAME") => Some(SessionKind::Name),
+        b"CLIENT" if sub(b"TRACKING") => Some(SessionKind::Tracking),
+        _ => None,
+    }
+}
+
+/// The session kind of a request: `AUTH`, `HELLO`, `CLIENT SETNAME` or `CLIENT TRACKING`.
+pub(super) fn session_kind(raw: &[u8]) -> Option<SessionKind> {
+    let leading = Leading::of(raw);
+    session_kind_of(Name::of(&leading).as_bytes(), &leading)
 }
 
 /// Encodes a command as a RESP array of bulk strings.
@@ -104,13 +127,20 @@ impl Routes<'_> {
         let name = Name::of(&leading);
         let name = name.as_bytes();
         let info = self.info(name, &leading);
-        // CLIENT SETNAME and TRACKING set state of the client's connection: they join its
-        // session, replayed on every node connection it opens.
-        let client_session = name == b"CLIENT"
-            && leading
-                .words()
-                .get(1)
-                .is_some_and(|s| s.eq_ignore_ascii_case(b"SETNAME") || s.eq_ignore_ascii_case(b"TRACKING"));
+        // AUTH, HELLO, CLIENT SETNAME and TRACKING set state of the client's connection: they
+        // join its session, replayed on every node connection it opens.
+        let kind = session_kind_of(name, &leading);
+        let session = kind.is_some();
+        if kind == Some(SessionKind::Tracking) {
+            let words = array_strings(&raw);
+            let unsupported = ["REDIRECT", "OPTIN", "OPTOUT"];
+            if words.iter().any(|w| unsupported.iter().any(|u| w.eq_ignore_ascii_case(u.as_bytes()))) {
+                // REDIRECT names a connection of one node; CLIENT CACHING would apply to the
+                // next command on the node it reached, not to the node of the next command.
+                let text = "ERR shotover: CLIENT TRACKING with REDIRECT, OPTIN or OPTOUT is not supported by ValkeySinkCluster (use RESP3 tracking, default or BCAST)";
+                return answer(Merge::Error(text.into()));
+            }
+        }
         match name {
             // Only reached without an open transaction (see `transaction.rs`).
             b"EXEC" | b"DISCARD" | b"MULTI" | b"WATCH" => {
@@ -175,7 +205,6 @@ impl Routes<'_> {
             }
             Merge::Single
         };
-        let session = matches!(name, b"AUTH" | b"HELLO") || client_session;
         Plan { subs: start..subs.len(), merge, session }
     }
 
@@ -224,8 +253,9 @@ impl Routes<'_> {
             let mut parts: Vec<&[u8]> = vec![name];
             parts.extend(words.get(1..first).unwrap_or_default());
             for (j, i) in members.iter().enumerate() {
-                let at = keys.get(*i)?;
-                parts.extend(words.get(*at..at + step)?);
+                // In range: the keys were checked to be a plain list above.
+                let at = keys.get(*i).copied().unwrap_or_default();
+                parts.extend(words.get(at..at + step).unwrap_or_default());
                 if let Some(p) = positions.get_mut(*i) {
                     *p = (start + group, j);
                 }

@@ -25,6 +25,7 @@
 //! that is breaks, its subscriptions cannot be restored: the client connection is closed.
 
 use super::merge::reply_message;
+use super::plan::SessionKind;
 use super::route::Routes;
 use super::send::redirection;
 use super::ValkeySinkCluster;
@@ -319,7 +320,8 @@ impl ValkeySinkCluster {
             .await
             .map_err(|e| ChainError::upstream(format!("cannot connect to cluster node {node}")).caused_by(e))?;
         let mut follower = Follower::default();
-        for raw in &self.session {
+        // Tracking is not replayed here: its pushes would mix with the subscription's.
+        for (_, raw) in self.session.iter().filter(|(kind, _)| *kind != SessionKind::Tracking) {
             conn.write_all(raw).await?;
             let reply = conn.next().await?;
             if is_error(&reply) {

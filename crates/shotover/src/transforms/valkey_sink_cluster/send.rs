@@ -7,7 +7,7 @@
 //! awaited. `MOVED` and `ASK` replies are followed
 //! here, and the slot map is fetched again when it proves wrong or a node is lost.
 
-use super::plan::Sub;
+use super::plan::{SessionKind, Sub};
 use super::ValkeySinkCluster;
 use crate::chain::{ChainError, ChainResult};
 use crate::message::{Message, Protocol};
@@ -84,10 +84,17 @@ impl ValkeySinkCluster {
         if !self.tracking {
             return false;
         }
+        // At most this many messages per connection and poll, so that a node streaming
+        // invalidations (BCAST) cannot hold the core; the rest wait for the next poll.
+        const PER_POLL: usize = 256;
         let mut found = false;
         let mut untrusted = Vec::new();
         for (node, conn) in self.conns.iter_mut() {
-            loop {
+            for read in 0..=PER_POLL {
+                if read == PER_POLL {
+                    cx.waker().wake_by_ref();
+                    break;
+                }
                 match conn.poll_next(cx, ReadMode::Wait) {
                     Poll::Ready(Ok(raw)) if raw.first() == Some(&b'>') => {
                         self.pubsub.push(Message::pushed(raw, Protocol::Valkey, Instant::now()));
@@ -101,8 +108,9 @@ impl ValkeySinkCluster {
                 }
             }
         }
-        for node in untrusted {
-            self.conns.remove(&node);
+        if !untrusted.is_empty() {
+            self.drop_conns(|node| untrusted.contains(node));
+            found = true;
         }
         found
     }
@@ -116,9 +124,10 @@ impl ValkeySinkCluster {
             let mut conn = ValkeyConnection::connect(node, self.shared.timeout, tls.as_ref()).await.map_err(|e| {
                 ChainError::upstream(format!("cannot connect to cluster node {node}")).caused_by(e).retry_safe()
             })?;
-            for raw in &self.session {
+            let mut pushes = Vec::new();
+            for (_, raw) in &self.session {
                 conn.write_all(raw).await.map_err(|e| ChainError::from(e).retry_safe())?;
-                let reply = conn.next().await.map_err(|e| ChainError::from(e).retry_safe())?;
+                let reply = next_reply(&mut conn, &mut pushes).await.map_err(|e| ChainError::from(e).retry_safe())?;
                 if is_error(&reply) {
                     return Err(ChainError::upstream(format!(
                         "node {node} refused the session: {}",
@@ -126,6 +135,9 @@ impl ValkeySinkCluster {
                     ))
                     .retry_safe());
                 }
+            }
+            for raw in pushes {
+                self.pubsub.push(Message::pushed(raw, Protocol::Valkey, Instant::now()));
             }
             self.conns.insert(node, conn);
         }
@@ -175,7 +187,7 @@ impl ValkeySinkCluster {
                 Ok(()) => written.push(node),
                 Err(_) => {
                     broken = true;
-                    self.conns.remove(&node);
+                    self.drop_conns(|n| *n == node);
                 }
             }
         }
@@ -203,7 +215,7 @@ impl ValkeySinkCluster {
                 }
                 if failed.is_some() {
                     broken = true;
-                    self.conns.remove(&node);
+                    self.drop_conns(|n| *n == node);
                 }
                 if let Some(sub) = subs.get_mut(i) {
                     match failed {
@@ -319,7 +331,12 @@ impl ValkeySinkCluster {
         let mut nodes = self.shared.map.borrow().masters.clone();
         nodes.extend(self.shared.contact.iter().copied());
         let want_commands = self.shared.want_commands.get();
-        match fetch(&nodes, self.shared.timeout, self.shared.tls.as_ref(), &self.session, want_commands).await {
+        // Only the login goes with the proxy's own questions (no name, no tracking).
+        let login: Vec<Bytes> = (self.session.iter())
+            .filter(|(kind, _)| matches!(kind, SessionKind::Auth | SessionKind::Hello))
+            .map(|(_, raw)| raw.clone())
+            .collect();
+        match fetch(&nodes, self.shared.timeout, self.shared.tls.as_ref(), &login, want_commands).await {
             Ok(Fetched { map, commands }) => {
                 // Shared connections to nodes that are no longer in the cluster (or gone)
                 // close once what they owe is answered.
@@ -328,6 +345,9 @@ impl ValkeySinkCluster {
                 self.shared.muxes.borrow_mut().retain(|node, _| known(node) || Some(*node) == direct);
                 *self.shared.map.borrow_mut() = map;
                 self.shared.want_commands.set(false);
+                if commands.is_some() {
+                    self.shared.commands_read_at.set(Some(Instant::now()));
+                }
                 match commands {
                     Some(Ok(table)) => *self.shared.commands.borrow_mut() = Some(table),
                     Some(Err(e)) => tracing::warn!(
@@ -396,6 +416,7 @@ mod tests {
             map: RefCell::new(map),
             commands: RefCell::new(None),
             want_commands: Cell::new(false),
+            commands_read_at: Cell::new(None),
             connection_count: 1,
             muxes: RefCell::new(HashMap::new()),
             next_mux: Cell::new(0),

@@ -2,7 +2,9 @@
 //!
 //! Valkey Cluster runs a transaction on one node, so a client's transaction is pinned to the
 //! node of its keys: the node of the keys under `WATCH`, else the node of the first queued
-//! command's key (a command without a key uses [`super::route::Routes::default_node`]).
+//! command's key. Commands without a key queued before it are held (answered QUEUED) and
+//! sent after MULTI on that node; if none has a key, EXEC runs them on
+//! [`super::route::Routes::default_node`].
 //! `MULTI` reaches that node only once it is known. A command for another node answers
 //! `CROSSSLOT` and makes `EXEC` answer `EXECABORT` (the node's transaction is discarded).
 //! While a transaction or a `WATCH` is open, the client's requests run one at a time on
@@ -21,6 +23,9 @@ pub(super) struct Txn {
     pub(super) node: Option<SocketAddr>,
     /// A command could not join the transaction: EXEC answers EXECABORT.
     pub(super) aborted: bool,
+    /// Commands without a key queued before the node was known (answered QUEUED by the
+    /// proxy): sent after MULTI once a key names the node, or to the default node at EXEC.
+    pub(super) deferred: Vec<Bytes>,
 }
 
 /// Requests that start a transaction or a WATCH.
@@ -70,7 +75,7 @@ impl ValkeySinkCluster {
                 None => local(b"+OK\r\n"),
             },
             b"MULTI" => {
-                self.txn = Some(Txn { node: self.watch_node, aborted: false });
+                self.txn = Some(Txn { node: self.watch_node, aborted: false, deferred: Vec::new() });
                 match self.watch_node {
                     Some(n) => reply(self.send_one(n, raw).await),
                     None => local(b"+OK\r\n"),
@@ -85,7 +90,27 @@ impl ValkeySinkCluster {
                 };
                 self.watch_node = None;
                 let exec = name.as_slice() == b"EXEC";
-                match (txn.node, txn.aborted) {
+                let node = match txn.node {
+                    // Only commands without a key were queued: they run on the default node.
+                    None if exec && !txn.deferred.is_empty() && !txn.aborted => {
+                        let Some(node) = self.default_node() else {
+                            return Message::valkey_error_to(request, "ERR shotover: no cluster node is known");
+                        };
+                        match self.open_on(node, &txn.deferred).await {
+                            Ok(aborted) => {
+                                return if aborted {
+                                    let _ = self.send_one(node, Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")).await;
+                                    local(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+                                } else {
+                                    reply(self.send_one(node, raw).await)
+                                };
+                            }
+                            Err(response) => return reply_message(request, response),
+                        }
+                    }
+                    node => node,
+                };
+                match (node, txn.aborted) {
                     (Some(n), true) => {
                         let _ = self.send_one(n, Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")).await;
                         local(if exec {
@@ -126,19 +151,24 @@ impl ValkeySinkCluster {
                 return Message::valkey_error_to(request, "CROSSSLOT Keys in request don't hash to the same slot");
             }
             (Some(p), _) => p,
-            (None, t) => {
-                let Some(node) = t.or_else(|| self.default_node()) else {
-                    return Message::valkey_error_to(request, "ERR shotover: no cluster node is known");
-                };
-                match self.send_one(node, Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")).await {
-                    Ok(ok) if !is_error(&ok) => {
+            (None, None) => {
+                // No key yet: the node is not known. Queued here, sent once it is.
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.deferred.push(raw);
+                }
+                return reply_message(request, Bytes::from_static(b"+QUEUED\r\n"));
+            }
+            (None, Some(node)) => {
+                let deferred = self.txn.as_mut().map(|t| std::mem::take(&mut t.deferred)).unwrap_or_default();
+                match self.open_on(node, &deferred).await {
+                    Ok(aborted) => {
                         if let Some(txn) = self.txn.as_mut() {
                             txn.node = Some(node);
+                            txn.aborted |= aborted;
                         }
                         node
                     }
-                    Ok(err) => return reply_message(request, err),
-                    Err(e) => return Message::valkey_error_to(request, format!("ERR shotover: {e}")),
+                    Err(response) => return reply_message(request, response),
                 }
             }
         };
@@ -149,6 +179,28 @@ impl ValkeySinkCluster {
                 Message::valkey_error_to(request, format!("ERR shotover: {e}"))
             }
         }
+    }
+}
+
+impl ValkeySinkCluster {
+    /// Opens the transaction on `node` and queues there the commands deferred until it was
+    /// known. `Ok(true)` when one of them was refused (EXEC then aborts, as on Valkey);
+    /// `Err` with the response when MULTI itself failed.
+    async fn open_on(&mut self, node: SocketAddr, deferred: &[Bytes]) -> Result<bool, Bytes> {
+        let error = |e: String| Bytes::from(format!("-ERR shotover: {e}\r\n"));
+        match self.send_one(node, Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")).await {
+            Ok(ok) if !is_error(&ok) => {}
+            Ok(err) => return Err(err),
+            Err(e) => return Err(error(e)),
+        }
+        let mut aborted = false;
+        for raw in deferred {
+            match self.send_one(node, raw.clone()).await {
+                Ok(queued) => aborted |= is_error(&queued),
+                Err(_) => aborted = true,
+            }
+        }
+        Ok(aborted)
     }
 }
 
