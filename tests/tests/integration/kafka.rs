@@ -98,7 +98,16 @@ admin = AdminClient({"bootstrap.servers": direct})
 for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
     f.result(30)
 proxied_admin = AdminClient({"bootstrap.servers": proxied})
-print("metadata=%d" % len(proxied_admin.list_topics(timeout=30).topics))
+# A new topic reaches every broker's metadata a moment after it is created.
+import time
+deadline = time.time() + 30
+while True:
+    topics = proxied_admin.list_topics(timeout=30).topics
+    if topic in topics or time.time() > deadline:
+        break
+    time.sleep(0.2)
+print("metadata=%d" % len(topics))
+print("topic_listed=%s" % (topic in topics))
 errors = []
 p = Producer({"bootstrap.servers": proxied, "acks": "all", "message.send.max.retries": 0, "message.timeout.ms": 10000})
 p.produce(topic, b"x", on_delivery=lambda err, msg: errors.append(err))
@@ -107,6 +116,7 @@ print("produce_error=%s" % (errors[0].name() if errors and errors[0] else "none"
 "#;
     let out = run_python(script, &[&kafka.bootstrap(), &format!("127.0.0.1:{port}")]).expect_success();
     assert!(out.lines().any(|l| l.starts_with("metadata=") && l != "metadata=0"), "reads pass:\n{out}");
+    assert!(out.lines().any(|l| l == "topic_listed=True"), "the new topic is read through the filter:\n{out}");
     assert!(out.contains("produce_error=POLICY_VIOLATION"), "produce is refused with the API's error code:\n{out}");
 }
 

@@ -104,6 +104,11 @@ pub(super) fn command(parts: &[&[u8]]) -> Bytes {
     shotover_protocols::valkey::command::encode(parts)
 }
 
+/// The number of arguments of a request (its name not counted), from its header.
+fn argc(raw: &[u8]) -> usize {
+    shotover_protocols::valkey::command::RequestView::new(raw).map_or(0, |view| view.argc)
+}
+
 /// Appends a sub-request for `node`; one for no node (a slot no master serves) is never
 /// written, and its error becomes the response.
 fn push(subs: &mut Vec<Sub>, node: Option<SocketAddr>, raw: Bytes, slot: Option<u16>) {
@@ -191,7 +196,8 @@ impl Routes<'_> {
                 _ => Merge::Policy(response_policy),
             }
         } else if let Some(merge) = info
-            .filter(|_| request_policy == RequestPolicy::MultiShard)
+            // One key (`DEL k`, `MSET k v`) has nothing to split: no need to list the arguments.
+            .filter(|i| request_policy == RequestPolicy::MultiShard && argc(&raw) > i.key_step())
             .and_then(|info| self.split(info, name, &raw, subs))
         {
             merge
