@@ -137,27 +137,32 @@ impl Cassandra {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) every node: connections stay open and nothing is
     /// answered, as with a node stuck in a long GC pause.
     pub fn freeze(&self, frozen: bool) {
-        let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
         for n in 1..=self.nodes.len() {
-            let pidfile = self.dir.0.join(format!("node-{n}/cassandra.pid"));
-            let pid: i32 = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().parse().unwrap_or(0);
-            assert!(pid > 0, "no pid in {}", pidfile.display());
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
-            // kill() returns once the signal is queued: wait until every thread of the node has
-            // stopped (or runs again), so that nothing is answered after this returns.
-            let want_stopped = frozen;
-            let settled = crate::wait_until(Duration::from_secs(10), || {
-                let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
-                tasks.is_ok_and(|tasks| {
-                    tasks.iter().all(|t| {
-                        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-                        matches!(state, Some('T') | Some('t') | Some('Z')) == want_stopped
-                    })
-                })
-            });
-            assert!(settled, "node {n} did not {} in time", if frozen { "stop" } else { "resume" });
+            self.freeze_node(n, frozen);
         }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) node `n` (1-based) alone.
+    pub fn freeze_node(&self, n: usize, frozen: bool) {
+        let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        let pidfile = self.dir.0.join(format!("node-{n}/cassandra.pid"));
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().parse().unwrap_or(0);
+        assert!(pid > 0, "no pid in {}", pidfile.display());
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+        // kill() returns once the signal is queued: wait until every thread of the node has
+        // stopped (or runs again), so that nothing is answered after this returns.
+        let want_stopped = frozen;
+        let settled = crate::wait_until(Duration::from_secs(10), || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+            tasks.is_ok_and(|tasks| {
+                tasks.iter().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                    matches!(state, Some('T') | Some('t') | Some('Z')) == want_stopped
+                })
+            })
+        });
+        assert!(settled, "node {n} did not {} in time", if frozen { "stop" } else { "resume" });
     }
 
     /// Starts the nodes again on the same IPs and ports (after [`Cassandra::kill`]).

@@ -243,12 +243,15 @@ fn node_failures_give_the_guides_errors_and_unprepared_is_recovered() {
 
     // Node 2 dies a second into 12 s of load (once requests flow: a busy machine can take
     // seconds to start the driver): what was in flight on it gets the Server error, and from
-    // then on every request goes to node 1.
+    // then on every request goes to node 1. It is frozen for a second before it dies, so that
+    // requests are surely in flight on it (a CI run once killed it between two of its requests).
     let markers = TempDir::new("failover");
     let started = markers.path("load-started");
     let started_arg = started.display().to_string();
     let load = std::thread::spawn(move || failover(port, &["load", "12", &started_arg]));
     assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load did not start");
+    std::thread::sleep(Duration::from_secs(1));
+    ring.freeze_node(2, true);
     std::thread::sleep(Duration::from_secs(1));
     ring.kill_node(2);
     let out = load.join().unwrap();
