@@ -107,12 +107,8 @@ fn sections(text: &str) -> Vec<Section<'_>> {
 
 /// Two nodes' values of one field of a summed section.
 fn combine(field: &str, mine: &str, theirs: &str) -> String {
-    if let (Ok(a), Ok(b)) = (mine.parse::<i64>(), theirs.parse::<i64>()) {
-        return match kind(field) {
-            Kind::Sum => a.saturating_add(b).to_string(),
-            Kind::Max => a.max(b).to_string(),
-            Kind::First => mine.to_string(),
-        };
+    if let Some(combined) = integers(field, mine, theirs) {
+        return combined;
     }
     if field.starts_with("used_cpu_") {
         if let (Ok(a), Ok(b)) = (mine.parse::<f64>(), theirs.parse::<f64>()) {
@@ -123,6 +119,16 @@ fn combine(field: &str, mine: &str, theirs: &str) -> String {
         return combine_list(mine, theirs);
     }
     mine.to_string()
+}
+
+/// Two integer values of a field combined by its [`kind`]; `None` unless both are integers.
+fn integers(field: &str, mine: &str, theirs: &str) -> Option<String> {
+    let (a, b) = (mine.parse::<i64>().ok()?, theirs.parse::<i64>().ok()?);
+    Some(match kind(field) {
+        Kind::Sum => a.saturating_add(b).to_string(),
+        Kind::Max => a.max(b).to_string(),
+        Kind::First => mine.to_string(),
+    })
 }
 
 enum Kind {
@@ -155,7 +161,13 @@ fn combine_list(mine: &str, theirs: &str) -> String {
     for part in theirs.split(',') {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
         match fields.iter_mut().find(|(n, _)| n == name) {
-            Some((_, mine)) => *mine = combine(name, mine, value),
+            // Integers only: a value is never read as a list again, however many `=` a
+            // node's text holds.
+            Some((_, mine)) => {
+                if let Some(combined) = integers(name, mine, value) {
+                    *mine = combined;
+                }
+            }
             None => fields.push((name.to_string(), value.to_string())),
         }
     }
@@ -196,5 +208,15 @@ mod tests {
             "# Commandstats\r\ncmdstat_get:calls=5,usec=30,usec_per_call=6.00,rejected_calls=1,failed_calls=0\r\n";
         assert_eq!(merged, verbatim(expected));
         assert_eq!(merge_info(&[bulk(a), Bytes::from_static(b":1\r\n")]), None);
+    }
+
+    #[test]
+    fn a_value_full_of_equals_signs_is_not_read_as_nested_lists() {
+        // Read as lists within lists, 100 000 `=` would recurse 100 000 deep.
+        let deep = "=".repeat(100_000);
+        let a = format!("# Keyspace\r\ndb0:keys=1,odd=x{deep}\r\n");
+        let b = format!("# Keyspace\r\ndb0:keys=2,odd=y{deep}\r\n");
+        let expected = format!("# Keyspace\r\ndb0:keys=3,odd=x{deep}\r\n");
+        assert_eq!(merge_info(&[bulk(&a), bulk(&b)]).unwrap(), bulk(&expected));
     }
 }

@@ -27,6 +27,14 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
         Merge::Local(bytes) => return reply_message(request, Bytes::from_static(bytes)),
         _ => {}
     }
+    if plan.merge == Merge::Single {
+        // The common case, one node's reply as it is: no list of replies to build.
+        return match parts.first().map(|sub| &sub.reply) {
+            Some(Ok(raw)) => reply_message(request, raw.clone()),
+            Some(Err(reason)) => error(reason.to_string()),
+            None => error("no node to send to".into()),
+        };
+    }
     // A failed sub-request fails the request; a node's own error reply is passed on.
     let mut replies = Vec::with_capacity(parts.len());
     for sub in parts {
@@ -37,12 +45,6 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
     }
     let first_error = replies.iter().position(|r| is_error(r));
     match (&plan.merge, first_error) {
-        (Merge::Single, _) => {
-            return match replies.into_iter().next() {
-                Some(raw) => reply_message(request, raw),
-                None => error("no node to send to".into()),
-            }
-        }
         (Merge::Policy(ResponsePolicy::OneSucceeded), _) => {
             let success = replies.iter().position(|r| !is_error(r)).unwrap_or(0);
             return match replies.get(success) {

@@ -18,7 +18,7 @@ use crate::message::Message;
 use crate::sinks::valkey_slots::slot;
 use bytes::Bytes;
 use shotover_protocols::valkey::command::array_strings;
-use shotover_protocols::valkey::commands::{CommandInfo, RequestPolicy, ResponsePolicy};
+use shotover_protocols::valkey::commands::{first_key, CommandInfo, RequestPolicy, ResponsePolicy};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
@@ -102,11 +102,6 @@ pub(super) fn session_kind(raw: &[u8]) -> Option<SessionKind> {
 /// Encodes a command as a RESP array of bulk strings.
 pub(super) fn command(parts: &[&[u8]]) -> Bytes {
     shotover_protocols::valkey::command::encode(parts)
-}
-
-/// The number of arguments of a request (its name not counted), from its header.
-fn argc(raw: &[u8]) -> usize {
-    shotover_protocols::valkey::command::RequestView::new(raw).map_or(0, |view| view.argc)
 }
 
 /// Appends a sub-request for `node`; one for no node (a slot no master serves) is never
@@ -197,12 +192,15 @@ impl Routes<'_> {
             }
         } else if let Some(merge) = info
             // One key (`DEL k`, `MSET k v`) has nothing to split: no need to list the arguments.
-            .filter(|i| request_policy == RequestPolicy::MultiShard && argc(&raw) > i.key_step())
+            .filter(|i| {
+                request_policy == RequestPolicy::MultiShard
+                    && request.valkey_request().map_or(0, |v| v.argc) > i.key_step()
+            })
             .and_then(|info| self.split(info, name, &raw, subs))
         {
             merge
         } else {
-            match self.first_key(name, info, &leading, &raw) {
+            match first_key(info, name, leading.words(), &raw) {
                 Some(key) => {
                     let (node, s) = self.node_for(key);
                     push(subs, node, raw.clone(), Some(s));

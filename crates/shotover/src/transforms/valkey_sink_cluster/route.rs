@@ -95,24 +95,13 @@ impl<'a> Routes<'a> {
         self.commands.lookup(name, || leading.words().get(1).copied())
     }
 
-    /// The first key of a request, where the command table says keys are.
-    pub(super) fn first_key<'r>(
-        &self,
-        name: &[u8],
-        info: Option<&CommandInfo>,
-        leading: &Leading<'r>,
-        raw: &'r [u8],
-    ) -> Option<&'r [u8]> {
-        commands::first_key(info, name, leading.words(), raw)
-    }
-
     /// The node a request's first key lives on, if it has a key.
     pub(super) fn key_node(&self, request: &Message) -> Option<SocketAddr> {
         let raw = request.raw()?;
         let leading = Leading::of(raw);
         let name = Name::of(&leading);
         let info = self.info(name.as_bytes(), &leading);
-        let key = self.first_key(name.as_bytes(), info, &leading, raw)?;
+        let key = commands::first_key(info, name.as_bytes(), leading.words(), raw)?;
         self.map.master_of(slot(key))
     }
 }

@@ -90,27 +90,22 @@ impl ValkeySinkCluster {
                 };
                 self.watch_node = None;
                 let exec = name.as_slice() == b"EXEC";
+                let mut aborted = txn.aborted;
                 let node = match txn.node {
                     // Only commands without a key were queued: they run on the default node.
-                    None if exec && !txn.deferred.is_empty() && !txn.aborted => {
+                    None if exec && !txn.deferred.is_empty() && !aborted => {
                         let Some(node) = self.default_node() else {
                             return Message::valkey_error_to(request, "ERR shotover: no cluster node is known");
                         };
                         match self.open_on(node, &txn.deferred).await {
-                            Ok(aborted) => {
-                                return if aborted {
-                                    let _ = self.send_one(node, Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")).await;
-                                    local(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
-                                } else {
-                                    reply(self.send_one(node, raw).await)
-                                };
-                            }
+                            Ok(refused) => aborted = refused,
                             Err(response) => return reply_message(request, response),
                         }
+                        Some(node)
                     }
                     node => node,
                 };
-                match (node, txn.aborted) {
+                match (node, aborted) {
                     (Some(n), true) => {
                         let _ = self.send_one(n, Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")).await;
                         local(if exec {
