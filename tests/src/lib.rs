@@ -769,3 +769,13 @@ pub fn read_cql_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
     stream.read_exact(&mut body).unwrap();
     [header.to_vec(), body].concat()
 }
+
+/// The resident set size of process `pid`, in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}

@@ -157,6 +157,8 @@ fn source_states(topology: &Topology, addrs: &[std::net::SocketAddr]) -> Result<
             connection_limit: v.connection_limit,
             hard_connection_limit: v.hard_connection_limit,
             idle_timeout: v.timeout.map(Duration::from_secs),
+            max_request_bytes: v.max_request_bytes,
+            max_reply_backlog_bytes: v.max_reply_backlog_bytes,
             tls: v.tls.as_ref().map(|t| t.build()).transpose().with_context(|| format!("source {:?}: tls", v.name))?,
             open: AtomicUsize::new(0),
         }));

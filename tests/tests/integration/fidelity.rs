@@ -270,15 +270,6 @@ fn a_huge_inline_pipeline_is_answered_in_full_and_in_order() {
     assert!(growth < 64 * 1024, "the proxy grew by {growth} KiB for one pipelining client");
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 pub fn blocked_clients(admin: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("clients").query(admin).unwrap();
     info.lines()

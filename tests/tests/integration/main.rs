@@ -19,6 +19,7 @@ mod kafka;
 mod kafka_cluster;
 mod limits;
 mod malformed;
+mod memory_bounds;
 mod multiplex;
 mod observability;
 mod passthrough;

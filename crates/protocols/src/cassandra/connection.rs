@@ -8,20 +8,39 @@
 //! (v3/v4 bodies stay compressed as they came; v5 frames are never compressed, their
 //! segments are).
 
+use crate::cassandra::header::{HEADER_LEN, MAX_BODY_LEN};
 use crate::cassandra::segment::{encode_segments, SegmentDecoder};
 use crate::cassandra::{framing, CassandraCodecError, CassandraCodecState, Compression};
 use bytes::{Bytes, BytesMut};
 
 /// One connection's CQL transport state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CqlWire {
     pub state: CassandraCodecState,
     segments: SegmentDecoder,
+    /// Largest frame accepted, header included.
+    max_frame: usize,
+}
+
+impl Default for CqlWire {
+    fn default() -> Self {
+        CqlWire::with_max_frame(HEADER_LEN + MAX_BODY_LEN)
+    }
 }
 
 impl CqlWire {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A connection whose frames may be at most `max_frame` bytes, header included (a
+    /// source's `max_request_bytes`): a frame announcing more is refused at its header.
+    pub fn with_max_frame(max_frame: usize) -> Self {
+        CqlWire {
+            state: CassandraCodecState::default(),
+            segments: SegmentDecoder::with_max_frame(max_frame),
+            max_frame,
+        }
     }
 
     /// How frame bodies read now are compressed (v3/v4); none in v5.
@@ -36,7 +55,7 @@ impl CqlWire {
                 return self.segments.decode(buf, compression, frames);
             }
             // Before segments start, every frame may be part of the handshake.
-            let Some(len) = framing::frame_len(buf)? else { return Ok(()) };
+            let Some(len) = framing::frame_len_max(buf, self.max_frame)? else { return Ok(()) };
             let frame = buf.split_to(len).freeze();
             self.state.observe(&frame)?;
             frames.push(frame);

@@ -17,6 +17,12 @@ use super::{CassandraCodecError, Result};
 /// an error as soon as the byte that shows it has arrived: see
 /// [`super::response::unsupported_version_response`] for the reply drivers expect to the first.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
+    frame_len_max(buf, HEADER_LEN + MAX_BODY_LEN)
+}
+
+/// [`frame_len`] with frames limited to `max` bytes, header included: a header that
+/// announces more is refused as soon as its length has arrived, before any of the body.
+pub fn frame_len_max(buf: &[u8], max: usize) -> Result<Option<usize>> {
     let Some(&version) = buf.first() else {
         return Ok(None);
     };
@@ -28,10 +34,10 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
         return Ok(None);
     };
     let body_len = u32::from_be_bytes([l0, l1, l2, l3]);
-    if body_len as usize > MAX_BODY_LEN {
+    let len = HEADER_LEN + body_len as usize;
+    if body_len as usize > MAX_BODY_LEN || len > max {
         return Err(CassandraCodecError::FrameTooLarge(u64::from(body_len)));
     }
-    let len = HEADER_LEN + body_len as usize;
     Ok((buf.len() >= len).then_some(len))
 }
 
@@ -75,5 +81,17 @@ mod tests {
         );
         // The limit itself is allowed (and incomplete here).
         assert_eq!(frame_len(&[0x84, 0, 0, 0, 0x08, 0x10, 0, 0, 0]), Ok(None));
+    }
+
+    #[test]
+    fn a_lower_limit_refuses_at_the_header() {
+        // A QUERY announcing a 1 GiB body: refused at its 9th byte, nothing else read.
+        let huge = [0x04, 0, 0, 1, 0x07, 0x40, 0, 0, 0];
+        assert_eq!(frame_len_max(&huge, 65_536), Err(CassandraCodecError::FrameTooLarge(0x4000_0000)));
+        // The limit counts the header: 9 + 65 527 fits in 65 536, one more does not.
+        let at = [0x04, 0, 0, 1, 0x07, 0, 0, 0xff, 0xf7];
+        assert_eq!(frame_len_max(&at, 65_536), Ok(None));
+        let over = [0x04, 0, 0, 1, 0x07, 0, 0, 0xff, 0xf8];
+        assert_eq!(frame_len_max(&over, 65_536), Err(CassandraCodecError::FrameTooLarge(0xfff8)));
     }
 }

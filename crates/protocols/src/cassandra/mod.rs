@@ -93,7 +93,7 @@ pub enum CassandraCodecError {
     UnsupportedVersion(u8),
     #[error("Protocol error: unknown opcode {0:#04x}")]
     UnknownOpcode(u8),
-    #[error("Protocol error: frame body of {0} bytes is over the 256 MiB limit")]
+    #[error("Protocol error: frame body of {0} bytes is over the frame size limit")]
     FrameTooLarge(u64),
     #[error("Protocol error: a {opcode} {} was not expected", if *response { "response" } else { "request" })]
     UnexpectedOpcode { opcode: Opcode, response: bool },

@@ -16,7 +16,8 @@
 //! segment is cut across a run of segments that are not self-contained, and is whole only
 //! when the run has delivered all of its bytes.
 
-use super::framing::frame_len;
+use super::framing::frame_len_max;
+use super::header::{HEADER_LEN, MAX_BODY_LEN};
 use super::{compression, CassandraCodecError, Compression, Result};
 use bytes::{Bytes, BytesMut};
 use cassandra_protocol::crc::{crc24, crc32};
@@ -100,14 +101,27 @@ pub fn segment_len(buf: &[u8], compression: Compression) -> Result<Option<usize>
 
 /// Turns a stream of segments into whole frames, keeping the part of a large frame that a
 /// run of non-self-contained segments has delivered so far. One per connection direction.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SegmentDecoder {
     partial: BytesMut,
+    /// Largest frame accepted, header included.
+    max_frame: usize,
+}
+
+impl Default for SegmentDecoder {
+    fn default() -> Self {
+        SegmentDecoder { partial: BytesMut::new(), max_frame: HEADER_LEN + MAX_BODY_LEN }
+    }
 }
 
 impl SegmentDecoder {
     pub fn new() -> Self {
         SegmentDecoder::default()
+    }
+
+    /// A decoder that refuses frames over `max_frame` bytes, header included.
+    pub fn with_max_frame(max_frame: usize) -> Self {
+        SegmentDecoder { partial: BytesMut::new(), max_frame }
     }
 
     /// True while a large frame is part way through arriving.
@@ -151,13 +165,13 @@ impl SegmentDecoder {
             }
             let mut rest = payload;
             while !rest.is_empty() {
-                let len = frame_len(&rest)?
+                let len = frame_len_max(&rest, self.max_frame)?
                     .ok_or(CassandraCodecError::SegmentSequence("self-contained segment ends inside a frame"))?;
                 frames.push(rest.split_to(len));
             }
         } else {
             self.partial.extend_from_slice(&payload);
-            while let Some(len) = frame_len(&self.partial)? {
+            while let Some(len) = frame_len_max(&self.partial, self.max_frame)? {
                 frames.push(self.partial.split_to(len).freeze());
             }
         }

@@ -76,28 +76,36 @@ impl Scanner {
             *self = Scanner { pos: 0, remaining: 1 };
         }
         let result = self.walk(buf);
-        self.settle(buf, result)
+        self.settle(buf, result, MAX_MESSAGE_LEN)
     }
 
     /// The first request in `buf`, which must start where it started at the previous call
     /// until that call returned `Some` or an error.
     pub fn scan_request(&mut self, buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
-        let result = if self.remaining == 0 { self.start_request(buf) } else { self.walk_bulks(buf) };
-        self.settle(buf, result)
+        self.scan_request_max(buf, MAX_MESSAGE_LEN)
+    }
+
+    /// [`Scanner::scan_request`] with requests limited to `max` bytes instead of
+    /// [`MAX_MESSAGE_LEN`]. A request whose bulk lengths already promise more is refused as
+    /// soon as the header that shows it has arrived, so its data is never buffered.
+    pub fn scan_request_max(&mut self, buf: &[u8], max: usize) -> Result<Option<Request>, ValkeyCodecError> {
+        let result = if self.remaining == 0 { self.start_request(buf, max) } else { self.walk_bulks(buf, max) };
+        self.settle(buf, result, max)
     }
 
     /// Starts afresh after a whole message or an error; refuses an incomplete message over
-    /// [`MAX_MESSAGE_LEN`].
+    /// `max` bytes.
     fn settle<T>(
         &mut self,
         buf: &[u8],
         result: Result<Option<T>, ValkeyCodecError>,
+        max: usize,
     ) -> Result<Option<T>, ValkeyCodecError> {
         if !matches!(result, Ok(None)) {
             *self = Scanner::default();
-        } else if buf.len() > MAX_MESSAGE_LEN {
+        } else if buf.len() > max {
             *self = Scanner::default();
-            return Err(ValkeyCodecError::TooLarge(buf.len()));
+            return Err(ValkeyCodecError::TooLarge { len: buf.len(), max });
         }
         result
     }
@@ -157,7 +165,7 @@ impl Scanner {
     }
 
     /// A new request: a multibulk if it starts with `*`, else an inline line.
-    fn start_request(&mut self, buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
+    fn start_request(&mut self, buf: &[u8], max: usize) -> Result<Option<Request>, ValkeyCodecError> {
         match buf.first() {
             None => Ok(None),
             Some(b'*') => {
@@ -172,7 +180,7 @@ impl Scanner {
                 match u64::try_from(count) {
                     Ok(count) if count > 0 => {
                         *self = Scanner { pos: cr + 2, remaining: count };
-                        self.walk_bulks(buf)
+                        self.walk_bulks(buf, max)
                     }
                     _ => Ok(Some(Request::Nothing(cr + 2))),
                 }
@@ -182,7 +190,7 @@ impl Scanner {
     }
 
     /// The `$<len>` bulk strings of a multibulk request, from `self.pos`.
-    fn walk_bulks(&mut self, buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
+    fn walk_bulks(&mut self, buf: &[u8], max: usize) -> Result<Option<Request>, ValkeyCodecError> {
         while self.remaining > 0 {
             let pos = self.pos;
             let Some(cr) = header_end(buf, pos, ValkeyCodecError::TooBigBulkCount)? else {
@@ -201,6 +209,9 @@ impl Scanner {
             // len is within 0..=MAX_BULK_LEN, so the cast is exact. The two bytes after
             // the data are skipped unchecked, as Valkey does.
             let end = cr + 2 + len as usize + 2;
+            if end > max {
+                return Err(ValkeyCodecError::TooLarge { len: end, max });
+            }
             if buf.len() < end {
                 return Ok(None);
             }

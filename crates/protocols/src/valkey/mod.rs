@@ -30,10 +30,10 @@ pub enum ValkeyCodecError {
     MissingCrlf,
     #[error("Protocol error: line too long ({0} bytes without CRLF)")]
     LineTooLong(usize),
-    /// A message still arriving is over the query buffer limit. Valkey closes such a client
-    /// without a reply.
-    #[error("Protocol error: message of over {0} bytes is too large")]
-    TooLarge(usize),
+    /// A message is (or promises to be) `len` bytes, over the limit of `max`: for a client,
+    /// the source's `max_request_bytes`.
+    #[error("Protocol error: message of at least {len} bytes is over the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
     #[error("Protocol error: streamed RESP3 aggregates are not supported")]
     Streamed,
     /// An inline request Valkey's `sdssplitargs` refuses: a quote left open, or a closing
@@ -66,12 +66,12 @@ impl ValkeyCodecError {
     /// The bytes Valkey writes to a client whose input fails so, just before it closes the
     /// connection: `-ERR <text>\r\n`, with the offending byte as it is (`expected '$', got
     /// '\xff'`) and CR or LF inside the text as spaces, as Valkey's `addReplyErrorFormat`
-    /// writes them. Empty for [`ValkeyCodecError::TooLarge`]: Valkey closes a client over its
-    /// query buffer limit without a reply.
+    /// writes them. [`ValkeyCodecError::TooLarge`] is the proxy's own limit, and says so
+    /// (Valkey closes a client over its query buffer limit without a word, which leaves the
+    /// user guessing).
     pub fn client_reply(&self) -> Vec<u8> {
         let mut reply = b"-ERR ".to_vec();
         match self {
-            ValkeyCodecError::TooLarge(_) => return Vec::new(),
             ValkeyCodecError::ExpectedDollar(got) => {
                 reply.extend_from_slice(b"Protocol error: expected '$', got '");
                 reply.push(*got);
@@ -106,7 +106,10 @@ mod tests {
         assert_eq!(E::TooBigInlineRequest.client_reply(), b"-ERR Protocol error: too big inline request\r\n");
         assert_eq!(E::TooBigMbulkCount.client_reply(), b"-ERR Protocol error: too big mbulk count string\r\n");
         assert_eq!(E::TooBigBulkCount.client_reply(), b"-ERR Protocol error: too big bulk count string\r\n");
-        assert_eq!(E::TooLarge(1 << 30).client_reply(), b"");
+        assert_eq!(
+            E::TooLarge { len: 1 << 30, max: 1 << 29 }.client_reply(),
+            b"-ERR Protocol error: message of at least 1073741824 bytes is over the limit of 536870912 bytes\r\n"
+        );
         assert_eq!(E::Parse("a\r\nb".into()).client_reply(), b"-ERR Protocol error: a  b\r\n");
     }
 }

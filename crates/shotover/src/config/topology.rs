@@ -206,7 +206,38 @@ struct RawSource {
     /// Cassandra only.
     #[serde(default)]
     transport: Option<Transport>,
+    #[serde(default)]
+    max_request_bytes: Option<u64>,
+    #[serde(default)]
+    max_reply_backlog_bytes: Option<u64>,
     chain: Value,
+}
+
+/// The smallest `max_request_bytes`: every handshake and login fits in it.
+const MIN_MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// The smallest `max_reply_backlog_bytes`.
+const MIN_MAX_REPLY_BACKLOG_BYTES: u64 = 64 * 1024;
+
+/// The default `max_reply_backlog_bytes`: 16 MiB of answers may wait for a client.
+pub const DEFAULT_MAX_REPLY_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
+
+/// The default and the largest `max_request_bytes` of a protocol: the server's own
+/// defaults (Valkey's `client-query-buffer-limit`, the CQL frame limit, Kafka's
+/// `socket.request.max.bytes`), so by default the proxy refuses nothing the server takes.
+fn request_limits(protocol: Protocol) -> (u64, u64) {
+    use shotover_protocols::{cassandra::header, kafka::framing as kafka, valkey::framing as valkey};
+    match protocol {
+        Protocol::Valkey => (valkey::MAX_MESSAGE_LEN as u64, valkey::MAX_MESSAGE_LEN as u64),
+        Protocol::Cassandra => {
+            let max = (header::HEADER_LEN + header::MAX_BODY_LEN) as u64;
+            (max, max)
+        }
+        Protocol::Kafka => (
+            (kafka::LENGTH_PREFIX_LEN + kafka::MAX_MESSAGE_LEN) as u64,
+            kafka::LENGTH_PREFIX_LEN as u64 + i32::MAX as u64,
+        ),
+    }
 }
 
 fn default_connection_limit() -> usize {
@@ -242,6 +273,14 @@ pub struct SourceConfig {
     pub tls: Option<TlsAcceptorConfig>,
     /// Cassandra only: TCP or WebSocket. Default TCP.
     pub transport: Transport,
+    /// The largest request a client may send, in bytes (a Kafka request's length prefix
+    /// and a CQL frame's header included). Larger ones get the protocol's error and the
+    /// connection closes, as soon as their header shows the size. Default: the server's
+    /// own limit (Valkey 1 GiB, Cassandra 256 MiB + 9, Kafka 100 MiB + 4).
+    pub max_request_bytes: usize,
+    /// Answers that may wait for a client that does not read them, in bytes; past it the
+    /// client's requests are not read until it catches up. Default 16 MiB.
+    pub max_reply_backlog_bytes: usize,
     /// The transforms, first to last.
     pub chain: Vec<Box<dyn AnyTransformConfig>>,
 }
@@ -363,6 +402,18 @@ fn parse_source(
     if raw.transport.is_some() && protocol != Protocol::Cassandra {
         return Err(err("transport", format!("only Cassandra sources have a transport, not {protocol} sources")));
     }
+    let (default_request, largest_request) = request_limits(protocol);
+    let max_request_bytes = raw.max_request_bytes.unwrap_or(default_request);
+    if !(MIN_MAX_REQUEST_BYTES..=largest_request).contains(&max_request_bytes) {
+        return Err(err(
+            "max_request_bytes",
+            format!("must be from {MIN_MAX_REQUEST_BYTES} to {largest_request} for {protocol} sources"),
+        ));
+    }
+    let max_reply_backlog_bytes = raw.max_reply_backlog_bytes.unwrap_or(DEFAULT_MAX_REPLY_BACKLOG_BYTES as u64);
+    if max_reply_backlog_bytes < MIN_MAX_REPLY_BACKLOG_BYTES {
+        return Err(err("max_reply_backlog_bytes", format!("must be at least {MIN_MAX_REPLY_BACKLOG_BYTES}")));
+    }
     let chain = registry.parse_chain(file, &join_path(path, "chain"), raw.chain, protocol)?;
     Ok(SourceConfig {
         protocol,
@@ -373,6 +424,9 @@ fn parse_source(
         timeout: raw.timeout,
         tls: raw.tls,
         transport: raw.transport.unwrap_or_default(),
+        // Both fit: checked against limits that fit in a usize above.
+        max_request_bytes: usize::try_from(max_request_bytes).unwrap_or(usize::MAX),
+        max_reply_backlog_bytes: usize::try_from(max_reply_backlog_bytes).unwrap_or(usize::MAX),
         chain,
     })
 }
@@ -514,5 +568,28 @@ sources:
         let err = Topology::load(Path::new("/nonexistent/topology.yaml"), &registry()).unwrap_err();
         assert_eq!(err.file, "/nonexistent/topology.yaml");
         assert!(err.reason.starts_with("cannot read the file"));
+    }
+
+    #[test]
+    fn memory_limits_default_to_the_servers_and_are_checked() {
+        let source = |kind: &str, extra: &str| {
+            let sink =
+                if kind == "Kafka" { "KafkaSinkSingle:\n            destination_port: 9092" } else { "NullSink" };
+            format!(
+                "sources:\n  - {kind}:\n      listen_addr: \"127.0.0.1:1\"\n{extra}      chain:\n        - {sink}\n"
+            )
+        };
+        let kafka = load(&source("Kafka", "")).unwrap();
+        assert_eq!(kafka.sources[0].max_request_bytes, 100 * 1024 * 1024 + 4);
+        assert_eq!(kafka.sources[0].max_reply_backlog_bytes, 16 * 1024 * 1024);
+        let valkey =
+            load(&source("Valkey", "      max_request_bytes: 65536\n      max_reply_backlog_bytes: 1048576\n"));
+        let valkey = valkey.unwrap();
+        assert_eq!((valkey.sources[0].max_request_bytes, valkey.sources[0].max_reply_backlog_bytes), (65536, 1 << 20));
+        let err = load(&source("Cassandra", "      max_request_bytes: 300000000\n")).unwrap_err();
+        assert_eq!(err.path, "sources[0].Cassandra.max_request_bytes");
+        assert_eq!(err.reason, "must be from 65536 to 268435465 for Cassandra sources");
+        let err = load(&source("Valkey", "      max_reply_backlog_bytes: 10\n")).unwrap_err();
+        assert_eq!(err.path, "sources[0].Valkey.max_reply_backlog_bytes");
     }
 }

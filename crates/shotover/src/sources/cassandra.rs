@@ -27,8 +27,9 @@ pub struct CassandraCodec {
 }
 
 impl CassandraCodec {
-    pub fn new() -> Self {
-        Self::default()
+    /// A client connection whose frames may be at most `max_request` bytes, header included.
+    pub fn new(max_request: usize) -> Self {
+        CassandraCodec { wire: CqlWire::with_max_frame(max_request), ..Self::default() }
     }
 
     /// A protocol error for input that is not CQL, on stream 0 unless one can be read.
@@ -164,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_failed_chain_answers_every_waiting_request_not_only_the_last_batch() {
-        let mut codec = CassandraCodec::new();
+        let mut codec = CassandraCodec::default();
         let first = decode_batch(&mut codec, &[1, 2, 3]);
         codec.sent(&first);
         let second = decode_batch(&mut codec, &[4, 5]);
@@ -190,7 +191,7 @@ mod tests {
 
     #[test]
     fn events_answer_no_request() {
-        let mut codec = CassandraCodec::new();
+        let mut codec = CassandraCodec::default();
         let batch = decode_batch(&mut codec, &[7]);
         codec.sent(&batch);
         let event = Message::from_cql(

@@ -31,12 +31,15 @@ pub const DRAIN_IDLE: Duration = Duration::from_millis(100);
 /// owes its client have come.
 const OWED_RECHECK: Duration = Duration::from_millis(5);
 
-/// Answers waiting for a client that does not read them, past which its requests are no
-/// longer read (so a client that pipelines without reading costs bounded memory).
-pub const MAX_REPLY_BACKLOG: usize = 16 * 1024 * 1024;
-
 /// Requests read ahead while a blocking request runs (to see the client go away).
 const MAX_READ_AHEAD: usize = 1024 * 1024;
+
+/// Requests run through the chain at once, at most. A few small requests can ask for large
+/// answers (GET of big values), and a batch's answers are all held before the backlog
+/// check stops reading: cutting a long pipeline into batches of this many bounds what one
+/// batch adds past `max_reply_backlog_bytes`. Deeper pipelines are rare, and still go as
+/// one upstream round trip per batch.
+const MAX_BATCH: usize = 256;
 
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,6 +123,9 @@ struct Client<C> {
     codec: C,
     /// Answers not yet written to the client.
     out: BytesMut,
+    /// Requests read and not yet run, while the answers waiting for the client are over
+    /// the source's `max_reply_backlog_bytes`.
+    pending: Vec<Message>,
     /// True when `out` was written in part and the stream may still hold bytes (TLS).
     unflushed: bool,
     /// When the sink read the first response of the batch being written.
@@ -182,7 +188,7 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
     let _ = tcp.set_nodelay(true);
     let Some(stream) = accept_tls(tcp, &ctx, &peer).await else { return };
     let Some(mut stream) = accept_websocket(stream, &ctx, &peer).await else { return };
-    let mut client = Client { codec, out: BytesMut::new(), unflushed: false, sink_read_at: None };
+    let mut client = Client { codec, out: BytesMut::new(), pending: Vec::new(), unflushed: false, sink_read_at: None };
     let mut read = ReadBuffer::default();
     let mut idle = Idle::new(ctx.source.idle_timeout);
     let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
@@ -199,8 +205,7 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
                 false
             }
             Event::Read(Ok(_)) => {
-                idle.activity();
-                handle_input(&mut client, &mut read, &mut stream, &mut chain, &ctx, &peer).await
+                handle_input(&mut client, &mut read, &mut stream, &mut chain, &ctx, &peer, &mut idle).await
             }
             Event::Pushed => {
                 // Messages pushed to a subscriber count as activity, as they do for Valkey.
@@ -216,7 +221,8 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
                 if let Some(at) = client.sink_read_at.take() {
                     sink_to_source.observe(at.elapsed().as_secs_f64());
                 }
-                true
+                // The client caught up: run what waited for it.
+                run_pending(&mut client, &mut read, &mut stream, &mut chain, &ctx, &peer, false).await
             }
             Event::Written(Err(e)) => {
                 tracing::debug!(connection = %ctx.id, %peer, "client write failed: {e}");
@@ -224,6 +230,8 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
             }
         };
         if !keep_open {
+            // A client that half-closed after its requests still gets their answers.
+            run_pending(&mut client, &mut read, &mut stream, &mut chain, &ctx, &peer, true).await;
             if client.codec.outstanding() > 0 {
                 // Requests a transform holds back (Coalesce) are answered before closing: an
                 // empty batch asks every transform to deliver what it holds.
@@ -240,8 +248,8 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
 
 /// Waits for whichever comes first: client bytes, messages the chain has for the client,
 /// the idle timer, or the core's shutdown signal (once). Meanwhile it writes what the client
-/// is owed as far as the client reads it, and stops reading requests while more than
-/// [`MAX_REPLY_BACKLOG`] bytes of answers wait for a client that does not read them.
+/// is owed as far as the client reads it, and stops reading requests while more than the
+/// source's `max_reply_backlog_bytes` of answers wait for a client that does not read them.
 async fn next_event<C: SourceCodec>(
     client: &mut Client<C>,
     read: &mut ReadBuffer,
@@ -259,7 +267,7 @@ async fn next_event<C: SourceCodec>(
                 return Poll::Ready(Event::Shutdown(kind));
             }
         }
-        if client.out.len() < MAX_REPLY_BACKLOG {
+        if client.out.len() < ctx.source.max_reply_backlog_bytes {
             if let Poll::Ready(r) = read.poll_fill(stream, cx, ReadMode::Spin) {
                 return Poll::Ready(Event::Read(r));
             }
@@ -337,7 +345,9 @@ async fn write_all<C>(client: &mut Client<C>, stream: &mut Stream) -> std::io::R
 }
 
 /// Cuts the buffered bytes into a batch of whole requests and runs it. Malformed input
-/// ends the connection after the codec's error reply.
+/// ends the connection after the codec's error reply. Only whole requests count as
+/// activity for the idle timeout: a client that trickles a request in a byte at a time
+/// (slowloris) is closed after `timeout` as if it had sent nothing.
 async fn handle_input<C: SourceCodec>(
     client: &mut Client<C>,
     read: &mut ReadBuffer,
@@ -345,32 +355,63 @@ async fn handle_input<C: SourceCodec>(
     chain: &mut Chain,
     ctx: &ConnectionContext,
     peer: &str,
+    idle: &mut Idle,
 ) -> bool {
-    let mut batch = Vec::new();
-    let malformed = client.codec.decode(&mut read.buf, Instant::now(), &mut batch).err();
-    let mut keep_open = if batch.is_empty() {
-        true
-    } else if client.codec.may_block(&batch) {
-        // A request that may block for long (BLPOP ...) must not outlive its client: if the
-        // client goes away meanwhile, the chain is dropped, and with it the upstream
-        // connection, so the server stops waiting for it (and pops nothing for nobody).
-        let run = std::pin::pin!(run_chain(client, chain, batch, ctx));
-        match futures_lite::future::or(async { Some(run.await) }, client_gone(read, stream)).await {
-            Some(keep_open) => keep_open,
-            None => {
-                tracing::debug!(connection = %ctx.id, %peer, "client went away during a blocking request");
-                return false;
-            }
-        }
-    } else {
-        run_chain(client, chain, batch, ctx).await
-    };
+    let before = client.pending.len();
+    let malformed = client.codec.decode(&mut read.buf, Instant::now(), &mut client.pending).err();
+    if client.pending.len() > before {
+        idle.activity();
+    }
+    // Before malformed bytes close the connection, every request before them is answered.
+    let mut keep_open = run_pending(client, read, stream, chain, ctx, peer, malformed.is_some()).await;
     if let Some(m) = malformed {
         tracing::warn!(connection = %ctx.id, %peer, "malformed request, closing the connection: {}", m.reason);
         client.out.extend_from_slice(&m.reply);
         keep_open = false;
     }
     keep_open
+}
+
+/// Runs the pending requests, [`MAX_BATCH`] at a time, while the answers waiting for the
+/// client are under the source's `max_reply_backlog_bytes` (or all of them, with `all`).
+/// Returns false to close.
+async fn run_pending<C: SourceCodec>(
+    client: &mut Client<C>,
+    read: &mut ReadBuffer,
+    stream: &mut Stream,
+    chain: &mut Chain,
+    ctx: &ConnectionContext,
+    peer: &str,
+    all: bool,
+) -> bool {
+    while !client.pending.is_empty() && (all || client.out.len() < ctx.source.max_reply_backlog_bytes) {
+        let batch = if client.pending.len() <= MAX_BATCH {
+            std::mem::take(&mut client.pending)
+        } else {
+            client.pending.drain(..MAX_BATCH).collect()
+        };
+        let keep_open = if client.codec.may_block(&batch) {
+            // A request that may block for long (BLPOP ...) must not outlive its client: if
+            // the client goes away meanwhile, the chain is dropped, and with it the upstream
+            // connection, so the server stops waiting for it (and pops nothing for nobody).
+            let run = std::pin::pin!(run_chain(client, chain, batch, ctx));
+            match futures_lite::future::or(async { Some(run.await) }, client_gone(read, stream)).await {
+                Some(keep_open) => keep_open,
+                None => {
+                    tracing::debug!(connection = %ctx.id, %peer, "client went away during a blocking request");
+                    false
+                }
+            }
+        } else {
+            run_chain(client, chain, batch, ctx).await
+        };
+        if !keep_open {
+            // As before batches were cut: what follows a request that closes is not run.
+            client.pending.clear();
+            return false;
+        }
+    }
+    true
 }
 
 /// Ready (with `None`) once the client has closed its connection or it failed. Bytes it

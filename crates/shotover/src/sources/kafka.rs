@@ -15,24 +15,28 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 /// What one Kafka client connection remembers.
-#[derive(Default)]
 pub struct KafkaCodec {
     /// Requests that expect a response and have not had it, oldest first.
     waiting: VecDeque<Message>,
     /// Set when a response could not be made: the connection closes after this batch.
     broken: bool,
+    /// The source's `max_request_bytes`, less the length prefix.
+    max_message: usize,
 }
 
 impl KafkaCodec {
-    pub fn new() -> Self {
-        Self::default()
+    /// A client connection whose requests may be at most `max_request` bytes, length
+    /// prefix included.
+    pub fn new(max_request: usize) -> Self {
+        let max_message = max_request.saturating_sub(framing::LENGTH_PREFIX_LEN);
+        KafkaCodec { waiting: VecDeque::new(), broken: false, max_message }
     }
 }
 
 impl SourceCodec for KafkaCodec {
     fn decode(&mut self, buf: &mut BytesMut, now: Instant, batch: &mut Vec<Message>) -> Result<(), Malformed> {
         loop {
-            match framing::message_len(buf) {
+            match framing::message_len_max(buf, self.max_message) {
                 Ok(Some(len)) => batch.push(Message::from_bytes(buf.split_to(len).freeze(), Protocol::Kafka, now)),
                 Ok(None) => {
                     framing::reserve_rest(buf);

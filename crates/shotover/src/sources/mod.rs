@@ -42,6 +42,10 @@ pub struct SourceShared {
     pub connection_limit: usize,
     pub hard_connection_limit: bool,
     pub idle_timeout: Option<Duration>,
+    /// The source's `max_request_bytes`.
+    pub max_request_bytes: usize,
+    /// The source's `max_reply_backlog_bytes`.
+    pub max_reply_backlog_bytes: usize,
     /// TLS for clients, when the source has a `tls` block.
     pub tls: Option<futures_rustls::TlsAcceptor>,
     /// Open connections over all cores.
@@ -155,7 +159,7 @@ pub async fn accept_loop(
             metrics: metrics.clone(),
         };
         let chain = chain.build();
-        let protocol = source.protocol;
+        let (protocol, max_request) = (source.protocol, source.max_request_bytes);
         // Disabled by default (it is a DEBUG span); `shotover::connection_span=debug` in the
         // log filter attaches the connection id and peer to every event of the connection.
         let span = tracing::debug_span!(target: "shotover::connection_span", "connection", id = %ctx.id,
@@ -164,10 +168,12 @@ pub async fn accept_loop(
             async move {
                 match protocol {
                     Protocol::Cassandra => {
-                        connection::serve(stream, chain, ctx, cassandra::CassandraCodec::new()).await
+                        connection::serve(stream, chain, ctx, cassandra::CassandraCodec::new(max_request)).await
                     }
-                    Protocol::Kafka => connection::serve(stream, chain, ctx, kafka::KafkaCodec::new()).await,
-                    Protocol::Valkey => connection::serve(stream, chain, ctx, valkey::ValkeyCodec::new()).await,
+                    Protocol::Kafka => connection::serve(stream, chain, ctx, kafka::KafkaCodec::new(max_request)).await,
+                    Protocol::Valkey => {
+                        connection::serve(stream, chain, ctx, valkey::ValkeyCodec::new(max_request)).await
+                    }
                 }
                 drop(slot);
             }

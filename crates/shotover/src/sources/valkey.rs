@@ -30,6 +30,8 @@ pub struct ValkeyCodec {
     switches: VecDeque<(u64, Switch)>,
     /// Set once QUIT is answered: the connection closes after this write.
     quit: bool,
+    /// The source's `max_request_bytes`.
+    max_request: usize,
 }
 
 /// What a request changes once it is answered without an error.
@@ -40,8 +42,9 @@ enum Switch {
 }
 
 impl ValkeyCodec {
-    pub fn new() -> Self {
+    pub fn new(max_request: usize) -> Self {
         ValkeyCodec {
+            max_request,
             scanner: Scanner::default(),
             resp: RespVersion::Resp2,
             sent: 0,
@@ -54,23 +57,22 @@ impl ValkeyCodec {
 
 impl Default for ValkeyCodec {
     fn default() -> Self {
-        Self::new()
+        Self::new(shotover_protocols::valkey::framing::MAX_MESSAGE_LEN)
     }
 }
 
 impl SourceCodec for ValkeyCodec {
     fn decode(&mut self, buf: &mut BytesMut, now: Instant, batch: &mut Vec<Message>) -> Result<(), Malformed> {
         loop {
-            match self.scanner.scan_request(buf) {
+            match self.scanner.scan_request_max(buf, self.max_request) {
                 Ok(Some(Request::Command(len))) => {
                     batch.push(Message::from_bytes(buf.split_to(len).freeze(), Protocol::Valkey, now))
                 }
                 // An empty line or `*0`: Valkey consumes it, runs nothing and answers nothing.
                 Ok(Some(Request::Nothing(len))) => buf.advance(len),
                 Ok(None) => return Ok(()),
-                // As Valkey itself does: its own error reply (none when the query buffer
-                // limit is passed), then the connection closes. The requests before the bad
-                // bytes are in `batch` and are answered first.
+                // As Valkey itself does: its own error reply, then the connection closes.
+                // The requests before the bad bytes are in `batch` and are answered first.
                 Err(e) => return Err(Malformed { reply: e.client_reply(), reason: e.to_string() }),
             }
         }

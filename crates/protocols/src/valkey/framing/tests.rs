@@ -220,3 +220,29 @@ fn string2ll_is_valkeys() {
         assert_eq!(string2ll(bad), None, "{:?}", String::from_utf8_lossy(bad));
     }
 }
+
+#[test]
+fn a_request_over_the_limit_is_refused_as_soon_as_its_lengths_show_it() {
+    let max = 1000;
+    let scan = |buf: &[u8]| Scanner::default().scan_request_max(buf, max);
+    // A bulk promising more than the limit: refused at its header, before any data.
+    assert_eq!(scan(b"*2\r\n$3\r\nSET\r\n$2000\r\n"), Err(E::TooLarge { len: 20 + 2000 + 2, max }));
+    // Bulks each under the limit but together over it: refused at the bulk that passes it.
+    let mut two = b"*3\r\n$3\r\nSET\r\n$600\r\n".to_vec();
+    two.resize(two.len() + 600, b'a');
+    two.extend_from_slice(b"\r\n$600\r\n");
+    assert!(matches!(scan(&two), Err(E::TooLarge { max: 1000, .. })));
+    // Exactly at the limit is accepted, whole or arriving.
+    let mut at = b"*1\r\n$".to_vec();
+    let header = format!("{}\r\n", max - 4 - 6 - 2);
+    at.extend_from_slice(header.as_bytes());
+    at.resize(max - 2, b'x');
+    at.extend_from_slice(b"\r\n");
+    assert_eq!(at.len(), max);
+    assert_eq!(scan(&at), Ok(Some(Request::Command(max))));
+    let mut scanner = Scanner::default();
+    assert_eq!(scanner.scan_request_max(&at[..500], max), Ok(None));
+    assert_eq!(scanner.scan_request_max(&at, max), Ok(Some(Request::Command(max))));
+    // Inline requests stay under their own 64 KiB line limit, below any sensible max.
+    assert_eq!(scan(b"PING\r\n"), Ok(Some(Request::Command(6))));
+}
