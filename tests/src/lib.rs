@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod backends;
+pub mod fault_proxy;
 pub mod kafka_cluster;
 
 /// A TCP port that was free a moment ago. Each test process takes its ports from a block of

@@ -13,6 +13,7 @@ mod composite;
 mod config_errors;
 mod deployment;
 mod failures;
+mod faults;
 mod fidelity;
 mod hot_reload;
 mod kafka;

@@ -85,8 +85,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use transaction::{is_transaction_command, Txn};
+
+/// How long a request waits between tries to reach its slot's master while a node is down.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,7 +190,7 @@ struct Shared {
     /// Read the command table with the next slot map: at start, and after a reconnect.
     want_commands: Cell<bool>,
     /// When the command table was last read (or refused).
-    commands_read_at: Cell<Option<std::time::Instant>>,
+    commands_read_at: Cell<Option<Instant>>,
     /// Shared connections per node.
     connection_count: usize,
     /// Per node: the core's shared, multiplexed connections (up to `connection_count`),
@@ -349,7 +352,41 @@ impl ValkeySinkCluster {
         self.conns.retain(|node, _| !gone(node));
         if self.tracking && self.conns.len() < before {
             let flush = Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n_\r\n");
-            self.pubsub.push(Message::pushed(flush, Protocol::Valkey, std::time::Instant::now()));
+            self.pubsub.push(Message::pushed(flush, Protocol::Valkey, Instant::now()));
+        }
+    }
+
+    /// A node could not be reached: a master may have failed, and the cluster may be
+    /// promoting a replica. What never left the proxy is sent again to its slot's master as
+    /// the cluster names it, every [`RETRY_PAUSE`], until it is answered or
+    /// `connect_timeout_ms` has passed. So only requests that were in flight on the failed
+    /// master's connection fail (with `-ERR`): the others wait out the failover.
+    async fn retry_unsent(&mut self, subs: &mut [Sub]) {
+        let deadline = Instant::now() + self.shared.timeout;
+        let mut first = true;
+        loop {
+            if !first {
+                crate::rt::sleep(RETRY_PAUSE).await;
+            }
+            first = false;
+            self.refresh_map().await;
+            let retry: Vec<usize> = (0..subs.len())
+                .filter(|&i| {
+                    let Some(sub) = subs.get_mut(i) else { return false };
+                    let current = sub.slot.and_then(|s| self.shared.map.borrow().master_of(s));
+                    match current {
+                        Some(node) if sub.reply.is_err() && !sub.sent => {
+                            sub.node = node;
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+                .collect();
+            if retry.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            self.run(subs, &retry).await;
         }
     }
 
@@ -379,25 +416,7 @@ impl ValkeySinkCluster {
             if read_at.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
                 self.shared.want_commands.set(true);
             }
-            // A node could not be reached (after a failover, say): ask the cluster again and
-            // send what never left the proxy to its slot's current master.
-            self.refresh_map().await;
-            let retry: Vec<usize> = (0..subs.len())
-                .filter(|&i| {
-                    let Some(sub) = subs.get_mut(i) else { return false };
-                    let current = sub.slot.and_then(|s| self.shared.map.borrow().master_of(s));
-                    match current {
-                        Some(node) if sub.reply.is_err() && !sub.sent && node != sub.node => {
-                            sub.node = node;
-                            true
-                        }
-                        _ => false,
-                    }
-                })
-                .collect();
-            if !retry.is_empty() {
-                self.run(&mut subs, &retry).await;
-            }
+            self.retry_unsent(&mut subs).await;
         }
         if moved {
             self.refresh_map().await;
