@@ -47,3 +47,74 @@ pub fn init(filter: &str, format: LogFormat) -> Result<FilterSetter> {
         handle.reload(filter).map_err(|e| e.to_string())
     }))
 }
+
+/// One log line a second, at most, from one call site on one core: for warnings that come at
+/// request rate when an upstream is down (every request of every client fails to connect),
+/// which would otherwise write hundreds of thousands of lines a minute. The first line after
+/// a pause carries `suppressed`, the number of lines left out since the last one.
+pub struct RateLimit {
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl RateLimit {
+    pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub const fn new() -> Self {
+        RateLimit { last: std::cell::Cell::new(None), suppressed: std::cell::Cell::new(0) }
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(last) if now.saturating_duration_since(last) < Self::INTERVAL => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `tracing::warn!`, limited by a [`RateLimit`] of its own call site and core.
+#[macro_export]
+macro_rules! warn_limited {
+    ($($arg:tt)+) => {{
+        ::std::thread_local! {
+            static LIMIT: $crate::logging::RateLimit = const { $crate::logging::RateLimit::new() };
+        }
+        match LIMIT.with(|l| l.admit(::std::time::Instant::now())) {
+            Some(0) => ::tracing::warn!($($arg)+),
+            Some(suppressed) => ::tracing::warn!(suppressed, $($arg)+),
+            None => {}
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_line_a_second_then_the_count_of_those_left_out() {
+        let limit = RateLimit::new();
+        let t0 = Instant::now();
+        assert_eq!(limit.admit(t0), Some(0));
+        for ms in [1, 10, 500, 999] {
+            assert_eq!(limit.admit(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(limit.admit(t0 + Duration::from_millis(1000)), Some(4));
+        assert_eq!(limit.admit(t0 + Duration::from_millis(1001)), None);
+        assert_eq!(limit.admit(t0 + Duration::from_secs(5)), Some(1));
+    }
+}

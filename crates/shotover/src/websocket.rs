@@ -34,9 +34,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// How long a refused upgrade waits for the client to close first.
 const LINGER: Duration = Duration::from_secs(1);
-/// The largest message or frame accepted: the largest CQL frame body (256 MiB) plus its
-/// header, so any frame a node accepts also fits in one WebSocket message.
-const MAX_MESSAGE: usize = 256 * 1024 * 1024 + 9;
 /// Output waiting for the socket beyond which `write` waits for it to drain.
 const MAX_PENDING_OUTPUT: usize = 1024 * 1024;
 
@@ -115,8 +112,11 @@ fn http_error(status: u16, reason: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn config() -> WebSocketConfig {
-    WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE))
+/// The largest message or frame accepted is the source's `max_request_bytes` (by default
+/// the largest CQL frame, 256 MiB and its header), so any frame the source accepts fits in
+/// one WebSocket message, and no message can make the proxy hold more than one frame.
+fn config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message))
 }
 
 /// Sends an HTTP error and closes, once the client has closed or after [`LINGER`]. What the
@@ -142,9 +142,9 @@ async fn refuse(mut stream: Stream, reply: &[u8]) {
 
 /// Completes the HTTP upgrade on `stream`. On failure the client gets an HTTP error (400
 /// for a request that is not a CQL WebSocket upgrade, 431 for an oversized one) and the
-/// reason is returned for the log.
-pub async fn accept(mut stream: Stream) -> Result<WebSocketStream, String> {
-    let mut attempt = tungstenite::accept_hdr_with_config(Buffers::default(), on_request, Some(config()));
+/// reason is returned for the log. Messages may be at most `max_message` bytes.
+pub async fn accept(mut stream: Stream, max_message: usize) -> Result<WebSocketStream, String> {
+    let mut attempt = tungstenite::accept_hdr_with_config(Buffers::default(), on_request, Some(config(max_message)));
     let mut scratch = vec![0u8; 4096];
     let mut received = 0usize;
     loop {

@@ -109,7 +109,7 @@ async fn accept_websocket(stream: Stream, ctx: &ConnectionContext, peer: &str) -
         crate::rt::sleep(websocket::HANDSHAKE_TIMEOUT).await;
         Err("the client did not complete the WebSocket upgrade in time".to_string())
     };
-    match futures_lite::future::or(websocket::accept(stream), timed_out).await {
+    match futures_lite::future::or(websocket::accept(stream, ctx.source.max_request_bytes), timed_out).await {
         Ok(ws) => Some(Stream::WebSocket(Box::new(ws))),
         Err(e) => {
             tracing::warn!(connection = %ctx.id, %peer, "{e}");
@@ -446,7 +446,7 @@ async fn run_chain<C: SourceCodec>(
         }
         Err(e) => {
             let close = e.closes_connection();
-            tracing::warn!(connection = %ctx.id, "chain failed{}: {e}", if close { ", closing the connection" } else { "" });
+            crate::warn_limited!(connection = %ctx.id, "chain failed{}: {e}", if close { ", closing the connection" } else { "" });
             client.codec.chain_failed(&e, &mut client.out);
             !close && !client.codec.must_close()
         }

@@ -270,7 +270,7 @@ impl Transform for CassandraSinkSingle {
                     Ok(conn) => self.connection = Some(conn),
                     Err(e) => {
                         // Nothing was sent: Overloaded tells the client to try again later.
-                        tracing::warn!("{e}");
+                        crate::warn_limited!("{e}");
                         let text = format!("shotover: {e}");
                         for request in &requests {
                             self.failed_requests.inc();
@@ -300,7 +300,7 @@ impl Transform for CassandraSinkSingle {
                 None => Err(std::io::Error::other("not connected")),
             };
             if let Err(e) = sent {
-                tracing::warn!("sending to the Cassandra node {} failed: {e}", self.upstream.address);
+                crate::warn_limited!("sending to the Cassandra node {} failed: {e}", self.upstream.address);
                 // Part of the batch may have been written: an upstream failure, retry-unsafe.
                 self.fail_in_flight(&e.into());
             }
@@ -345,7 +345,7 @@ impl CassandraSinkSingle {
             }
             Poll::Ready(Err(e)) => {
                 if !self.in_flight.is_empty() {
-                    tracing::warn!("the connection to the Cassandra node {} failed: {e}", self.upstream.address);
+                    crate::warn_limited!("the connection to the Cassandra node {} failed: {e}", self.upstream.address);
                 }
                 self.fail_in_flight(&e.into());
                 return Poll::Ready(());

@@ -208,7 +208,7 @@ impl KafkaSinkSingle {
     /// The connection failed with requests written and waiting: retry-unsafe.
     fn lost(&mut self, reason: ChainError) {
         if !self.in_flight.is_empty() {
-            tracing::warn!("the connection to the Kafka broker {} failed: {reason}", self.upstream.address);
+            crate::warn_limited!("the connection to the Kafka broker {} failed: {reason}", self.upstream.address);
         }
         self.fail_in_flight(&reason.context("the Kafka broker connection failed"));
     }
@@ -271,7 +271,7 @@ impl Transform for KafkaSinkSingle {
                 match self.connect().await {
                     Ok(conn) => self.connection = Some(conn),
                     Err(e) => {
-                        tracing::warn!("{e}");
+                        crate::warn_limited!("{e}");
                         let text = format!("shotover: {e}");
                         let mut failed = self.fail(&requests, &text);
                         self.ready.append(&mut failed);
@@ -303,7 +303,7 @@ impl Transform for KafkaSinkSingle {
                 None => Err(std::io::Error::other("not connected")),
             };
             if let Err(e) = written {
-                tracing::warn!("sending to the Kafka broker {} failed: {e}", self.upstream.address);
+                crate::warn_limited!("sending to the Kafka broker {} failed: {e}", self.upstream.address);
                 // Part of the batch may have been written: retry-unsafe.
                 self.fail_in_flight(&ChainError::upstream("sending to the Kafka broker failed").caused_by(e));
             }

@@ -247,7 +247,7 @@ impl CassandraSinkCluster {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!("CassandraSinkCluster: cannot connect to the Cassandra node {node}: {e}");
+                        crate::warn_limited!("CassandraSinkCluster: cannot connect to the Cassandra node {node}: {e}");
                         self.shared.mark_down(node);
                         self.shared.request_refresh();
                         continue;
@@ -437,7 +437,7 @@ impl CassandraSinkCluster {
             self.home = None;
         }
         if !conn.is_idle() {
-            tracing::warn!("CassandraSinkCluster: the connection to the Cassandra node {node} failed: {error}");
+            crate::warn_limited!("CassandraSinkCluster: the connection to the Cassandra node {node} failed: {error}");
         }
         self.shared.mark_down(node);
         self.shared.request_refresh();

@@ -300,7 +300,7 @@ impl KafkaSinkCluster {
                         self.home.get_or_insert(address);
                     }
                     Err(e) => {
-                        tracing::warn!("KafkaSinkCluster: cannot connect to the Kafka broker {address}: {e}");
+                        crate::warn_limited!("KafkaSinkCluster: cannot connect to the Kafka broker {address}: {e}");
                         self.shared.metadata.borrow_mut().forget_topics();
                         continue;
                     }
@@ -337,7 +337,9 @@ impl KafkaSinkCluster {
                         self.control = Some(conn.conn);
                         break;
                     }
-                    Err(e) => tracing::warn!("KafkaSinkCluster: cannot connect to the Kafka broker {address}: {e}"),
+                    Err(e) => {
+                        crate::warn_limited!("KafkaSinkCluster: cannot connect to the Kafka broker {address}: {e}")
+                    }
                 }
             }
         }
