@@ -17,8 +17,8 @@ use kafka_protocol::messages::ApiKey;
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets, by name: the `fuzz/` binaries and corpus folders carry these names.
-pub const TARGETS: [(&str, Target); 4] =
-    [("valkey", valkey), ("cql", cql), ("cql_statement", cql_statement), ("kafka", kafka)];
+pub const TARGETS: [(&str, Target); 5] =
+    [("valkey", valkey), ("cql", cql), ("cql_statement", cql_statement), ("kafka", kafka), ("websocket", websocket)];
 
 /// Valkey requests and replies, RESP2/RESP3 and inline: framing (both scanners), parsing,
 /// encoding back, and the cheap request views.
@@ -140,6 +140,59 @@ pub fn kafka(data: &[u8]) {
         let Ok(api_key) = ApiKey::try_from(api_key) else { return };
         let _ = kafka_framing::response_correlation_id(body);
         let _ = kafka_header::response_body_offset(body, api_key, version);
+    }
+}
+
+/// A CQL WebSocket client's bytes as the source reads them with tungstenite (the proxy's
+/// `websocket` module drives the same library the same way): the HTTP upgrade request, and
+/// frames after an upgrade (masked or not, fragmented, control frames, close), with the
+/// smallest message limit a source may have (`max_request_bytes: 65536`). The first byte
+/// picks which; the rest is the client's bytes.
+pub fn websocket(data: &[u8]) {
+    use tungstenite::protocol::{Role, WebSocketConfig};
+    let Some((&choice, data)) = data.split_first() else { return };
+    let config = WebSocketConfig::default().max_message_size(Some(65_536)).max_frame_size(Some(65_536));
+    if choice % 2 == 0 {
+        let _ = tungstenite::accept_with_config(FuzzIo::new(data), Some(config));
+    } else {
+        let mut ws = tungstenite::WebSocket::from_raw_socket(FuzzIo::new(data), Role::Server, Some(config));
+        // Each read consumes input or fails; the bound only keeps a bug from looping forever.
+        for _ in 0..data.len() + 2 {
+            if ws.read().is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A client's bytes to read, and a sink for what the server side writes back.
+struct FuzzIo<'a> {
+    input: &'a [u8],
+}
+
+impl<'a> FuzzIo<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        FuzzIo { input }
+    }
+}
+
+impl std::io::Read for FuzzIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.input.len());
+        let (now, rest) = self.input.split_at(n);
+        buf[..n].copy_from_slice(now);
+        self.input = rest;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for FuzzIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -269,6 +322,28 @@ mod tests {
         ];
         for (name, data) in valkey {
             write("valkey", name, data);
+        }
+        let upgrade = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: cql\r\n\r\n";
+        // Client frames are masked: FIN + opcode, MASK + length, the key, the masked payload.
+        let frame = |opcode: u8, fin: bool, payload: &[u8]| {
+            let key = [1u8, 2, 3, 4];
+            let mut f = vec![opcode | if fin { 0x80 } else { 0 }, 0x80 | payload.len() as u8];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            f
+        };
+        let options = captures::hex("040000000500000000");
+        let frames: [(&str, Vec<u8>); 5] = [
+            ("binary_options", frame(2, true, &options)),
+            ("fragmented", [frame(2, false, &options[..4]), frame(0, true, &options[4..])].concat()),
+            ("ping_then_binary", [frame(9, true, b"hi"), frame(2, true, &options)].concat()),
+            ("text", frame(1, true, b"SELECT")),
+            ("close", frame(8, true, &[0x03, 0xe8])),
+        ];
+        write("websocket", "upgrade", &[&[0u8][..], upgrade].concat());
+        for (name, bytes) in frames {
+            write("websocket", name, &[&[1u8][..], &bytes].concat());
         }
         let statements = [
             "SELECT a, b AS c FROM ks.t WHERE pk = ? AND ck IN (1, 2) LIMIT 10",
