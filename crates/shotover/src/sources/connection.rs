@@ -172,9 +172,12 @@ impl Idle {
     /// The timer fired. True when the client really was idle that long (otherwise the
     /// timer is set again for the rest of the time).
     fn expired(&mut self) -> bool {
-        match (self.after, self.timer.as_mut()) {
-            (Some(after), Some(timer)) if self.last_activity.elapsed() < after => {
-                timer.reset(after - self.last_activity.elapsed());
+        // One reading of the clock: read twice, the second could pass `after` and the
+        // subtraction underflow (a panic, which took a whole core down in a CI run).
+        let idle_for = self.last_activity.elapsed();
+        match (self.after.and_then(|after| after.checked_sub(idle_for)), self.timer.as_mut()) {
+            (Some(left), Some(timer)) if !left.is_zero() => {
+                timer.reset(left);
                 false
             }
             _ => true,
