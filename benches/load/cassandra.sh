@@ -8,6 +8,7 @@
 #   N=20000 REPS=1 THREADS=16 benches/load/cassandra.sh
 #   RING=3 benches/load/cassandra.sh             # a 3-node ring, through CassandraSinkCluster
 #   CACHE=1 benches/load/cassandra.sh            # reads only, also through ValkeyCache
+#   PLACEMENT=dedicated RING=3 benches/load/cassandra.sh   # nodes and client on CPU 0 only
 #
 # With CACHE=1 only `read` is measured, over KEYS keys (default 10000, of the WARMUP keys
 # written) drawn uniformly, so each key is read about N/KEYS times: a read-heavy workload
@@ -32,6 +33,10 @@
 # node and cassandra-stress unpinned, since one JVM per CPU would leave the node starved. So
 # the proxy takes CPU from the node and the client in the proxy runs: that is part of what
 # is measured. Only ratios from one run count: the machine is shared and noisy.
+# PLACEMENT=dedicated gives the proxy a CPU of its own, as deployment.md recommends: the
+# nodes and cassandra-stress run on CPU 0 only (taskset), in the direct runs too, and the
+# proxy's worker on CPU 1. Direct then measures what the nodes and client do on one CPU, and
+# the proxy runs show what it costs the requests when it does not compete for that CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -44,6 +49,9 @@ STRESS_TIMEOUT=${STRESS_TIMEOUT:-900}
 RING=${RING:-1}
 CACHE=${CACHE:-0}
 KEYS=${KEYS:-10000}
+PLACEMENT=${PLACEMENT:-shared}
+PIN=()
+[ "$PLACEMENT" = dedicated ] && PIN=(taskset -c 0)
 
 command -v java >/dev/null || { echo "missing java: run scripts/install-deps" >&2; exit 1; }
 source benches/load/common.sh
@@ -66,7 +74,7 @@ trap 'exit 130' INT TERM
 NATIVE=$(free_port); STORAGE=$(free_port); THRIFT=$(free_port)
 IPS=(127.0.0.1); [ "$RING" = 3 ] && IPS=(127.0.0.1 127.0.0.2 127.0.0.3)
 echo "starting Cassandra 2.1 on ${IPS[*]}, port $NATIVE (thrift $THRIFT)" >&2
-scripts/cassandra start "$WORK/cassandra" "${IPS[@]}" --port "$NATIVE" --storage-port "$STORAGE" --rpc-port "$THRIFT" >/dev/null
+"${PIN[@]}" scripts/cassandra start "$WORK/cassandra" "${IPS[@]}" --port "$NATIVE" --storage-port "$STORAGE" --rpc-port "$THRIFT" >/dev/null
 SINK="        - CassandraSinkSingle:
             remote_address: \"127.0.0.1:$NATIVE\"
             connect_timeout_ms: 3000"
@@ -134,7 +142,7 @@ stress() {
   [ "$port" = "$NATIVE" ] && nodes=$(IFS=,; echo "${IPS[*]}")
   : >"$log"
   # shellcheck disable=SC2086
-  scripts/cassandra-stress "$op" n="$n" no_warmup "${SCHEMA[@]}" "${pop[@]}" -rate threads="$THREADS" -mode $MODE \
+  "${PIN[@]}" scripts/cassandra-stress "$op" n="$n" no_warmup "${SCHEMA[@]}" "${pop[@]}" -rate threads="$THREADS" -mode $MODE \
     -node "$nodes" -port native="$port" thrift="$THRIFT" >"$log" 2>&1 &
   STRESS_PID=$!
   local deadline=$((SECONDS + STRESS_TIMEOUT))
@@ -181,6 +189,7 @@ for rep in $(seq "$REPS"); do
   done
 done
 
+echo "placement: $PLACEMENT (the proxy on CPU 1; dedicated: the nodes and client on CPU 0)"
 python3 - "$RESULTS" "$N" "$THREADS" "$MODE" "$RING" "$CACHE" "$KEYS" <<'PY'
 import csv, math, sys
 from collections import defaultdict
