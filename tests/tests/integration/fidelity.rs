@@ -42,7 +42,7 @@ impl Raw {
     }
 
     /// Reads until the server closes the connection; a read timeout fails the test.
-    fn read_to_end(&mut self) -> Vec<u8> {
+    pub fn read_to_end(&mut self) -> Vec<u8> {
         let mut got = Vec::new();
         let mut buf = [0u8; 65536];
         loop {

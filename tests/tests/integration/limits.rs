@@ -6,7 +6,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn topology(port: u16, valkey: u16, fields: &str) -> String {
+/// A Valkey source on `port` with extra source `fields`, in front of the Valkey on `valkey`.
+pub fn topology(port: u16, valkey: u16, fields: &str) -> String {
     format!(
         "sources:\n  - Valkey:\n      name: \"valkey\"\n      listen_addr: \"127.0.0.1:{port}\"\n{fields}      chain:\n{}",
         sink_single(valkey)

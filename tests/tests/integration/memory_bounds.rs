@@ -12,9 +12,9 @@ const MIB: u64 = 1024 * 1024;
 
 /// Writes `header`, then keeps streaming `more` bytes of filler from a thread, as a client
 /// uploading a huge request does; stops quietly once the proxy has closed the connection.
-fn start_upload(port: u16, header: &[u8], more: usize) -> (TcpStream, std::thread::JoinHandle<usize>) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
+fn start_upload(port: u16, header: &[u8], more: usize) -> (Raw, std::thread::JoinHandle<usize>) {
+    let stream = Raw::connect(port);
+    let mut writer = stream.0.try_clone().unwrap();
     let header = header.to_vec();
     let sender = std::thread::spawn(move || {
         let chunk = vec![b'x'; 64 * 1024];
@@ -31,21 +31,6 @@ fn start_upload(port: u16, header: &[u8], more: usize) -> (TcpStream, std::threa
         sent
     });
     (stream, sender)
-}
-
-/// Everything the proxy sends until it closes the connection. A read timeout fails.
-fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => return got,
-            Err(e) => panic!("the proxy neither answered nor closed within 10 s ({e}); got {got:?}"),
-        }
-    }
 }
 
 #[test]
@@ -71,7 +56,7 @@ fn requests_over_max_request_bytes_are_refused_at_their_header_in_every_protocol
 
     // Valkey: a SET whose value promises 100 MiB. The proxy says why and closes at once.
     let (mut c, sender) = start_upload(valkey_port, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$104857600\r\n", UPLOAD);
-    let got = read_until_closed(&mut c);
+    let got = c.read_to_end();
     assert_eq!(
         String::from_utf8_lossy(&got),
         "-ERR Protocol error: message of at least 104857634 bytes is over the limit of 1048576 bytes\r\n"
@@ -82,7 +67,7 @@ fn requests_over_max_request_bytes_are_refused_at_their_header_in_every_protocol
     // Cassandra: a v4 QUERY frame announcing a 100 MiB body gets a protocol ERROR on its
     // stream, then the close.
     let (mut c, sender) = start_upload(cql_port, &[0x04, 0, 0, 7, 0x07, 0x06, 0x40, 0, 0], UPLOAD);
-    let got = read_until_closed(&mut c);
+    let got = c.read_to_end();
     assert!(got.len() > 13, "no CQL error frame: {got:?}");
     assert_eq!(&got[..5], &[0x84, 0, 0, 7, 0x00], "an ERROR response on stream 7: {got:?}");
     assert_eq!(&got[9..13], &[0, 0, 0, 0x0a], "a protocol error: {got:?}");
@@ -91,7 +76,7 @@ fn requests_over_max_request_bytes_are_refused_at_their_header_in_every_protocol
 
     // Kafka: a length prefix of 100 MiB. Brokers close without a word; so does the proxy.
     let (mut c, sender) = start_upload(kafka_port, &(100 * MIB as i32).to_be_bytes(), UPLOAD);
-    assert_eq!(read_until_closed(&mut c), b"");
+    assert_eq!(c.read_to_end(), b"");
     sender.join().unwrap();
 
     let growth = rss_kib(pid).saturating_sub(before);
@@ -116,19 +101,16 @@ fn a_bulk_over_valkeys_own_limit_gets_valkeys_error_by_default() {
     direct.send(request);
     let mut proxied = Raw::connect(s.port);
     proxied.send(request);
-    let expected = read_until_closed(&mut direct.0);
+    let expected = direct.read_to_end();
     assert_eq!(String::from_utf8_lossy(&expected), "-ERR Protocol error: invalid bulk length\r\n");
-    assert_eq!(read_until_closed(&mut proxied.0), expected);
+    assert_eq!(proxied.read_to_end(), expected);
 }
 
 #[test]
 fn a_client_that_never_reads_costs_at_most_its_reply_backlog_and_loses_nothing() {
     let valkey = ValkeyServer::start();
     let port = free_port();
-    let topology = format!(
-        "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.1:{port}\"\n      max_reply_backlog_bytes: 1048576\n      chain:\n{}",
-        sink_single(valkey.port)
-    );
+    let topology = crate::limits::topology(port, valkey.port, "      max_reply_backlog_bytes: 1048576\n");
     let shotover = Shotover::start(&topology, port);
     let value = "v".repeat(16 * 1024);
     let _: () = redis::cmd("SET").arg("big").arg(&value).query(&mut connect(port)).unwrap();
@@ -164,10 +146,7 @@ fn a_client_that_never_reads_costs_at_most_its_reply_backlog_and_loses_nothing()
 fn clients_trickling_bytes_cost_little_and_the_idle_timeout_ends_them() {
     let valkey = ValkeyServer::start();
     let port = free_port();
-    let topology = format!(
-        "sources:\n  - Valkey:\n      listen_addr: \"127.0.0.1:{port}\"\n      timeout: 2\n      chain:\n{}",
-        sink_single(valkey.port)
-    );
+    let topology = crate::limits::topology(port, valkey.port, "      timeout: 2\n");
     let shotover = Shotover::start(&topology, port);
     let pid = shotover.pid();
     let before = rss_kib(pid);
