@@ -114,11 +114,11 @@ pub fn cql_statement(data: &[u8]) {
 }
 
 /// Kafka messages: the first byte says request (even) or response (odd); a response's
-/// next four bytes pick the api key and version it answers. Framing, the header reads, the
-/// walk of the requests the proxy splits, and full parsing (and re-encoding) of the
-/// requests the proxy parses: the walked ones. Others are never parsed in full by the proxy
-/// (kafka-protocol reserves arrays from their counts on the wire: see `kafka`, "Untrusted
-/// input"), and neither are responses here, which come from the brokers.
+/// next four bytes pick the api key and version it answers, and the rest is the response. Framing, the header reads, the walks, and full parsing (and
+/// re-encoding) of what the proxy parses: the walked requests and responses (others are
+/// never parsed in full: kafka-protocol reserves arrays from their counts on the wire, see
+/// `kafka`, "Untrusted input"). A parsed response must encode back to bytes that walk, and
+/// the broker rewrite and error-code reads run on it.
 pub fn kafka(data: &[u8]) {
     let Some((&choice, data)) = data.split_first() else { return };
     let _ = kafka_framing::message_len(data);
@@ -140,7 +140,32 @@ pub fn kafka(data: &[u8]) {
         let Ok(api_key) = ApiKey::try_from(api_key) else { return };
         let _ = kafka_framing::response_correlation_id(body);
         let _ = kafka_header::response_body_offset(body, api_key, version);
+        kafka_response(body, api_key, version);
     }
+}
+
+/// One broker response as the sinks take it: `whole` with its length prefix made right
+/// (the framing above checks prefixes; the fuzzer need not find them to get further).
+fn kafka_response(whole: &[u8], api_key: ApiKey, version: i16) {
+    let Some(rest) = whole.get(4..) else { return };
+    let Ok(len) = i32::try_from(rest.len()) else { return };
+    let mut msg = BytesMut::with_capacity(whole.len());
+    msg.extend_from_slice(&len.to_be_bytes());
+    msg.extend_from_slice(rest);
+    let msg = msg.freeze();
+    let _ = walk::check_response(&msg, api_key, version);
+    if let Ok(frame) = KafkaFrame::parse_response(&msg, api_key, version) {
+        if let KafkaFrame::Response { body, api_version, .. } = &frame {
+            let _ = crate::kafka::api::top_level_error_code(body);
+            let _ = crate::kafka::api::throttle_time_ms(body);
+            if let Ok(out) = frame.to_bytes() {
+                // What the proxy sends on must be what it would accept.
+                assert_eq!(walk::check_response(&out, api_key, *api_version), Ok(()), "re-encoded {api_key:?}");
+            }
+        }
+    }
+    let _ = crate::kafka::rewrite::rewrite_brokers(&msg, api_key, version, "proxy", 9192);
+    let _ = crate::kafka::rewrite::rewrite_brokers(&msg, api_key, version, "", 9192);
 }
 
 /// A CQL WebSocket client's bytes as the source reads them with tungstenite (the proxy's
@@ -309,6 +334,14 @@ mod tests {
             ("fetch_v12_request_kafka_python", request(captured::FETCH_V12_REQUEST_KAFKA_PYTHON)),
         ] {
             write("kafka", name, &data);
+        }
+        // Every walked response kind and version, with all its arrays holding elements.
+        for api_key in crate::kafka::walk::response_samples::WALKED {
+            let versions = api_key.valid_versions();
+            for v in versions.min..=versions.max {
+                let msg = crate::kafka::walk::response_samples::encoded(api_key, v);
+                write("kafka", &format!("{api_key:?}_v{v}_response"), &response(api_key as i16, v, &msg));
+            }
         }
         let valkey: [(&str, &[u8]); 8] = [
             ("set", b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"),

@@ -16,8 +16,9 @@
 //!   responses at the proxy.
 //! - [`error_response`]: the error codes of the responses the proxy answers itself.
 //! - [`classify`]: the [`QueryType`] of each api key, for QueryTypeFilter.
-//! - [`walk`]: steps over the fields of the requests the cluster sink decodes, so that
-//!   `kafka-protocol` never reserves room for elements that are not there.
+//! - [`walk`]: steps over the fields of the requests the cluster sink decodes, and of every
+//!   response the proxy decodes, so that `kafka-protocol` never reserves room for elements
+//!   that are not there.
 //! - [`safe_error`]: error responses to client requests (refused, throttled) built from the
 //!   raw bytes, without running `kafka-protocol`'s decoders on them.
 //!
@@ -35,8 +36,11 @@
 //! `00 00 00 0e 00 03 00 00 00 00 00 01 ff ff 7f ff ff ff` (topics: 2^31 - 1 of them) asks
 //! for 144 GiB, and the failed allocation aborts the process: no error, no panic to catch.
 //! Until `kafka-protocol` bounds that capacity by the bytes remaining (upstream pull
-//! requests #152, #161 and #200 propose it), parse client messages only when a transform
-//! needs the frame, or build against a patched copy of the crate. To answer a client
+//! requests #152, #161 and #200 propose it), nothing reaches those decoders unwalked:
+//! [`KafkaFrame::parse_request`] decodes only the requests [`walk::check_request`] walks,
+//! and [`KafkaFrame::parse_response`] only the responses [`walk::check_response`] walks
+//! (or that hold no array); other kinds get [`KafkaCodecError::NotWalked`]. A request is
+//! parsed only when a transform needs its frame. To answer a client
 //! request the proxy refuses itself, use [`safe_error::safe_error_response`], which never
 //! decodes the request.
 
@@ -96,6 +100,8 @@ pub enum KafkaCodecError {
     BodyMismatch { header: i16, body: Option<ApiKey> },
     #[error("Kafka protocol error: response to unknown correlation id {0}")]
     UnknownCorrelationId(i32),
+    #[error("Kafka protocol error: {0:?} responses are not decoded by the proxy (their arrays are not walked)")]
+    NotWalked(ApiKey),
     #[error("Kafka protocol error: a {api_key:?} v{version} response has no field to carry an error code")]
     NoErrorField { api_key: ApiKey, version: i16 },
 }

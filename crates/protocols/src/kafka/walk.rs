@@ -1,4 +1,5 @@
-//! Walking a client request's fields without decoding it, before `kafka-protocol` may.
+//! Walking a client request's fields without decoding it, before `kafka-protocol` may; the
+//! responses the proxy decodes are walked the same way (`response`).
 //!
 //! `kafka-protocol` 0.18 reserves every array's capacity from the count on the wire before
 //! it reads an element (see "Untrusted input" in the module above), so a few bytes can abort
@@ -11,9 +12,15 @@
 //! [`leading_strings`] reads the first strings of a body (group and transactional ids) for
 //! the requests routed by them, which are then forwarded undecoded.
 
+use super::framing::LENGTH_PREFIX_LEN;
 use super::header::RequestHeaderView;
 use super::wire::Reader;
 use super::{ApiKey, KafkaCodecError};
+
+mod response;
+#[cfg(test)]
+pub(crate) use response::samples as response_samples;
+pub use response::{check_response, is_response_walked, MAX_RESPONSE_ELEMENTS};
 
 /// The most array elements a walked request may hold (topics, partitions and the like, all
 /// arrays together). Every element costs a byte or a few on the wire but a hundred or so
@@ -76,25 +83,57 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
+    /// A tagged field's tag. `kafka-protocol` keeps unknown tags as `i32`, and re-encoding
+    /// one over `i32::MAX` writes the field count but drops the field (so the message
+    /// after it is corrupt): such a tag is refused, as no Kafka message has one.
+    fn tag(&mut self, what: &'static str) -> Result<u32, KafkaCodecError> {
+        let tag = self.r.uvarint(what)?;
+        match i32::try_from(tag) {
+            Ok(_) => Ok(tag),
+            Err(_) => Err(KafkaCodecError::Malformed("tag over 2^31 - 1")),
+        }
+    }
+
     fn tagged(&mut self, what: &'static str) -> Result<(), KafkaCodecError> {
         self.tagged_with(what, |_, _| Ok(()))
     }
 
-    /// Tagged fields, of which `known` checks those the decoder reads as fields: it reads
-    /// them by their own layout, not their declared size, so each must fill its size exactly.
+    /// Tagged fields, of which `known` checks those the decoder reads as fields, given
+    /// their bytes: it reads them by their own layout, not their declared size, so each must
+    /// fill its size exactly.
     fn tagged_with(
         &mut self,
         what: &'static str,
         known: impl Fn(u32, &[u8]) -> Result<(), KafkaCodecError>,
+    ) -> Result<(), KafkaCodecError> {
+        self.tags(what, |tag, w| Some(w.r.bytes(w.r.remaining(), what).and_then(|field| known(tag, field))))
+    }
+
+    /// Tagged fields, where `known` walks those the decoder reads as fields (it returns
+    /// `None` for the others, which are kept as raw bytes). The decoder reads a known field
+    /// by its own layout, so the walk of one must fill its declared size exactly; it draws
+    /// on the same element budget as the rest of the message.
+    fn tags(
+        &mut self,
+        what: &'static str,
+        known: impl Fn(u32, &mut Walk<'a>) -> Option<Result<(), KafkaCodecError>>,
     ) -> Result<(), KafkaCodecError> {
         if !self.flexible {
             return Ok(());
         }
         let count = self.r.uvarint(what)?;
         for _ in 0..count {
-            let tag = self.r.uvarint(what)?;
+            let tag = self.tag(what)?;
             let size = usize::try_from(self.r.uvarint(what)?).map_err(|_| KafkaCodecError::Malformed(what))?;
-            known(tag, self.r.bytes(size, what)?)?;
+            let field = self.r.bytes(size, what)?;
+            let mut inner = Walk { r: Reader::new(field, 0), flexible: true, budget: self.budget };
+            if let Some(walked) = known(tag, &mut inner) {
+                walked?;
+                if inner.r.remaining() != 0 {
+                    return Err(KafkaCodecError::Malformed(what));
+                }
+                self.budget = inner.budget;
+            }
         }
         Ok(())
     }
@@ -150,6 +189,14 @@ pub fn check_request(msg: &[u8]) -> Result<(), KafkaCodecError> {
     }
     let v = header.api_version;
     let flexible = header.header_version >= 2;
+    if flexible {
+        // The header's tagged fields are re-encoded with the body: their tags must be
+        // keepable. They follow the key, version, correlation id and client id.
+        let mut h = Walk { r: Reader::new(msg, LENGTH_PREFIX_LEN + 8), flexible: false, budget: 0 };
+        h.string("client id")?;
+        h.flexible = true;
+        h.tagged("request header tagged fields")?;
+    }
     let mut w = Walk { r: Reader::new(msg, header.body_offset), flexible, budget: MAX_ELEMENTS };
     match header.api_key {
         ApiKey::Produce => produce(&mut w, v)?,

@@ -61,8 +61,15 @@ fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, Duration) {
     (out, asked, elapsed)
 }
 
+/// Parses a response the proxy built, walked as a broker's would be when its kind is one
+/// the proxy decodes.
 fn parse(out: &Bytes, api_key: ApiKey, version: i16) -> (i32, ResponseKind) {
-    match KafkaFrame::parse_response(out, api_key, version) {
+    let parsed = if crate::kafka::walk::is_response_walked(api_key) {
+        KafkaFrame::parse_response(out, api_key, version)
+    } else {
+        KafkaFrame::parse_response_unwalked(out, api_key, version)
+    };
+    match parsed {
         Ok(KafkaFrame::Response { header, body, .. }) => (header.correlation_id, body),
         other => panic!("{api_key:?} v{version}: {other:?}"),
     }
