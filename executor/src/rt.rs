@@ -46,6 +46,13 @@ pub async fn spawn_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 's
     glommio::executor().spawn_blocking(f).await
 }
 
+/// Lets the core's other tasks run if this one has run for its share of time: for loops
+/// that may go round without awaiting anything that waits (a connection whose every event
+/// is ready at once must not starve the core's other connections and timers).
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await;
+}
+
 /// Waits for `duration`.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;

@@ -196,6 +196,9 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
     let mut idle = Idle::new(ctx.source.idle_timeout);
     let sink_to_source = ctx.metrics.sink_to_source_latency.with_label_values(&[&ctx.source.name]);
     loop {
+        // Every event can be ready at once for a long time (a client that never stops
+        // sending, a transform that keeps having answers): the core's other tasks still run.
+        crate::rt::yield_if_needed().await;
         let keep_open = match next_event(&mut client, &mut read, &mut stream, &mut chain, &ctx, &mut idle).await {
             Event::Read(Ok(0)) => false,
             Event::Read(Err(e)) => {

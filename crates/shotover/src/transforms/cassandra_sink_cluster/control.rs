@@ -24,7 +24,7 @@ use shotover_protocols::cassandra::{Consistency, Opcode, Version};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the transforms ask of the control connection.
 pub enum ControlRequest {
@@ -47,6 +47,13 @@ const AGREEMENT_LIMIT: Duration = Duration::from_secs(5);
 /// Pause between attempts when no node can be reached.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long the control connection may be quiet before it asks the node for OPTIONS, and
+/// how long the node has to answer one of its requests when the sink has no
+/// `read_timeout`: a control connection gone half-open (the node's host vanished, a
+/// firewall dropped it) is found and replaced, instead of leaving the ring unwatched.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// The stream id of the control connection's own requests; events come on -1.
 const STREAM: i16 = 1;
 /// How many times, a [`RETRY`] apart, a ring with a node still joining is read again before
@@ -56,6 +63,10 @@ const INCOMPLETE_READS: u32 = 30;
 struct Control {
     conn: CassandraConnection,
     address: SocketAddr,
+    /// When it was opened: one lost after serving a while does not mark its node down.
+    opened_at: Instant,
+    /// How long an answer may take (the sink's `read_timeout`, else [`ANSWER_WITHIN`]).
+    answer_within: Duration,
     version: Version,
     frames: Vec<Bytes>,
     /// Events read while waiting for an answer.
@@ -67,7 +78,10 @@ impl Control {
         let tls = shared.tls_for(address);
         let conn = CassandraConnection::connect(address, shared.connect_timeout, tls.as_ref()).await?;
         let version = header::version(startup)?;
-        let mut control = Control { conn, address, version, frames: Vec::new(), events: Vec::new() };
+        let answer_within = shared.read_timeout.unwrap_or(ANSWER_WITHIN);
+        let opened_at = Instant::now();
+        let mut control =
+            Control { conn, address, opened_at, answer_within, version, frames: Vec::new(), events: Vec::new() };
         for frame in std::iter::once(startup).chain(auth) {
             let answer = control.request_raw(frame).await?;
             if header::opcode(&answer)? == Opcode::Error {
@@ -84,8 +98,22 @@ impl Control {
         }
     }
 
-    /// Sends one frame on [`STREAM`] and waits for its answer, keeping events for later.
+    /// Sends one frame on [`STREAM`] and waits for its answer, keeping events for later;
+    /// an error when none comes within `answer_within`.
     async fn request_raw(&mut self, frame: &[u8]) -> Result<Bytes> {
+        let limit = self.answer_within;
+        let answer = async { Some(self.request_unbounded(frame).await) };
+        let late = async {
+            crate::rt::sleep(limit).await;
+            None
+        };
+        match futures_lite::future::or(answer, late).await {
+            Some(answer) => answer,
+            None => bail!("no answer within {limit:?}"),
+        }
+    }
+
+    async fn request_unbounded(&mut self, frame: &[u8]) -> Result<Bytes> {
         let mut copy = frame.to_vec();
         header::set_stream_id(&mut copy, STREAM)?;
         self.conn.send(&[Bytes::from(copy)]).await?;
@@ -337,8 +365,12 @@ pub async fn run(shared: Weak<Shared>, requests: Receiver<ControlRequest>) {
         if let Err(e) = serve(&shared, &requests, &mut control, &mut wanted_keys, std::mem::take(&mut agreement)).await
         {
             tracing::warn!("CassandraSinkCluster: control connection to {} lost: {e:#}", control.address);
-            if let Some(strong) = shared.upgrade() {
-                strong.mark_down(control.address);
+            // As for the data connections: one that served a while is replaced at once
+            // (the node is tried first again), one that failed soon marks its node down.
+            if control.opened_at.elapsed() < super::shared::DOWN_FOR {
+                if let Some(strong) = shared.upgrade() {
+                    strong.mark_down(control.address);
+                }
             }
             crate::rt::sleep(RETRY / 10).await;
         }
@@ -396,14 +428,19 @@ async fn serve(
         let retry = async {
             if incomplete_reads > 0 && incomplete_reads <= INCOMPLETE_READS {
                 crate::rt::sleep(RETRY).await;
+                Woke::Retry
             } else {
-                std::future::pending::<()>().await;
+                crate::rt::sleep(HEARTBEAT).await;
+                Woke::Heartbeat
             }
-            Woke::Retry
         };
         let next = futures_lite::future::or(frames, futures_lite::future::or(request, retry)).await;
         match next {
             Woke::Frames(read) => read?,
+            Woke::Heartbeat => {
+                let options = control.frame(CassandraBody::Options)?;
+                control.request_raw(&options).await.context("heartbeat")?;
+            }
             Woke::Request(Some(request)) => match request {
                 ControlRequest::Refresh | ControlRequest::Session { .. } => refresh = true,
                 ControlRequest::PartitionKey { keyspace, table } => wanted_keys.push((keyspace, table)),
@@ -426,6 +463,8 @@ enum Woke {
     Frames(std::io::Result<()>),
     Request(Option<ControlRequest>),
     Retry,
+    /// Quiet for [`HEARTBEAT`]: check the node still answers.
+    Heartbeat,
 }
 
 /// Applies an event; true when the topology must be read again.

@@ -439,7 +439,14 @@ impl CassandraSinkCluster {
         if !conn.is_idle() {
             crate::warn_limited!("CassandraSinkCluster: the connection to the Cassandra node {node} failed: {error}");
         }
-        self.shared.mark_down(node);
+        // A connection that had served a while (cut by the network, a proxy or a load
+        // balancer) is opened again by the next request for the node, which marks the node
+        // down if that fails; one that failed soon after opening marks it down now. Marking
+        // every node down at a cut of all connections would refuse every request for
+        // DOWN_FOR with the nodes up.
+        if conn.opened_at.elapsed() < shared::DOWN_FOR {
+            self.shared.mark_down(node);
+        }
         self.shared.request_refresh();
         let text = format!("shotover: the Cassandra node connection failed before the response: {error}");
         for pending in conn.drain() {
@@ -469,15 +476,27 @@ impl CassandraSinkCluster {
         self.oldest_sent().is_some_and(|oldest| oldest.elapsed() >= limit)
     }
 
+    /// Ready once the oldest request in flight has waited `read_timeout` (the next run then
+    /// fails the chain). The timer is set for the oldest request when it is set; when it
+    /// fires for a request that has since been answered or failed, it is set again for the
+    /// oldest now, or dropped when nothing is in flight. A fired timer left in place would
+    /// keep this ready with nothing to do: the connection's loop would spin.
     fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(limit) = self.shared.read_timeout else { return Poll::Pending };
-        if self.timer.is_none() {
-            let Some(oldest) = self.oldest_sent() else { return Poll::Pending };
-            self.timer = Some(Timer::new(limit.saturating_sub(oldest.elapsed())));
-        }
-        match self.timer.as_mut() {
-            Some(timer) => Pin::new(timer).poll(cx).map(|_| ()),
-            None => Poll::Pending,
+        loop {
+            let Some(oldest) = self.oldest_sent() else {
+                self.timer = None;
+                return Poll::Pending;
+            };
+            let left = limit.saturating_sub(oldest.elapsed());
+            if left.is_zero() {
+                return Poll::Ready(());
+            }
+            let timer = self.timer.get_or_insert_with(|| Timer::new(left));
+            if Pin::new(timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.timer = None;
         }
     }
 

@@ -73,6 +73,9 @@ pub struct NodeConn {
     /// queued meanwhile waits in `held`.
     gate: Option<i16>,
     held: VecDeque<Held>,
+    /// When the connection was opened: one that fails soon after is a sign of a node going
+    /// down, one that served a while and then broke is reopened at once.
+    pub opened_at: Instant,
 }
 
 struct Held {
@@ -93,6 +96,7 @@ impl NodeConn {
             frames: Vec::new(),
             gate: None,
             held: VecDeque::new(),
+            opened_at: Instant::now(),
         }
     }
 
