@@ -3,10 +3,13 @@
 usage: cql_failover.py HOST PORT MODE [ARGS]
 
 - setup: creates keyspace failover (SimpleStrategy, 2 replicas) and table t.
-- load SECONDS STARTED_MARKER: prepared inserts, 32 always in flight, for SECONDS; creates
-  STARTED_MARKER once the first 500 are done; prints ok=, server_errors= (the
+- load SECONDS STARTED_MARKER [verify]: prepared inserts, 32 always in flight, for SECONDS;
+  creates STARTED_MARKER once the first 500 are done; prints ok=, server_errors= (the
   proxy's "connection failed before the response" errors), other_errors= and ok_at_end=
-  (successes in the last quarter of the run, of all requests then).
+  (successes in the last quarter of the run, of all requests then). With verify, each
+  key is written once, and every acknowledged one is then read back at consistency ALL:
+  prints acked_and_read=READ/ACKED and timed_out= (requests the driver gave up on after
+  20 s: none may hang).
 - one: connects and runs one query; prints error=<the error text> or ok.
 - prepared PREPARED_MARKER RESTARTED_MARKER: prepares an insert and runs it, creates
   PREPARED_MARKER, waits for RESTARTED_MARKER, then runs the same prepared statement until it
@@ -44,22 +47,37 @@ elif mode == "load":
     seconds = float(sys.argv[4])
     insert = session.prepare("INSERT INTO failover.t (k, v) VALUES (?, ?)")
     start = time.time()
-    ok = server_errors = other = end_ok = end_all = i = 0
+    verify = sys.argv[6:7] == ["verify"]
+    ok = server_errors = other = end_ok = end_all = i = timed_out = 0
     errors = {}
+    acked = []
     while time.time() - start < seconds:
         # 32 requests always in flight, so that a node that dies has some of them.
-        results = execute_concurrent_with_args(
-            session, insert, [(i + j, j) for j in range(500)], concurrency=32, raise_on_first_error=False
-        )
+        keys = [i + j for j in range(500)]
+        try:
+            results = execute_concurrent_with_args(
+                session, insert, [(k, k if verify else j) for j, k in enumerate(keys)], concurrency=32,
+                raise_on_first_error=False
+            )
+        except Exception as e:  # noqa: BLE001
+            # The driver's concurrent helper itself fails when hundreds of requests fail at
+            # once (no host while it reconnects: "'<' not supported between RecursionError
+            # and NoHostAvailable"): the batch counts as failed, none of it acknowledged.
+            results = [(False, e)] * len(keys)
+            time.sleep(0.2)
         if i == 0:
             open(sys.argv[5], "w").close()
         i += 500
         late = time.time() - start > seconds * 0.75
-        for success, result in results:
+        for key, (success, result) in zip(keys, results):
             end_all += late
             if success:
                 ok += 1
                 end_ok += late
+                acked.append(key)
+            elif "OperationTimedOut" in type(result).__name__:
+                timed_out += 1
+                other += 1
             elif "the Cassandra node connection failed before the response" in str(result):
                 server_errors += 1
             else:
@@ -71,6 +89,15 @@ elif mode == "load":
     print("ok_at_end=%d/%d" % (end_ok, end_all))
     for text, n in errors.items():
         print("error %d: %s" % (n, text))
+    if verify:
+        from cassandra import ConsistencyLevel
+        select = session.prepare("SELECT v FROM failover.t WHERE k = ?")
+        select.consistency_level = ConsistencyLevel.ALL
+        reads = execute_concurrent_with_args(session, select, [(k,) for k in acked], concurrency=32,
+                                             raise_on_first_error=False)
+        read = sum(1 for k, (success, rows) in zip(acked, reads) if success and [r.v for r in rows] == [k])
+        print("acked_and_read=%d/%d" % (read, len(acked)))
+        print("timed_out=%d" % timed_out)
 elif mode == "prepared":
     # One session across a restart of every node: it prepares before, and runs the same
     # prepared statement after, when the nodes have forgotten it.

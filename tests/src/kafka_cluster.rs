@@ -26,12 +26,21 @@ pub struct KafkaBroker {
     /// The address all its listeners are on: 127.0.0.1, or 127.0.0.ID in a cluster started
     /// with `--ips` (the shared one).
     pub host: String,
+    /// The FAULTY listener's port (PLAINTEXT, on `host`), which the broker advertises on
+    /// [`KafkaBroker::faulty_address`], where a test puts a fault proxy.
+    pub faulty: u16,
 }
 
 impl KafkaBroker {
     /// `host:port` of one of its listeners.
     pub fn address(&self, port: u16) -> String {
         format!("{}:{port}", self.host)
+    }
+
+    /// Where the broker says its FAULTY listener is (127.0.1.ID, same port): nothing listens
+    /// there until a test starts a fault proxy on it in front of `address(faulty)`.
+    pub fn faulty_address(&self) -> String {
+        format!("127.0.1.{}:{}", self.id, self.faulty)
     }
 }
 
@@ -123,7 +132,7 @@ impl Drop for KafkaCluster {
     }
 }
 
-/// `broker ID plaintext PORT sasl PORT ssl PORT internal PORT rack RACK host HOST`
+/// `broker ID plaintext PORT sasl PORT ssl PORT internal PORT rack RACK host HOST faulty PORT`
 fn parse_broker(line: &str) -> Option<KafkaBroker> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
@@ -137,6 +146,7 @@ fn parse_broker(line: &str) -> Option<KafkaBroker> {
         ssl: field("ssl")?.parse().ok()?,
         rack: field("rack")?.to_owned(),
         host: field("host").unwrap_or("127.0.0.1").to_owned(),
+        faulty: field("faulty")?.parse().ok()?,
     })
 }
 

@@ -338,6 +338,43 @@ fn a_broker_killed_under_load_loses_nothing_acknowledged() {
     assert!(waiting.wait_for_log("within the read_timeout of 2s", Duration::from_secs(5)), "{}", waiting.output());
 }
 
+/// Fault injection (issue 16) for KafkaSinkCluster: every broker behind its own fault
+/// proxy (the brokers advertise their FAULTY listener at the proxy's address, so the sink
+/// reaches each broker it learns of through Metadata through its fault proxy), under a
+/// producing load: delays on every broker, a 2 s stall of one, cuts in the middle of
+/// answers, then one broker's connections gone silent (half-open) until `read_timeout`
+/// ends them. Nothing acknowledged is lost, and a fresh load runs through the same proxy.
+#[test]
+fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
+    use shotover_integration_tests::fault_proxy::{delays_stall_cuts_then_silence, FaultProxy};
+    let kafka = shared_kafka();
+    let faults: Vec<FaultProxy> = (kafka.brokers.iter())
+        .map(|b| {
+            let listen = b.faulty_address().parse().expect("a faulty address");
+            let upstream = b.address(b.faulty).parse().expect("a broker address");
+            FaultProxy::start_on(listen, upstream)
+        })
+        .collect();
+    let contact = kafka.brokers.iter().map(|b| format!("\"{}\"", b.faulty_address())).collect::<Vec<_>>().join(", ");
+    let port = free_port();
+    let nodes = [Node { port, rack: "rack1", id: 0 }];
+    let shotover = Shotover::start(&topology_with(&contact, &nodes, 0, "            read_timeout: 3\n"), port);
+    let (load, _marker) = start_load(&kafka, port, 24);
+    delays_stall_cuts_then_silence(&faults, Duration::from_secs(2), Duration::from_secs(2), 2);
+    let out = load.join().expect("the load thread");
+    eprintln!("under faults: {}", out.lines().filter(|l| l.contains('=')).collect::<Vec<_>>().join("; "));
+    every_acknowledged_record_was_read(&out, &shotover);
+    assert!(faults.iter().all(|f| f.accepted() > 1), "the sink reached every broker through its fault proxy");
+    assert!(
+        shotover.wait_for_log("within the read_timeout of 3s", Duration::from_secs(5)),
+        "the silent broker's requests timed out:\n{}",
+        shotover.output()
+    );
+    // Recovered: a fresh load, all acknowledged and read back.
+    let (load, _marker) = start_load(&kafka, port, 5);
+    every_acknowledged_record_was_read(&load.join().expect("the load thread"), &shotover);
+}
+
 /// Kafka's own Java producer and consumer (the performance tools): the producer through
 /// one Shotover, the consumer through three (one per rack).
 #[test]
