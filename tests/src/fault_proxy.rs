@@ -194,8 +194,9 @@ fn reset(stream: &TcpStream) {
 /// The fault schedule of the cluster sinks' fault tests, while a load runs, starting `lead`
 /// after the call: 150 ms delays on every node for 3 s, a 2 s stall of `faults[1]`, 1 s
 /// later a cut in the middle of the next answer of every connection, then `settle` later
-/// every connection of `faults[silent]` silent for good.
-pub fn delays_stall_cuts_then_silence(faults: &[FaultProxy], lead: Duration, settle: Duration, silent: usize) {
+/// every connection of `faults[silent]` silent for good (when a sink has a read timeout
+/// to end that with).
+pub fn delays_stall_cuts_then_silence(faults: &[FaultProxy], lead: Duration, settle: Duration, silent: Option<usize>) {
     std::thread::sleep(lead);
     faults.iter().for_each(|f| f.set(Fault::Delay(Duration::from_millis(150))));
     std::thread::sleep(Duration::from_secs(3));
@@ -206,5 +207,7 @@ pub fn delays_stall_cuts_then_silence(faults: &[FaultProxy], lead: Duration, set
     std::thread::sleep(Duration::from_secs(1));
     faults.iter().for_each(FaultProxy::cut_mid_answer);
     std::thread::sleep(settle);
-    faults[silent].drop_silently();
+    if let Some(silent) = silent {
+        faults[silent].drop_silently();
+    }
 }

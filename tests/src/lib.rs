@@ -622,6 +622,13 @@ impl ValkeyCluster {
         Self::start(port, &ips)
     }
 
+    /// As [`ValkeyCluster::start_on_six_ips`], with node 127.0.0.N telling clients it is at
+    /// `net`.N (where a test puts a fault proxy in front of it).
+    pub fn start_on_six_ips_announcing(port: u16, net: &str) -> Self {
+        let ips: Vec<String> = (1..=6).map(|i| format!("127.0.0.{i}")).collect();
+        Self::start_full(port, &ips, None, "", Some(net))
+    }
+
     /// Every node on 127.0.0.1, speaking only TLS with `certs`' server certificate.
     pub fn start_tls_on_one_ip(port: u16, certs: &Certs) -> Self {
         Self::start_with(port, &["127.0.0.1".to_string()], Some(certs))
@@ -634,14 +641,14 @@ impl ValkeyCluster {
     /// Every node on 127.0.0.1, ports `port` to `port + 5`, with extra valkey-server
     /// arguments (`--enable-debug-command yes`).
     pub fn start_on_one_ip_with(port: u16, extra: &str) -> Self {
-        Self::start_full(port, &["127.0.0.1".to_string()], None, extra)
+        Self::start_full(port, &["127.0.0.1".to_string()], None, extra, None)
     }
 
     fn start_with(port: u16, ips: &[String], tls: Option<&Certs>) -> Self {
-        Self::start_full(port, ips, tls, "")
+        Self::start_full(port, ips, tls, "", None)
     }
 
-    fn start_full(port: u16, ips: &[String], tls: Option<&Certs>, extra: &str) -> Self {
+    fn start_full(port: u16, ips: &[String], tls: Option<&Certs>, extra: &str, announce: Option<&str>) -> Self {
         let dir = TempDir::new("cluster");
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let mut script = Command::new(root.join("scripts/valkey-cluster"));
@@ -650,6 +657,9 @@ impl ValkeyCluster {
         }
         if !extra.is_empty() {
             script.env("VALKEY_EXTRA_ARGS", extra);
+        }
+        if let Some(net) = announce {
+            script.env("VALKEY_ANNOUNCE_CLIENT_NET", net);
         }
         let out = script
             .arg(&dir.0)

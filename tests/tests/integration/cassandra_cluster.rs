@@ -265,7 +265,7 @@ fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
         run_python_with_timeout(&script("cql_failover.py"), &args, Duration::from_secs(180))
     });
     assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load did not start");
-    delays_stall_cuts_then_silence(&faults, Duration::from_secs(1), Duration::from_secs(1), 1);
+    delays_stall_cuts_then_silence(&faults, Duration::from_secs(1), Duration::from_secs(1), Some(1));
     let out = load.join().expect("the load thread").expect_success_with_log(&shotover);
     eprintln!("under faults: {}", out.lines().collect::<Vec<_>>().join("; "));
     let count = |key: &str| lines_of(&out, key).parse::<u64>().unwrap_or_else(|_| panic!("{key}:\n{out}"));

@@ -8,7 +8,7 @@
 //! - nothing acknowledged is lost.
 
 use shotover_integration_tests::backends::{shared_ring, SHARED_RING_USER};
-use shotover_integration_tests::fault_proxy::{Fault, FaultProxy};
+use shotover_integration_tests::fault_proxy::{delays_stall_cuts_then_silence, Fault, FaultProxy};
 use shotover_integration_tests::kafka_cluster::shared_kafka;
 use shotover_integration_tests::*;
 use std::io::{ErrorKind, Read, Write};
@@ -137,6 +137,41 @@ fn valkey_single_through_delays_stalls_and_cuts_loses_nothing_and_recovers() {
     assert!(seen.ok > 500, "too little got through: {} ok", seen.ok);
     assert_nothing_acked_is_lost(&mut valkey.client(), &seen.acked);
     let failed = metric_sum(&shotover.metrics(), "failed_requests", "transform=\"ValkeySinkSingle\"");
+    assert_eq!(failed, seen.errors as f64, "failed_requests counts the error replies");
+}
+
+/// ValkeySinkCluster with a fault proxy in front of every node of a 6-node cluster: the nodes
+/// tell clients they are at 127.0.1.N (`cluster-announce-client-ipv4`), where the proxies
+/// listen, so every connection the sink makes (to the contact points, and to the nodes that
+/// CLUSTER SLOTS and redirections name) goes through one. Under 8 writing clients: delays on
+/// every node, a 2 s stall of one, then cuts mid-answer of every connection. (No silence:
+/// the Valkey sinks have no read timeout in the user guide, so a silent node holds its
+/// requests as a slow one does.)
+#[test]
+fn valkey_cluster_through_delays_stalls_and_cuts_loses_nothing_and_recovers() {
+    let node_port = free_cluster_port();
+    let faults: Vec<FaultProxy> = (1..=6u8)
+        .map(|n| FaultProxy::start_on(([127, 0, 1, n], node_port).into(), ([127, 0, 0, n], node_port).into()))
+        .collect();
+    let _cluster = ValkeyCluster::start_on_six_ips_announcing(node_port, "127.0.1");
+    let port = free_port();
+    let contacts: Vec<String> = (1..=3).map(|n| format!("\"127.0.1.{n}:{node_port}\"")).collect();
+    let chain = format!("        - ValkeySinkCluster:\n            first_contact_points: [{}]\n", contacts.join(", "));
+    let shotover = Shotover::start(&valkey_topology(port, &chain), port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = valkey_load(port, 8, stop.clone());
+    delays_stall_cuts_then_silence(&faults, Duration::from_secs(1), Duration::from_millis(700), None);
+    faults.iter().for_each(FaultProxy::cut_mid_answer);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Release);
+    let seen = total(load);
+    eprintln!("ok {}, error replies {}, closed connections {}", seen.ok, seen.errors, seen.closed);
+    assert!(faults.iter().all(|f| f.accepted() > 0), "the sink reached every node through its fault proxy");
+    // Only requests in flight at a cut fail: 8 clients, 2 cuts of every connection.
+    assert!(seen.errors + seen.closed <= 2 * 8, "too many failures for 2 cuts: {seen:?}\n{}", shotover.output());
+    assert!(seen.ok > 500, "too little got through: {} ok", seen.ok);
+    assert_nothing_acked_is_lost(&mut connect(port), &seen.acked);
+    let failed = metric_sum(&shotover.metrics(), "failed_requests", "transform=\"ValkeySinkCluster\"");
     assert_eq!(failed, seen.errors as f64, "failed_requests counts the error replies");
 }
 

@@ -360,7 +360,7 @@ fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
     let nodes = [Node { port, rack: "rack1", id: 0 }];
     let shotover = Shotover::start(&topology_with(&contact, &nodes, 0, "            read_timeout: 3\n"), port);
     let (load, _marker) = start_load(&kafka, port, 24);
-    delays_stall_cuts_then_silence(&faults, Duration::from_secs(2), Duration::from_secs(2), 2);
+    delays_stall_cuts_then_silence(&faults, Duration::from_secs(2), Duration::from_secs(2), Some(2));
     let out = load.join().expect("the load thread");
     eprintln!("under faults: {}", out.lines().filter(|l| l.contains('=')).collect::<Vec<_>>().join("; "));
     every_acknowledged_record_was_read(&out, &shotover);
