@@ -191,19 +191,24 @@ fn reset(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// The fault schedule of the cluster sinks' fault tests, while a load runs, starting `lead`
-/// after the call: 150 ms delays on every node for 3 s, a 2 s stall of `faults[1]`, 1 s
-/// later a cut in the middle of the next answer of every connection, then `settle` later
-/// every connection of `faults[silent]` silent for good (when a sink has a read timeout
-/// to end that with).
-pub fn delays_stall_cuts_then_silence(faults: &[FaultProxy], lead: Duration, settle: Duration, silent: Option<usize>) {
+/// The fault schedule of the fault tests under load, starting `lead` after the call: 150 ms
+/// delays on every node for 3 s, a 2 s stall of `faults[stalled]`, 1 s later a cut in the
+/// middle of the next answer of every connection, then `settle` later every connection of
+/// `faults[silent]` silent for good (when the sink has a read timeout to end that with).
+pub fn delays_stall_cuts_then_silence(
+    faults: &[FaultProxy],
+    lead: Duration,
+    stalled: usize,
+    settle: Duration,
+    silent: Option<usize>,
+) {
     std::thread::sleep(lead);
     faults.iter().for_each(|f| f.set(Fault::Delay(Duration::from_millis(150))));
     std::thread::sleep(Duration::from_secs(3));
     faults.iter().for_each(|f| f.set(Fault::None));
-    faults[1].set(Fault::Stall);
+    faults[stalled].set(Fault::Stall);
     std::thread::sleep(Duration::from_secs(2));
-    faults[1].set(Fault::None);
+    faults[stalled].set(Fault::None);
     std::thread::sleep(Duration::from_secs(1));
     faults.iter().for_each(FaultProxy::cut_mid_answer);
     std::thread::sleep(settle);

@@ -6,6 +6,7 @@ use crate::cassandra::cassandra_topology;
 use shotover_integration_tests::backends::{
     backends_dir, run_python, run_python_with_timeout, shared_ring, Cassandra, SharedRing, SHARED_RING_USER,
 };
+use shotover_integration_tests::fault_proxy::{delays_stall_cuts_then_silence, FaultProxy};
 use shotover_integration_tests::*;
 use std::io::Write;
 use std::net::TcpStream;
@@ -230,17 +231,48 @@ fn failover(port: u16, args: &[&str]) -> String {
     run_python_with_timeout(&script("cql_failover.py"), &all, Duration::from_secs(180)).expect_success()
 }
 
-/// Fault injection (issue 16) for CassandraSinkCluster, on a ring of its own (Cassandra 2.1,
-/// two nodes, both replicas of everything) whose nodes tell clients (`system.peers`) that
-/// they are at 127.0.1.N: a fault proxy there in front of each node carries every
-/// connection the sink makes, to the contact point and to the node it discovers. Under 20 s
-/// of prepared inserts: delays on both nodes, a 2 s stall of one (under `read_timeout`: late,
-/// not failed), cuts in the middle of answers, then one node's connections silent until
-/// `read_timeout` (3 s) ends them. Nothing waited for the driver's own 20 s timeout, the last
-/// quarter of the run succeeded, and every acknowledged insert reads back at ALL.
+/// Runs 20 s of prepared inserts through the proxy on `port` (`shotover`) while
+/// [`delays_stall_cuts_then_silence`] runs on `faults` (the last one stalls and goes
+/// silent), then checks what clients saw: nothing waited for the driver's own 20 s
+/// timeout, the last quarter of the run succeeded, and every acknowledged insert reads back
+/// at ALL.
+fn load_through_faults(port: u16, shotover: &Shotover, faults: &[FaultProxy]) {
+    let markers = TempDir::new("faults");
+    let started = markers.path("load-started");
+    let started_arg = started.display().to_string();
+    let load = std::thread::spawn(move || {
+        let args = ["127.0.0.1", &port.to_string(), "load", "20", &started_arg, "verify"].map(str::to_string);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_python_with_timeout(&script("cql_failover.py"), &args, Duration::from_secs(180))
+    });
+    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load did not start");
+    let last = faults.len() - 1;
+    delays_stall_cuts_then_silence(faults, Duration::from_secs(1), last, Duration::from_secs(1), Some(last));
+    let out = load.join().expect("the load thread").expect_success_with_log(shotover);
+    eprintln!("under faults: {}", out.lines().collect::<Vec<_>>().join("; "));
+    let count = |key: &str| lines_of(&out, key).parse::<u64>().unwrap_or_else(|_| panic!("{key}:\n{out}"));
+    assert_eq!(count("timed_out"), 0, "a request waited 20 s:\n{out}\n{}", shotover.output());
+    let (read, acked) =
+        lines_of(&out, "acked_and_read").split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
+    assert_eq!(read, acked, "every acknowledged insert reads back:\n{out}");
+    assert!(acked.parse::<u64>().unwrap() > 1000, "{out}");
+    let (at_end_ok, at_end_all) =
+        lines_of(&out, "ok_at_end").split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
+    assert_eq!(at_end_ok, at_end_all, "recovered by the last quarter:\n{out}\n{}", shotover.output());
+    assert!(faults.iter().all(|f| f.accepted() > 0), "the sink reached every node through its fault proxy");
+    assert!(shotover.wait_for_log("within the read_timeout", Duration::from_secs(5)), "{}", shotover.output());
+}
+
+/// Fault injection (issue 16) for CassandraSinkCluster and then CassandraSinkSingle, on a
+/// ring of their own (Cassandra 2.1, two nodes, both replicas of everything) whose nodes
+/// tell clients (`system.peers`) that they are at 127.0.1.N: a fault proxy there in front of
+/// each node carries every connection the cluster sink makes, to the contact point and to
+/// the node it discovers. Under prepared inserts: delays on every node, a 2 s stall of one
+/// (under `read_timeout`: late, not failed), cuts in the middle of answers, then one node's
+/// connections silent until `read_timeout` (3 s) ends them (see [`load_through_faults`]).
+/// The single sink gets the same, through a fault proxy of its own in front of node 1.
 #[test]
 fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
-    use shotover_integration_tests::fault_proxy::{delays_stall_cuts_then_silence, FaultProxy};
     use std::net::{IpAddr, SocketAddr};
     let ring = Cassandra::start_with(&["127.0.0.1", "127.0.0.2"], &["--broadcast-rpc-net", "127.0.1"]);
     let faults: Vec<FaultProxy> = (ring.nodes.iter())
@@ -256,29 +288,13 @@ fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
     let sink = cluster_sink(&contact, &nodes, port, 0) + "            read_timeout: 3\n";
     let shotover = Shotover::start(&cassandra_topology(port, &sink), port);
     assert!(failover(port, &["setup"]).contains("setup=ok"));
-    let markers = TempDir::new("faults");
-    let started = markers.path("load-started");
-    let started_arg = started.display().to_string();
-    let load = std::thread::spawn(move || {
-        let args = ["127.0.0.1", &port.to_string(), "load", "20", &started_arg, "verify"].map(str::to_string);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_python_with_timeout(&script("cql_failover.py"), &args, Duration::from_secs(180))
-    });
-    assert!(wait_until(Duration::from_secs(60), || started.exists()), "the load did not start");
-    delays_stall_cuts_then_silence(&faults, Duration::from_secs(1), Duration::from_secs(1), Some(1));
-    let out = load.join().expect("the load thread").expect_success_with_log(&shotover);
-    eprintln!("under faults: {}", out.lines().collect::<Vec<_>>().join("; "));
-    let count = |key: &str| lines_of(&out, key).parse::<u64>().unwrap_or_else(|_| panic!("{key}:\n{out}"));
-    assert_eq!(count("timed_out"), 0, "a request waited 20 s:\n{out}\n{}", shotover.output());
-    let (read, acked) =
-        lines_of(&out, "acked_and_read").split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
-    assert_eq!(read, acked, "every acknowledged insert reads back:\n{out}");
-    assert!(acked.parse::<u64>().unwrap() > 1000, "{out}");
-    let (at_end_ok, at_end_all) =
-        lines_of(&out, "ok_at_end").split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
-    assert_eq!(at_end_ok, at_end_all, "recovered by the last quarter:\n{out}\n{}", shotover.output());
-    assert!(faults.iter().all(|f| f.accepted() > 0), "the sink reached both nodes through their fault proxies");
-    assert!(shotover.wait_for_log("within the read_timeout", Duration::from_secs(5)), "{}", shotover.output());
+    load_through_faults(port, &shotover, &faults);
+
+    let fault = FaultProxy::start(ring.nodes[0].parse().expect("a node address"));
+    let port = free_port();
+    let sink = crate::cassandra::cassandra_sink(&fault.address()) + "            read_timeout: 3\n";
+    let shotover = Shotover::start(&cassandra_topology(port, &sink), port);
+    load_through_faults(port, &shotover, &[fault]);
 }
 
 /// Crashes and restarts on a ring of its own (Cassandra 2.1, two nodes, both replicas of

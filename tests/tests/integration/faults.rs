@@ -160,7 +160,7 @@ fn valkey_cluster_through_delays_stalls_and_cuts_loses_nothing_and_recovers() {
     let shotover = Shotover::start(&valkey_topology(port, &chain), port);
     let stop = Arc::new(AtomicBool::new(false));
     let load = valkey_load(port, 8, stop.clone());
-    delays_stall_cuts_then_silence(&faults, Duration::from_secs(1), Duration::from_millis(700), None);
+    delays_stall_cuts_then_silence(&faults, Duration::from_secs(1), 0, Duration::from_millis(700), None);
     faults.iter().for_each(FaultProxy::cut_mid_answer);
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Release);

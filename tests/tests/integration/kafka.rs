@@ -41,6 +41,47 @@ fn outputs(proxies: &[Shotover]) -> String {
     proxies.iter().map(Shotover::output).collect::<Vec<_>>().join("\n----\n")
 }
 
+/// Fault injection (issue 16) for KafkaSinkSingle, laid out as the guide says (one Shotover
+/// per broker, on the broker's address): a fault proxy between each Shotover and its broker,
+/// on the broker's address too, under a producing load (confluent-kafka, acks=all): delays
+/// on every broker, a 2 s stall of broker 2, cuts mid-answer of every connection, then broker
+/// 3's connections silent until `read_timeout` (3 s) ends them. Every acknowledged record is
+/// read back, and a fresh load afterwards is all acknowledged and read.
+#[test]
+fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
+    use crate::kafka_cluster::{every_acknowledged_record_was_read, start_load};
+    use shotover_integration_tests::fault_proxy::{delays_stall_cuts_then_silence, FaultProxy};
+    let kafka = shared_kafka();
+    // A port free on every broker's address, for the fault proxies.
+    let free_everywhere = |p: u16| kafka.brokers.iter().all(|b| std::net::TcpListener::bind(b.address(p)).is_ok());
+    let fault_port = std::iter::repeat_with(free_port).find(|p| free_everywhere(*p)).expect("a free port");
+    let faults: Vec<FaultProxy> = (kafka.brokers.iter())
+        .map(|b| {
+            let listen = b.address(fault_port).parse().expect("an address");
+            FaultProxy::start_on(listen, b.address(b.plaintext).parse().expect("an address"))
+        })
+        .collect();
+    let port = free_port();
+    let sink = format!("        - KafkaSinkSingle:\n            destination_port: {fault_port}\n            connect_timeout_ms: 3000\n            read_timeout: 3\n");
+    let proxies: Vec<Shotover> = (kafka.brokers.iter())
+        .map(|b| {
+            let listen = b.address(port);
+            let address: SocketAddr = listen.parse().expect("a broker address");
+            Shotover::builder(&kafka_topology(&listen, &sink)).wait_for_address(address).start().expect("shotover")
+        })
+        .collect();
+    let (load, _marker) = start_load(&kafka, port, 24);
+    delays_stall_cuts_then_silence(&faults, Duration::from_secs(2), 1, Duration::from_secs(2), Some(2));
+    let out = load.join().expect("the load thread");
+    eprintln!("under faults: {}", out.lines().filter(|l| l.contains('=')).collect::<Vec<_>>().join("; "));
+    every_acknowledged_record_was_read(&out, &proxies[0]);
+    assert!(faults.iter().all(|f| f.accepted() > 1), "every broker was reached through its fault proxy");
+    let timed_out = |p: &Shotover| p.wait_for_log("within the read_timeout of 3s", Duration::from_secs(1));
+    assert!(timed_out(&proxies[2]), "broker 3's silent requests timed out:\n{}", outputs(&proxies));
+    let (load, _marker) = start_load(&kafka, port, 5);
+    every_acknowledged_record_was_read(&load.join().expect("the load thread"), &proxies[0]);
+}
+
 #[test]
 fn kafka_clients_through_one_shotover_per_broker() {
     let kafka = shared_kafka();

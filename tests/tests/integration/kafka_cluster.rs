@@ -93,7 +93,7 @@ fn failed_requests(shotover: &Shotover) -> f64 {
 
 /// Starts `keep-going` for `seconds` through the proxy on `port`, and returns once it is
 /// producing; the marker file `started` in the returned directory names its topic.
-fn start_load(kafka: &KafkaCluster, port: u16, seconds: u32) -> (std::thread::JoinHandle<String>, TempDir) {
+pub(crate) fn start_load(kafka: &KafkaCluster, port: u16, seconds: u32) -> (std::thread::JoinHandle<String>, TempDir) {
     let marker = TempDir::new("kafka-load");
     let started = marker.path("started");
     let proxy = format!("127.0.0.1:{port}");
@@ -104,7 +104,7 @@ fn start_load(kafka: &KafkaCluster, port: u16, seconds: u32) -> (std::thread::Jo
 }
 
 /// `keep-going` acknowledged a good number of records, and read every one of them back.
-fn every_acknowledged_record_was_read(out: &str, shotover: &Shotover) {
+pub(crate) fn every_acknowledged_record_was_read(out: &str, shotover: &Shotover) {
     let acked = out
         .lines()
         .find_map(|l| l.strip_prefix("sent=")?.split(' ').find_map(|w| w.strip_prefix("acked=")))
@@ -360,7 +360,7 @@ fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
     let nodes = [Node { port, rack: "rack1", id: 0 }];
     let shotover = Shotover::start(&topology_with(&contact, &nodes, 0, "            read_timeout: 3\n"), port);
     let (load, _marker) = start_load(&kafka, port, 24);
-    delays_stall_cuts_then_silence(&faults, Duration::from_secs(2), Duration::from_secs(2), Some(2));
+    delays_stall_cuts_then_silence(&faults, Duration::from_secs(2), 1, Duration::from_secs(2), Some(2));
     let out = load.join().expect("the load thread");
     eprintln!("under faults: {}", out.lines().filter(|l| l.contains('=')).collect::<Vec<_>>().join("; "));
     every_acknowledged_record_was_read(&out, &shotover);
