@@ -69,11 +69,25 @@ def first_text_cell(body):
     return body[at + 8:at + 8 + n].decode()
 
 
+def connect_retrying_once(url, tls, **options):
+    """Known open bug: about 1 TLS upgrade in 100 never gets its answer, even with nothing
+    else running (docs/testing.md, "Known bug: WebSocket upgrades over TLS", has what is
+    known and how to reproduce it). Until it is found: one retry, reported on stderr; a
+    second failure fails the test."""
+    for attempt in range(2):
+        try:
+            return connect(url, subprotocols=["cql"], ssl=tls, open_timeout=12, **options)
+        except (TimeoutError, InvalidMessage, EOFError) as e:
+            if attempt == 1 or tls is None:
+                raise
+            print("RETRY: the upgrade of a new TLS connection got no answer: %r" % e, file=sys.stderr)
+
+
 def raw(port, ca):
     scheme = "wss" if ca else "ws"
     tls = ssl.create_default_context(cafile=ca) if ca else None
     url = "%s://127.0.0.1:%d/" % (scheme, port)
-    ws = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=30, max_size=None)
+    ws = connect_retrying_once(url, tls, max_size=None)
     print("subprotocol=%s" % ws.subprotocol)
     responses = {}
     whole = True
@@ -122,19 +136,7 @@ def raw(port, ca):
         print("text_close_code=%s" % (closed.rcvd.code if closed.rcvd else None))
 
     # A client that closes gets the closing handshake completed (code 1000, not 1006).
-    # Known open bug (issue 16's note of 2026-12-05): now and then, on a loaded machine, this
-    # TLS connection, opened right after the proxy closed the one above, never gets its
-    # upgrade request to the proxy: the client has sent it, yet the proxy's socket has
-    # nothing queued and rustls holds nothing. Until it is found, one retry, reported on
-    # stderr; a second failure fails the test.
-    for attempt in range(2):
-        try:
-            polite = connect(url, subprotocols=["cql"], ssl=tls, open_timeout=8)
-            break
-        except (TimeoutError, InvalidMessage) as e:
-            if attempt == 1:
-                raise
-            print("RETRY: the upgrade of a new TLS connection got no answer: %r" % e, file=sys.stderr)
+    polite = connect_retrying_once(url, tls)
     polite.send(frame(1, OPTIONS, b""))
     polite.recv(timeout=20)
     polite.close()

@@ -167,8 +167,12 @@ fn valkey_cluster_through_delays_stalls_and_cuts_loses_nothing_and_recovers() {
     let seen = total(load);
     eprintln!("ok {}, error replies {}, closed connections {}", seen.ok, seen.errors, seen.closed);
     assert!(faults.iter().all(|f| f.accepted() > 0), "the sink reached every node through its fault proxy");
-    // Only requests in flight at a cut fail: 8 clients, 2 cuts of every connection.
-    assert!(seen.errors + seen.closed <= 2 * 8, "too many failures for 2 cuts: {seen:?}\n{}", shotover.output());
+    // Only requests in flight at a cut fail. A cut takes each connection open then at its
+    // next answer, and each client has a connection to each of the 3 masters: at most 3
+    // failures per client per cut (15 to 18 in runs here), against tens of thousands of
+    // requests.
+    let (failed, bound) = (seen.errors + seen.closed, 2 * 8 * 3);
+    assert!(failed <= bound, "too many failures for 2 cuts: {failed} > {bound}\n{}", shotover.output());
     assert!(seen.ok > 500, "too little got through: {} ok", seen.ok);
     assert_nothing_acked_is_lost(&mut connect(port), &seen.acked);
     let failed = metric_sum(&shotover.metrics(), "failed_requests", "transform=\"ValkeySinkCluster\"");
