@@ -477,24 +477,26 @@ impl CassandraSinkCluster {
     }
 
     /// Ready once the oldest request in flight has waited `read_timeout` (the next run then
-    /// fails the chain). The timer is set for the oldest request when it is set; when it
-    /// fires for a request that has since been answered or failed, it is set again for the
-    /// oldest now, or dropped when nothing is in flight. A fired timer left in place would
-    /// keep this ready with nothing to do: the connection's loop would spin.
+    /// fails the chain). The timer is set for the oldest request; the requests in flight are
+    /// walked only then and when it fires. If it fires for a request that has since been
+    /// answered or failed, it is set again for the oldest now, or dropped when nothing is in
+    /// flight: a fired timer left in place would keep this ready with nothing to do, and the
+    /// connection's loop would spin.
     fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(limit) = self.shared.read_timeout else { return Poll::Pending };
         loop {
-            let Some(oldest) = self.oldest_sent() else {
-                self.timer = None;
-                return Poll::Pending;
+            let timer = match self.timer.as_mut() {
+                Some(timer) => timer,
+                None => {
+                    let Some(oldest) = self.oldest_sent() else { return Poll::Pending };
+                    self.timer.insert(Timer::new(limit.saturating_sub(oldest.elapsed())))
+                }
             };
-            let left = limit.saturating_sub(oldest.elapsed());
-            if left.is_zero() {
-                return Poll::Ready(());
-            }
-            let timer = self.timer.get_or_insert_with(|| Timer::new(left));
             if Pin::new(timer).poll(cx).is_pending() {
                 return Poll::Pending;
+            }
+            if self.timer_expired() {
+                return Poll::Ready(());
             }
             self.timer = None;
         }
