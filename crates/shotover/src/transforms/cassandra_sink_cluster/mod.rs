@@ -224,7 +224,7 @@ impl CassandraSinkCluster {
             _ if self.session.startup.is_none() => self.candidates(&Target::Home),
             _ if !shared.ring_known.get() => before_topology(),
             Target::Replicas(replicas) => {
-                let mut out = shared.rotation(Some(replicas));
+                let mut out = shared.replicas_first(replicas, self.home);
                 append_new(&mut out, shared.rotation(None));
                 out
             }

