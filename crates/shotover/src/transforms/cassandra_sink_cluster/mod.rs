@@ -119,6 +119,11 @@ pub struct CassandraSinkCluster {
     shared: Rc<Shared>,
     conns: HashMap<SocketAddr, NodeConn>,
     home: Option<SocketAddr>,
+    /// The replica the connection's first routed request went to, round robin: it goes
+    /// first among its rack's replicas of every later partition it holds (see
+    /// [`Shared::replicas_first`]). Not the home node, which is a contact point for the
+    /// connections opened before the control connection read the ring.
+    affinity: Option<SocketAddr>,
     session: Session,
     ready: Vec<Message>,
     /// Fires at the read timeout of the oldest request in flight.
@@ -150,6 +155,7 @@ impl CassandraSinkCluster {
             shared,
             conns: HashMap::new(),
             home: None,
+            affinity: None,
             session: Session::default(),
             ready: Vec::new(),
             timer: None,
@@ -224,7 +230,7 @@ impl CassandraSinkCluster {
             _ if self.session.startup.is_none() => self.candidates(&Target::Home),
             _ if !shared.ring_known.get() => before_topology(),
             Target::Replicas(replicas) => {
-                let mut out = shared.replicas_first(replicas, self.home);
+                let mut out = shared.replicas_first(replicas, self.affinity);
                 append_new(&mut out, shared.rotation(None));
                 out
             }
@@ -257,7 +263,12 @@ impl CassandraSinkCluster {
             let Some(conn) = self.conns.get_mut(&node) else { continue };
             let frame = client.frame.clone();
             match conn.queue(&frame, Purpose::Client(client), now) {
-                Ok(()) => return,
+                Ok(()) => {
+                    if matches!(target, Target::Replicas(_)) && self.affinity.is_none() {
+                        self.affinity = Some(node);
+                    }
+                    return;
+                }
                 Err(e) => {
                     self.shared.failed_requests.inc();
                     self.ready.push(Message::error_to(request, ProxyError::Upstream, &format!("shotover: {e}")));
@@ -435,6 +446,9 @@ impl CassandraSinkCluster {
         let Some(mut conn) = self.conns.remove(&node) else { return };
         if self.home == Some(node) {
             self.home = None;
+        }
+        if self.affinity == Some(node) {
+            self.affinity = None;
         }
         if !conn.is_idle() {
             crate::warn_limited!("CassandraSinkCluster: the connection to the Cassandra node {node} failed: {error}");

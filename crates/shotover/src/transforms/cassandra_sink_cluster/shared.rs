@@ -220,14 +220,14 @@ impl Shared {
     }
 
     /// The replicas of a partition (node indexes) in the order [`Shared::rotation`] gives,
-    /// except that `home`, the node of the client connection's handshake, goes first
-    /// among its rack's replicas. Every replica of the list is token-aware; choosing the same
-    /// one for a connection's requests keeps them on one node connection, as a driver
-    /// connected to that node would send them. Spreading one connection's requests over all
-    /// the replicas in turn cost 200 µs per request on a 3-node ring at RF 3 (the nodes'
-    /// threads wake for one request in three), for no gain.
-    pub(super) fn replicas_first(&self, replicas: &[usize], home: Option<SocketAddr>) -> Vec<SocketAddr> {
-        self.rotation_preferring(Some(replicas), home)
+    /// except that `affinity`, the replica the client connection's requests went to so far,
+    /// goes first among its rack's replicas. Every replica of the list is token-aware;
+    /// choosing the same one for a connection's requests keeps them on one node connection,
+    /// as a driver connected to that node would send them. Spreading one connection's
+    /// requests over all the replicas in turn cost 200 µs per request on a 3-node ring at
+    /// RF 3 (each node's threads wake for one request in three), for no gain.
+    pub(super) fn replicas_first(&self, replicas: &[usize], affinity: Option<SocketAddr>) -> Vec<SocketAddr> {
+        self.rotation_preferring(Some(replicas), affinity)
     }
 
     fn rotation_preferring(&self, replicas: Option<&[usize]>, prefer: Option<SocketAddr>) -> Vec<SocketAddr> {
