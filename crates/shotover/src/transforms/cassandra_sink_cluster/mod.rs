@@ -19,6 +19,7 @@
 //! - [`topology`]: the ring and each keyspace's replicas in the local data centre.
 //! - [`control`]: the core's control connection, which keeps the ring current.
 //! - [`node`]: a client's connection to one node, with stream ids of its own.
+//! - [`routing`]: where a request goes.
 //! - [`system`]: the rewritten `system.local` and `system.peers(_v2)` answers.
 //!
 //! Each client connection has a *home* node, which gets its handshake, REGISTER and the
@@ -37,6 +38,7 @@ mod answers;
 mod config;
 mod control;
 pub mod node;
+mod routing;
 mod shared;
 
 pub use config::{CassandraSinkClusterConfig, ShotoverNodeConfig};
@@ -59,6 +61,7 @@ use bytes::Bytes;
 use control::ControlRequest;
 use node::{ClientRequest, Kind, NodeConn, Purpose};
 use prometheus::IntCounter;
+use routing::{append_new, Target};
 use serde::Deserialize;
 use shotover_protocols::cassandra::classify::query_text;
 use shotover_protocols::cassandra::frame::{CassandraBody, CassandraFrame};
@@ -78,15 +81,6 @@ use std::time::{Duration, Instant};
 use system::{ShotoverNode, SystemQuery, SystemTable};
 use topology::Ring;
 
-/// Appends the nodes of `more` not in `list` yet.
-fn append_new(list: &mut Vec<SocketAddr>, more: impl IntoIterator<Item = SocketAddr>) {
-    for node in more {
-        if !list.contains(&node) {
-            list.push(node);
-        }
-    }
-}
-
 /// What a new node connection replays to stand where the client's session stands.
 #[derive(Default)]
 struct Session {
@@ -102,14 +96,6 @@ impl Session {
     fn version(&self) -> Version {
         self.startup.as_deref().and_then(|s| header::version(s).ok()).unwrap_or(Version::V4)
     }
-}
-
-/// Where a request goes.
-enum Target {
-    Home,
-    /// Replicas first (node indexes of the ring), then round robin.
-    Replicas(Vec<usize>),
-    Any,
 }
 
 /// The stream id of requests replayed on a new connection (the connection is not in use yet).
@@ -207,35 +193,6 @@ impl CassandraSinkCluster {
             }
         }
         Ok(NodeConn::new(conn))
-    }
-
-    /// Nodes to try for `target`, in order.
-    fn candidates(&self, target: &Target) -> Vec<SocketAddr> {
-        let shared = &self.shared;
-        let before_topology = || -> Vec<SocketAddr> {
-            let mut out: Vec<SocketAddr> = self.home.into_iter().collect();
-            out.extend(shared.contact.iter().filter(|a| Some(**a) != self.home && shared.is_up(**a)));
-            out
-        };
-        match target {
-            Target::Home => match self.home {
-                Some(home) => vec![home],
-                None if shared.ring_known.get() => {
-                    let mut out = shared.rotation(None);
-                    append_new(&mut out, shared.contact.iter().copied());
-                    out
-                }
-                None => before_topology(),
-            },
-            _ if self.session.startup.is_none() => self.candidates(&Target::Home),
-            _ if !shared.ring_known.get() => before_topology(),
-            Target::Replicas(replicas) => {
-                let mut out = shared.replicas_first(replicas, self.affinity);
-                append_new(&mut out, shared.rotation(None));
-                out
-            }
-            Target::Any => shared.rotation(None),
-        }
     }
 
     /// Sends `frame` for `request` to the first of its candidate nodes that can take it.
@@ -365,65 +322,6 @@ impl CassandraSinkCluster {
                 _ => None,
             },
             _ => None,
-        }
-    }
-
-    /// The prepared statement an EXECUTE (or a BATCH's first statement) runs, and where its
-    /// partition's replicas are.
-    fn route_prepared(&self, request: &mut Message) -> (Option<Bytes>, Target) {
-        let Ok(crate::message::Frame::Cassandra(frame)) = request.frame() else { return (None, Target::Any) };
-        let (id, values) = match &frame.body {
-            CassandraBody::Execute(e) => (e.id.clone(), e.params.values.as_ref()),
-            CassandraBody::Batch(b) => match b.statements.first() {
-                Some(s) => match &s.query {
-                    BatchQuery::Prepared(id) => (id.clone(), Some(&s.values)),
-                    BatchQuery::Query(_) => return (None, Target::Any),
-                },
-                None => return (None, Target::Any),
-            },
-            _ => return (None, Target::Any),
-        };
-        let target = match (self.shared.prepared.borrow().get(&id), values) {
-            (Some(info), Some(Values::Positional(values))) => self.replicas_of(info, values),
-            _ => Target::Any,
-        };
-        (Some(id), target)
-    }
-
-    /// An EXECUTE of a v3 statement whose partition key the control connection is still
-    /// looking up waits for it (once per table and core), so that even the first is routed.
-    async fn await_partition_key(&self, request: &mut Message) {
-        let Ok(crate::message::Frame::Cassandra(frame)) = request.frame() else { return };
-        let CassandraBody::Execute(e) = &frame.body else { return };
-        let info = self.shared.prepared.borrow().get(&e.id).cloned();
-        let Some(info) = info.filter(|i| i.pk_indexes.is_empty()) else { return };
-        let Some((keyspace, table)) = &info.table else { return };
-        self.shared.partition_key_ready(keyspace, table, self.shared.connect_timeout).await;
-    }
-
-    fn replicas_of(&self, info: &PreparedInfo, values: &[Value]) -> Target {
-        let Some((keyspace, table)) = &info.table else { return Target::Any };
-        let mut indexes = info.pk_indexes.clone();
-        if indexes.is_empty() {
-            // v3: the PREPARED answer has no partition key indexes; the schema has them.
-            let KeyColumns::Known(columns) = self.shared.partition_key(keyspace, table) else { return Target::Any };
-            match columns.iter().map(|c| info.bind_names.iter().position(|n| n == c)).collect() {
-                Some(found) => indexes = found,
-                None => return Target::Any,
-            }
-        }
-        let mut components = Vec::with_capacity(indexes.len());
-        for i in indexes {
-            match values.get(i) {
-                Some(Value::Bytes(b)) => components.push(&b[..]),
-                _ => return Target::Any,
-            }
-        }
-        let Some(key) = token::routing_key(&components) else { return Target::Any };
-        let ring = self.shared.ring.borrow();
-        match ring.replicas(keyspace, token::token(&key)) {
-            Some(replicas) => Target::Replicas(replicas.to_vec()),
-            None => Target::Any,
         }
     }
 
