@@ -19,6 +19,7 @@
 //! - [`topology`]: the ring and each keyspace's replicas in the local data centre.
 //! - [`control`]: the core's control connection, which keeps the ring current.
 //! - [`node`]: a client's connection to one node, with stream ids of its own.
+//! - [`liveness`]: the read timeout, and heartbeats on idle node connections.
 //! - [`routing`]: where a request goes.
 //! - [`system`]: the rewritten `system.local` and `system.peers(_v2)` answers.
 //!
@@ -37,6 +38,7 @@
 mod answers;
 mod config;
 mod control;
+mod liveness;
 pub mod node;
 mod routing;
 mod shared;
@@ -106,8 +108,8 @@ pub struct CassandraSinkCluster {
     conns: HashMap<SocketAddr, NodeConn>,
     home: Option<SocketAddr>,
     /// The replica the connection's first routed request went to, round robin: it goes
-    /// first among its rack's replicas of every later partition it holds (see
-    /// [`Shared::replicas_first`]). Not the home node, which is a contact point for the
+    /// first among its rack's replicas of every later partition it holds while the
+    /// connection has few requests in flight there (see [`Shared::replicas_first`]). Not the home node, which is a contact point for the
     /// connections opened before the control connection read the ring.
     affinity: Option<SocketAddr>,
     session: Session,
@@ -120,6 +122,8 @@ pub struct CassandraSinkCluster {
     /// client's next request finds it whichever node it goes to.
     parked: Vec<Parked>,
     parked_timer: Option<Timer>,
+    /// Fires when idle node connections are due a heartbeat (with a `read_timeout` only).
+    heartbeat: Option<Timer>,
 }
 
 #[derive(Debug)]
@@ -148,6 +152,7 @@ impl CassandraSinkCluster {
             local_row: Vec::new(),
             parked: Vec::new(),
             parked_timer: None,
+            heartbeat: None,
         }
     }
 
@@ -379,41 +384,6 @@ impl CassandraSinkCluster {
         }
     }
 
-    fn oldest_sent(&self) -> Option<Instant> {
-        self.conns.values().filter_map(NodeConn::oldest_sent).min()
-    }
-
-    fn timer_expired(&self) -> bool {
-        let Some(limit) = self.shared.read_timeout else { return false };
-        self.oldest_sent().is_some_and(|oldest| oldest.elapsed() >= limit)
-    }
-
-    /// Ready once the oldest request in flight has waited `read_timeout` (the next run then
-    /// fails the chain). The timer is set for the oldest request; the requests in flight are
-    /// walked only then and when it fires. If it fires for a request that has since been
-    /// answered or failed, it is set again for the oldest now, or dropped when nothing is in
-    /// flight: a fired timer left in place would keep this ready with nothing to do, and the
-    /// connection's loop would spin.
-    fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(limit) = self.shared.read_timeout else { return Poll::Pending };
-        loop {
-            let timer = match self.timer.as_mut() {
-                Some(timer) => timer,
-                None => {
-                    let Some(oldest) = self.oldest_sent() else { return Poll::Pending };
-                    self.timer.insert(Timer::new(limit.saturating_sub(oldest.elapsed())))
-                }
-            };
-            if Pin::new(timer).poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if self.timer_expired() {
-                return Poll::Ready(());
-            }
-            self.timer = None;
-        }
-    }
-
     /// Writes what is queued and reads what has arrived, on every connection, until
     /// nothing more can be done now (an answer may queue a request: a re-prepare, a retry).
     fn poll_connections(&mut self, cx: &mut Context<'_>) {
@@ -456,6 +426,9 @@ impl CassandraSinkCluster {
 impl Transform for CassandraSinkCluster {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
         if self.timer_expired() {
+            self.drop_silent_connections();
+        }
+        if self.timer_expired() {
             self.conns.clear();
             self.home = None;
             self.timer = None;
@@ -496,12 +469,18 @@ impl Transform for CassandraSinkCluster {
     }
 
     fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_heartbeat(cx);
         if self.ready.is_empty() {
             self.poll_connections(cx);
         }
         if !self.ready.is_empty() {
             return Poll::Ready(());
         }
-        self.poll_read_timeout(cx)
+        let timed_out = self.poll_read_timeout(cx);
+        // A node connection dropped for its silence may have failed requests of the client.
+        if !self.ready.is_empty() {
+            return Poll::Ready(());
+        }
+        timed_out
     }
 }

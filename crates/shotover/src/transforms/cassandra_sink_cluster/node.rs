@@ -76,6 +76,8 @@ pub struct NodeConn {
     /// When the connection was opened: one that fails soon after is a sign of a node going
     /// down, one that served a while and then broke is reopened at once.
     pub opened_at: Instant,
+    /// When a request was last sent or answered.
+    last_active: Instant,
 }
 
 struct Held {
@@ -97,6 +99,7 @@ impl NodeConn {
             gate: None,
             held: VecDeque::new(),
             opened_at: Instant::now(),
+            last_active: Instant::now(),
         }
     }
 
@@ -167,6 +170,7 @@ impl NodeConn {
         let mut copy = frame.to_vec();
         header::set_stream_id(&mut copy, stream).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         self.conn.queue(&[Bytes::from(copy)])?;
+        self.last_active = Instant::now();
         Ok(stream)
     }
 
@@ -199,6 +203,7 @@ impl NodeConn {
     pub fn answered(&mut self, frame: &[u8]) -> Option<Pending> {
         let stream = header::stream_id(frame).ok()?;
         let pending = self.in_flight.remove(&stream)?;
+        self.last_active = Instant::now();
         if self.gate == Some(stream) {
             self.gate = None;
         }
@@ -209,8 +214,25 @@ impl NodeConn {
         self.conn.compression()
     }
 
+    /// Requests sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     pub fn is_idle(&self) -> bool {
         self.in_flight.is_empty() && self.held.is_empty()
+    }
+
+    /// How long the connection has had nothing in flight nor held; `None` while it has.
+    pub fn idle_for(&self, now: Instant) -> Option<std::time::Duration> {
+        self.is_idle().then(|| now.saturating_duration_since(self.last_active))
+    }
+
+    /// True when requests have waited `limit` or more, and every one of them is the proxy's
+    /// own ([`Purpose::Quiet`]): the node stopped answering, and no client waits on it yet.
+    pub fn silent_on_own_requests(&self, limit: std::time::Duration) -> bool {
+        let mut late = self.in_flight.values().filter(|p| p.sent_at.elapsed() >= limit).peekable();
+        late.peek().is_some() && late.all(|p| matches!(p.purpose, Purpose::Quiet))
     }
 
     /// When the oldest request still unanswered was sent.
@@ -266,6 +288,30 @@ mod tests {
         let mut body = vec![0u8; len];
         s.read_exact(&mut body).ok()?;
         Some([header.to_vec(), body].concat())
+    }
+
+    /// A connection with nothing in flight is idle; one whose only late request is the
+    /// proxy's own is silent, and not before the limit.
+    #[test]
+    fn idle_and_silent_connections_are_told() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        // The far end stands in for a node that accepts and never answers.
+        let node =
+            std::thread::spawn(move || listener.accept().map(|(s, _)| read_frame(&mut { s }, Duration::from_secs(2))));
+        on_a_core(move || async move {
+            let conn = CassandraConnection::connect(address, Duration::from_secs(5), None).await.unwrap();
+            let mut conn = NodeConn::new(conn);
+            assert!(conn.idle_for(Instant::now()).is_some());
+            let limit = Duration::from_millis(200);
+            conn.queue(&frame(false, 0, 0x05, &[]), Purpose::Quiet, Instant::now()).unwrap();
+            conn.flush().await.unwrap();
+            assert_eq!(conn.idle_for(Instant::now()), None);
+            assert!(!conn.silent_on_own_requests(limit), "not before the limit");
+            crate::rt::sleep(limit).await;
+            assert!(conn.silent_on_own_requests(limit));
+        });
+        assert!(node.join().unwrap().is_ok_and(|f| f.is_some_and(|f| f[4] == 0x05)), "the OPTIONS reached the node");
     }
 
     /// A query queued behind a USE reaches the node only after the node answered the USE

@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// Requests in flight on a connection's replica below which its routed requests all go to
+/// that replica (see [`Shared::replicas_first`]). With more, the connection keeps the node
+/// busy anyway, and its requests are shared out over every replica in turn: one client
+/// connection carrying a heavy concurrent load does not load one coordinator alone.
+const AFFINITY_MAX_IN_FLIGHT: usize = 8;
+
 /// Appends the nodes of `more` not in `list` yet.
 pub(super) fn append_new(list: &mut Vec<SocketAddr>, more: impl IntoIterator<Item = SocketAddr>) {
     for node in more {
@@ -42,7 +48,11 @@ impl CassandraSinkCluster {
             _ if self.session.startup.is_none() => self.candidates(&Target::Home),
             _ if !shared.ring_known.get() => before_topology(),
             Target::Replicas(replicas) => {
-                let mut out = shared.replicas_first(replicas, self.affinity);
+                // A connection with few requests in flight keeps them on its replica; a busier
+                // one spreads them over every replica in turn, to share the load.
+                let lightly_loaded =
+                    |a: &SocketAddr| self.conns.get(a).is_none_or(|c| c.in_flight() < AFFINITY_MAX_IN_FLIGHT);
+                let mut out = shared.replicas_first(replicas, self.affinity.filter(lightly_loaded));
                 append_new(&mut out, shared.rotation(None));
                 out
             }
