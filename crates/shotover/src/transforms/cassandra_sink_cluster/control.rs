@@ -51,7 +51,7 @@ const RETRY: Duration = Duration::from_secs(1);
 /// how long the node has to answer one of its requests when the sink has no
 /// `read_timeout`: a control connection gone half-open (the node's host vanished, a
 /// firewall dropped it) is found and replaced, instead of leaving the ring unwatched.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(10);
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// The stream id of the control connection's own requests; events come on -1.

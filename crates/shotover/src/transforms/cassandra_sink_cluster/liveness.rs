@@ -7,7 +7,7 @@
 //! packets) is then noticed only by the next client request sent there, which waits the
 //! whole `read_timeout` and costs the client its connection. So with a `read_timeout`, an
 //! idle node connection gets an OPTIONS every `read_timeout` (at most every
-//! [`HEARTBEAT_AFTER`]), as drivers do, and a connection that leaves the proxy's own
+//! [`control::HEARTBEAT`], the control connection's period), as drivers do, and a connection that leaves the proxy's own
 //! requests (heartbeats, and the USE and PREPARE it sends to other nodes) unanswered past
 //! the `read_timeout` is dropped, to be opened again by the next request for its node. Only
 //! a client request unanswered past the `read_timeout` closes the client connection, as
@@ -15,15 +15,12 @@
 
 use super::*;
 
-/// The longest a node connection stays idle without a heartbeat (with a `read_timeout`).
-pub(super) const HEARTBEAT_AFTER: Duration = Duration::from_secs(10);
-
 impl CassandraSinkCluster {
     pub(super) fn oldest_sent(&self) -> Option<Instant> {
         self.conns.values().filter_map(NodeConn::oldest_sent).min()
     }
 
-    pub(super) fn timer_expired(&self) -> bool {
+    fn timer_expired(&self) -> bool {
         let Some(limit) = self.shared.read_timeout else { return false };
         self.oldest_sent().is_some_and(|oldest| oldest.elapsed() >= limit)
     }
@@ -47,17 +44,27 @@ impl CassandraSinkCluster {
             if Pin::new(timer).poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            self.drop_silent_connections();
-            if self.timer_expired() {
+            if self.client_request_late() {
                 return Poll::Ready(());
             }
             self.timer = None;
         }
     }
 
+    /// True when a client request has waited the `read_timeout`. A node connection late on
+    /// the proxy's own requests alone is dropped first (without closing the client
+    /// connection); the requests in flight are walked again only then.
+    pub(super) fn client_request_late(&mut self) -> bool {
+        if !self.timer_expired() {
+            return false;
+        }
+        self.drop_silent_connections();
+        self.timer_expired()
+    }
+
     /// Drops every node connection whose requests unanswered past the `read_timeout` are
     /// all the proxy's own: its client requests, if any, get a Server error.
-    pub(super) fn drop_silent_connections(&mut self) {
+    fn drop_silent_connections(&mut self) {
         let Some(limit) = self.shared.read_timeout else { return };
         let silent: Vec<SocketAddr> =
             self.conns.iter().filter(|(_, c)| c.silent_on_own_requests(limit)).map(|(a, _)| *a).collect();
@@ -67,10 +74,11 @@ impl CassandraSinkCluster {
     }
 
     /// Sends an OPTIONS on every node connection idle for the heartbeat period, each time
-    /// the period passes.
+    /// the period passes. Not before the client's STARTUP: until then the protocol version
+    /// of the session is not known, and a node refuses a frame of a version it lacks.
     pub(super) fn poll_heartbeat(&mut self, cx: &mut Context<'_>) {
-        let Some(limit) = self.shared.read_timeout else { return };
-        let every = limit.min(HEARTBEAT_AFTER);
+        let Some(limit) = self.shared.read_timeout.filter(|_| self.session.startup.is_some()) else { return };
+        let every = limit.min(control::HEARTBEAT);
         let timer = self.heartbeat.get_or_insert_with(|| Timer::new(every));
         if Pin::new(timer).poll(cx).is_pending() {
             return;

@@ -109,8 +109,9 @@ pub struct CassandraSinkCluster {
     home: Option<SocketAddr>,
     /// The replica the connection's first routed request went to, round robin: it goes
     /// first among its rack's replicas of every later partition it holds while the
-    /// connection has few requests in flight there (see [`Shared::replicas_first`]). Not the home node, which is a contact point for the
-    /// connections opened before the control connection read the ring.
+    /// connection has few requests in flight there (see [`Shared::replicas_first`]). Not
+    /// the home node, which is a contact point for the connections opened before the
+    /// control connection read the ring.
     affinity: Option<SocketAddr>,
     session: Session,
     ready: Vec<Message>,
@@ -425,10 +426,7 @@ impl CassandraSinkCluster {
 #[async_trait(?Send)]
 impl Transform for CassandraSinkCluster {
     async fn transform(&mut self, state: &mut ChainState<'_>) -> ChainResult {
-        if self.timer_expired() {
-            self.drop_silent_connections();
-        }
-        if self.timer_expired() {
+        if self.client_request_late() {
             self.conns.clear();
             self.home = None;
             self.timer = None;

@@ -213,8 +213,7 @@ impl Shared {
     }
 
     /// Up nodes of the local rack, then of the rest of the local data centre, each list
-    /// rotated round robin; `replicas` (node indexes) narrows them to those first, and
-    /// `prefer`, when in a list, goes first in it (see [`Shared::replicas_first`]).
+    /// rotated round robin; `replicas` (node indexes) narrows them to those first.
     pub(super) fn rotation(&self, replicas: Option<&[usize]>) -> Vec<SocketAddr> {
         self.rotation_preferring(replicas, None)
     }
@@ -230,6 +229,8 @@ impl Shared {
         self.rotation_preferring(Some(replicas), affinity)
     }
 
+    /// [`Shared::rotation`], with `prefer` first in its list (rack, or rest of the data
+    /// centre) when it is in one.
     fn rotation_preferring(&self, replicas: Option<&[usize]>, prefer: Option<SocketAddr>) -> Vec<SocketAddr> {
         let ring = self.ring.borrow();
         let turn = self.next_turn();
