@@ -122,5 +122,7 @@ fn valkey_cache_serves_reads_and_invalidates_on_writes() {
     // One per outage (two of them) and core that met it, not one per request (dozens failed):
     // a core whose connections saw no success between the two outages takes them as one.
     assert!((1..=4).contains(&warnings), "{warnings} warnings:\n{output}");
-    assert!(output.contains("ValkeyCache: the cache is back"), "{output}");
+    // The output is read by a thread of its own: wait for the line rather than read once.
+    let back = shotover.wait_for_log("ValkeyCache: the cache is back", Duration::from_secs(5));
+    assert!(back, "{}", shotover.output());
 }
