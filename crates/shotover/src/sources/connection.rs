@@ -91,7 +91,9 @@ async fn accept_tls(tcp: TcpStream, ctx: &ConnectionContext, peer: &str) -> Opti
         crate::rt::sleep(TLS_HANDSHAKE_TIMEOUT).await;
         Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
     };
-    match futures_lite::future::or(acceptor.accept(tcp), timed_out).await {
+    // Boxed, as the WebSocket upgrade below: the handshake's state would otherwise sit inline
+    // in every connection's task for the connection's whole life.
+    match Box::pin(futures_lite::future::or(acceptor.accept(tcp), timed_out)).await {
         Ok(tls) => Some(Stream::TlsServer(Box::new(tls))),
         Err(e) => {
             tracing::warn!(connection = %ctx.id, %peer, "TLS handshake failed: {e}");
@@ -109,7 +111,10 @@ async fn accept_websocket(stream: Stream, ctx: &ConnectionContext, peer: &str) -
         crate::rt::sleep(websocket::HANDSHAKE_TIMEOUT).await;
         Err("the client did not complete the WebSocket upgrade in time".to_string())
     };
-    match futures_lite::future::or(websocket::accept(stream, ctx.source.max_request_bytes), timed_out).await {
+    // Boxed: the upgrade's state (6 KB) would otherwise sit inline in every connection's
+    // task, WebSocket or not, for the connection's whole life (`serve` is one state machine
+    // as large as its largest await).
+    match Box::pin(futures_lite::future::or(websocket::accept(stream, ctx.source.max_request_bytes), timed_out)).await {
         Ok(ws) => Some(Stream::WebSocket(Box::new(ws))),
         Err(e) => {
             tracing::warn!(connection = %ctx.id, %peer, "{e}");
