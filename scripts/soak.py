@@ -306,10 +306,15 @@ def upstream_connections(servers):
 
 
 def rss_kib(pid):
+    """VmRSS, RssAnon and RssFile of `pid` in KiB: the heap and stacks are anonymous; the
+    binary's code and read-only data are file-backed pages, mapped the first time a code path
+    runs (a restart's error handling, say) and shared with every process of the same binary."""
+    fields = {}
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0])
+    return fields.get("VmRSS", 0), fields.get("RssAnon", 0), fields.get("RssFile", 0)
 
 
 def verify(servers, load):
@@ -430,7 +435,7 @@ def main():
                 (0.55, "Cassandra restart", servers.restart_cassandra), (0.7, "Kafka restart", servers.restart_kafka)]
         samples, events, start = [], [], time.time()
         csv = open(os.path.join(out, "samples.csv"), "w")
-        csv.write("seconds,pid,rss_kib,fds,upstream_connections\n")
+        csv.write("seconds,pid,rss_kib,anon_kib,file_kib,fds,upstream_connections\n")
         next_sample = 0
         while time.time() - start < total:
             t = time.time() - start
@@ -441,10 +446,11 @@ def main():
                 action()
             if t >= next_sample:
                 pid = proxy.pid()
-                sample = {"t": t, "pid": pid, "rss_kib": rss_kib(pid), "fds": len(os.listdir(f"/proc/{pid}/fd")),
-                          "upstream": upstream_connections(servers)}
+                rss, anon, file = rss_kib(pid)
+                sample = {"t": t, "pid": pid, "rss_kib": rss, "anon_kib": anon, "file_kib": file,
+                          "fds": len(os.listdir(f"/proc/{pid}/fd")), "upstream": upstream_connections(servers)}
                 samples.append(sample)
-                csv.write(f"{t:.0f},{pid},{sample['rss_kib']},{sample['fds']},{sample['upstream']}\n")
+                csv.write(f"{t:.0f},{pid},{rss},{anon},{file},{sample['fds']},{sample['upstream']}\n")
                 csv.flush()
                 print(f"  {t:6.0f} s: RSS {sample['rss_kib']} KiB, {sample['fds']} fds, "
                       f"{sample['upstream']} upstream connections", flush=True)
@@ -458,7 +464,10 @@ def main():
         # Growth after warm-up, for the proxy that ran last: from its third sample (20 s
         # after it started) to the end, as a user watching one process would measure it.
         last = [s for s in samples if s["pid"] == proxy.pid()][2:]
-        rss_growth = last[-1]["rss_kib"] - last[0]["rss_kib"] if len(last) > 1 else 0
+        def growth(key):
+            return last[-1][key] - last[0][key] if len(last) > 1 else 0
+
+        rss_growth = growth("rss_kib")
         # Each connection is a file descriptor, and clients come back at their own pace after
         # a restart: compare with the first sample after warm-up that had as many upstream
         # connections as the last one, so a leak shows and a reconnecting client does not.
@@ -474,7 +483,8 @@ def main():
         lines = [f"soak of {args.minutes} min, {datetime.datetime.now().isoformat(timespec='seconds')}",
                  f"events: {', '.join(f'{name} at {t:.0f} s' for t, name in events)}",
                  f"RSS of the last proxy after warm-up: {last[0]['rss_kib'] if last else 0} KiB -> "
-                 f"{last[-1]['rss_kib'] if last else 0} KiB ({rss_growth:+} KiB); file descriptors {fd_growth:+} "
+                 f"{last[-1]['rss_kib'] if last else 0} KiB ({rss_growth:+} KiB: anonymous {growth('anon_kib'):+}, "
+                 f"file-backed {growth('file_kib'):+}); file descriptors {fd_growth:+} "
                  f"at {last[-1]['upstream'] if last else 0} upstream connections",
                  f"RSS over the run: {min(s['rss_kib'] for s in samples)}-{max(s['rss_kib'] for s in samples)} KiB",
                  f"acknowledged: valkey {sum(sum(a) for a in load.acked['valkey'])}, cql {len(load.acked['cql'])}, "

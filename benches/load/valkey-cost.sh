@@ -8,6 +8,11 @@
 #   benches/load/valkey-cost.sh           # -c 50 -n 100000, -P 1 and 16, GET
 #   REQUESTS=20000 PIPELINES=1 benches/load/valkey-cost.sh
 #
+# A second table gives what the other side pays per request through each target (and
+# directly): the CPU time of valkey-benchmark and of valkey-server, which share CPU 0 and so
+# bound throughput at -P 1, how often the client calls epoll_wait per request (how many replies
+# each of its wake-ups finds), and how many commands Valkey reads per read.
+#
 # Instructions per request need hardware counters, which virtual machines often lack; the
 # script prints them when `perf stat -e instructions` works and "-" otherwise.
 set -euo pipefail
@@ -69,6 +74,14 @@ perf stat -e instructions -- true 2>&1 | grep -q "not supported" && HW=0
 EVENTS="raw_syscalls:sys_enter,context-switches,task-clock"
 [ "$HW" = 1 ] && EVENTS="$EVENTS,instructions"
 
+# `per_request FILE N EVENT [SCALE [FORMAT]]`: EVENT's count in perf stat's CSV output FILE,
+# times SCALE, per request; "-" when perf could not count it.
+per_request() {
+  awk -F, -v e="$3" -v n="$2" -v s="${4:-1}" -v fmt="${5:-%.2f}" \
+    '$3 == e && $1 ~ /^[0-9.]+$/ {v = $1} END {if (v == "") print "-"; else printf fmt "\n", v * s / n}' "$1"
+}
+commas() { awk -v v="$1" 'BEGIN {s = sprintf("%.0f", v); t = ""; while (length(s) > 3) {t = "," substr(s, length(s) - 2) t; s = substr(s, 1, length(s) - 3)} print s t}'; }
+
 echo "| -P | target | syscalls / request | context switches / request | CPU µs / request | instructions / request | requests/s |"
 echo "|---|---|---|---|---|---|---|"
 for pipeline in $PIPELINES; do
@@ -81,24 +94,32 @@ for pipeline in $PIPELINES; do
     PERF=$!; sleep 0.3
     rps=$(taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n "$n" -P "$pipeline" -t "$TEST" --csv -q 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f2)
     kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true
-    python3 - "$WORK/perf-$name" "$n" "$pipeline" "$name" "$rps" <<'PY'
-import sys
-path, n, pipeline, name, rps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-vals = {}
-for line in open(path):
-    parts = line.strip().split(",")
-    if len(parts) > 2 and parts[0] and not line.startswith("#"):
-        try:
-            vals[parts[2]] = float(parts[0])
-        except ValueError:
-            pass
-sc = vals.get("raw_syscalls:sys_enter")
-cs = vals.get("context-switches")
-ms = vals.get("task-clock")  # milliseconds
-ins = vals.get("instructions")
-f = lambda v, scale=1, fmt="{:.2f}": fmt.format(v * scale / n) if v is not None else "-"
-print(f"| {pipeline} | {name} | {f(sc)} | {f(cs)} | {f(ms, 1000)} | {f(ins, 1, '{:,.0f}')} | {float(rps):,.0f} |")
-PY
+    echo "| $pipeline | $name | $(per_request "$WORK/perf-$name" "$n" raw_syscalls:sys_enter) | $(per_request "$WORK/perf-$name" "$n" context-switches) | $(per_request "$WORK/perf-$name" "$n" task-clock 1000) | $(per_request "$WORK/perf-$name" "$n" instructions 1 %.0f) | $(commas "$rps") |"
+  done
+done
+
+# The other side: valkey-benchmark's CPU time and epoll_wait calls (perf stat on it), and
+# valkey-server's CPU time and commands per read (its /proc ticks and INFO stats).
+echo
+echo "| -P | target | client CPU µs / request | client epoll_wait / request | Valkey CPU µs / request | Valkey commands / read | requests/s |"
+echo "|---|---|---|---|---|---|---|"
+VALKEY_PID=${PIDS[0]}
+HZ=$(getconf CLK_TCK)
+stats() { valkey-cli -p "$VALKEY" info stats | tr -d '\r' | awk -F: '/^total_commands_processed|^total_reads_processed/ {printf "%s ", $2}'; }
+for pipeline in $PIPELINES; do
+  n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
+  for target in "direct:$VALKEY:" $TARGETS; do
+    IFS=: read -r name port pid <<<"$target"
+    taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n 10000 -P "$pipeline" -t "$TEST" -q >/dev/null 2>&1
+    read -r cmds0 reads0 <<<"$(stats)"
+    ticks0=$(awk '{print $14 + $15}' "/proc/$VALKEY_PID/stat")
+    rps=$(perf stat -x, -e syscalls:sys_enter_epoll_wait,task-clock -o "$WORK/client-$name" -- \
+      taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n "$n" -P "$pipeline" -t "$TEST" --csv -q 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f2)
+    ticks1=$(awk '{print $14 + $15}' "/proc/$VALKEY_PID/stat")
+    read -r cmds1 reads1 <<<"$(stats)"
+    per_read=-; [ $((reads1 - reads0)) -gt 0 ] && per_read=$(awk -v c=$((cmds1 - cmds0)) -v r=$((reads1 - reads0)) 'BEGIN {printf "%.1f", c / r}')
+    valkey_us=$(awk -v t=$((ticks1 - ticks0)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.2f", t * 1000000 / hz / n}')
+    echo "| $pipeline | $name | $(per_request "$WORK/client-$name" "$n" task-clock 1000) | $(per_request "$WORK/client-$name" "$n" syscalls:sys_enter_epoll_wait) | $valkey_us | $per_read | $(commas "$rps") |"
   done
 done
 
@@ -119,7 +140,6 @@ done
 sleep 10
 for p in "${PERFS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
 wait "${PERFS[@]}" 2>/dev/null || true
-HZ=$(getconf CLK_TCK)
 for target in $TARGETS; do
   IFS=: read -r name port pid <<<"$target"
   ms=$(( ($(ticks "$pid") - ${BEFORE[$name]}) * 1000 / HZ ))

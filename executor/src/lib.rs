@@ -4,6 +4,7 @@
 //! - [`listener`]: SO_REUSEPORT listeners, one per source per worker core, bound up front so
 //!   that a port held by another process is a startup error rather than silent sharing.
 //! - [`control`]: the control core's thread, which runs global periodic jobs.
+//! - [`memory`]: the allocator's settings, so that freed memory goes back to the kernel.
 //! - [`fd_handoff`]: hands listening sockets to a new instance over a unix socket.
 //! - [`shutdown`]: a per-core signal that tells connection tasks to finish and close.
 //! - [`runtime`]: starts one pinned glommio executor per worker CPU and runs the per-core
@@ -16,6 +17,7 @@ pub mod cores;
 pub mod fd_handoff;
 pub mod io;
 pub mod listener;
+pub mod memory;
 pub mod rt;
 pub mod runtime;
 pub mod shutdown;

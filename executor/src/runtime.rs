@@ -194,6 +194,7 @@ impl Workers {
         factory: WorkerFactory,
     ) -> Result<Workers> {
         watch_worker_panics();
+        crate::memory::return_large_frees_to_the_kernel();
         let commands = Arc::new(Commands::default());
         let running = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicUsize::new(0));
