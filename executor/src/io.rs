@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 
 /// Bytes read by one call: the size of the per-core scratch buffer.
 const READ_SIZE: usize = 64 * 1024;
+/// The capacity an empty buffer may keep: glibc's mmap threshold (see [`crate::memory`]), so
+/// a larger buffer, once dropped, goes straight back to the kernel.
+pub const KEEP_CAPACITY: usize = 128 * 1024;
 /// Empty non-blocking reads a connection makes before it arms a readiness wait.
 pub const SPIN_READS: u32 = 256;
 /// A core counts as busy when any of its sockets received data this recently.
@@ -271,6 +274,7 @@ impl ReadBuffer {
         cx: &mut Context<'_>,
         mode: ReadMode,
     ) -> Poll<io::Result<usize>> {
+        self.release_if_large();
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let spin_fd = stream.spin_fd().filter(|_| mode == ReadMode::Spin);
@@ -302,6 +306,15 @@ impl ReadBuffer {
             }
             result
         })
+    }
+
+    /// Drops an empty buffer that once grew past [`KEEP_CAPACITY`] (a large request or reply):
+    /// a `BytesMut` keeps its capacity, so one 1 MiB Kafka batch would otherwise stay resident
+    /// for the connection's whole life. The next read starts a small one.
+    pub fn release_if_large(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// [`ReadBuffer::poll_fill`] for an upstream connection, where end of stream is an error:
@@ -351,6 +364,21 @@ impl ReadBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_buffer_that_grew_large_is_let_go_and_a_small_or_busy_one_is_kept() {
+        let mut read = ReadBuffer::default();
+        read.buf.reserve(KEEP_CAPACITY * 8);
+        read.buf.extend_from_slice(b"a request still being read");
+        read.release_if_large();
+        assert!(read.buf.capacity() > KEEP_CAPACITY, "bytes not yet decoded are kept");
+        read.buf.clear();
+        read.release_if_large();
+        assert_eq!(read.buf.capacity(), 0, "an empty large buffer is released");
+        read.buf.reserve(1024);
+        read.release_if_large();
+        assert!(read.buf.capacity() >= 1024, "a small buffer is reused");
+    }
 
     #[test]
     fn a_core_that_waits_for_its_cpu_stops_spinning_for_the_backoff_then_looks_afresh() {
