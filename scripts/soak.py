@@ -305,7 +305,7 @@ def upstream_connections(servers):
     return n
 
 
-def rss_kib(pid):
+def memory_kib(pid):
     """VmRSS, RssAnon and RssFile of `pid` in KiB: the heap and stacks are anonymous; the
     binary's code and read-only data are file-backed pages, mapped the first time a code path
     runs (a restart's error handling, say) and shared with every process of the same binary."""
@@ -446,7 +446,7 @@ def main():
                 action()
             if t >= next_sample:
                 pid = proxy.pid()
-                rss, anon, file = rss_kib(pid)
+                rss, anon, file = memory_kib(pid)
                 sample = {"t": t, "pid": pid, "rss_kib": rss, "anon_kib": anon, "file_kib": file,
                           "fds": len(os.listdir(f"/proc/{pid}/fd")), "upstream": upstream_connections(servers)}
                 samples.append(sample)

@@ -247,6 +247,15 @@ pub fn peer_closed(fd: RawFd) -> bool {
     }
 }
 
+/// Drops `buf` when it is empty and once grew past [`KEEP_CAPACITY`] (a large request or
+/// answer): a `BytesMut` keeps its capacity, so one 1 MiB Kafka batch would otherwise stay
+/// resident for the connection's whole life. The next use starts a small one.
+pub fn release_if_large(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::new();
+    }
+}
+
 /// Whether a read may busy-poll while the core is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -308,13 +317,9 @@ impl ReadBuffer {
         })
     }
 
-    /// Drops an empty buffer that once grew past [`KEEP_CAPACITY`] (a large request or reply):
-    /// a `BytesMut` keeps its capacity, so one 1 MiB Kafka batch would otherwise stay resident
-    /// for the connection's whole life. The next read starts a small one.
+    /// [`release_if_large`] for the receive buffer.
     pub fn release_if_large(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
-            self.buf = BytesMut::new();
-        }
+        release_if_large(&mut self.buf);
     }
 
     /// [`ReadBuffer::poll_fill`] for an upstream connection, where end of stream is an error:

@@ -4,9 +4,10 @@
 //! free, but each such free raises that threshold (up to 32 MiB) and the trim threshold with
 //! it. After one burst of large buffers (a Kafka producer flushing its backlog when a broker
 //! comes back: batches of up to 1 MiB), every later large buffer comes from the worker's
-//! arena instead, and what is freed there stays resident. Measured with `scripts/soak`: a
-//! Kafka restart left the proxy 1.36 MiB larger for good (1.5 MiB over the run); with the
-//! thresholds fixed at their defaults, 0.2 MiB (0.4 MiB over the run).
+//! arena instead, and what is freed there stays resident. Measured with `scripts/soak`
+//! (anonymous memory, growth after warm-up): a Kafka restart left the proxy 1.36 MiB larger
+//! for good (1.54 MiB over the run); with the thresholds fixed, 0.74-0.85 MiB over the run,
+//! of which 0.5-0.6 MiB still comes at the Kafka restart (docs/testing.md, Soak).
 
 /// Fixes glibc's mmap and trim thresholds at 128 KiB, so that large buffers are unmapped when
 /// freed and free memory at the top of a heap is returned, however large earlier buffers were.

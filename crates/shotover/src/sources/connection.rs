@@ -314,10 +314,7 @@ fn poll_write_out<C>(client: &mut Client<C>, stream: &mut Stream, cx: &mut Conte
     }
     let flushed = std::task::ready!(Pin::new(&mut *stream).poll_flush(cx));
     client.unflushed = false;
-    if client.out.capacity() > shotover_executor::io::KEEP_CAPACITY {
-        // Written out: a large answer's buffer goes back rather than stay for the connection's life.
-        client.out = BytesMut::new();
-    }
+    shotover_executor::io::release_if_large(&mut client.out);
     Poll::Ready(flushed)
 }
 

@@ -86,7 +86,8 @@ impl CassandraSinkCluster {
         let now = Instant::now();
         let idle: Vec<SocketAddr> =
             self.conns.iter().filter(|(_, c)| c.idle_for(now).is_some_and(|d| d >= every)).map(|(a, _)| *a).collect();
-        if let Some(options) = self.own_frame(CassandraBody::Options).filter(|_| !idle.is_empty()) {
+        let options = if idle.is_empty() { None } else { self.own_frame(CassandraBody::Options) };
+        if let Some(options) = options {
             for node in idle {
                 let queued = self.conns.get_mut(&node).map(|c| c.queue(&options, Purpose::Quiet, now));
                 if let Some(Err(e)) = queued {
