@@ -11,7 +11,9 @@ PHASE is one of:
   statements, USE, BATCH, TRUNCATE, paging over 10,000 rows, and reads racing writes;
 - prime V: caches kv 'o' = V (and shows it is cached);
 - outage V: with Valkey down or stalled, writes kv 'o' = V and reads it back;
-- after V: with Valkey back (with its old data), reads kv 'o' for 3 s: only ever V.
+- after V: with Valkey back (with its old data), reads kv 'o' for 3 s: only ever V;
+- spread V: reads kv 'o' once on each of 12 new connections, so that every core of the
+  proxy (the kernel places each connection by a hash) serves one with high likelihood.
 Prints `key=value` lines for the test to assert on.
 """
 import random
@@ -203,5 +205,13 @@ elif phase == "after":
         seen.add(one(proxy, get_kv, ("o",)))
         time.sleep(0.02)
     print("after_outage=%s" % sorted(seen))
+
+elif phase == "spread":
+    seen = set()
+    for _ in range(12):
+        session = connect(proxy_port)
+        seen.add(one(session, "SELECT v FROM %s.kv WHERE k = 'o'" % ks))
+        session.cluster.shutdown()
+    print("spread=%s" % sorted(seen))
 
 print("done")
