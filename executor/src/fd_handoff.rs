@@ -325,6 +325,7 @@ mod tests {
         let taken = TcpListener::from(fds.into_iter().next().unwrap());
         let _client = std::net::TcpStream::connect(addr).unwrap();
         assert!(taken.accept().is_ok());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
@@ -338,5 +339,6 @@ mod tests {
         let server = Server::bind(&path).unwrap();
         assert!(Server::bind(&path).is_err(), "a live socket is not replaced");
         drop(server);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
