@@ -1,8 +1,9 @@
 //! A TCP fault proxy for tests (issue 16): it sits between Shotover and a real server,
 //! forwards bytes both ways, and on demand delays them, stalls them, cuts connections in
-//! the middle of a server's answer, or drops connections silently (half-open: nothing
-//! flows any more, and nothing closes). It is a test tool, not a test double: the server
-//! behind it is real.
+//! the middle of a server's answer, drops connections silently (half-open: nothing
+//! flows any more, and nothing closes), or goes down (every connection closed, new ones
+//! refused) and comes back. It is a test tool, not a test double: the server behind it is
+//! real.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -30,6 +31,8 @@ struct Shared {
     cut: AtomicBool,
     /// Connections accepted so far.
     accepted: AtomicU64,
+    /// Down: connections are closed and refused, as if the server had stopped.
+    down: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -54,13 +57,28 @@ impl FaultProxy {
             generation: AtomicU64::new(0),
             cut: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            down: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let accept_shared = shared.clone();
         listener.set_nonblocking(true).expect("fault proxy: nonblocking listener");
+        let listen = listener.local_addr().expect("fault proxy: local address");
+        let mut listener = Some(listener);
         std::thread::spawn(move || {
             while !accept_shared.stop.load(Ordering::Acquire) {
-                match listener.accept() {
+                // Down, nothing listens (connections are refused); back up, the same port
+                // is bound again.
+                if accept_shared.down.load(Ordering::Acquire) {
+                    listener = None;
+                } else if listener.is_none() {
+                    listener = TcpListener::bind(listen).ok();
+                    listener.iter().for_each(|l| l.set_nonblocking(true).expect("fault proxy: nonblocking listener"));
+                }
+                let Some(accepting) = listener.as_ref() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                match accepting.accept() {
                     Ok((client, _)) => {
                         accept_shared.accepted.fetch_add(1, Ordering::AcqRel);
                         let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
@@ -113,6 +131,19 @@ impl FaultProxy {
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Down: every connection closes at once and new ones are refused, as when the server
+    /// stops; `false` brings it back on the same port.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::Release);
+    }
+
+    /// Down for `how_long`, then back: a server restart, as its clients see it.
+    pub fn restart(&self, how_long: Duration) {
+        self.set_down(true);
+        std::thread::sleep(how_long);
+        self.set_down(false);
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Acquire)
@@ -142,6 +173,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, generation: u64
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
+        }
+        if shared.down.load(Ordering::Acquire) {
+            reset(&to);
+            reset(&from);
+            return;
         }
         let n = match from.read(&mut buf) {
             Ok(0) => break,

@@ -89,7 +89,7 @@
 //!   ```
 //!
 //!   A sink that can answer each request with an error of its protocol does so instead
-//!   (`-ERR`, an ERROR frame, NETWORK_EXCEPTION) and returns `Ok`: the connection and the
+//!   (`-ERR`, an ERROR frame, REQUEST_TIMED_OUT) and returns `Ok`: the connection and the
 //!   rest of the batch carry on. [`TransformConfig::validate`] and [`TransformConfig::build`]
 //!   are not chain runs: their errors are `anyhow` errors, reported at startup.
 

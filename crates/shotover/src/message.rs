@@ -257,7 +257,7 @@ impl Message {
     ///   `Upstream`, Overloaded for `Overloaded`;
     /// - Kafka: the request's own response type with an error code everywhere the client
     ///   reads one: POLICY_VIOLATION for `Refused`, THROTTLING_QUOTA_EXCEEDED for
-    ///   `Overloaded`, NETWORK_EXCEPTION for `Upstream`. A request that gets no response
+    ///   `Overloaded`, REQUEST_TIMED_OUT for `Upstream` (see `kafka::error_response`). A request that gets no response
     ///   (Produce with acks=0) gets none: check [`Message::expects_response`]. A request
     ///   whose response has no place for an error gets an empty message, on which the
     ///   source closes the connection (the client then retries on a new one).
@@ -268,7 +268,7 @@ impl Message {
                 let code = match kind {
                     ProxyError::Refused => kafka::error_response::POLICY_VIOLATION,
                     ProxyError::Overloaded => kafka::error_response::THROTTLING_QUOTA_EXCEEDED,
-                    ProxyError::Upstream => kafka::error_response::NETWORK_EXCEPTION,
+                    ProxyError::Upstream => kafka::error_response::UPSTREAM_UNAVAILABLE,
                 };
                 let raw = request.raw.as_ref().map(|raw| kafka::safe_error::safe_error_response(raw, code));
                 let bytes = match raw {

@@ -395,7 +395,7 @@ fn kafka_single_read_timeout_closes_clients_of_a_silent_broker_and_recovers() {
     let mut c = connect();
     c.write_all(&api_versions(3)).unwrap();
     assert_eq!(kafka_response(&mut c), Some((3, 0)), "served after the fault");
-    // A cut in the middle of the answer: an error response (NETWORK_EXCEPTION) or a close.
+    // A cut in the middle of the answer: an error response (REQUEST_TIMED_OUT) or a close.
     fault.cut_mid_answer();
     c.write_all(&api_versions(4)).unwrap();
     match kafka_response(&mut c) {

@@ -49,7 +49,7 @@ fn outputs(proxies: &[Shotover]) -> String {
 /// read back, and a fresh load afterwards is all acknowledged and read.
 #[test]
 fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
-    use crate::kafka_cluster::{every_acknowledged_record_was_read, start_load};
+    use crate::kafka_cluster::{every_acknowledged_record_was_read, every_record_sent_was_acknowledged, start_load};
     use shotover_integration_tests::fault_proxy::{delays_stall_cuts_then_silence, FaultProxy};
     let kafka = shared_kafka();
     // A port free on every broker's address, for the fault proxies.
@@ -72,8 +72,11 @@ fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
         .collect();
     let (load, _marker) = start_load(&kafka, port, 24);
     delays_stall_cuts_then_silence(&faults, Duration::from_secs(2), 1, Duration::from_secs(2), Some(2));
+    std::thread::sleep(Duration::from_secs(4));
+    faults[0].restart(Duration::from_secs(3));
     let out = load.join().expect("the load thread");
     eprintln!("under faults: {}", out.lines().filter(|l| l.contains('=')).collect::<Vec<_>>().join("; "));
+    every_record_sent_was_acknowledged(&out, &proxies[0]);
     every_acknowledged_record_was_read(&out, &proxies[0]);
     assert!(faults.iter().all(|f| f.accepted() > 1), "every broker was reached through its fault proxy");
     let timed_out = |p: &Shotover| p.wait_for_log("within the read_timeout of 3s", Duration::from_secs(1));

@@ -170,7 +170,7 @@ fn cql_requests_over_the_limit_get_overloaded() {
 fn kafka_requests_over_the_limit_get_throttling_quota_exceeded_in_order() {
     use std::io::{Read, Write};
     let port = free_port();
-    // Admitted requests reach a broker port where nothing listens: NETWORK_EXCEPTION (13).
+    // Admitted requests reach a broker port where nothing listens: REQUEST_TIMED_OUT (7).
     // Refused ones get THROTTLING_QUOTA_EXCEEDED (89) with a throttle time.
     let topology = format!(
         "---\nsources:\n  - Kafka:\n      name: \"kafka\"\n      listen_addr: \"127.0.0.1:{port}\"\n      chain:\n        - RequestThrottling:\n            max_requests_per_second: 50\n        - KafkaSinkSingle:\n            destination_port: {}\n            connect_timeout_ms: 1000\n",

@@ -20,7 +20,7 @@
 //!   Produce requests in flight) reach the broker while it works on earlier ones, as they
 //!   would without the proxy. A run with `ChainState::complete` waits for every answer.
 //! - A broker that cannot be reached, or a connection lost before the response, gets the
-//!   request's response type with NETWORK_EXCEPTION, counted in `failed_requests`; the next
+//!   request's response type with REQUEST_TIMED_OUT, counted in `failed_requests`; the next
 //!   request connects again. With `read_timeout`, a response later than that many seconds
 //!   closes the client connection.
 
@@ -151,7 +151,7 @@ impl KafkaSinkSingle {
             .collect()
     }
 
-    /// The connection is gone: every request in flight gets NETWORK_EXCEPTION, in order.
+    /// The connection is gone: every request in flight gets REQUEST_TIMED_OUT, in order.
     fn fail_in_flight(&mut self, error: &ChainError) {
         self.connection = None;
         self.timer = None;

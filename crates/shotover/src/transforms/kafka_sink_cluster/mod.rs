@@ -30,7 +30,8 @@
 //! The cluster's metadata is shared by the connections of a core ([`metadata`]); what the
 //! proxy asks itself goes over a connection of its own per client. Errors saying a leader
 //! or coordinator moved make the proxy forget it, and pass to the client, which retries.
-//! A broker that fails takes the requests waiting on it down with NETWORK_EXCEPTION.
+//! A broker that fails takes the requests waiting on it down with REQUEST_TIMED_OUT
+//! (the outcome is unknown; every client retries it).
 
 mod answers;
 mod broker;
