@@ -98,6 +98,9 @@ pub struct Message {
     /// True for a message the upstream sent unasked (a pub/sub message, a RESP3 push,
     /// MONITOR output): it answers no request.
     pushed: bool,
+    /// True for an answer after which the source closes the client connection (see
+    /// [`Message::close_after`]).
+    close_after: bool,
     /// [`Message::valkey_request`] worked out once (several transforms and the sink ask):
     /// the name's offset and length in `raw`, and the argument count; `Some(None)` when the
     /// bytes are not a command.
@@ -119,6 +122,7 @@ impl Message {
             request_id: None,
             received_at: Some(received_at),
             pushed: false,
+            close_after: false,
             valkey_view: Cell::new(None),
         }
     }
@@ -135,6 +139,18 @@ impl Message {
     /// upstream sent them; whoever pairs responses with requests skips them.
     pub fn is_pushed(&self) -> bool {
         self.pushed
+    }
+
+    /// Marks an answer after which the client connection is closed, as the server's
+    /// would be: the client's own reconnect back-off then paces its retries. (The Kafka
+    /// source honours it; a sink that cannot reach its broker answers so.)
+    pub fn close_after(mut self) -> Self {
+        self.close_after = true;
+        self
+    }
+
+    pub fn closes_connection(&self) -> bool {
+        self.close_after
     }
 
     /// The answer to a Valkey request whose reply the client must not see (`CLIENT REPLY
@@ -180,6 +196,7 @@ impl Message {
             request_id: None,
             received_at: None,
             pushed: false,
+            close_after: false,
             valkey_view: Cell::new(None),
         }
     }

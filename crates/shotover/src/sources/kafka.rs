@@ -59,6 +59,8 @@ impl SourceCodec for KafkaCodec {
                 tracing::warn!(%connection, "a Kafka request could not be answered: closing the connection");
                 self.broken = true;
             }
+            // The sink has logged why (its broker cannot be reached).
+            self.broken |= response.closes_connection();
             self.waiting.pop_front();
             if let Err(e) = response.encode_into(out) {
                 tracing::error!(%connection, "cannot encode a response: {e}");

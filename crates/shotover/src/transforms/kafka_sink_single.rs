@@ -21,7 +21,8 @@
 //!   would without the proxy. A run with `ChainState::complete` waits for every answer.
 //! - A broker that cannot be reached, or a connection lost before the response, gets the
 //!   request's response type with REQUEST_TIMED_OUT, counted in `failed_requests`; the next
-//!   request connects again. With `read_timeout`, a response later than that many seconds
+//!   request connects again. A broker that cannot be reached also closes the client
+//!   connection after those answers, as the broker's own refusal would. With `read_timeout`, a response later than that many seconds
 //!   closes the client connection.
 
 use crate::chain::{
@@ -271,9 +272,15 @@ impl Transform for KafkaSinkSingle {
                 match self.connect().await {
                     Ok(conn) => self.connection = Some(conn),
                     Err(e) => {
-                        crate::warn_limited!("{e}");
+                        crate::warn_limited!("{e}, closing the client connection");
                         let text = format!("shotover: {e}");
                         let mut failed = self.fail(&requests, &text);
+                        // Closed, as a client connecting to a broker that is down would be:
+                        // its reconnect back-off paces it. Kept open, a consumer re-sent its
+                        // Fetch as fast as it was answered (10,000 a second).
+                        if let Some(last) = failed.pop() {
+                            failed.push(last.close_after());
+                        }
                         self.ready.append(&mut failed);
                         return Ok(std::mem::take(&mut self.ready));
                     }
@@ -370,6 +377,28 @@ mod tests {
         });
         assert_eq!((side, retry, close), (Side::Upstream, Retry::Safe, false));
         assert!(text.starts_with(&format!("cannot connect to the Kafka broker {address}: ")), "{text}");
+    }
+
+    #[test]
+    fn an_unreachable_broker_answers_request_timed_out_then_closes_the_client_connection() {
+        // ApiVersions v1, correlation ids 1 and 2, no client id.
+        let request = |id: u8| [0, 0, 0, 10, 0, 18, 0, 1, 0, 0, 0, id, 0xff, 0xff];
+        let requests: Vec<Message> = (1..=2)
+            .map(|id| Message::from_bytes(Bytes::copy_from_slice(&request(id)), Protocol::Kafka, Instant::now()))
+            .collect();
+        let address = closed_port();
+        let answers = on_a_core(move || async move {
+            let mut sink = sink(address, None);
+            let answers = sink.transform(&mut ChainState::last(requests)).await.expect("answered");
+            answers
+                .into_iter()
+                .map(|a| (a.raw().cloned().unwrap_or_default(), a.closes_connection()))
+                .collect::<Vec<_>>()
+        });
+        // Length, correlation id, then the error code.
+        let codes: Vec<(u8, i16, bool)> =
+            answers.iter().map(|(raw, close)| (raw[7], i16::from_be_bytes([raw[8], raw[9]]), *close)).collect();
+        assert_eq!(codes, vec![(1, 7, false), (2, 7, true)], "REQUEST_TIMED_OUT for each, the close after the last");
     }
 
     #[test]
