@@ -61,6 +61,7 @@ impl CassandraConnection {
             }
             bytes::Buf::advance(&mut self.out, n);
         }
+        shotover_executor::io::release_if_large(&mut self.out);
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 

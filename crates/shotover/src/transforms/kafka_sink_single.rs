@@ -309,6 +309,10 @@ impl Transform for KafkaSinkSingle {
                 Some(conn) => conn.write_all(&self.write_buf).await,
                 None => Err(std::io::Error::other("not connected")),
             };
+            // A producer's backlog after a broker restart comes in 1 MB requests: kept, the
+            // buffer would hold that much for the connection's life.
+            self.write_buf.clear();
+            shotover_executor::io::release_if_large(&mut self.write_buf);
             if let Err(e) = written {
                 crate::warn_limited!("sending to the Kafka broker {} failed: {e}", self.upstream.address);
                 // Part of the batch may have been written: retry-unsafe.
@@ -399,6 +403,28 @@ mod tests {
         let codes: Vec<(u8, i16, bool)> =
             answers.iter().map(|(raw, close)| (raw[7], i16::from_be_bytes([raw[8], raw[9]]), *close)).collect();
         assert_eq!(codes, vec![(1, 7, false), (2, 7, true)], "REQUEST_TIMED_OUT for each, the close after the last");
+    }
+
+    #[test]
+    fn a_large_request_leaves_no_large_buffer_behind() {
+        // A broker that reads everything and answers nothing.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = std::io::copy(&mut s, &mut std::io::sink());
+        });
+        // ApiVersions v1 with 1 MiB of padding after its header.
+        let mut raw = vec![0, 16, 0, 10, 0, 18, 0, 1, 0, 0, 0, 1, 0xff, 0xff];
+        raw.resize(4 + (1 << 20) + 10, 0);
+        let request = Message::from_bytes(Bytes::from(raw), Protocol::Kafka, Instant::now());
+        let (capacity, in_flight) = on_a_core(move || async move {
+            let mut sink = sink(address, None);
+            sink.transform(&mut ChainState::last(vec![request])).await.expect("written");
+            (sink.write_buf.capacity(), sink.in_flight.len())
+        });
+        assert_eq!(in_flight, 1, "the request was written and waits");
+        assert!(capacity <= shotover_executor::io::KEEP_CAPACITY, "{capacity} bytes kept");
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl BrokerConn {
         }
         let result = self.conn.write_all(&self.out).await;
         self.out.clear();
+        shotover_executor::io::release_if_large(&mut self.out);
         result
     }
 

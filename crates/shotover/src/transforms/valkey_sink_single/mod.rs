@@ -375,6 +375,8 @@ impl ValkeySinkSingle {
                 Err(e) => Err(e),
             };
             self.write_buf = write_buf;
+            self.write_buf.clear();
+            shotover_executor::io::release_if_large(&mut self.write_buf);
             if let Some(at) = requests.first().and_then(|r| r.received_at()) {
                 self.source_to_sink.observe(at.elapsed().as_secs_f64());
             }
