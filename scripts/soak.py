@@ -317,6 +317,16 @@ def memory_kib(pid):
     return fields.get("VmRSS", 0), fields.get("RssAnon", 0), fields.get("RssFile", 0)
 
 
+def save_smaps(out, pid, label):
+    """The proxy's memory map with each mapping's resident and anonymous size: diffing two of
+    them shows where RSS grew (an allocator arena, a thread's stack, the binary's pages)."""
+    try:
+        with open(f"/proc/{pid}/smaps") as src, open(os.path.join(out, f"smaps-{label}.txt"), "w") as dst:
+            dst.write(src.read())
+    except OSError:
+        pass
+
+
 def verify(servers, load):
     """Reads every acknowledged write back straight from the servers; returns what is missing."""
     missing = {}
@@ -442,6 +452,7 @@ def main():
             if plan and t >= plan[0][0] * total:
                 _, name, action = plan.pop(0)
                 print(f"  {t:6.0f} s: {name}", flush=True)
+                save_smaps(out, proxy.pid(), f"{t:.0f}s-before-{name.replace(' ', '-')}")
                 events.append((t, name))
                 action()
             if t >= next_sample:
@@ -456,6 +467,7 @@ def main():
                       f"{sample['upstream']} upstream connections", flush=True)
                 next_sample += SAMPLE_EVERY
             time.sleep(0.2)
+        save_smaps(out, proxy.pid(), "end")
         stop.set()
         for w in workers:
             w.join(120)

@@ -7,7 +7,11 @@
 //! arena instead, and what is freed there stays resident. Measured with `scripts/soak`
 //! (anonymous memory, growth after warm-up): a Kafka restart left the proxy 1.36 MiB larger
 //! for good (1.54 MiB over the run); with the thresholds fixed, 0.74-0.85 MiB over the run,
-//! of which 0.5-0.6 MiB still comes at the Kafka restart (docs/testing.md, Soak).
+//! of which 0.5-0.6 MiB still came at the Kafka restart (docs/testing.md, Soak). Part of that
+//! was the sinks' write buffers, which kept the size of the backlog's largest request; they
+//! are let go now (`shotover_executor::io::release_if_large`). The rest, ~0.5 MiB, is in the
+//! worker arena's heap mapping (`/proc/PID/smaps`) and stays after `malloc_trim(0)` (tried
+//! every 30 s from the control core, not kept): live allocations or holes smaller than a page.
 
 /// Fixes glibc's mmap and trim thresholds at 128 KiB, so that large buffers are unmapped when
 /// freed and free memory at the top of a heap is returned, however large earlier buffers were.
