@@ -256,6 +256,13 @@ pub fn release_if_large(buf: &mut BytesMut) {
     }
 }
 
+/// Empties a write buffer after its bytes went out, letting it go if it grew past
+/// [`KEEP_CAPACITY`] (see [`release_if_large`]).
+pub fn clear_and_release(buf: &mut BytesMut) {
+    buf.clear();
+    release_if_large(buf);
+}
+
 /// Whether a read may busy-poll while the core is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {

@@ -144,9 +144,8 @@ impl Message {
     /// Marks an answer after which the client connection is closed, as the server's
     /// would be: the client's own reconnect back-off then paces its retries. (The Kafka
     /// source honours it; a sink that cannot reach its broker answers so.)
-    pub fn close_after(mut self) -> Self {
+    pub fn close_after(&mut self) {
         self.close_after = true;
-        self
     }
 
     pub fn closes_connection(&self) -> bool {
@@ -274,8 +273,9 @@ impl Message {
     ///   `Upstream`, Overloaded for `Overloaded`;
     /// - Kafka: the request's own response type with an error code everywhere the client
     ///   reads one: POLICY_VIOLATION for `Refused`, THROTTLING_QUOTA_EXCEEDED for
-    ///   `Overloaded`, REQUEST_TIMED_OUT for `Upstream` (see `kafka::error_response`). A request that gets no response
-    ///   (Produce with acks=0) gets none: check [`Message::expects_response`]. A request
+    ///   `Overloaded`, REQUEST_TIMED_OUT for `Upstream` (see `kafka::error_response`). A
+    ///   request that gets no response (Produce with acks=0) gets none: check
+    ///   [`Message::expects_response`]. A request
     ///   whose response has no place for an error gets an empty message, on which the
     ///   source closes the connection (the client then retries on a new one).
     pub fn error_to(request: &Message, kind: ProxyError, text: &str) -> Self {

@@ -22,8 +22,8 @@
 //! - A broker that cannot be reached, or a connection lost before the response, gets the
 //!   request's response type with REQUEST_TIMED_OUT, counted in `failed_requests`; the next
 //!   request connects again. A broker that cannot be reached also closes the client
-//!   connection after those answers, as the broker's own refusal would. With `read_timeout`, a response later than that many seconds
-//!   closes the client connection.
+//!   connection after those answers, as the broker's own refusal would. With
+//!   `read_timeout`, a response later than that many seconds closes the client connection.
 
 use crate::chain::{
     BuildContext, ChainError, ChainResult, ChainState, Resolved, Retry, Transform, TransformBuilder, TransformConfig,
@@ -278,14 +278,16 @@ impl Transform for KafkaSinkSingle {
                         // Closed, as a client connecting to a broker that is down would be:
                         // its reconnect back-off paces it. Kept open, a consumer re-sent its
                         // Fetch as fast as it was answered (10,000 a second).
-                        if let Some(last) = failed.pop() {
-                            failed.push(last.close_after());
+                        if let Some(last) = failed.last_mut() {
+                            last.close_after();
                         }
                         self.ready.append(&mut failed);
                         return Ok(std::mem::take(&mut self.ready));
                     }
                 }
             }
+            // Emptied after each write too; cleared here as well, in case a run was dropped
+            // in the middle of its write.
             self.write_buf.clear();
             for request in &requests {
                 if let Err(e) = request.encode_into(&mut self.write_buf) {
@@ -311,8 +313,7 @@ impl Transform for KafkaSinkSingle {
             };
             // A producer's backlog after a broker restart comes in 1 MB requests: kept, the
             // buffer would hold that much for the connection's life.
-            self.write_buf.clear();
-            shotover_executor::io::release_if_large(&mut self.write_buf);
+            shotover_executor::io::clear_and_release(&mut self.write_buf);
             if let Err(e) = written {
                 crate::warn_limited!("sending to the Kafka broker {} failed: {e}", self.upstream.address);
                 // Part of the batch may have been written: retry-unsafe.

@@ -97,8 +97,7 @@ impl BrokerConn {
             return Ok(());
         }
         let result = self.conn.write_all(&self.out).await;
-        self.out.clear();
-        shotover_executor::io::release_if_large(&mut self.out);
+        shotover_executor::io::clear_and_release(&mut self.out);
         result
     }
 

@@ -354,8 +354,8 @@ impl ValkeySinkSingle {
     /// Sends the batch and reads back every request's replies, with anything pushed among
     /// them where it came.
     async fn send(&mut self, requests: Vec<Message>) -> Vec<Message> {
+        // Empty: each send takes it for its write and empties it after.
         let steps = self.steps(&requests);
-        self.write_buf.clear();
         for (request, step) in requests.iter().zip(&steps) {
             if matches!(step, Step::Send { .. }) {
                 if let Err(e) = request.encode_into(&mut self.write_buf) {
@@ -375,8 +375,7 @@ impl ValkeySinkSingle {
                 Err(e) => Err(e),
             };
             self.write_buf = write_buf;
-            self.write_buf.clear();
-            shotover_executor::io::release_if_large(&mut self.write_buf);
+            shotover_executor::io::clear_and_release(&mut self.write_buf);
             if let Some(at) = requests.first().and_then(|r| r.received_at()) {
                 self.source_to_sink.observe(at.elapsed().as_secs_f64());
             }
