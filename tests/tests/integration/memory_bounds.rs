@@ -190,3 +190,41 @@ fn clients_trickling_bytes_cost_little_and_the_idle_timeout_ends_them() {
     // request (none), every slow client is closed, although it kept sending.
     assert_eq!(open, 0, "{open} of 200 trickling clients still open after 6 s with timeout 2 s");
 }
+
+/// Issue 12's memory goal, as `benches/load/valkey.sh` measures it: a one-core proxy that has
+/// served traffic (valkey-benchmark, pipelined and not, and a metrics scrape) stays at or
+/// under 10 MB resident with 200 open client connections. Most of what it keeps resident is
+/// the binary's code; the linker's function order (`scripts/text-order`) keeps that small.
+#[test]
+fn a_one_core_proxy_that_served_traffic_stays_under_10_mb_with_200_open_connections() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let shotover = Shotover::builder(&valkey_topology(port, &sink_single(valkey.port)))
+        .arg("--worker-cores")
+        .arg("0")
+        .wait_for(port)
+        .start()
+        .unwrap();
+    let p = port.to_string();
+    for pipeline in ["1", "16"] {
+        let (status, out) = run_tool(
+            "valkey-benchmark",
+            &["-p", &p, "-c", "50", "-n", "20000", "-r", "10000", "-P", pipeline, "-t", "set,get", "-q", "--csv"],
+        );
+        assert!(status.success() && out.contains("\"SET\"") && out.contains("\"GET\""), "{out}");
+    }
+    assert!(shotover.metrics().contains("shotover_chain_total_count"), "the scrape must succeed");
+    let mut clients: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    for c in &mut clients {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"PING\r\n").unwrap();
+    }
+    for c in &mut clients {
+        let mut pong = [0u8; 7];
+        c.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"+PONG\r\n");
+    }
+    let rss = rss_kib(shotover.pid());
+    eprintln!("RSS of a one-core proxy with 200 open connections: {rss} KiB");
+    assert!(rss * 1024 <= 10_000_000, "{rss} KiB resident with 200 connections: over 10 MB");
+}
