@@ -22,20 +22,49 @@ pub mod backends;
 pub mod fault_proxy;
 pub mod kafka_cluster;
 
-/// A TCP port that was free a moment ago. Each test process takes its ports from a block of
-/// 100 of its own, chosen by its pid: test processes that run side by side have nearby pids,
-/// so they never pick each other's ports, not even one that another test has just released
-/// (a test that checks a closed listener must not find another test's server there).
+/// A TCP port that was free a moment ago, from a block of 100 that this test process holds
+/// alone ([`port_block`]): test processes that run side by side never pick each other's ports,
+/// not even one that another test has just released (a test that checks a closed listener must
+/// not find another test's server there). The blocks, 30000-44999, are kept out of the kernel's
+/// automatic port choice by `scripts/test` where it may, so that no outgoing connection takes a
+/// port between this check and the bind of the server it is meant for.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let block = port_block();
     loop {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        // 30000-59999: cluster nodes use 11000-19999 and their bus ports 21000-29999.
-        let port = 30000 + ((std::process::id() % 300) * 100 + offset % 100) as u16;
+        // Cluster nodes use 11000-19999 and their bus ports 21000-29999; backends 61000-64999.
+        let port = FREE_PORTS_FROM + block * 100 + (offset % 100) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
             return port;
         }
     }
+}
+
+const FREE_PORTS_FROM: u16 = 30000;
+const PORT_BLOCKS: u32 = 150;
+
+/// This process's block of ports: the first of the 150 whose lock file (under the temp dir) it
+/// can lock, starting at the one its pid picks. The lock is held until the process exits (each
+/// test is a process of its own under nextest). Were all 150 held, the pid's block is used.
+fn port_block() -> u16 {
+    static BLOCK: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        let first = std::process::id() % PORT_BLOCKS;
+        for i in 0..PORT_BLOCKS {
+            let block = (first + i) % PORT_BLOCKS;
+            let path = std::env::temp_dir().join(format!("shotover-it-port-block-{block}.lock"));
+            let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else {
+                continue;
+            };
+            if let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                // Held, with its descriptor, until the process exits.
+                std::mem::forget(lock);
+                return block as u16;
+            }
+        }
+        first as u16
+    })
 }
 
 /// Waits until something accepts TCP connections on `port`.
