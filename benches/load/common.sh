@@ -5,9 +5,9 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Waits until something accepts connections on 127.0.0.1:$1 (5 s at most).
+# Waits until something accepts connections on 127.0.0.1:$1 ($2 seconds at most, default 5).
 wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  for _ in $(seq $((${2:-5} * 20))); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
   echo "nothing listens on $1" >&2; exit 1
 }
 
