@@ -39,7 +39,9 @@ impl ValkeyConnection {
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.last_used = Instant::now();
         self.stream.write_all(bytes).await?;
-        self.stream.flush().await
+        self.stream.flush().await?;
+        self.read.just_wrote();
+        Ok(())
     }
 
     /// True if the server closed this connection while it sat idle, so that a request is

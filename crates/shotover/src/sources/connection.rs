@@ -229,6 +229,7 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
                 true
             }
             Event::Written(Ok(())) => {
+                read.just_wrote();
                 if let Some(at) = client.sink_read_at.take() {
                     sink_to_source.observe(at.elapsed().as_secs_f64());
                 }
