@@ -30,13 +30,7 @@ source benches/load/common.sh
 build_release
 BIN=target/release/shotover-proxy
 
-WORK=$(mktemp -d)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-VALKEY=$(free_port)
-taskset -c 0 valkey-server --port "$VALKEY" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
-PIDS+=($!); wait_port "$VALKEY"
+work_and_valkey 0
 
 topology() { # port [extra sink lines]
   printf 'sources:\n  - Valkey:\n      name: "valkey"\n      listen_addr: "127.0.0.1:%s"\n      connection_limit: 4096\n      chain:\n        - ValkeySinkSingle:\n            remote_address: "127.0.0.1:%s"\n            connect_timeout_ms: 3000\n%s' "$1" "$VALKEY" "${2:-}" > "$WORK/topology-$1.yaml"
