@@ -22,15 +22,25 @@
 //! while the core sends replies, each `epoll_wait` walked up to 50 sockets again (15 % of
 //! the core's time at `-P 1`).
 //!
-//! Spinning only pays on a CPU nobody else wants. On a shared box (the server, the clients
-//! or a second worker on the same CPU) every spin steals time from a thread that has real
-//! work, and the proxy gets slower the more cores it is given. So a spinning core asks the
-//! kernel, at most every [`CONTENTION_CHECK`], how long it sat runnable but waiting for its
-//! CPU (the second field of `/proc/thread-self/schedstat`). Over [`CONTENDED_SHARE`] of the
-//! time since the last look means another thread wants this CPU for real, and the core then
-//! parks on every read (no spinning) for [`CONTENTION_BACKOFF`] before it tries again.
-//! (Counting preemptions instead is misleading: on a CPU of its own a worker is still
-//! preempted some hundred times a second, for microseconds each, by kernel threads.)
+//! Spinning flat out only pays on a CPU nobody else wants. On a shared box (the server, the
+//! clients or a second worker on the same CPU) every spin steals time from a thread that has
+//! real work. So a spinning core asks the kernel, at most every [`CONTENTION_CHECK`], how long
+//! it sat runnable but waiting for its CPU (the second field of
+//! `/proc/thread-self/schedstat`). Over [`CONTENDED_SHARE`] of the time since the last look
+//! means another thread wants this CPU for real. (Counting preemptions instead is misleading:
+//! on a CPU of its own a worker is still preempted some hundred times a second, for
+//! microseconds each, by kernel threads.)
+//!
+//! A contended core then **shares** ([`SpinMode::Share`]) for [`CONTENTION_BACKOFF`]: it
+//! still polls, but gives the CPU away (`sched_yield`) before each busy-poller refresh. The
+//! threads that want the CPU on a proxy's box are mostly the server and the clients, which
+//! each run a moment and wait again; a yield hands them the CPU at once, and the core gets it
+//! back without the wake-up interrupt that parking costs. (Parking on every read instead, as
+//! this proxy did first, made two workers on a 2-CPU box shared with Valkey and the client
+//! 0.64–0.82 of one worker.) But a thread that keeps the CPU (a batch job) takes a whole time
+//! slice at every other yield: [`SLOW_YIELDS_TO_PARK`] yields within [`SLOW_YIELD_WINDOW`]
+//! that each take over [`SLOW_YIELD`] **park** the core ([`SpinMode::Park`]: no spinning,
+//! every read waits for readiness) for the backoff.
 
 use crate::rt::TcpStream;
 use bytes::BytesMut;
@@ -59,8 +69,18 @@ pub const REFRESH_AFTER: Duration = Duration::from_micros(5);
 pub const CONTENTION_CHECK: Duration = Duration::from_millis(2);
 /// The share of wall time spent waiting for the CPU above which a core stops spinning.
 pub const CONTENDED_SHARE: f64 = 0.10;
-/// How long a contended core does not spin.
+/// How long a contended core shares its CPU or parks before it looks afresh.
 pub const CONTENTION_BACKOFF: Duration = Duration::from_millis(100);
+/// A yield that gives the CPU away for longer than this may have gone to a thread that
+/// keeps it (a time slice is at least 0.75 ms).
+pub const SLOW_YIELD: Duration = Duration::from_millis(1);
+/// Slow yields within [`SLOW_YIELD_WINDOW`] that park a sharing core. Measured with a
+/// CPU-bound thread on the core's CPU, every second yield took a whole 4 ms tick; with
+/// Valkey and the client there, a few in a thousand took over 1 ms, and never two close
+/// together.
+pub const SLOW_YIELDS_TO_PARK: u8 = 3;
+/// See [`SLOW_YIELDS_TO_PARK`].
+pub const SLOW_YIELD_WINDOW: Duration = Duration::from_millis(30);
 
 thread_local! {
     /// When a socket on this core last received data.
@@ -69,25 +89,45 @@ thread_local! {
     /// Every read lands here first and is then appended to its connection's buffer, so
     /// no buffer is zero-filled before a read that may find nothing.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
-    static CONTENTION: Cell<Contention> = const { Cell::new(Contention { checked_at: None, waited: 0, quiet_until: None }) };
+    static CONTENTION: Cell<Contention> = const { Cell::new(Contention::new()) };
+    /// The mode the last [`may_spin`] found, for the busy poller's refresh.
+    static MODE: Cell<SpinMode> = const { Cell::new(SpinMode::Spin) };
     /// This thread's `/proc/thread-self/schedstat`, opened on first use (`None` if it cannot be).
     static SCHEDSTAT: RefCell<Option<Option<std::fs::File>>> = const { RefCell::new(None) };
 }
 
-/// Whether this core may spin: it received data within [`BUSY_WINDOW`] and no other thread
-/// has been waiting for its CPU lately.
+/// Whether this core may spin: it received data within [`BUSY_WINDOW`] and is not parked
+/// (see [`SpinMode`]).
 fn may_spin() -> bool {
     let Some(last_data) = LAST_DATA.with(|t| t.get()) else { return false };
     let now = Instant::now();
     if now.saturating_duration_since(last_data) >= BUSY_WINDOW {
         return false;
     }
+    let mode = CONTENTION.with(|c| {
+        let mut state = c.get();
+        let mode = state.mode(now, cpu_wait_ns);
+        c.set(state);
+        mode
+    });
+    MODE.with(|m| m.set(mode));
+    mode != SpinMode::Park
+}
+
+/// Gives the CPU to the threads waiting for it, when the core shares its CPU; parks the core
+/// if that took long.
+fn share_cpu() {
+    if MODE.with(|m| m.get()) != SpinMode::Share {
+        return;
+    }
+    let before = Instant::now();
+    std::thread::yield_now();
+    let now = Instant::now();
     CONTENTION.with(|c| {
         let mut state = c.get();
-        let quiet = state.contended(now, cpu_wait_ns);
+        state.yielded(now, now.saturating_duration_since(before));
         c.set(state);
-        !quiet
-    })
+    });
 }
 
 fn data_arrived() {
@@ -113,6 +153,18 @@ fn cpu_wait_ns() -> u64 {
     })
 }
 
+/// How a busy core waits for data on its sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpinMode {
+    /// Poll flat out: nobody else wants the CPU.
+    Spin,
+    /// Poll, but yield the CPU before each busy-poller refresh: other threads want it, and
+    /// each gives it back soon.
+    Share,
+    /// Do not poll: every read waits for readiness. A thread that keeps the CPU wants it.
+    Park,
+}
+
 /// What a core knows about other threads wanting its CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Contention {
@@ -120,41 +172,78 @@ struct Contention {
     checked_at: Option<Instant>,
     /// The wait time then, in nanoseconds.
     waited: u64,
-    /// No spinning until then.
-    quiet_until: Option<Instant>,
+    /// [`SpinMode::Share`] or [`SpinMode::Park`] until `until`; [`SpinMode::Spin`] otherwise.
+    mode: SpinMode,
+    until: Option<Instant>,
+    /// Yields that took over [`SLOW_YIELD`] since `first_slow_yield`.
+    slow_yields: u8,
+    first_slow_yield: Option<Instant>,
 }
 
 impl Contention {
-    /// True while the core should not spin. Reads the thread's CPU wait time (through
-    /// `read`, in nanoseconds) at most every [`CONTENTION_CHECK`].
-    fn contended(&mut self, now: Instant, read: impl FnOnce() -> u64) -> bool {
-        if let Some(until) = self.quiet_until {
+    const fn new() -> Self {
+        Contention {
+            checked_at: None,
+            waited: 0,
+            mode: SpinMode::Spin,
+            until: None,
+            slow_yields: 0,
+            first_slow_yield: None,
+        }
+    }
+
+    /// How the core should wait now. Reads the thread's CPU wait time (through `read`, in
+    /// nanoseconds) at most every [`CONTENTION_CHECK`].
+    fn mode(&mut self, now: Instant, read: impl FnOnce() -> u64) -> SpinMode {
+        if let Some(until) = self.until {
             if now < until {
-                return true;
+                return self.mode;
             }
-            // Start afresh: waiting while parked says nothing about spinning.
-            self.quiet_until = None;
+            // Start afresh: waiting while sharing or parked says nothing about spinning.
+            self.until = None;
+            self.mode = SpinMode::Spin;
             self.checked_at = None;
         }
         match self.checked_at {
-            Some(at) if now.saturating_duration_since(at) < CONTENTION_CHECK => false,
+            Some(at) if now.saturating_duration_since(at) < CONTENTION_CHECK => SpinMode::Spin,
             Some(at) => {
                 let waited = read();
                 let share =
                     waited.saturating_sub(self.waited) as f64 / now.saturating_duration_since(at).as_nanos() as f64;
                 self.waited = waited;
                 self.checked_at = Some(now);
-                let contended = share > CONTENDED_SHARE;
-                if contended {
-                    self.quiet_until = Some(now + CONTENTION_BACKOFF);
+                if share > CONTENDED_SHARE {
+                    self.mode = SpinMode::Share;
+                    self.until = Some(now + CONTENTION_BACKOFF);
                 }
-                contended
+                self.mode
             }
             None => {
                 self.waited = read();
                 self.checked_at = Some(now);
-                false
+                SpinMode::Spin
             }
+        }
+    }
+
+    /// A yield of the CPU took `took`. The [`SLOW_YIELDS_TO_PARK`]th over [`SLOW_YIELD`]
+    /// within [`SLOW_YIELD_WINDOW`] parks the core for the backoff.
+    fn yielded(&mut self, now: Instant, took: Duration) {
+        if took <= SLOW_YIELD {
+            return;
+        }
+        match self.first_slow_yield {
+            Some(first) if now.saturating_duration_since(first) <= SLOW_YIELD_WINDOW => {}
+            _ => {
+                self.first_slow_yield = Some(now);
+                self.slow_yields = 0;
+            }
+        }
+        self.slow_yields = self.slow_yields.saturating_add(1);
+        if self.slow_yields >= SLOW_YIELDS_TO_PARK {
+            self.slow_yields = 0;
+            self.mode = SpinMode::Park;
+            self.until = Some(now + CONTENTION_BACKOFF);
         }
     }
 }
@@ -215,6 +304,7 @@ impl BusyPoller {
         if self.refreshed_at.elapsed() < REFRESH_AFTER {
             return;
         }
+        share_cpu();
         self.refreshed_at = Instant::now();
         // No bit is reset here: an edge that was reported and not yet asked for would be lost.
         let Ok(n) = self.epoll.wait(&mut self.events, EpollTimeout::ZERO) else { return };
@@ -407,24 +497,59 @@ mod tests {
     }
 
     #[test]
-    fn a_core_that_waits_for_its_cpu_stops_spinning_for_the_backoff_then_looks_afresh() {
+    fn a_core_that_waits_for_its_cpu_shares_it_for_the_backoff_then_looks_afresh() {
+        use SpinMode::{Share, Spin};
         let ms = |n: u64| n * 1_000_000;
         let start = Instant::now();
-        let mut c = Contention { checked_at: None, waited: 0, quiet_until: None };
-        assert!(!c.contended(start, || ms(7)), "the first look only takes the wait time");
-        assert!(!c.contended(start + CONTENTION_CHECK / 2, || panic!("read before CONTENTION_CHECK")));
+        let mut c = Contention::new();
+        assert_eq!(c.mode(start, || ms(7)), Spin, "the first look only takes the wait time");
+        assert_eq!(c.mode(start + CONTENTION_CHECK / 2, || panic!("read before CONTENTION_CHECK")), Spin);
         // 2 ms later, 0.1 ms more waiting: 5 %, a kernel thread now and then. Spin on.
         let t1 = start + Duration::from_millis(2);
-        assert!(!c.contended(t1, || ms(7) + 100_000));
+        assert_eq!(c.mode(t1, || ms(7) + 100_000), Spin);
         // 2 ms later, 1 ms more waiting: half the time, another thread wants this CPU.
         let t2 = t1 + Duration::from_millis(2);
-        assert!(c.contended(t2, || ms(8) + 100_000));
-        assert!(c.contended(t2 + CONTENTION_BACKOFF / 2, || panic!("no reads while backing off")));
+        assert_eq!(c.mode(t2, || ms(8) + 100_000), Share);
+        assert_eq!(c.mode(t2 + CONTENTION_BACKOFF / 2, || panic!("no reads while sharing")), Share);
+        // Quick yields (the other thread ran a moment and waited again) keep it sharing.
+        c.yielded(t2 + CONTENTION_BACKOFF / 2, Duration::from_micros(80));
+        assert_eq!(c.mode(t2 + CONTENTION_BACKOFF / 2, || panic!("no reads while sharing")), Share);
         let after = t2 + CONTENTION_BACKOFF;
-        // Waiting while parked does not count: the wait time is taken afresh.
-        assert!(!c.contended(after, || ms(90)));
-        assert!(!c.contended(after + Duration::from_millis(2), || ms(90)));
-        assert!(c.contended(after + Duration::from_millis(4), || ms(91)));
+        // Waiting while sharing does not count: the wait time is taken afresh.
+        assert_eq!(c.mode(after, || ms(90)), Spin);
+        assert_eq!(c.mode(after + Duration::from_millis(2), || ms(90)), Spin);
+        assert_eq!(c.mode(after + Duration::from_millis(4), || ms(91)), Share);
+    }
+
+    #[test]
+    fn a_core_whose_yield_went_to_a_thread_that_kept_the_cpu_parks_for_the_backoff() {
+        use SpinMode::{Park, Share, Spin};
+        let ms = |n: u64| n * 1_000_000;
+        let start = Instant::now();
+        let mut c = Contention::new();
+        c.mode(start, || 0);
+        let t1 = start + CONTENTION_CHECK;
+        assert_eq!(c.mode(t1, || ms(1)), Share);
+        let slow = SLOW_YIELD + Duration::from_micros(1);
+        // The server and the clients keep the CPU long now and then: no reason to park.
+        let mut t = t1;
+        for _ in 0..3 {
+            c.yielded(t, slow);
+            c.yielded(t, Duration::from_micros(50));
+            t += SLOW_YIELD_WINDOW + Duration::from_millis(1);
+        }
+        assert_eq!(c.mode(t, || panic!("no reads while sharing")), Share);
+        // A batch job takes a whole time slice at every other yield.
+        for _ in 0..SLOW_YIELDS_TO_PARK {
+            c.yielded(t, slow);
+            c.yielded(t, Duration::from_micros(20));
+            t += Duration::from_millis(2);
+        }
+        assert_eq!(c.mode(t, || panic!("no reads while parked")), Park);
+        let t1 = t;
+        assert_eq!(c.mode(t1 + CONTENTION_BACKOFF / 2, || panic!("no reads while parked")), Park);
+        // Then it looks afresh, from spinning.
+        assert_eq!(c.mode(t1 + CONTENTION_BACKOFF, || ms(50)), Spin);
     }
 
     #[test]
