@@ -1,13 +1,15 @@
 # Helpers shared by the load scripts in this folder (sourced, not run).
 
-# A TCP port that is free right now: a random one of 20000-29999 that binds. Not the kernel's
-# choice (bind to port 0): with the tests' ports reserved (scripts/test), it handed out the same
-# port twice in a row when the first had not been bound yet, and a server failed to start.
+# A TCP port that is free right now: a random one of 46000-60999 that binds (above the tests'
+# 30000-44999, below Cassandra's and Kafka's 61000-64999, apart from the Valkey cluster scripts'
+# 11000-29999). Not the kernel's choice (bind to port 0): with the tests' ports reserved
+# (scripts/test), it handed out the same port twice in a row when the first had not been bound
+# yet, and a server failed to start.
 free_port() {
   python3 -c '
 import random, socket
 for _ in range(1000):
-    port = random.randint(20000, 29999)
+    port = random.randint(46000, 60999)
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", port))
@@ -18,7 +20,7 @@ for _ in range(1000):
     print(port)
     break
 else:
-    raise SystemExit("no free port in 20000-29999")'
+    raise SystemExit("no free port in 46000-60999")'
 }
 
 # Waits until something accepts connections on 127.0.0.1:$1 ($2 seconds at most, default 5).
