@@ -90,8 +90,6 @@ thread_local! {
     /// no buffer is zero-filled before a read that may find nothing.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
     static CONTENTION: Cell<Contention> = const { Cell::new(Contention::new()) };
-    /// The mode the last [`may_spin`] found, for the busy poller's refresh.
-    static MODE: Cell<SpinMode> = const { Cell::new(SpinMode::Spin) };
     /// This thread's `/proc/thread-self/schedstat`, opened on first use (`None` if it cannot be).
     static SCHEDSTAT: RefCell<Option<Option<std::fs::File>>> = const { RefCell::new(None) };
 }
@@ -104,20 +102,19 @@ fn may_spin() -> bool {
     if now.saturating_duration_since(last_data) >= BUSY_WINDOW {
         return false;
     }
-    let mode = CONTENTION.with(|c| {
+    CONTENTION.with(|c| {
         let mut state = c.get();
         let mode = state.mode(now, cpu_wait_ns);
         c.set(state);
-        mode
-    });
-    MODE.with(|m| m.set(mode));
-    mode != SpinMode::Park
+        mode != SpinMode::Park
+    })
 }
 
 /// Gives the CPU to the threads waiting for it, when the core shares its CPU; parks the core
 /// if that took long.
 fn share_cpu() {
-    if MODE.with(|m| m.get()) != SpinMode::Share {
+    // The mode the last `may_spin` found (it reads the clock, this need not).
+    if CONTENTION.with(|c| c.get().mode) != SpinMode::Share {
         return;
     }
     let before = Instant::now();
