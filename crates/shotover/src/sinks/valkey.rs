@@ -67,7 +67,6 @@ impl ValkeyConnection {
     pub fn poll_next(&mut self, cx: &mut Context<'_>, mode: ReadMode) -> Poll<io::Result<Bytes>> {
         loop {
             if let Some(msg) = self.try_next()? {
-                self.last_used = Instant::now();
                 return Poll::Ready(Ok(msg));
             }
             std::task::ready!(self.read.poll_fill_upstream(
@@ -76,6 +75,8 @@ impl ValkeyConnection {
                 mode,
                 "upstream closed the connection"
             ))?;
+            // Once a read, not once a message: one read often brings a hundred replies.
+            self.last_used = Instant::now();
         }
     }
 

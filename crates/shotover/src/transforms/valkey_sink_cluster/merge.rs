@@ -223,9 +223,11 @@ fn number(frame: &ValkeyFrame) -> i64 {
     }
 }
 
-/// A reply from a node, as the response to `request`.
+/// A reply from a node, as the response to `request`. Its time of arrival is the core's last
+/// read: the reply was read in this turn, and the clock is not read again for each reply.
 pub(super) fn reply_message(request: &Message, raw: Bytes) -> Message {
-    let mut m = Message::from_bytes(raw, Protocol::Valkey, Instant::now());
+    let read_at = shotover_executor::io::last_arrival().unwrap_or_else(Instant::now);
+    let mut m = Message::from_bytes(raw, Protocol::Valkey, read_at);
     m.set_request_id(request.id());
     m
 }

@@ -424,8 +424,9 @@ impl ValkeySinkCluster {
         let mut responses = Vec::with_capacity(requests.len());
         for (request, plan) in requests.iter().zip(&plans) {
             let response = merge(request, plan, &subs, &self.shared.failed_requests);
-            let kind = request.raw().and_then(|raw| session_kind(raw));
-            if let (true, Some(kind), Some(raw)) = (plan.session, kind, request.raw()) {
+            // Only a session command's plan says so: the others are not parsed again.
+            let kind = request.raw().filter(|_| plan.session).and_then(|raw| session_kind(raw));
+            if let (Some(kind), Some(raw)) = (kind, request.raw()) {
                 if response.raw().is_some_and(|r| !is_error(r)) {
                     self.session.retain(|(k, _)| *k != kind);
                     self.session.push((kind, raw.clone()));

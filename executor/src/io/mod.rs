@@ -1,0 +1,385 @@
+//! Reading into a growing buffer without losing bytes, with busy polling on busy cores.
+//!
+//! [`ReadBuffer::poll_fill`] reads straight into the connection's own buffer, so a poll that
+//! returns `Pending` (because the other side of a select won) has consumed nothing: no read
+//! future is ever dropped holding data.
+//!
+//! Why busy polling: glommio waits for socket readiness with io_uring poll requests, and each
+//! completion of one is delivered to the worker thread by an inter-processor interrupt,
+//! which on virtual machines costs more than the request itself (measured: 64 µs of CPU per
+//! proxied request against HAProxy's 27 µs). So while the core is busy, a read that finds
+//! no data yields to the core's other tasks and tries again with a plain non-blocking
+//! `recv`, up to [`SPIN_READS`] times; only then, or when the core has gone quiet, does it
+//! arm a glommio readiness wait. An idle core therefore sleeps as before.
+//!
+//! Trying `recv` on every spinning socket costs a syscall each (measured: 7.5 empty reads
+//! per proxied request at `-c 50 -P 1`). So after its first empty try, a spinning socket
+//! asks the core's [`BusyPoller`] instead: one edge-triggered `epoll_wait(0)` over every
+//! spinning socket of the core, refreshed at most every [`REFRESH_AFTER`], says which of
+//! them received data since they last found none. An epoll readiness change only sets a
+//! flag: it sends no interrupt. Edge-triggered, because a level-triggered set reports every
+//! socket that still holds unread data on every call: with 50 clients answering at once
+//! while the core sends replies, each `epoll_wait` walked up to 50 sockets again (15 % of
+//! the core's time at `-P 1`).
+//!
+//! A read that does not spin (the core was quiet when it started, or it spun [`SPIN_READS`]
+//! times) waits through glommio's io_uring poll. But glommio reaps io_uring completions only
+//! when its task queue runs dry or at its preemption timer (100 ms), and a spinning core's
+//! queue never runs dry: such a read waited up to 100 ms for bytes that had long arrived
+//! (valkey-benchmark's maximum latency through the proxy was 100 ms in every run). So each
+//! such read also leaves its waker with the busy poller, which wakes it when it sees the fd
+//! receive data, and a read whose data the poller saw takes it with a plain `recv`,
+//! spinning or not.
+//!
+//! Spinning flat out only pays on a CPU nobody else wants. On a shared box (the server, the
+//! clients or a second worker on the same CPU) every spin steals time from a thread that has
+//! real work. So a spinning core asks the kernel, at most every [`CONTENTION_CHECK`], how long
+//! it sat runnable but waiting for its CPU (the second field of
+//! `/proc/thread-self/schedstat`). Over [`CONTENDED_SHARE`] of the time since the last look
+//! means another thread wants this CPU for real. (Counting preemptions instead is misleading:
+//! on a CPU of its own a worker is still preempted some hundred times a second, for
+//! microseconds each, by kernel threads.)
+//!
+//! A contended core then **shares** (`SpinMode::Share`, in `contention`) for
+//! [`CONTENTION_BACKOFF`]: it still polls, but gives the CPU away (`sched_yield`) before each
+//! busy-poller refresh. The threads that want the CPU on a proxy's box are mostly the server and
+//! the clients, which each run a moment and wait again; a yield hands them the CPU at once, and the
+//! core gets it back without the wake-up interrupt that parking costs. (Parking on every read
+//! instead, as this proxy did first, made two workers on a 2-CPU box shared with Valkey and the
+//! client 0.64–0.82 of one worker.) But a thread that keeps the CPU (a batch job) takes a whole
+//! time slice at every other yield: [`SLOW_YIELDS_TO_PARK`] yields within [`SLOW_YIELD_WINDOW`]
+//! that each take over [`SLOW_YIELD`] **park** the core (`SpinMode::Park`: no spinning, every read
+//! waits for readiness) for the backoff.
+
+mod contention;
+mod poller;
+
+pub use contention::last_arrival;
+use contention::{data_arrived, may_spin};
+use poller::{BusyPoller, POLLER};
+
+use crate::rt::TcpStream;
+use bytes::BytesMut;
+use futures_lite::io::AsyncRead;
+use nix::sys::socket::{recv, MsgFlags};
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// Bytes read by one call: the size of the per-core scratch buffer.
+const READ_SIZE: usize = 64 * 1024;
+/// The capacity an empty buffer may keep: glibc's mmap threshold (see [`crate::memory`]), so
+/// a larger buffer, once dropped, goes straight back to the kernel.
+pub const KEEP_CAPACITY: usize = 128 * 1024;
+/// Empty non-blocking reads a connection makes before it arms a readiness wait.
+pub const SPIN_READS: u32 = 256;
+/// A core counts as busy when any of its sockets received data this recently.
+pub const BUSY_WINDOW: Duration = Duration::from_micros(200);
+/// How old the busy poller's readiness list may be before it is asked again.
+pub const REFRESH_AFTER: Duration = Duration::from_micros(5);
+/// How often a spinning core checks whether another thread wants its CPU.
+pub const CONTENTION_CHECK: Duration = Duration::from_millis(2);
+/// The share of wall time spent waiting for the CPU above which a core stops spinning.
+pub const CONTENDED_SHARE: f64 = 0.10;
+/// How long a contended core shares its CPU or parks before it looks afresh.
+pub const CONTENTION_BACKOFF: Duration = Duration::from_millis(100);
+/// A yield that gives the CPU away for longer than this may have gone to a thread that
+/// keeps it (a time slice is at least 0.75 ms).
+pub const SLOW_YIELD: Duration = Duration::from_millis(1);
+/// Slow yields within [`SLOW_YIELD_WINDOW`] that park a sharing core. Measured with a
+/// CPU-bound thread on the core's CPU, every second yield took a whole 4 ms tick; with
+/// Valkey and the client there, a few in a thousand took over 1 ms, and never two close
+/// together.
+pub const SLOW_YIELDS_TO_PARK: u8 = 3;
+/// See [`SLOW_YIELDS_TO_PARK`].
+pub const SLOW_YIELD_WINDOW: Duration = Duration::from_millis(30);
+
+thread_local! {
+    /// Every read lands here first and is then appended to its connection's buffer, so
+    /// no buffer is zero-filled before a read that may find nothing.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+}
+
+/// A socket that [`ReadBuffer`] reads from: any async reader, plus the fd that busy polling
+/// may `recv` from directly when the bytes need no decoding on the way (plain TCP; not TLS).
+pub trait SpinRead: AsyncRead + Unpin {
+    /// The fd to busy-poll, or `None` when every byte must go through [`AsyncRead`].
+    fn spin_fd(&self) -> Option<RawFd>;
+}
+
+impl SpinRead for TcpStream {
+    fn spin_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
+
+/// True if the peer of socket `fd` has closed it (or it failed), known without reading
+/// anything: one non-blocking `MSG_PEEK`. Data waiting to be read means "open".
+pub fn peer_closed(fd: RawFd) -> bool {
+    let mut probe = [0u8; 1];
+    match recv(fd, &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => true,
+        Ok(_) | Err(nix::errno::Errno::EAGAIN) => false,
+        Err(_) => true,
+    }
+}
+
+/// Drops `buf` when it is empty and once grew past [`KEEP_CAPACITY`] (a large request or
+/// answer): a `BytesMut` keeps its capacity, so one 1 MiB Kafka batch would otherwise stay
+/// resident for the connection's whole life. The next use starts a small one.
+pub fn release_if_large(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::new();
+    }
+}
+
+/// Empties a write buffer after its bytes went out, letting it go if it grew past
+/// [`KEEP_CAPACITY`] (see [`release_if_large`]).
+pub fn clear_and_release(buf: &mut BytesMut) {
+    buf.clear();
+    release_if_large(buf);
+}
+
+/// Whether a read may busy-poll while the core is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Data is expected soon (a reply, or a client between requests): spin while busy.
+    Spin,
+    /// Data is not expected (pushed messages): wait for readiness without spinning.
+    Wait,
+}
+
+/// A socket's receive buffer.
+#[derive(Default)]
+pub struct ReadBuffer {
+    pub buf: BytesMut,
+    /// Consecutive empty non-blocking reads since data last arrived.
+    misses: u32,
+    /// Whether the socket is in the core's busy poller.
+    registered: bool,
+}
+
+impl ReadBuffer {
+    /// Reads once from `stream` into the buffer. `Ready(Ok(0))` is end of stream.
+    pub fn poll_fill<S: SpinRead>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+        mode: ReadMode,
+    ) -> Poll<io::Result<usize>> {
+        self.release_if_large();
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let fd = stream.spin_fd();
+            let spinning = fd.filter(|_| mode == ReadMode::Spin && may_spin());
+            let direct = match (fd, spinning) {
+                // The first try reads directly: data is often already there. Later tries
+                // read only when the busy poller saw data.
+                (_, Some(fd)) if self.misses == 0 || self.poller_says_ready(fd) => Some(fd),
+                (_, Some(_)) if self.misses < SPIN_READS => {
+                    self.misses += 1;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                // Not spinning: what the poller saw arrive is still read at once. glommio
+                // may be waiting for it through an io_uring poll, which a core that is
+                // spinning again reaps only at its preemption timer (100 ms).
+                (Some(fd), _) if self.poller_saw(fd) => Some(fd),
+                _ => None,
+            };
+            let result = if let Some(fd) = direct {
+                match recv(fd, &mut scratch[..], MsgFlags::MSG_DONTWAIT) {
+                    Ok(n) => Poll::Ready(Ok(n)),
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        self.misses += 1;
+                        // Yield: run the core's other tasks, then try again.
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(e.into())),
+                }
+            } else {
+                let result = Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]);
+                if let (Poll::Pending, Some(fd)) = (&result, fd) {
+                    // Also when the core is idle now: it may be spinning when the bytes come.
+                    self.wake_on_arrival(fd, cx.waker());
+                }
+                result
+            };
+            if let Poll::Ready(Ok(n)) = result {
+                self.misses = 0;
+                data_arrived();
+                self.buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+            }
+            result
+        })
+    }
+
+    /// Says that a request (or answer) was just written to this socket's peer, which cannot
+    /// have answered yet: the next read asks the busy poller instead of trying `recv` first,
+    /// which would find nothing and cost a syscall between two sends of a burst.
+    pub fn just_wrote(&mut self) {
+        self.misses = self.misses.max(1);
+    }
+
+    /// [`release_if_large`] for the receive buffer.
+    pub fn release_if_large(&mut self) {
+        release_if_large(&mut self.buf);
+    }
+
+    /// [`ReadBuffer::poll_fill`] for an upstream connection, where end of stream is an error:
+    /// `UnexpectedEof` with the message `closed`.
+    pub fn poll_fill_upstream<S: SpinRead>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+        mode: ReadMode,
+        closed: &'static str,
+    ) -> Poll<io::Result<()>> {
+        match self.poll_fill(stream, cx, mode) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, closed))),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Has the core's busy poller wake `waker` when `fd` receives data (see
+    /// [`BusyPoller::waiting`]); at once if it already saw some.
+    fn wake_on_arrival(&mut self, fd: RawFd, waker: &Waker) {
+        POLLER.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.is_none() {
+                *p = BusyPoller::new();
+            }
+            let Some(poller) = p.as_mut() else { return };
+            if !self.registered {
+                self.registered = poller.register(fd);
+            }
+            if !self.registered {
+                return;
+            }
+            if poller.is_ready(fd) {
+                waker.wake_by_ref();
+            } else {
+                poller.wait_for(fd, waker);
+            }
+        })
+    }
+
+    /// True (and forgotten) if the core's busy poller saw data arrive on `fd` since its
+    /// reader last asked. Does not ask the kernel again.
+    fn poller_saw(&mut self, fd: RawFd) -> bool {
+        self.registered
+            && POLLER.with(|p| {
+                let mut p = p.borrow_mut();
+                let Some(poller) = p.as_mut() else { return false };
+                let ready = poller.is_ready(fd);
+                if ready {
+                    poller.clear(fd);
+                }
+                ready
+            })
+    }
+
+    /// Asks the core's busy poller whether `fd` has data, registering it on first use. If
+    /// no poller can be had, says "ready" so the caller simply tries `recv`.
+    fn poller_says_ready(&mut self, fd: RawFd) -> bool {
+        POLLER.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.is_none() {
+                *p = BusyPoller::new();
+            }
+            let Some(poller) = p.as_mut() else { return true };
+            if !self.registered {
+                self.registered = poller.register(fd);
+                if !self.registered {
+                    return true;
+                }
+            }
+            if !poller.is_ready(fd) {
+                poller.refresh_if_stale();
+            }
+            let ready = poller.is_ready(fd);
+            if ready {
+                poller.clear(fd);
+            }
+            ready
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_buffer_that_grew_large_is_let_go_and_a_small_or_busy_one_is_kept() {
+        let mut read = ReadBuffer::default();
+        read.buf.reserve(KEEP_CAPACITY * 8);
+        read.buf.extend_from_slice(b"a request still being read");
+        read.release_if_large();
+        assert!(read.buf.capacity() > KEEP_CAPACITY, "bytes not yet decoded are kept");
+        read.buf.clear();
+        read.release_if_large();
+        assert_eq!(read.buf.capacity(), 0, "an empty large buffer is released");
+        read.buf.reserve(1024);
+        read.release_if_large();
+        assert!(read.buf.capacity() >= 1024, "a small buffer is reused");
+    }
+
+    /// A read that glommio would answer only when it reaps its io_uring poll: never, here.
+    struct UnreapedPoll(std::os::unix::net::UnixStream);
+
+    impl AsyncRead for UnreapedPoll {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut [u8]) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    impl SpinRead for UnreapedPoll {
+        fn spin_fd(&self) -> Option<RawFd> {
+            Some(self.0.as_raw_fd())
+        }
+    }
+
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_read_left_waiting_on_io_uring_is_woken_and_served_by_the_busy_poller() {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let (mut peer, socket) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let mut stream = UnreapedPoll(socket);
+        let wakes = std::sync::Arc::new(CountWakes(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut read = ReadBuffer::default();
+        // The core is quiet (no data yet on this thread): the read waits through glommio.
+        assert!(read.poll_fill(&mut stream, &mut cx, ReadMode::Spin).is_pending());
+        peer.write_all(b"+PONG\r\n").expect("write");
+        // Another connection's spinning read refreshes the poller, which sees the arrival.
+        std::thread::sleep(REFRESH_AFTER * 2);
+        POLLER.with(|p| p.borrow_mut().as_mut().expect("poller").refresh_if_stale());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the waiting task was not woken");
+        // And the bytes are read although glommio's poll never completes.
+        assert!(matches!(read.poll_fill(&mut stream, &mut cx, ReadMode::Spin), Poll::Ready(Ok(7))));
+        assert_eq!(&read.buf[..], b"+PONG\r\n");
+        // Waiting again after an arrival the poller already saw wakes at once.
+        assert!(read.poll_fill(&mut stream, &mut cx, ReadMode::Wait).is_pending());
+        peer.write_all(b"+PONG\r\n").expect("write");
+        std::thread::sleep(REFRESH_AFTER * 2);
+        POLLER.with(|p| p.borrow_mut().as_mut().expect("poller").refresh_if_stale());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert!(matches!(read.poll_fill(&mut stream, &mut cx, ReadMode::Wait), Poll::Ready(Ok(7))));
+    }
+}
