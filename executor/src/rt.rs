@@ -80,13 +80,17 @@ impl Future for Timer {
     }
 }
 
-/// A TCP connection on this core.
-pub struct TcpStream(glommio::net::TcpStream);
+/// A TCP connection on this core. The flag: whether its socket is in the core's busy poller.
+pub struct TcpStream(glommio::net::TcpStream, bool);
 
 impl TcpStream {
+    fn new(inner: glommio::net::TcpStream) -> Self {
+        TcpStream(inner, false)
+    }
+
     /// Connects to `addr`, giving up after `timeout`.
     pub async fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-        glommio::net::TcpStream::connect_timeout(addr, timeout).await.map(TcpStream).map_err(io::Error::from)
+        glommio::net::TcpStream::connect_timeout(addr, timeout).await.map(TcpStream::new).map_err(io::Error::from)
     }
 
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
@@ -109,8 +113,13 @@ impl AsRawFd for TcpStream {
 }
 
 impl AsyncRead for TcpStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+    /// glommio's read, kept from waiting for a late reaping of its io_uring poll (see
+    /// [`crate::io::read_unspun`]): TLS reads come this way too.
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let fd = this.0.as_raw_fd();
+        let inner = &mut this.0;
+        crate::io::read_unspun(fd, &mut this.1, cx, buf, |cx, buf| Pin::new(inner).poll_read(cx, buf))
     }
 }
 
@@ -142,7 +151,7 @@ impl TcpListener {
 
     /// The next connection.
     pub async fn accept(&self) -> io::Result<TcpStream> {
-        self.0.accept().await.map(TcpStream).map_err(io::Error::from)
+        self.0.accept().await.map(TcpStream::new).map_err(io::Error::from)
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -29,7 +29,8 @@
 //! (valkey-benchmark's maximum latency through the proxy was 100 ms in every run). So each
 //! such read also leaves its waker with the busy poller, which wakes it when it sees the fd
 //! receive data, and a read whose data the poller saw takes it with a plain `recv`,
-//! spinning or not.
+//! spinning or not ([`read_unspun`], which `rt::TcpStream` reads through: so do rustls and
+//! tungstenite).
 //!
 //! Spinning flat out only pays on a CPU nobody else wants. On a shared box (the server, the
 //! clients or a second worker on the same CPU) every spin steals time from a thread that has
@@ -103,6 +104,72 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
 }
 
+/// Reads socket `fd` for a read that does not spin: what the core's busy poller saw arrive is
+/// taken with a plain `recv`; otherwise `wait` (glommio's read, which waits through an
+/// io_uring poll) is asked, and if it must wait, the busy poller is also told to wake the
+/// task when `fd` receives data. glommio reaps io_uring completions only when its task queue
+/// runs dry or at its preemption timer (100 ms), and a core whose reads spin never runs dry:
+/// without the poller such a read waited up to 100 ms for bytes that had long arrived.
+/// `registered` says whether `fd` is in the poller yet.
+pub(crate) fn read_unspun(
+    fd: RawFd,
+    registered: &mut bool,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+    wait: impl FnOnce(&mut Context<'_>, &mut [u8]) -> Poll<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
+    if *registered && poller_saw(fd) {
+        match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => return Poll::Ready(Err(e.into())),
+        }
+    }
+    let result = wait(cx, buf);
+    if result.is_pending() {
+        wake_on_arrival(fd, registered, cx.waker());
+    }
+    result
+}
+
+/// True (and forgotten) if the core's busy poller saw data arrive on `fd` since its reader
+/// last asked. Does not ask the kernel again.
+fn poller_saw(fd: RawFd) -> bool {
+    POLLER.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(poller) = p.as_mut() else { return false };
+        let ready = poller.is_ready(fd);
+        if ready {
+            poller.clear(fd);
+        }
+        ready
+    })
+}
+
+/// Has the core's busy poller wake `waker` when `fd` receives data (see
+/// [`BusyPoller::waiting`]), registering `fd` first if `registered` says it is not yet; wakes
+/// at once if the poller already saw data.
+fn wake_on_arrival(fd: RawFd, registered: &mut bool, waker: &Waker) {
+    POLLER.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_none() {
+            *p = BusyPoller::new();
+        }
+        let Some(poller) = p.as_mut() else { return };
+        if !*registered {
+            *registered = poller.register(fd);
+        }
+        if !*registered {
+            return;
+        }
+        if poller.is_ready(fd) {
+            waker.wake_by_ref();
+        } else {
+            poller.wait_for(fd, waker);
+        }
+    })
+}
+
 /// A socket that [`ReadBuffer`] reads from: any async reader, plus the fd that busy polling
 /// may `recv` from directly when the bytes need no decoding on the way (plain TCP; not TLS).
 pub trait SpinRead: AsyncRead + Unpin {
@@ -173,21 +240,16 @@ impl ReadBuffer {
         self.release_if_large();
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let fd = stream.spin_fd();
-            let spinning = fd.filter(|_| mode == ReadMode::Spin && may_spin());
-            let direct = match (fd, spinning) {
+            let spinning = stream.spin_fd().filter(|_| mode == ReadMode::Spin && may_spin());
+            let direct = match spinning {
                 // The first try reads directly: data is often already there. Later tries
                 // read only when the busy poller saw data.
-                (_, Some(fd)) if self.misses == 0 || self.poller_says_ready(fd) => Some(fd),
-                (_, Some(_)) if self.misses < SPIN_READS => {
+                Some(fd) if self.misses == 0 || self.poller_says_ready(fd) => Some(fd),
+                Some(_) if self.misses < SPIN_READS => {
                     self.misses += 1;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                // Not spinning: what the poller saw arrive is still read at once. glommio
-                // may be waiting for it through an io_uring poll, which a core that is
-                // spinning again reaps only at its preemption timer (100 ms).
-                (Some(fd), _) if self.poller_saw(fd) => Some(fd),
                 _ => None,
             };
             let result = if let Some(fd) = direct {
@@ -202,12 +264,9 @@ impl ReadBuffer {
                     Err(e) => Poll::Ready(Err(e.into())),
                 }
             } else {
-                let result = Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]);
-                if let (Poll::Pending, Some(fd)) = (&result, fd) {
-                    // Also when the core is idle now: it may be spinning when the bytes come.
-                    self.wake_on_arrival(fd, cx.waker());
-                }
-                result
+                // A TCP stream's own read does not wait for glommio's late reaping either
+                // (`read_unspun`), TLS included.
+                Pin::new(&mut *stream).poll_read(cx, &mut scratch[..])
             };
             if let Poll::Ready(Ok(n)) = result {
                 self.misses = 0;
@@ -245,44 +304,6 @@ impl ReadBuffer {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
-    }
-
-    /// Has the core's busy poller wake `waker` when `fd` receives data (see
-    /// [`BusyPoller::waiting`]); at once if it already saw some.
-    fn wake_on_arrival(&mut self, fd: RawFd, waker: &Waker) {
-        POLLER.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.is_none() {
-                *p = BusyPoller::new();
-            }
-            let Some(poller) = p.as_mut() else { return };
-            if !self.registered {
-                self.registered = poller.register(fd);
-            }
-            if !self.registered {
-                return;
-            }
-            if poller.is_ready(fd) {
-                waker.wake_by_ref();
-            } else {
-                poller.wait_for(fd, waker);
-            }
-        })
-    }
-
-    /// True (and forgotten) if the core's busy poller saw data arrive on `fd` since its
-    /// reader last asked. Does not ask the kernel again.
-    fn poller_saw(&mut self, fd: RawFd) -> bool {
-        self.registered
-            && POLLER.with(|p| {
-                let mut p = p.borrow_mut();
-                let Some(poller) = p.as_mut() else { return false };
-                let ready = poller.is_ready(fd);
-                if ready {
-                    poller.clear(fd);
-                }
-                ready
-            })
     }
 
     /// Asks the core's busy poller whether `fd` has data, registering it on first use. If
@@ -331,12 +352,14 @@ mod tests {
         assert!(read.buf.capacity() >= 1024, "a small buffer is reused");
     }
 
-    /// A read that glommio would answer only when it reaps its io_uring poll: never, here.
-    struct UnreapedPoll(std::os::unix::net::UnixStream);
+    /// A TCP stream whose glommio read would answer only when glommio reaps its io_uring
+    /// poll: never, here. It reads as `rt::TcpStream` does, through [`read_unspun`].
+    struct UnreapedPoll(std::os::unix::net::UnixStream, bool);
 
     impl AsyncRead for UnreapedPoll {
-        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut [u8]) -> Poll<io::Result<usize>> {
-            Poll::Pending
+        fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            read_unspun(this.0.as_raw_fd(), &mut this.1, cx, buf, |_, _| Poll::Pending)
         }
     }
 
@@ -359,27 +382,30 @@ mod tests {
         use std::io::Write;
         use std::sync::atomic::Ordering;
         let (mut peer, socket) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-        let mut stream = UnreapedPoll(socket);
+        let mut stream = UnreapedPoll(socket, false);
         let wakes = std::sync::Arc::new(CountWakes(Default::default()));
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         let mut read = ReadBuffer::default();
+        let refresh = || {
+            // What another connection's spinning read does.
+            std::thread::sleep(REFRESH_AFTER * 2);
+            POLLER.with(|p| p.borrow_mut().as_mut().expect("poller").refresh_if_stale());
+        };
         // The core is quiet (no data yet on this thread): the read waits through glommio.
         assert!(read.poll_fill(&mut stream, &mut cx, ReadMode::Spin).is_pending());
         peer.write_all(b"+PONG\r\n").expect("write");
-        // Another connection's spinning read refreshes the poller, which sees the arrival.
-        std::thread::sleep(REFRESH_AFTER * 2);
-        POLLER.with(|p| p.borrow_mut().as_mut().expect("poller").refresh_if_stale());
+        refresh();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the waiting task was not woken");
         // And the bytes are read although glommio's poll never completes.
         assert!(matches!(read.poll_fill(&mut stream, &mut cx, ReadMode::Spin), Poll::Ready(Ok(7))));
         assert_eq!(&read.buf[..], b"+PONG\r\n");
-        // Waiting again after an arrival the poller already saw wakes at once.
-        assert!(read.poll_fill(&mut stream, &mut cx, ReadMode::Wait).is_pending());
+        // Bytes the poller saw before anyone waited are read at once, by a read that never
+        // spins too (a sink's wait for pushed messages, or rustls under TLS).
         peer.write_all(b"+PONG\r\n").expect("write");
-        std::thread::sleep(REFRESH_AFTER * 2);
-        POLLER.with(|p| p.borrow_mut().as_mut().expect("poller").refresh_if_stale());
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        refresh();
         assert!(matches!(read.poll_fill(&mut stream, &mut cx, ReadMode::Wait), Poll::Ready(Ok(7))));
+        assert!(read.poll_fill(&mut stream, &mut cx, ReadMode::Wait).is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }
