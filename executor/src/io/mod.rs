@@ -135,39 +135,36 @@ pub(crate) fn read_unspun(
 /// True (and forgotten) if the core's busy poller saw data arrive on `fd` since its reader
 /// last asked. Does not ask the kernel again.
 fn poller_saw(fd: RawFd) -> bool {
-    POLLER.with(|p| {
-        let mut p = p.borrow_mut();
-        let Some(poller) = p.as_mut() else { return false };
-        let ready = poller.is_ready(fd);
-        if ready {
-            poller.clear(fd);
-        }
-        ready
-    })
+    POLLER.with(|p| p.borrow_mut().as_mut().is_some_and(|poller| poller.take(fd)))
 }
 
-/// Has the core's busy poller wake `waker` when `fd` receives data (see
-/// [`BusyPoller::waiting`]), registering `fd` first if `registered` says it is not yet; wakes
-/// at once if the poller already saw data.
-fn wake_on_arrival(fd: RawFd, registered: &mut bool, waker: &Waker) {
+/// Runs `f` on the core's busy poller (made on first use) with `fd` in it, registering it
+/// first if `registered` says it is not yet; `None` when there is no poller or `fd` cannot
+/// join it.
+fn with_registered<T>(fd: RawFd, registered: &mut bool, f: impl FnOnce(&mut BusyPoller) -> T) -> Option<T> {
     POLLER.with(|p| {
         let mut p = p.borrow_mut();
         if p.is_none() {
             *p = BusyPoller::new();
         }
-        let Some(poller) = p.as_mut() else { return };
+        let poller = p.as_mut()?;
         if !*registered {
             *registered = poller.register(fd);
         }
-        if !*registered {
-            return;
-        }
+        registered.then(|| f(poller))
+    })
+}
+
+/// Has the core's busy poller wake `waker` when `fd` receives data (see
+/// [`BusyPoller::waiting`]); at once if the poller already saw data.
+fn wake_on_arrival(fd: RawFd, registered: &mut bool, waker: &Waker) {
+    with_registered(fd, registered, |poller| {
         if poller.is_ready(fd) {
             waker.wake_by_ref();
         } else {
             poller.wait_for(fd, waker);
         }
-    })
+    });
 }
 
 /// A socket that [`ReadBuffer`] reads from: any async reader, plus the fd that busy polling
@@ -309,27 +306,13 @@ impl ReadBuffer {
     /// Asks the core's busy poller whether `fd` has data, registering it on first use. If
     /// no poller can be had, says "ready" so the caller simply tries `recv`.
     fn poller_says_ready(&mut self, fd: RawFd) -> bool {
-        POLLER.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.is_none() {
-                *p = BusyPoller::new();
-            }
-            let Some(poller) = p.as_mut() else { return true };
-            if !self.registered {
-                self.registered = poller.register(fd);
-                if !self.registered {
-                    return true;
-                }
-            }
+        with_registered(fd, &mut self.registered, |poller| {
             if !poller.is_ready(fd) {
                 poller.refresh_if_stale();
             }
-            let ready = poller.is_ready(fd);
-            if ready {
-                poller.clear(fd);
-            }
-            ready
+            poller.take(fd)
         })
+        .unwrap_or(true)
     }
 }
 

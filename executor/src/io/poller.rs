@@ -71,6 +71,15 @@ impl BusyPoller {
         }
     }
 
+    /// True if `fd` received data since its reader last asked; the flag is cleared.
+    pub(super) fn take(&mut self, fd: RawFd) -> bool {
+        let ready = self.is_ready(fd);
+        if ready {
+            self.clear(fd);
+        }
+        ready
+    }
+
     pub(super) fn refresh_if_stale(&mut self) {
         let now = Instant::now();
         if now.saturating_duration_since(self.refreshed_at) < REFRESH_AFTER {
