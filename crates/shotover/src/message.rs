@@ -77,6 +77,10 @@ pub enum ProxyError {
     Upstream,
 }
 
+/// Where a Valkey request's name is in its bytes (offset, length), its argument count and
+/// what its name says (see [`Message::valkey_request`]).
+type KnownView = (usize, usize, usize, valkey::command::Special);
+
 /// One protocol message: raw bytes, a lazily parsed frame, and ids.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -102,9 +106,9 @@ pub struct Message {
     /// [`Message::close_after`]).
     close_after: bool,
     /// [`Message::valkey_request`] worked out once (several transforms and the sink ask):
-    /// the name's offset and length in `raw`, and the argument count; `Some(None)` when the
-    /// bytes are not a command.
-    valkey_view: Cell<Option<Option<(usize, usize, usize)>>>,
+    /// the name's offset and length in `raw`, the argument count and what the name says;
+    /// `Some(None)` when the bytes are not a command.
+    valkey_view: Cell<Option<Option<KnownView>>>,
 }
 
 impl Message {
@@ -442,13 +446,14 @@ impl Message {
             _ => return None,
         };
         if let Some(known) = self.valkey_view.get() {
-            let (start, len, argc) = known?;
-            return Some(valkey::command::RequestView { name: raw.get(start..start.checked_add(len)?)?, argc });
+            let (start, len, argc, special) = known?;
+            let name = raw.get(start..start.checked_add(len)?)?;
+            return Some(valkey::command::RequestView { name, argc, special });
         }
         let view = valkey::command::RequestView::new(raw);
         // The name is a slice of `raw`: its offset is the distance between the two pointers.
-        let known =
-            view.map(|v| ((v.name.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize), v.name.len(), v.argc));
+        let known = view
+            .map(|v| ((v.name.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize), v.name.len(), v.argc, v.special));
         self.valkey_view.set(Some(known));
         view
     }

@@ -5,6 +5,7 @@
 //! [`classify`] sorts commands into the query types that QueryTypeFilter filters on.
 
 use super::framing::parse_len;
+pub use super::special::Special;
 
 /// The kinds of query a filter can allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +29,8 @@ pub struct RequestView<'a> {
     pub name: &'a [u8],
     /// Number of arguments after the name.
     pub argc: usize,
+    /// What the name says about the command's effect on its connection, read once here.
+    pub special: Special,
 }
 
 impl<'a> RequestView<'a> {
@@ -40,11 +43,12 @@ impl<'a> RequestView<'a> {
             let rest = rest.strip_prefix(b"$")?;
             let (len, rest) = line(rest)?;
             let len = usize::try_from(parse_len(len).ok()?).ok()?;
-            Some(RequestView { name: rest.get(..len)?, argc: count.checked_sub(1)? })
+            let name = rest.get(..len)?;
+            Some(RequestView { name, argc: count.checked_sub(1)?, special: Special::of(name) })
         } else {
             let mut words = raw.split(|c| c.is_ascii_whitespace()).filter(|w| !w.is_empty());
             let name = words.next()?;
-            Some(RequestView { name, argc: words.count() })
+            Some(RequestView { name, argc: words.count(), special: Special::of(name) })
         }
     }
 
@@ -220,26 +224,10 @@ pub fn request_args(raw: &[u8]) -> Vec<&[u8]> {
     args
 }
 
-/// True for commands that may wait for long before the server answers them: the blocking
-/// list, sorted set and stream reads, and WAIT/WAITAOF. (XREAD and XREADGROUP block only
-/// with BLOCK, but counting them all costs nothing that matters.)
+/// True for commands that may wait for long before the server answers them (see
+/// [`Special::Blocking`]).
 pub fn may_block(view: &RequestView<'_>) -> bool {
-    const BLOCKING: [&str; 12] = [
-        "BLPOP",
-        "BRPOP",
-        "BLMOVE",
-        "BRPOPLPUSH",
-        "BZPOPMIN",
-        "BZPOPMAX",
-        "BLMPOP",
-        "BZMPOP",
-        "XREAD",
-        "XREADGROUP",
-        "WAIT",
-        "WAITAOF",
-    ];
-    view.name.first().is_some_and(|c| matches!(c.to_ascii_uppercase(), b'B' | b'X' | b'W'))
-        && BLOCKING.iter().any(|name| view.is(name))
+    view.special == Special::Blocking
 }
 
 /// Classifies an upper-cased command name. Unknown commands are [`QueryType::Write`], the

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod frame;
 pub mod framing;
 pub mod inline;
+pub mod special;
 
 pub use frame::{RespVersion, ValkeyFrame};
 

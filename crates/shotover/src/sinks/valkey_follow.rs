@@ -11,7 +11,7 @@
 //! head of the queue or a pushed message; it does no I/O.
 
 use bytes::Bytes;
-use shotover_protocols::valkey::command::{array_strings, RequestView};
+use shotover_protocols::valkey::command::{array_strings, RequestView, Special};
 use shotover_protocols::valkey::frame::is_error_reply;
 use std::collections::HashSet;
 
@@ -217,11 +217,11 @@ impl Follower {
         if is_error_reply(reply) {
             return;
         }
-        if view.is("MONITOR") {
+        if view.special == Special::Monitor {
             self.monitor = true;
-        } else if view.is("RESET") {
+        } else if view.special == Special::Reset {
             *self = Follower::default();
-        } else if view.is("HELLO") {
+        } else if view.special == Special::Hello {
             // The reply itself says which protocol the connection now speaks.
             match reply.first() {
                 Some(b'%') => self.resp3 = true,

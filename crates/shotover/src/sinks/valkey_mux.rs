@@ -17,7 +17,7 @@ use super::UpstreamTls;
 use crate::message::Message;
 use crate::stream::ReadMode;
 use bytes::{Bytes, BytesMut};
-use shotover_protocols::valkey::command::{array_strings, is_command_array, may_block};
+use shotover_protocols::valkey::command::{array_strings, is_command_array, Special};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -40,34 +40,6 @@ pub enum MuxError {
 /// that no state leaks between clients through a shared connection (and no blocking command
 /// holds one up).
 pub fn keeps_state(request: &Message) -> bool {
-    const STATEFUL: &[&str] = &[
-        "AUTH",
-        "HELLO",
-        "SELECT",
-        "CLIENT",
-        "READONLY",
-        "READWRITE",
-        "RESET",
-        "MULTI",
-        "WATCH",
-        // Blocking commands are added below from the source's own list (`may_block`).
-        // These change what the connection carries for everyone on it: QUIT closes it,
-        // SYNC/PSYNC/REPLCONF turn it into a replication stream, ASKING applies to the
-        // next command whoever sends it, MONITOR and the subscribe family stream messages
-        // (and an UNSUBSCRIBE of three channels gets three replies even when not subscribed).
-        "QUIT",
-        "SYNC",
-        "PSYNC",
-        "REPLCONF",
-        "ASKING",
-        "MONITOR",
-        "SUBSCRIBE",
-        "PSUBSCRIBE",
-        "SSUBSCRIBE",
-        "UNSUBSCRIBE",
-        "PUNSUBSCRIBE",
-        "SUNSUBSCRIBE",
-    ];
     // A shared connection pairs replies with requests by count: only a plain command array
     // is sure to get exactly one reply (an inline command, or another RESP value, can get
     // several, and would shift every other client's replies).
@@ -75,15 +47,20 @@ pub fn keeps_state(request: &Message) -> bool {
         return true;
     }
     let Some(view) = request.valkey_request() else { return true };
-    if view.is("CLIENT") {
+    match view.special {
+        Special::None => false,
         // CLIENT SETINFO only labels the connection (drivers send it on connect).
-        let setinfo = request
+        Special::Client => !request
             .raw()
-            .is_some_and(|raw| array_strings(raw).get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"SETINFO")));
-        return !setinfo;
+            .is_some_and(|raw| array_strings(raw).get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"SETINFO"))),
+        // Every other special command binds state to its connection or changes what it
+        // carries for everyone on it: AUTH, HELLO, SELECT, READONLY, READWRITE, RESET, MULTI
+        // and WATCH set state; QUIT closes it; SYNC, PSYNC and REPLCONF turn it into a
+        // replication stream; ASKING applies to the next command whoever sends it; MONITOR
+        // and the subscribe family stream messages (and an UNSUBSCRIBE of three channels
+        // gets three replies even when not subscribed); blocking commands hold it for long.
+        _ => true,
     }
-    // Every command that may block (the source's own list) holds its connection for long.
-    may_block(&view) || STATEFUL.iter().any(|name| view.is(name))
 }
 
 #[derive(Default)]

@@ -11,7 +11,7 @@ use super::connection::{Malformed, SourceCodec};
 use crate::chain::ChainError;
 use crate::message::{Message, Protocol};
 use bytes::{Buf, BytesMut};
-use shotover_protocols::valkey::command::{may_block, request_args};
+use shotover_protocols::valkey::command::{may_block, request_args, Special};
 use shotover_protocols::valkey::frame::is_error_reply;
 use shotover_protocols::valkey::framing::{Request, Scanner};
 use shotover_protocols::valkey::RespVersion;
@@ -84,12 +84,10 @@ impl SourceCodec for ValkeyCodec {
         // Rare: only batches with HELLO, RESET or QUIT pay for this.
         for (i, m) in batch.iter().enumerate() {
             let Some(view) = m.valkey_request() else { continue };
-            let switch = if view.is("HELLO") || view.is("RESET") {
-                protocol_switch(m).map(Switch::Protocol)
-            } else if view.is("QUIT") {
-                Some(Switch::Quit)
-            } else {
-                None
+            let switch = match view.special {
+                Special::Hello | Special::Reset => protocol_switch(m).map(Switch::Protocol),
+                Special::Quit => Some(Switch::Quit),
+                _ => None,
             };
             if let Some(switch) = switch {
                 self.switches.push_back((first + i as u64, switch));
@@ -148,10 +146,10 @@ impl SourceCodec for ValkeyCodec {
 /// The protocol a HELLO or RESET request switches to if it succeeds.
 fn protocol_switch(request: &Message) -> Option<RespVersion> {
     let view = request.valkey_request()?;
-    if view.is("RESET") {
+    if view.special == Special::Reset {
         return Some(RespVersion::Resp2);
     }
-    if !view.is("HELLO") || view.argc == 0 {
+    if view.special != Special::Hello || view.argc == 0 {
         return None;
     }
     match request_args(request.raw()?).first().copied() {

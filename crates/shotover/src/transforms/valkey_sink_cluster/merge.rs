@@ -13,11 +13,12 @@ use shotover_protocols::valkey::commands::ResponsePolicy;
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use shotover_protocols::valkey::frame::parse;
 use shotover_protocols::valkey::ValkeyFrame;
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// The response to `request`, from the replies of its sub-requests (`plan.subs` of `subs`).
-pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_requests: &IntCounter) -> Message {
-    let parts = subs.get(plan.subs.clone()).unwrap_or_default();
+/// A single sub-request's reply is moved out of `subs`, not copied.
+pub(super) fn merge(request: &Message, plan: &Plan, subs: &mut [Sub], failed_requests: &IntCounter) -> Message {
     let error = |text: String| {
         failed_requests.inc();
         Message::valkey_error_to(request, format!("ERR shotover: {text}"))
@@ -29,12 +30,15 @@ pub(super) fn merge(request: &Message, plan: &Plan, subs: &[Sub], failed_request
     }
     if plan.merge == Merge::Single {
         // The common case, one node's reply as it is: no list of replies to build.
-        return match parts.first().map(|sub| &sub.reply) {
-            Some(Ok(raw)) => reply_message(request, raw.clone()),
+        let taken = Err(Cow::Borrowed("reply already taken"));
+        let first = subs.get_mut(plan.subs.clone()).and_then(|parts| parts.first_mut());
+        return match first.map(|sub| std::mem::replace(&mut sub.reply, taken)) {
+            Some(Ok(raw)) => reply_message(request, raw),
             Some(Err(reason)) => error(reason.to_string()),
             None => error("no node to send to".into()),
         };
     }
+    let parts = subs.get(plan.subs.clone()).unwrap_or_default();
     // A failed sub-request fails the request; a node's own error reply is passed on.
     let mut replies = Vec::with_capacity(parts.len());
     for sub in parts {
@@ -256,7 +260,7 @@ mod tests {
             sub.reply = reply.map(Bytes::from_static).map_err(|e| e.to_string().into());
         }
         let failed = IntCounter::new("failed_requests", "test").unwrap();
-        let response = merge(&request, &plan, &subs, &failed);
+        let response = merge(&request, &plan, &mut subs, &failed);
         assert_eq!(response.request_id(), Some(request.id()));
         (response.to_bytes().unwrap(), failed.get())
     }
@@ -348,7 +352,7 @@ mod tests {
         let mut subs = Vec::new();
         let plan = routes(&map).plan(&modified, &mut subs);
         let failed = IntCounter::new("failed_requests", "test").unwrap();
-        let response = merge(&modified, &plan, &subs, &failed).to_bytes().unwrap();
+        let response = merge(&modified, &plan, &mut subs, &failed).to_bytes().unwrap();
         assert_eq!(
             (response, failed.get()),
             (Bytes::from_static(b"-ERR shotover: cannot route a modified request\r\n"), 0)

@@ -77,7 +77,7 @@ use prometheus::IntCounter;
 use pubsub::{is_pubsub_command, PubSub};
 use route::{is_stateful, Routes};
 use serde::Deserialize;
-use shotover_protocols::valkey::command::request_word;
+use shotover_protocols::valkey::command::{request_word, Special};
 use shotover_protocols::valkey::commands::CommandTable;
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::cell::{Cell, RefCell};
@@ -173,6 +173,7 @@ impl TransformConfig for ValkeySinkClusterConfig {
             dedicated: false,
             pubsub: PubSub::default(),
             tracking: false,
+            scratch: Scratch::default(),
         }))
     }
 }
@@ -248,6 +249,8 @@ pub struct ValkeySinkCluster {
     /// CLIENT TRACKING is on: its invalidations are read from the client's own connections
     /// while it is idle.
     tracking: bool,
+    /// The lists of the last batch, emptied, for the next.
+    scratch: Scratch,
 }
 
 impl ValkeySinkCluster {
@@ -295,7 +298,7 @@ impl Transform for ValkeySinkCluster {
         for request in requests {
             match self.pubsub_route(&request) {
                 None => {
-                    if request.valkey_request().is_some_and(|v| v.is("RESET")) {
+                    if request.valkey_request().is_some_and(|v| v.special == Special::Reset) {
                         self.pubsub.reset();
                     }
                     batch.push(request);
@@ -331,7 +334,8 @@ impl ValkeySinkCluster {
         let mut responses = Vec::with_capacity(requests.len());
         loop {
             let is_session = |r: &Message| {
-                r.valkey_request().is_some_and(|v| v.is("AUTH") || v.is("HELLO") || v.is("CLIENT"))
+                r.valkey_request()
+                    .is_some_and(|v| matches!(v.special, Special::Auth | Special::Hello | Special::Client))
                     && r.raw().is_some_and(|raw| session_kind(raw).is_some())
             };
             let cut = requests.iter().position(is_session).map(|at| at + 1).filter(|end| *end < requests.len());
@@ -400,10 +404,9 @@ impl ValkeySinkCluster {
             }
             return responses;
         }
-        let mut subs = Vec::new();
-        let plans: Vec<Plan> = requests.iter().map(|r| self.plan(r, &mut subs)).collect();
-        let pending: Vec<usize> =
-            (0..subs.len()).filter(|&i| subs.get(i).is_some_and(|s| s.node.port() != 0)).collect();
+        let Scratch { mut subs, mut plans, mut pending } = std::mem::take(&mut self.scratch);
+        plans.extend(requests.iter().map(|r| self.plan(r, &mut subs)));
+        pending.extend((0..subs.len()).filter(|&i| subs.get(i).is_some_and(|s| s.node.port() != 0)));
         if !self.dedicated && requests.iter().any(is_stateful) {
             self.dedicated = true;
         }
@@ -423,7 +426,7 @@ impl ValkeySinkCluster {
         }
         let mut responses = Vec::with_capacity(requests.len());
         for (request, plan) in requests.iter().zip(&plans) {
-            let response = merge(request, plan, &subs, &self.shared.failed_requests);
+            let response = merge(request, plan, &mut subs, &self.shared.failed_requests);
             // Only a session command's plan says so: the others are not parsed again.
             let kind = request.raw().filter(|_| plan.session).and_then(|raw| session_kind(raw));
             if let (Some(kind), Some(raw)) = (kind, request.raw()) {
@@ -438,7 +441,9 @@ impl ValkeySinkCluster {
                     }
                 }
             }
-            if request.valkey_request().is_some_and(|v| v.is("RESET")) && response.raw().is_some_and(|r| !is_error(r)) {
+            if request.valkey_request().is_some_and(|v| v.special == Special::Reset)
+                && response.raw().is_some_and(|r| !is_error(r))
+            {
                 // RESET logs the connection out and ends tracking: the session is not
                 // replayed any more, and the connections that have it close.
                 self.session.clear();
@@ -448,7 +453,32 @@ impl ValkeySinkCluster {
             }
             responses.push(response);
         }
+        self.scratch.keep(subs, plans, pending);
         responses
+    }
+}
+
+/// The lists a batch is planned into, kept (emptied) from one batch of a client to the next:
+/// most clients send batches of one size, which then cost no allocation.
+#[derive(Default)]
+struct Scratch {
+    subs: Vec<Sub>,
+    plans: Vec<Plan>,
+    pending: Vec<usize>,
+}
+
+impl Scratch {
+    /// Lists that grew past this many entries are let go, so that one huge batch does not
+    /// hold memory for the rest of the connection's life.
+    const KEEP: usize = 256;
+
+    fn keep(&mut self, mut subs: Vec<Sub>, mut plans: Vec<Plan>, mut pending: Vec<usize>) {
+        if subs.capacity() <= Self::KEEP && plans.capacity() <= Self::KEEP && pending.capacity() <= Self::KEEP {
+            subs.clear();
+            plans.clear();
+            pending.clear();
+            *self = Scratch { subs, plans, pending };
+        }
     }
 }
 

@@ -120,10 +120,10 @@ impl Routes<'_> {
     pub(super) fn plan(&self, request: &Message, subs: &mut Vec<Sub>) -> Plan {
         let start = subs.len();
         let answer = |merge: Merge| Plan { subs: start..start, merge, session: false };
-        let Some(raw) = request.raw().cloned() else {
+        let Some(raw) = request.raw() else {
             return answer(Merge::Error("ERR shotover: cannot route a modified request".into()));
         };
-        let leading = Leading::of(&raw);
+        let leading = Leading::of(raw);
         let name = Name::of(&leading);
         let name = name.as_bytes();
         let info = self.info(name, &leading);
@@ -132,7 +132,7 @@ impl Routes<'_> {
         let kind = session_kind_of(name, &leading);
         let session = kind.is_some();
         if kind == Some(SessionKind::Tracking) {
-            let words = array_strings(&raw);
+            let words = array_strings(raw);
             let unsupported = ["REDIRECT", "OPTIN", "OPTOUT"];
             if words.iter().any(|w| unsupported.iter().any(|u| w.eq_ignore_ascii_case(u.as_bytes()))) {
                 // REDIRECT names a connection of one node; CLIENT CACHING would apply to the
@@ -168,7 +168,7 @@ impl Routes<'_> {
             push(subs, self.direct, raw.clone(), None);
             Merge::Single
         } else if name == b"SCAN" {
-            match self.scan(&raw, subs) {
+            match self.scan(raw, subs) {
                 Some(merge) => merge,
                 None => return answer(Merge::Error("ERR invalid cursor".into())),
             }
@@ -196,11 +196,11 @@ impl Routes<'_> {
                 request_policy == RequestPolicy::MultiShard
                     && request.valkey_request().map_or(0, |v| v.argc) > i.key_step()
             })
-            .and_then(|info| self.split(info, name, &raw, subs))
+            .and_then(|info| self.split(info, name, raw, subs))
         {
             merge
         } else {
-            match first_key(info, name, leading.words(), &raw) {
+            match first_key(info, name, leading.words(), raw) {
                 Some(key) => {
                     let (node, s) = self.node_for(key);
                     push(subs, node, raw.clone(), Some(s));

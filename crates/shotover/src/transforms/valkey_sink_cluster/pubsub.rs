@@ -86,9 +86,7 @@ pub(super) enum Route {
 
 /// The subscribe family and MONITOR: the commands that need a pub/sub connection.
 pub(super) fn is_pubsub_command(request: &Message) -> bool {
-    const NAMES: [&str; 7] =
-        ["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR"];
-    request.valkey_request().is_some_and(|v| NAMES.iter().any(|name| v.is(name)))
+    request.valkey_request().is_some_and(|v| v.special.is_pubsub())
 }
 
 /// Where `request` goes, given the client's pub/sub connections (node, what its server said)

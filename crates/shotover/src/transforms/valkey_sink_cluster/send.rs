@@ -431,6 +431,7 @@ mod tests {
             dedicated,
             pubsub: super::super::pubsub::PubSub::default(),
             tracking: false,
+            scratch: Default::default(),
         }
     }
 

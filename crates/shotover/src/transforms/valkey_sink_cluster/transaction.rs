@@ -30,7 +30,7 @@ pub(super) struct Txn {
 
 /// Requests that start a transaction or a WATCH.
 pub(super) fn is_transaction_command(request: &Message) -> bool {
-    request.valkey_request().is_some_and(|v| v.is("MULTI") || v.is("WATCH"))
+    request.valkey_request().is_some_and(|v| v.special.starts_transaction())
 }
 
 impl ValkeySinkCluster {
@@ -129,7 +129,7 @@ impl ValkeySinkCluster {
                 if self.follow_redirections(&mut subs).await || broken {
                     self.refresh_map().await;
                 }
-                merge(request, &plan, &subs, &self.shared.failed_requests)
+                merge(request, &plan, &mut subs, &self.shared.failed_requests)
             }
         }
     }

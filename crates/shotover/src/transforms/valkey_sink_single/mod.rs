@@ -50,7 +50,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter};
 use serde::Deserialize;
-use shotover_protocols::valkey::command::{request_args, RequestView};
+use shotover_protocols::valkey::command::{request_args, RequestView, Special};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -201,15 +201,17 @@ impl ValkeySinkSingle {
     }
 
     fn remember_session(&mut self, view: &RequestView<'_>, raw: &Bytes) {
-        let kind = if view.is("HELLO") {
+        let kind = if view.special == Special::Hello {
             SessionCommand::Hello
-        } else if view.is("AUTH") {
+        } else if view.special == Special::Auth {
             SessionCommand::Auth
-        } else if view.is("SELECT") {
+        } else if view.special == Special::Select {
             SessionCommand::Select
-        } else if view.is("CLIENT") && request_args(raw).first().is_some_and(|a| a.eq_ignore_ascii_case(b"SETNAME")) {
+        } else if view.special == Special::Client
+            && request_args(raw).first().is_some_and(|a| a.eq_ignore_ascii_case(b"SETNAME"))
+        {
             SessionCommand::SetName
-        } else if view.is("RESET") {
+        } else if view.special == Special::Reset {
             self.session.clear();
             self.reply_mode = ReplyMode::On;
             return;
@@ -309,7 +311,7 @@ impl ValkeySinkSingle {
                     true
                 }
             };
-            quit = view.as_ref().is_some_and(|v| v.is("QUIT"));
+            quit = view.as_ref().is_some_and(|v| v.special == Special::Quit);
             steps.push(Step::Send { expect: view.as_ref().map_or(Expect::One, Expect::of), silent });
         }
         steps
@@ -461,7 +463,7 @@ impl ValkeySinkSingle {
                 out.push(Message::pushed(raw, Protocol::Valkey, now));
             }
             if done {
-                if view.as_ref().is_some_and(|v| v.is("QUIT")) {
+                if view.as_ref().is_some_and(|v| v.special == Special::Quit) {
                     // The server closes its side after QUIT's reply.
                     self.connection = None;
                 }
