@@ -224,6 +224,10 @@ pub struct ReadBuffer {
     misses: u32,
     /// Whether the socket is in the core's busy poller.
     registered: bool,
+    /// The last read missed while spinning: the next one spins again without asking
+    /// [`may_spin`], whose clock reading cost more than the rest of a miss (a run of misses
+    /// is bounded by [`SPIN_READS`]).
+    spinning: bool,
 }
 
 impl ReadBuffer {
@@ -237,13 +241,15 @@ impl ReadBuffer {
         self.release_if_large();
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let spinning = stream.spin_fd().filter(|_| mode == ReadMode::Spin && may_spin());
+            let spinning = stream.spin_fd().filter(|_| mode == ReadMode::Spin && (self.spinning || may_spin()));
+            self.spinning = false;
             let direct = match spinning {
                 // The first try reads directly: data is often already there. Later tries
                 // read only when the busy poller saw data.
                 Some(fd) if self.misses == 0 || self.poller_says_ready(fd) => Some(fd),
                 Some(_) if self.misses < SPIN_READS => {
                     self.misses += 1;
+                    self.spinning = true;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
@@ -254,6 +260,7 @@ impl ReadBuffer {
                     Ok(n) => Poll::Ready(Ok(n)),
                     Err(nix::errno::Errno::EAGAIN) => {
                         self.misses += 1;
+                        self.spinning = true;
                         // Yield: run the core's other tasks, then try again.
                         cx.waker().wake_by_ref();
                         Poll::Pending
