@@ -357,14 +357,50 @@ fn known_class(upper: &[u8]) -> Option<QueryType> {
     })
 }
 
-/// The cluster slot of a key: CRC16 of the key, or of its `{hash tag}` when it has one.
+/// The cluster slot of a key: CRC16 of the key, or of its `{hash tag}` when it has one (the
+/// bytes between its first `{` and the first `}` after it, if any are between).
+///
+/// One slot per routed request: redis-protocol's `redis_keyslot` (the tests' reference) walks
+/// the key a byte at a time, 3.5 % of a worker routing GETs; `crc`'s slice-by-16 table takes
+/// sixteen bytes a step.
 pub fn key_slot(key: &[u8]) -> u16 {
-    redis_protocol::redis_keyslot(key)
+    const XMODEM: crc::Crc<u16, crc::Table<16>> = crc::Crc::<u16, crc::Table<16>>::new(&crc::CRC_16_XMODEM);
+    let tag = memchr::memchr(b'{', key).and_then(|open| {
+        let after = key.get(open + 1..)?;
+        let close = memchr::memchr(b'}', after)?;
+        after.get(..close).filter(|tag| !tag.is_empty())
+    });
+    XMODEM.checksum(tag.unwrap_or(key)) % 16384
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_slots_are_valkeys() {
+        // Valkey's own answers (`CLUSTER KEYSLOT`), then redis-protocol's on awkward keys.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"key:__rand_int__"), 13782);
+        let keys: [&[u8]; 12] = [
+            b"",
+            b"{",
+            b"}",
+            b"{}",
+            b"{}x",
+            b"x{}",
+            b"{a}",
+            b"a{b}c{d}",
+            b"a{{b}}",
+            b"}{a}",
+            b"{a",
+            b"0123456789abcdefghijklmnopqrstuvwxyz{tag}",
+        ];
+        for key in keys {
+            assert_eq!(key_slot(key), redis_protocol::redis_keyslot(key), "{:?}", String::from_utf8_lossy(key));
+        }
+    }
 
     #[test]
     fn request_words_are_what_array_strings_gives() {
