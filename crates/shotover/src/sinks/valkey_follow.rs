@@ -217,17 +217,16 @@ impl Follower {
         if is_error_reply(reply) {
             return;
         }
-        if view.special == Special::Monitor {
-            self.monitor = true;
-        } else if view.special == Special::Reset {
-            *self = Follower::default();
-        } else if view.special == Special::Hello {
+        match view.special {
+            Special::Monitor => self.monitor = true,
+            Special::Reset => *self = Follower::default(),
             // The reply itself says which protocol the connection now speaks.
-            match reply.first() {
+            Special::Hello => match reply.first() {
                 Some(b'%') => self.resp3 = true,
                 Some(b'*') => self.resp3 = false,
                 _ => {}
-            }
+            },
+            _ => {}
         }
     }
 }

@@ -201,22 +201,19 @@ impl ValkeySinkSingle {
     }
 
     fn remember_session(&mut self, view: &RequestView<'_>, raw: &Bytes) {
-        let kind = if view.special == Special::Hello {
-            SessionCommand::Hello
-        } else if view.special == Special::Auth {
-            SessionCommand::Auth
-        } else if view.special == Special::Select {
-            SessionCommand::Select
-        } else if view.special == Special::Client
-            && request_args(raw).first().is_some_and(|a| a.eq_ignore_ascii_case(b"SETNAME"))
-        {
-            SessionCommand::SetName
-        } else if view.special == Special::Reset {
-            self.session.clear();
-            self.reply_mode = ReplyMode::On;
-            return;
-        } else {
-            return;
+        let kind = match view.special {
+            Special::Hello => SessionCommand::Hello,
+            Special::Auth => SessionCommand::Auth,
+            Special::Select => SessionCommand::Select,
+            Special::Client if request_args(raw).first().is_some_and(|a| a.eq_ignore_ascii_case(b"SETNAME")) => {
+                SessionCommand::SetName
+            }
+            Special::Reset => {
+                self.session.clear();
+                self.reply_mode = ReplyMode::On;
+                return;
+            }
+            _ => return,
         };
         self.session.retain(|(k, _)| *k != kind);
         self.session.push((kind, raw.clone()));
