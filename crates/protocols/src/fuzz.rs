@@ -41,7 +41,16 @@ pub fn valkey(data: &[u8]) {
             parse_and_encode(message);
         },
     );
-    let _ = scanner.scan_request(data);
+    // What framing notes about a request is what reading it again finds.
+    if let Ok(Some(valkey_framing::Request::Command(len))) = scanner.scan_request(data) {
+        if let (Some(shape), Some(raw)) = (scanner.last_shape(), data.get(..len)) {
+            let view = command::RequestView::new(raw).map(|v| (v.name, v.argc));
+            let (at, name_len) = (shape.name.0 as usize, shape.name.1 as usize);
+            let name = raw.get(at..at + name_len);
+            assert_eq!(view, name.map(|name| (name, shape.argc as usize)), "request shape");
+            assert_eq!(shape.strict, command::is_command_array(raw), "request shape");
+        }
+    }
     // Replies, as a sink cuts them.
     cut(
         &bytes,

@@ -77,10 +77,11 @@ pub enum ProxyError {
     Upstream,
 }
 
-/// Where a Valkey request's name is in its bytes (offset, length), its argument count and
-/// what its name says (see [`Message::valkey_request`]); 32-bit, to keep messages small (a
+/// Where a Valkey request's name is in its bytes (offset, length), its argument count, what
+/// its name says (see [`Message::valkey_request`]) and whether it is one command as clients
+/// send it (see [`Message::is_valkey_command_array`]); 32-bit, to keep messages small (a
 /// request too large for them is read again on each ask).
-type KnownView = (u32, u32, u32, valkey::command::Special);
+type KnownView = (u32, u32, u32, valkey::command::Special, bool);
 
 /// One protocol message: raw bytes, a lazily parsed frame, and ids.
 #[derive(Debug, Clone)]
@@ -133,6 +134,24 @@ impl Message {
             close_after: false,
             valkey_view: Cell::new(None),
         }
+    }
+
+    /// A Valkey request as a source framed it, with what framing already found out about it
+    /// (`None` for an inline request): nothing reads its bytes again to find its name.
+    pub fn valkey_request_from(raw: Bytes, shape: Option<valkey::framing::RequestShape>, received_at: Instant) -> Self {
+        let message = Message::from_bytes(raw, Protocol::Valkey, received_at);
+        if let Some(shape) = shape {
+            let (start, len) = shape.name;
+            let name = message
+                .raw
+                .as_ref()
+                .and_then(|raw| raw.get(start as usize..(start as usize).checked_add(len as usize)?));
+            if let Some(name) = name {
+                let special = valkey::command::Special::of(name);
+                message.valkey_view.set(Some(Some((start, len, shape.argc, special, shape.strict))));
+            }
+        }
+        message
     }
 
     /// A message the upstream sent unasked (see [`Message::is_pushed`]).
@@ -450,7 +469,7 @@ impl Message {
             _ => return None,
         };
         if let Some(known) = self.valkey_view.get() {
-            let (start, len, argc, special) = known?;
+            let (start, len, argc, special, _) = known?;
             let (start, len) = (start as usize, len as usize);
             let name = raw.get(start..start.checked_add(len)?)?;
             return Some(valkey::command::RequestView { name, argc: argc as usize, special });
@@ -463,7 +482,9 @@ impl Message {
                 let start = (v.name.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
                 let small = |n: usize| u32::try_from(n).ok();
                 match (small(start), small(v.name.len()), small(v.argc)) {
-                    (Some(start), Some(len), Some(argc)) => Some(Some((start, len, argc, v.special))),
+                    (Some(start), Some(len), Some(argc)) => {
+                        Some(Some((start, len, argc, v.special, valkey::command::is_command_array(raw))))
+                    }
                     _ => None,
                 }
             }
@@ -472,6 +493,18 @@ impl Message {
             self.valkey_view.set(Some(known));
         }
         view
+    }
+
+    /// True when this is an unmodified Valkey request of exactly one command as clients send
+    /// it, an array of bulk strings ([`valkey::command::is_command_array`]): such a request
+    /// gets exactly one reply.
+    pub fn is_valkey_command_array(&self) -> bool {
+        self.valkey_request().is_some()
+            && match self.valkey_view.get() {
+                Some(Some((_, _, _, _, array))) => array,
+                // The view was too large to keep: read the bytes.
+                _ => self.raw.as_ref().is_some_and(|raw| valkey::command::is_command_array(raw)),
+            }
     }
 
     /// Appends the wire form to `out`: the original bytes when unmodified. A modified
@@ -505,59 +538,4 @@ impl Message {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_stays_small() {
-        // Every request and response is moved through the chain's lists: 224 bytes with the
-        // frame inline, 112 now.
-        assert!(std::mem::size_of::<Message>() <= 112, "{} bytes", std::mem::size_of::<Message>());
-    }
-
-    #[test]
-    fn the_request_view_is_worked_out_once_and_the_same_every_time() {
-        let m = Message::from_bytes(
-            Bytes::from_static(b"*2\r\n$3\r\nget\r\n$1\r\nk\r\n"),
-            Protocol::Valkey,
-            Instant::now(),
-        );
-        let first = m.valkey_request().map(|v| (v.name.to_vec(), v.argc));
-        assert_eq!(first, Some((b"get".to_vec(), 1)));
-        assert_eq!(m.valkey_request().map(|v| (v.name.to_vec(), v.argc)), first, "from the cache");
-        let not = Message::from_bytes(Bytes::from_static(b"*1\r\n:1\r\n"), Protocol::Valkey, Instant::now());
-        assert!(not.valkey_request().is_none() && not.valkey_request().is_none());
-        // A modified message has no view: its bytes no longer say what it is.
-        let mut changed = m.clone();
-        assert!(changed.frame_mut().is_ok());
-        assert!(changed.valkey_request().is_none());
-    }
-
-    #[test]
-    fn unmodified_message_is_written_as_received() {
-        // Extra spaces in an inline command would be lost by a re-encode.
-        let raw = Bytes::from_static(b"PING   \r\n");
-        let mut m = Message::from_bytes(raw.clone(), Protocol::Valkey, Instant::now());
-        assert!(m.frame().is_ok());
-        let mut out = BytesMut::new();
-        m.encode_into(&mut out).unwrap();
-        assert_eq!(&out[..], &raw[..]);
-        assert_eq!(m.valkey_request().unwrap().name, b"PING");
-    }
-
-    #[test]
-    fn modified_message_is_re_encoded() {
-        let mut m = Message::from_bytes(Bytes::from_static(b"$1\r\na\r\n"), Protocol::Valkey, Instant::now());
-        *m.frame_mut().unwrap() = Frame::Valkey(valkey::frame::bulk("bb"));
-        let mut out = BytesMut::new();
-        m.encode_into(&mut out).unwrap();
-        assert_eq!(&out[..], b"$2\r\nbb\r\n");
-    }
-
-    #[test]
-    fn responses_carry_their_request_id() {
-        let req = Message::from_bytes(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), Protocol::Valkey, Instant::now());
-        let resp = Message::valkey_error_to(&req, "ERR no");
-        assert_eq!(resp.request_id(), Some(req.id()));
-    }
-}
+mod tests;

@@ -191,7 +191,13 @@ pub fn leading_words<'a>(raw: &'a [u8], out: &mut [&'a [u8]]) -> usize {
         }
         return n;
     }
-    let Some((_, mut rest)) = short_line(raw) else { return 0 };
+    let Some((_, rest)) = short_line(raw) else { return 0 };
+    bulk_words(rest, out)
+}
+
+/// The strings at the start of `rest` (the elements of a request after its header, or after
+/// some of its elements) into `out`, as [`leading_words`] reads them: how many were found.
+pub fn bulk_words<'a>(mut rest: &'a [u8], out: &mut [&'a [u8]]) -> usize {
     let mut found = 0;
     for slot in out.iter_mut() {
         let (item, after) = match rest.split_first() {

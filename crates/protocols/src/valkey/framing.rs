@@ -58,6 +58,20 @@ pub enum Request {
     Nothing(usize),
 }
 
+/// Where the parts of a multibulk request lie, noted while framing walked it (offsets from
+/// the request's first byte), so that nothing has to read the request again to find them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestShape {
+    /// The command name: offset and length.
+    pub name: (u32, u32),
+    /// Arguments after the name.
+    pub argc: u32,
+    /// Every bulk string is followed by exactly CRLF (Valkey skips those two bytes without
+    /// looking): the request is one command as clients send it, which
+    /// [`super::command::is_command_array`] checks on bytes framed elsewhere.
+    pub strict: bool,
+}
+
 /// [`message_len`] and [`request_len`] that remember how far they got in an incomplete
 /// message, so a large message arriving over many reads is walked once, not once per read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,6 +80,11 @@ pub struct Scanner {
     pos: usize,
     /// Frames still to walk before the message is complete; 0 means "start a new message".
     remaining: u64,
+    /// The multibulk count of the request being walked.
+    count: u64,
+    /// The shape of the multibulk request being walked, or last framed (`None` for an
+    /// inline request, or one whose offsets do not fit 32 bits).
+    shape: Option<RequestShape>,
 }
 
 impl Scanner {
@@ -73,7 +92,7 @@ impl Scanner {
     /// previous call until that call returned `Some` or an error.
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ValkeyCodecError> {
         if self.remaining == 0 {
-            *self = Scanner { pos: 0, remaining: 1 };
+            *self = Scanner { pos: 0, remaining: 1, ..Scanner::default() };
         }
         let result = self.walk(buf);
         self.settle(buf, result, MAX_MESSAGE_LEN)
@@ -93,19 +112,28 @@ impl Scanner {
         self.settle(buf, result, max)
     }
 
-    /// Starts afresh after a whole message or an error; refuses an incomplete message over
-    /// `max` bytes.
+    /// The shape of the request the last [`Scanner::scan_request`] returned as a
+    /// [`Request::Command`]; `None` for an inline one (or after any other result).
+    pub fn last_shape(&self) -> Option<RequestShape> {
+        self.shape.filter(|_| self.remaining == 0)
+    }
+
+    /// Starts afresh after a whole message or an error (keeping a whole request's shape for
+    /// [`Scanner::last_shape`]); refuses an incomplete message over `max` bytes.
     fn settle<T>(
         &mut self,
         buf: &[u8],
         result: Result<Option<T>, ValkeyCodecError>,
         max: usize,
     ) -> Result<Option<T>, ValkeyCodecError> {
-        if !matches!(result, Ok(None)) {
-            *self = Scanner::default();
-        } else if buf.len() > max {
-            *self = Scanner::default();
-            return Err(ValkeyCodecError::TooLarge { len: buf.len(), max });
+        match result {
+            Ok(Some(_)) => *self = Scanner { shape: self.shape, ..Scanner::default() },
+            Ok(None) if buf.len() > max => {
+                *self = Scanner::default();
+                return Err(ValkeyCodecError::TooLarge { len: buf.len(), max });
+            }
+            Ok(None) => {}
+            Err(_) => *self = Scanner::default(),
         }
         result
     }
@@ -166,6 +194,7 @@ impl Scanner {
 
     /// A new request: a multibulk if it starts with `*`, else an inline line.
     fn start_request(&mut self, buf: &[u8], max: usize) -> Result<Option<Request>, ValkeyCodecError> {
+        self.shape = None;
         match buf.first() {
             None => Ok(None),
             Some(b'*') => {
@@ -179,7 +208,9 @@ impl Scanner {
                     .ok_or(ValkeyCodecError::InvalidMultibulkLength)?;
                 match u64::try_from(count) {
                     Ok(count) if count > 0 => {
-                        *self = Scanner { pos: cr + 2, remaining: count };
+                        let argc = u32::try_from(count - 1).ok();
+                        let shape = argc.map(|argc| RequestShape { name: (0, 0), argc, strict: true });
+                        *self = Scanner { pos: cr + 2, remaining: count, count, shape };
                         self.walk_bulks(buf, max)
                     }
                     _ => Ok(Some(Request::Nothing(cr + 2))),
@@ -214,6 +245,19 @@ impl Scanner {
             }
             if buf.len() < end {
                 return Ok(None);
+            }
+            if let Some(shape) = self.shape.as_mut() {
+                if self.remaining == self.count {
+                    // The first bulk string is the name.
+                    let at = u32::try_from(cr + 2).ok();
+                    match (at, u32::try_from(len).ok()) {
+                        (Some(at), Some(len)) => shape.name = (at, len),
+                        _ => self.shape = None,
+                    }
+                }
+            }
+            if let Some(shape) = self.shape.as_mut() {
+                shape.strict &= buf.get(end - 2..end) == Some(b"\r\n".as_slice());
             }
             self.pos = end;
             self.remaining -= 1;

@@ -17,7 +17,7 @@ use super::UpstreamTls;
 use crate::message::Message;
 use crate::stream::ReadMode;
 use bytes::{Bytes, BytesMut};
-use shotover_protocols::valkey::command::{array_strings, is_command_array, Special};
+use shotover_protocols::valkey::command::{array_strings, Special};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -43,7 +43,7 @@ pub fn keeps_state(request: &Message) -> bool {
     // A shared connection pairs replies with requests by count: only a plain command array
     // is sure to get exactly one reply (an inline command, or another RESP value, can get
     // several, and would shift every other client's replies).
-    if !request.raw().is_some_and(|raw| is_command_array(raw)) {
+    if !request.is_valkey_command_array() {
         return true;
     }
     let Some(view) = request.valkey_request() else { return true };

@@ -9,7 +9,7 @@
 
 use super::connection::{Malformed, SourceCodec};
 use crate::chain::ChainError;
-use crate::message::{Message, Protocol};
+use crate::message::Message;
 use bytes::{Buf, BytesMut};
 use shotover_protocols::valkey::command::{may_block, request_args, Special};
 use shotover_protocols::valkey::frame::is_error_reply;
@@ -66,7 +66,8 @@ impl SourceCodec for ValkeyCodec {
         loop {
             match self.scanner.scan_request_max(buf, self.max_request) {
                 Ok(Some(Request::Command(len))) => {
-                    batch.push(Message::from_bytes(buf.split_to(len).freeze(), Protocol::Valkey, now))
+                    let raw = buf.split_to(len).freeze();
+                    batch.push(Message::valkey_request_from(raw, self.scanner.last_shape(), now))
                 }
                 // An empty line or `*0`: Valkey consumes it, runs nothing and answers nothing.
                 Ok(Some(Request::Nothing(len))) => buf.advance(len),

@@ -246,3 +246,47 @@ fn a_request_over_the_limit_is_refused_as_soon_as_its_lengths_show_it() {
     // Inline requests stay under their own 64 KiB line limit, below any sensible max.
     assert_eq!(scan(b"PING\r\n"), Ok(Some(Request::Command(6))));
 }
+
+/// The shape framing notes is what reading the framed request again finds: its name and
+/// argument count ([`RequestView`](crate::valkey::command::RequestView)) and whether it is one
+/// command as clients send it (`is_command_array`), whole or arriving a byte at a time.
+#[test]
+fn a_framed_requests_shape_is_what_reading_it_again_finds() {
+    use crate::valkey::command::{is_command_array, RequestView};
+    let requests: [&[u8]; 8] = [
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        b"*3\r\n$3\r\nset\r\n$3\r\nkey\r\n$0\r\n\r\n",
+        b"*1\r\n$4\r\nPING\r\n",
+        b"*1\r\n$0\r\n\r\n",
+        b"*1\r\n$4\r\nPINGxx",
+        b"*2\r\n$4\r\nECHO\r\n$2\r\nabxy",
+        b"*2\r\n$3\r\nGET\r\n$10\r\n0123456789\r\n",
+        b"PING\r\n",
+    ];
+    for raw in requests {
+        let expected = RequestView::new(raw)
+            .filter(|_| raw.first() == Some(&b'*'))
+            .map(|v| (v.name.to_vec(), v.argc, is_command_array(raw)));
+        let shape_of = |s: &Scanner| {
+            s.last_shape().map(|shape| {
+                let (at, len) = (shape.name.0 as usize, shape.name.1 as usize);
+                (raw[at..at + len].to_vec(), shape.argc as usize, shape.strict)
+            })
+        };
+        let mut scanner = Scanner::default();
+        assert_eq!(scanner.scan_request(raw), Ok(Some(Request::Command(raw.len()))), "{raw:?}");
+        assert_eq!(shape_of(&scanner), expected, "{raw:?}");
+        let mut scanner = Scanner::default();
+        for cut in 1..raw.len() {
+            assert_eq!(scanner.scan_request(&raw[..cut]), Ok(None));
+            assert_eq!(scanner.last_shape(), None, "no shape while the request is incomplete");
+        }
+        assert_eq!(scanner.scan_request(raw), Ok(Some(Request::Command(raw.len()))));
+        assert_eq!(shape_of(&scanner), expected, "{raw:?} arriving a byte at a time");
+    }
+    // Consumed without a command: no shape is left from the request before.
+    let mut scanner = Scanner::default();
+    assert!(scanner.scan_request(b"*1\r\n$4\r\nPING\r\n").is_ok());
+    assert_eq!(scanner.scan_request(b"*0\r\n"), Ok(Some(Request::Nothing(4))));
+    assert_eq!(scanner.last_shape(), None);
+}
