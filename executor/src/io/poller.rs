@@ -2,7 +2,7 @@
 //! received data, and wakes the reads that wait for them through io_uring.
 
 use super::contention::share_cpu;
-use super::REFRESH_AFTER;
+use super::{REFRESH_AFTER, UNCLOCKED_ASKS};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::cell::RefCell;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -20,6 +20,9 @@ pub struct BusyPoller {
     /// a bit stays set until [`BusyPoller::clear`], as epoll reports each arrival once).
     ready: Vec<u64>,
     refreshed_at: Instant,
+    /// Asks of [`BusyPoller::refresh_if_stale`] still to answer "fresh" without reading the
+    /// clock.
+    unclocked_asks: u8,
     events: Vec<EpollEvent>,
     /// Tasks whose read of fd `i` waits for readiness through io_uring. While the core
     /// spins, glommio reaps io_uring completions only at its preemption timer (100 ms), so
@@ -35,6 +38,7 @@ impl BusyPoller {
             epoll,
             ready: Vec::new(),
             refreshed_at: Instant::now(),
+            unclocked_asks: 0,
             events: vec![EpollEvent::empty(); 256],
             waiting: Vec::new(),
         })
@@ -81,8 +85,16 @@ impl BusyPoller {
     }
 
     pub(super) fn refresh_if_stale(&mut self) {
+        // Every spinning read of the core asks, a few hundred nanoseconds apart when many
+        // spin: after a look at the clock found the list fresh, the next few asks do not
+        // read the clock again (it was 2 % of a busy core's time).
+        if self.unclocked_asks > 0 {
+            self.unclocked_asks -= 1;
+            return;
+        }
         let now = Instant::now();
         if now.saturating_duration_since(self.refreshed_at) < REFRESH_AFTER {
+            self.unclocked_asks = UNCLOCKED_ASKS;
             return;
         }
         self.refreshed_at = share_cpu(now);

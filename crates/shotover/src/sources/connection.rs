@@ -161,7 +161,11 @@ impl Idle {
     }
 
     fn activity(&mut self) {
-        self.last_activity = Instant::now();
+        self.activity_at(Instant::now());
+    }
+
+    fn activity_at(&mut self, now: Instant) {
+        self.last_activity = now;
         self.awaiting_owed = false;
     }
 
@@ -371,9 +375,11 @@ async fn handle_input<C: SourceCodec>(
     idle: &mut Idle,
 ) -> bool {
     let before = client.pending.len();
-    let malformed = client.codec.decode(&mut read.buf, Instant::now(), &mut client.pending).err();
+    // The bytes were just read, and the core noted when: no second clock reading.
+    let now = shotover_executor::io::last_arrival().unwrap_or_else(Instant::now);
+    let malformed = client.codec.decode(&mut read.buf, now, &mut client.pending).err();
     if client.pending.len() > before {
-        idle.activity();
+        idle.activity_at(now);
     }
     // Before malformed bytes close the connection, every request before them is answered.
     let mut keep_open = run_pending(client, read, stream, chain, ctx, peer, malformed.is_some()).await;
