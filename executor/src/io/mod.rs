@@ -82,8 +82,9 @@ pub const BUSY_WINDOW: Duration = Duration::from_micros(200);
 /// How old the busy poller's readiness list may be before it is asked again.
 pub const REFRESH_AFTER: Duration = Duration::from_micros(5);
 /// After a clock reading found the busy poller's list fresh, this many more asks take it as
-/// fresh without reading the clock: a few hundred nanoseconds each when many sockets spin,
-/// so a refresh comes at most about a microsecond late.
+/// fresh without reading the clock. The bound is in asks, not time: on a busy core they come
+/// a few hundred nanoseconds apart (a refresh about a microsecond late); after a quiet spell
+/// the first few asks of the next burst may take an old list, costing them one more spin each.
 pub const UNCLOCKED_ASKS: u8 = 4;
 /// How often a spinning core checks whether another thread wants its CPU.
 pub const CONTENTION_CHECK: Duration = Duration::from_millis(2);
