@@ -319,3 +319,29 @@ fn a_client_that_leaves_while_blocked_takes_nothing_with_it() {
     let mut counter = s.valkey.client();
     orphaned_blocking_commands_steal_nothing(s.port, || blocked_clients(&mut counter), s.valkey.client());
 }
+
+/// A request sent while a blocking command waits is answered as soon as the block ends,
+/// as on a direct connection, without the client having to send anything more. (The proxy
+/// reads such bytes early, to see a blocked client go away; they were left unread until the
+/// client sent more, so a client waiting for their answer waited for good.)
+#[test]
+fn a_request_sent_while_a_blocking_command_waits_is_answered_when_it_ends() {
+    let s = Setup::new();
+    let mut admin = s.valkey.client();
+    for (target, port) in [("direct", s.valkey.port), ("proxy", s.port)] {
+        let key = format!("waiting-{target}");
+        let mut raw = Raw::connect(port);
+        raw.send(format!("*3\r\n$5\r\nBLPOP\r\n${}\r\n{key}\r\n$1\r\n0\r\n", key.len()).as_bytes());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while blocked_clients(&mut admin) == 0 {
+            assert!(Instant::now() < deadline, "{target}: BLPOP never blocked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        raw.send(b"*2\r\n$4\r\nECHO\r\n$5\r\nafter\r\n");
+        // Long enough for the proxy to have read the ECHO while BLPOP still waits.
+        std::thread::sleep(Duration::from_millis(200));
+        let _: i64 = redis::cmd("RPUSH").arg(&key).arg("x").query(&mut admin).unwrap();
+        let got = lossy(&raw.read_until(b"$5\r\nafter\r\n"));
+        assert_eq!(got, format!("*2\r\n${}\r\n{key}\r\n$1\r\nx\r\n$5\r\nafter\r\n", key.len()), "{target}");
+    }
+}

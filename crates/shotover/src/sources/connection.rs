@@ -139,6 +139,9 @@ struct Client<C> {
     /// cut (each batch's list goes down the chain, so it starts empty every time, and grew
     /// from 4 to 8 to 16 for a 16-deep pipeline).
     batch_hint: usize,
+    /// Set when bytes were read while a blocking request ran (to see the client go away):
+    /// they are cut into requests then, not when the client next sends.
+    read_ahead: bool,
 }
 
 /// When a connection closes for want of traffic: the source's idle `timeout`, or a drain
@@ -211,6 +214,7 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
         unflushed: false,
         sink_read_at: None,
         batch_hint: 0,
+        read_ahead: false,
     };
     let mut read = ReadBuffer::default();
     let mut idle = Idle::new(ctx.source.idle_timeout);
@@ -219,7 +223,7 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
         // Every event can be ready at once for a long time (a client that never stops
         // sending, a transform that keeps having answers): the core's other tasks still run.
         crate::rt::yield_if_needed().await;
-        let keep_open = match next_event(&mut client, &mut read, &mut stream, &mut chain, &ctx, &mut idle).await {
+        let mut keep_open = match next_event(&mut client, &mut read, &mut stream, &mut chain, &ctx, &mut idle).await {
             Event::Read(Ok(0)) => false,
             Event::Read(Err(e)) => {
                 if e.kind() == std::io::ErrorKind::InvalidData {
@@ -256,6 +260,11 @@ pub async fn serve<C: SourceCodec>(tcp: TcpStream, mut chain: Chain, ctx: Connec
                 break;
             }
         };
+        // Requests that came while a blocking one ran: their client may wait for their
+        // answers before it sends anything more.
+        while keep_open && std::mem::take(&mut client.read_ahead) {
+            keep_open = handle_input(&mut client, &mut read, &mut stream, &mut chain, &ctx, &peer, &mut idle).await;
+        }
         if !keep_open {
             // A client that half-closed after its requests still gets their answers.
             run_pending(&mut client, &mut read, &mut stream, &mut chain, &ctx, &peer, true).await;
@@ -426,8 +435,13 @@ async fn run_pending<C: SourceCodec>(
             // A request that may block for long (BLPOP ...) must not outlive its client: if
             // the client goes away meanwhile, the chain is dropped, and with it the upstream
             // connection, so the server stops waiting for it (and pops nothing for nobody).
-            let run = std::pin::pin!(run_chain(client, chain, batch, ctx));
-            match futures_lite::future::or(async { Some(run.await) }, client_gone(read, stream)).await {
+            let buffered = read.buf.len();
+            let outcome = {
+                let run = std::pin::pin!(run_chain(client, chain, batch, ctx));
+                futures_lite::future::or(async { Some(run.await) }, client_gone(read, stream)).await
+            };
+            client.read_ahead |= read.buf.len() > buffered;
+            match outcome {
                 Some(keep_open) => keep_open,
                 None => {
                     tracing::debug!(connection = %ctx.id, %peer, "client went away during a blocking request");
