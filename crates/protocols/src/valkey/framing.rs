@@ -246,19 +246,15 @@ impl Scanner {
             if buf.len() < end {
                 return Ok(None);
             }
-            if let Some(shape) = self.shape.as_mut() {
-                if self.remaining == self.count {
+            let first = self.remaining == self.count;
+            self.shape = self.shape.and_then(|mut shape| {
+                if first {
                     // The first bulk string is the name.
-                    let at = u32::try_from(cr + 2).ok();
-                    match (at, u32::try_from(len).ok()) {
-                        (Some(at), Some(len)) => shape.name = (at, len),
-                        _ => self.shape = None,
-                    }
+                    shape.name = (u32::try_from(cr + 2).ok()?, u32::try_from(len).ok()?);
                 }
-            }
-            if let Some(shape) = self.shape.as_mut() {
                 shape.strict &= buf.get(end - 2..end) == Some(b"\r\n".as_slice());
-            }
+                Some(shape)
+            });
             self.pos = end;
             self.remaining -= 1;
         }

@@ -123,7 +123,7 @@ impl Routes<'_> {
         let Some(raw) = request.raw() else {
             return answer(Merge::Error("ERR shotover: cannot route a modified request".into()));
         };
-        let leading = Leading::of_request(request).unwrap_or_else(|| Leading::of(raw));
+        let leading = Leading::of_request(request);
         let name = Name::of(&leading);
         let name = name.as_bytes();
         let info = self.info(name, &leading);

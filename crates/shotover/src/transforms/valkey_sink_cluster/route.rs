@@ -46,19 +46,20 @@ impl<'r> Leading<'r> {
     }
 
     /// [`Leading::of`] for a request whose name is already known (a source found it while
-    /// framing the request): only the words after the name are read.
-    pub(super) fn of_request(request: &'r Message) -> Option<Leading<'r>> {
-        let raw = request.raw()?;
+    /// framing the request): only the words after the name are read. A modified
+    /// request has no bytes to read: no words.
+    pub(super) fn of_request(request: &'r Message) -> Leading<'r> {
+        let raw = request.raw().map_or(&[][..], |raw| &raw[..]);
         let name = match request.valkey_request() {
             Some(view) if raw.first() == Some(&b'*') => view.name,
-            _ => return Some(Leading::of(raw)),
+            _ => return Leading::of(raw),
         };
         // The name is a slice of `raw`; the two bytes after it end its bulk string.
         let after = (name.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize) + name.len() + 2;
         let mut words: [&[u8]; 3] = [name, b"", b""];
         let rest = raw.get(after..).unwrap_or_default();
         let found = 1 + bulk_words(rest, words.get_mut(1..).unwrap_or_default());
-        Some(Leading { words, found })
+        Leading { words, found }
     }
 
     pub(super) fn words(&self) -> &[&'r [u8]] {
@@ -114,7 +115,7 @@ impl<'a> Routes<'a> {
     /// The node a request's first key lives on, if it has a key.
     pub(super) fn key_node(&self, request: &Message) -> Option<SocketAddr> {
         let raw = request.raw()?;
-        let leading = Leading::of_request(request)?;
+        let leading = Leading::of_request(request);
         let name = Name::of(&leading);
         let info = self.info(name.as_bytes(), &leading);
         let key = commands::first_key(info, name.as_bytes(), leading.words(), raw)?;
