@@ -5,6 +5,8 @@
 //!   that a port held by another process is a startup error rather than silent sharing.
 //! - [`control`]: the control core's thread, which runs global periodic jobs.
 //! - [`memory`]: the allocator's settings, so that freed memory goes back to the kernel.
+//! - [`placement`]: which core serves a new connection (the one whose CPU has room), and the
+//!   channels that hand a connection from the core that accepted it to that one.
 //! - [`fd_handoff`]: hands listening sockets to a new instance over a unix socket.
 //! - [`shutdown`]: a per-core signal that tells connection tasks to finish and close.
 //! - [`runtime`]: starts one pinned glommio executor per worker CPU and runs the per-core
@@ -18,6 +20,7 @@ pub mod fd_handoff;
 pub mod io;
 pub mod listener;
 pub mod memory;
+pub mod placement;
 pub mod rt;
 pub mod runtime;
 pub mod shutdown;

@@ -154,8 +154,25 @@ impl TcpListener {
         self.0.accept().await.map(TcpStream::new).map_err(io::Error::from)
     }
 
+    /// The next connection, not yet tied to a core: it may be sent to another core and
+    /// served there (see [`crate::placement`]).
+    pub async fn accept_unbound(&self) -> io::Result<AcceptedStream> {
+        self.0.shared_accept().await.map(AcceptedStream).map_err(io::Error::from)
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr().map_err(io::Error::from)
+    }
+}
+
+/// An accepted connection that no core serves yet; it can be sent to any core. Once sent,
+/// it must reach [`AcceptedStream::bind`] there: dropped unbound, its socket stays open.
+pub struct AcceptedStream(glommio::net::AcceptedTcpStream);
+
+impl AcceptedStream {
+    /// Makes it a connection of the calling core.
+    pub fn bind(self) -> TcpStream {
+        TcpStream::new(self.0.bind_to_executor())
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`Workers::shutdown_gradually`] …) and wakes every worker's command watcher, so no worker
 //! ever blocks on a channel, and an idle worker has no timer to wake it.
 
+use crate::placement::{Handoff, PlacementMode};
 use crate::rt::TcpListener;
 use crate::shutdown::{AcceptGate, AcceptState, Shutdown};
 use anyhow::{anyhow, Context, Result};
@@ -40,11 +41,18 @@ pub struct RuntimeConfig {
     pub io_memory: usize,
     /// How long a worker spins before parking when idle; zero never spins.
     pub spin_before_park: Duration,
+    /// How new connections are spread over the workers.
+    pub placement: PlacementMode,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { worker_cpus: vec![None], io_memory: 64 * 1024, spin_before_park: Duration::ZERO }
+        RuntimeConfig {
+            worker_cpus: vec![None],
+            io_memory: 64 * 1024,
+            spin_before_park: Duration::ZERO,
+            placement: PlacementMode::default(),
+        }
     }
 }
 
@@ -61,6 +69,9 @@ pub struct WorkerContext {
     pub shutdown: Shutdown,
     /// Whether the core's accept loops accept.
     pub accept: AcceptGate,
+    /// Where the connections this core accepts are served, and the way other cores hand
+    /// theirs to it: take it and start it with [`Handoff::start`].
+    pub handoff: Option<Handoff>,
     ready: Arc<AtomicUsize>,
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -202,7 +213,10 @@ impl Workers {
         let ready = Arc::new(AtomicUsize::new(0));
         let failure = Arc::new(Mutex::new(None));
         let mut handles = Vec::new();
-        for (core, (cpu, fds)) in config.worker_cpus.iter().copied().zip(listeners).enumerate() {
+        let spread = Arc::new(crate::placement::Placement::new(config.placement, &config.worker_cpus));
+        let handoffs = crate::placement::handoffs(&spread);
+        for (core, ((cpu, fds), handoff)) in config.worker_cpus.iter().copied().zip(listeners).zip(handoffs).enumerate()
+        {
             let placement = match cpu {
                 Some(cpu) => Placement::Fixed(cpu),
                 None => Placement::Unbound,
@@ -228,7 +242,8 @@ impl Workers {
                     let watcher = glommio::spawn_local(watch_commands(commands, shutdown.clone(), accept.clone()));
                     let listeners =
                         fds.into_iter().map(|(source, fd)| (source, TcpListener::from_owned_fd(fd))).collect();
-                    factory(WorkerContext { core, cpu, listeners, shutdown, accept, ready, failure }).await;
+                    let handoff = Some(handoff);
+                    factory(WorkerContext { core, cpu, listeners, shutdown, accept, handoff, ready, failure }).await;
                     drop(watcher);
                 })
                 .map_err(|e| anyhow!("cannot start worker {core} on CPU {cpu:?}: {e}"))?;

@@ -215,6 +215,8 @@ pub struct ShotoverBuilder {
     binary: Option<PathBuf>,
     topology: String,
     config: Option<String>,
+    /// Lines added to the default config.yaml.
+    config_lines: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     wait_at: Option<std::net::SocketAddr>,
@@ -228,6 +230,7 @@ impl Shotover {
             binary: None,
             topology: topology.to_string(),
             config: None,
+            config_lines: String::new(),
             args: Vec::new(),
             envs: Vec::new(),
             wait_at: None,
@@ -291,6 +294,13 @@ impl ShotoverBuilder {
         self
     }
 
+    /// Adds `line` (with its newline) to the default config.yaml, which keeps the
+    /// observability interface that [`Shotover::metrics`] reads.
+    pub fn config_line(mut self, line: &str) -> Self {
+        self.config_lines.push_str(line);
+        self
+    }
+
     /// Runs another build of the proxy (a custom build with extra transforms).
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.binary = Some(path.into());
@@ -324,7 +334,10 @@ impl ShotoverBuilder {
         let observability_port = free_port();
         let default_config = self.config.is_none();
         let config = self.config.unwrap_or_else(|| {
-            format!("main_log_level: \"info\"\nobservability_interface: \"127.0.0.1:{observability_port}\"\n")
+            format!(
+                "main_log_level: \"info\"\nobservability_interface: \"127.0.0.1:{observability_port}\"\n{}",
+                self.config_lines
+            )
         });
         std::fs::write(dir.path("topology.yaml"), &self.topology)?;
         std::fs::write(dir.path("config.yaml"), &config)?;
@@ -525,6 +538,29 @@ pub fn valkey_topology(listen_port: u16, chain: &str) -> String {
 }
 
 /// The chain item of a ValkeySinkSingle to `port`.
+/// A proxy on worker cores 0 and 1 whose source runs `chain`, with `connection_placement`
+/// set to `placement`; returns it and its port.
+pub fn two_core_valkey_proxy(chain: &str, placement: &str) -> (Shotover, u16) {
+    let port = free_port();
+    let shotover = Shotover::builder(&valkey_topology(port, chain))
+        .config_line(&format!("connection_placement: {placement}\n"))
+        .arg("--worker-cores")
+        .arg("0-1")
+        .wait_for(port)
+        .start()
+        .expect("shotover on two cores");
+    (shotover, port)
+}
+
+/// Whether this machine has the 2 CPUs a test of two worker cores needs (it says so when not).
+pub fn has_two_cpus() -> bool {
+    let two = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
+    if !two {
+        eprintln!("skipped: needs 2 CPUs");
+    }
+    two
+}
+
 pub fn sink_single(port: u16) -> String {
     format!("        - ValkeySinkSingle:\n            remote_address: \"127.0.0.1:{port}\"\n            connect_timeout_ms: 1000\n")
 }

@@ -14,14 +14,15 @@
 
 use crate::chain::{BuildContext, ChainBuilder};
 use crate::config::topology::TransformRegistry;
-use crate::config::{Config, Topology};
+use crate::config::{Config, ConnectionPlacement, Topology};
 use crate::hot_reload::{self, HandedOver};
 use crate::logging::{self, LogFormat};
 use crate::observability::{http, CoreMetrics, MetricsHub};
-use crate::sources::{accept_loop, SourceShared};
+use crate::sources::{accept_loop, SourceOnCore, SourceShared};
 use crate::systemd;
 use anyhow::{anyhow, Context, Result};
 use shotover_executor::fd_handoff::{self, ListenerMap};
+use shotover_executor::placement::PlacementMode;
 use shotover_executor::{control, cores, runtime, ControlHandle, RuntimeConfig, WorkerContext, WorkerFactory, Workers};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -97,7 +98,11 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
         let addr = addr.parse().map_err(|e| anyhow!("observability_interface {addr:?}: {e}"))?;
         http::start(addr, hub.clone(), set_filter, &control, previous.is_some())?;
     }
-    let workers = start_workers(&cpus, listeners.per_core, Arc::new(topology), shared, hub, &control)?;
+    let placement = match config.connection_placement {
+        ConnectionPlacement::Adaptive => PlacementMode::Adaptive,
+        ConnectionPlacement::Kernel => PlacementMode::Kernel,
+    };
+    let workers = start_workers(&cpus, placement, listeners.per_core, Arc::new(topology), shared, hub, &control)?;
     tracing::info!("shotover started with {} worker cores on CPUs {cpus:?}", cpus.len());
     let handed_over = HandedOver::default();
     serve_hot_reload(&options, previous, listeners.handover, &workers, &handed_over, &control);
@@ -190,6 +195,7 @@ fn add_connection_gauge(hub: &MetricsHub, sources: Vec<Arc<SourceShared>>) {
 /// startup error, with the reason.
 fn start_workers(
     cpus: &[usize],
+    placement: PlacementMode,
     listeners: Vec<Vec<(usize, std::os::fd::OwnedFd)>>,
     topology: Arc<Topology>,
     shared: Vec<Arc<SourceShared>>,
@@ -200,7 +206,8 @@ fn start_workers(
     let factory: WorkerFactory = Arc::new(move |ctx: WorkerContext| {
         Box::pin(run_worker(ctx, topology.clone(), shared.clone(), hub.clone(), control.clone()))
     });
-    let runtime_config = RuntimeConfig { worker_cpus: cpus.iter().map(|c| Some(*c)).collect(), ..Default::default() };
+    let runtime_config =
+        RuntimeConfig { worker_cpus: cpus.iter().map(|c| Some(*c)).collect(), placement, ..Default::default() };
     let workers = Workers::start(&runtime_config, listeners, factory)?;
     if let Err(e) = workers.wait_ready(Duration::from_secs(60)) {
         workers.stop();
@@ -334,16 +341,30 @@ async fn run_worker(
             }
         }
     }
+    let on_core: Vec<Rc<SourceOnCore>> = chains
+        .iter()
+        .zip(&shared)
+        .map(|(chain, shared)| {
+            Rc::new(SourceOnCore::new(shared.clone(), chain.clone(), metrics.clone(), ctx.shutdown.clone()))
+        })
+        .collect();
+    let Some(handoff) = ctx.handoff.take() else {
+        ctx.fail(format!("core {} was started without its handoff channels", ctx.core));
+        return;
+    };
+    let arrivals = on_core.clone();
+    let placer = Rc::new(handoff.start(move |handed| match arrivals.get(handed.source) {
+        Some(on) => on.serve(handed.stream.bind()),
+        None => drop(handed.stream.bind()),
+    }));
     for (index, listener) in std::mem::take(&mut ctx.listeners) {
-        let (Some(chain), Some(shared)) = (chains.get(index), shared.get(index)) else { continue };
-        let (gate, shutdown) = (ctx.accept.clone(), ctx.shutdown.clone());
+        let Some(on) = on_core.get(index) else { continue };
         tasks.push(crate::rt::spawn_local(accept_loop(
             listener,
-            shared.clone(),
-            chain.clone(),
-            metrics.clone(),
-            gate,
-            shutdown,
+            index,
+            on.clone(),
+            placer.clone(),
+            ctx.accept.clone(),
         )));
     }
     ctx.ready();

@@ -104,6 +104,12 @@ fn bad_configs_and_flags_exit_1() {
     expect_error(&topology, Some("main_log_level: \"shotover=loud\"\n"), &[], &["config.yaml", "main_log_level"]);
     expect_error(
         &topology,
+        Some("connection_placement: nearest\n"),
+        &[],
+        &["config.yaml", "connection_placement", "unknown variant `nearest`, expected `adaptive` or `kernel`"],
+    );
+    expect_error(
+        &topology,
         Some("main_log_level: info\n"),
         &["--worker-cores", "3-1"],
         &["invalid worker cores", "backwards"],

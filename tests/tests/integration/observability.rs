@@ -80,20 +80,12 @@ fn filter_changes_logging_while_running() {
 }
 
 #[test]
-fn two_worker_cores_both_serve_connections() {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    if cpus < 2 {
-        eprintln!("skipped: needs 2 CPUs");
+fn two_worker_cores_both_serve_connections_with_kernel_placement() {
+    if !has_two_cpus() {
         return;
     }
     let valkey = ValkeyServer::start();
-    let port = free_port();
-    let shotover = Shotover::builder(&valkey_topology(port, &sink_single(valkey.port)))
-        .arg("--worker-cores")
-        .arg("0-1")
-        .wait_for(port)
-        .start()
-        .unwrap();
+    let (shotover, port) = two_core_valkey_proxy(&sink_single(valkey.port), "kernel");
     for i in 0..40 {
         let out = raw_exchange(port, &format!("SET k{i} {i}\r\n"), 1);
         assert_eq!(out, "+OK\r\n");
@@ -105,6 +97,58 @@ fn two_worker_cores_both_serve_connections() {
     // 40 checks plus the one wait_for connection.
     assert_eq!(core0 + core1, 41.0);
     assert!(shotover.output().contains("2 worker cores"));
+}
+
+/// A CPU-bound shell loop pinned to CPU 0: the rest of the box wants that CPU.
+struct CpuHog(std::process::Child);
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Each open connection sends PING and is kept open; returns the new connections each
+/// worker core opened for them.
+fn connections_per_core(shotover: &Shotover, port: u16, count: usize) -> ([f64; 2], Vec<redis::Connection>) {
+    let series = |core: usize| format!("connections_opened{{core=\"{core}\",source=\"valkey\"}}");
+    let opened = |m: &str| [0, 1].map(|core| metric(m, &series(core)).unwrap_or(0.0));
+    let before = opened(&shotover.metrics());
+    let clients: Vec<redis::Connection> = (0..count)
+        .map(|_| {
+            let mut c = connect(port);
+            let pong: String = redis::cmd("PING").query(&mut c).expect("PING through the proxy");
+            assert_eq!(pong, "PONG");
+            c
+        })
+        .collect();
+    let after = opened(&shotover.metrics());
+    ([after[0] - before[0], after[1] - before[1]], clients)
+}
+
+#[test]
+fn new_connections_go_to_the_core_whose_cpu_the_box_leaves_room_on() {
+    if !has_two_cpus() {
+        return;
+    }
+    let valkey = ValkeyServer::start();
+    let _hog = CpuHog(
+        std::process::Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("taskset"),
+    );
+    let (adaptive, adaptive_port) = two_core_valkey_proxy(&sink_single(valkey.port), "adaptive");
+    let (kernel, kernel_port) = two_core_valkey_proxy(&sink_single(valkey.port), "kernel");
+    // The first connection (wait_for's) took the first measure; the room is measured over
+    // at least 100 ms from it.
+    std::thread::sleep(Duration::from_millis(400));
+    let ([on_0, on_1], _clients) = connections_per_core(&adaptive, adaptive_port, 20);
+    assert_eq!((on_0, on_1), (0.0, 20.0), "adaptive: connections on cores 0 and 1 with CPU 0 busy");
+    let ([on_0, on_1], _clients) = connections_per_core(&kernel, kernel_port, 20);
+    assert!(on_0 > 0.0 && on_1 > 0.0, "kernel: the hash spreads connections over both cores: {on_0} and {on_1}");
+    assert_eq!(on_0 + on_1, 20.0);
 }
 
 #[test]

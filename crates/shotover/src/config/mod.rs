@@ -91,6 +91,20 @@ pub struct Config {
     /// `--control-core` overrides it.
     #[serde(default)]
     pub control_core: Option<usize>,
+    /// Which worker core serves a new connection: `adaptive` (default), the cores whose CPUs
+    /// the rest of the box leaves room on; `kernel`, the core whose listener the kernel's
+    /// SO_REUSEPORT hash chose.
+    #[serde(default)]
+    pub connection_placement: ConnectionPlacement,
+}
+
+/// See [`Config::connection_placement`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionPlacement {
+    #[default]
+    Adaptive,
+    Kernel,
 }
 
 fn default_log_level() -> String {

@@ -20,6 +20,7 @@ use crate::config::topology::Transport;
 use crate::message::Protocol;
 use crate::observability::CoreMetrics;
 use crate::rt::{TcpListener, TcpStream};
+use shotover_executor::placement::Placer;
 use shotover_executor::{AcceptGate, AcceptState, Shutdown};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -95,70 +96,41 @@ async fn may_accept(gate: &AcceptGate) -> bool {
     }
 }
 
-/// Accepts connections for one source on one core until the gate closes, then waits for
-/// the connections it accepted (drained or closed through `shutdown`).
-pub async fn accept_loop(
-    listener: TcpListener,
-    source: Arc<SourceShared>,
-    chain: Rc<ChainBuilder>,
-    metrics: CoreMetrics,
-    gate: AcceptGate,
-    shutdown: Shutdown,
-) {
-    let active = Rc::new(Cell::new(0usize));
-    let opened = metrics.connections_opened.with_label_values(&[&source.name, &metrics.core.to_string()]);
-    let mut seq = 0u64;
-    loop {
-        if !source.hard_connection_limit {
-            // Leave new connections waiting in the backlog until a slot frees up.
-            while source.open.load(Ordering::Acquire) >= source.connection_limit && gate.state() != AcceptState::Closed
-            {
-                crate::rt::sleep(LIMIT_POLL).await;
-            }
-        }
-        if !may_accept(&gate).await {
-            break;
-        }
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            gate.changed_from(AcceptState::Accepting).await;
-            None
-        })
-        .await;
-        let stream: TcpStream = match accepted {
-            None => continue,
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => {
-                tracing::warn!(source = %source.name, "accept failed: {e}");
-                crate::rt::sleep(LIMIT_POLL).await;
-                continue;
-            }
-        };
-        if !source.try_reserve() {
-            if source.hard_connection_limit {
-                tracing::warn!(source = %source.name, limit = source.connection_limit, "connection limit reached: dropping a new connection");
-                drop(stream);
-                continue;
-            }
-            // Another core took the last slot between our check and the accept: hold this
-            // connection until a slot frees up.
-            while !source.try_reserve() && gate.state() != AcceptState::Closed {
-                crate::rt::sleep(LIMIT_POLL).await;
-            }
-            if gate.state() == AcceptState::Closed {
-                break;
-            }
-        }
-        opened.inc();
-        seq += 1;
-        active.set(active.get() + 1);
-        let slot = Slot { shared: source.clone(), active: active.clone() };
+/// One source on one core: what its connections there share. The core's accept loops of
+/// the source and the connections other cores hand over are served through it.
+pub struct SourceOnCore {
+    pub shared: Arc<SourceShared>,
+    pub chain: Rc<ChainBuilder>,
+    pub metrics: CoreMetrics,
+    pub shutdown: Shutdown,
+    /// Connections of the source open on this core, for the drain.
+    active: Rc<Cell<usize>>,
+    seq: Cell<u64>,
+    /// `connections_opened` of the source on this core (its series exists from the start).
+    opened: prometheus::IntCounter,
+}
+
+impl SourceOnCore {
+    pub fn new(shared: Arc<SourceShared>, chain: Rc<ChainBuilder>, metrics: CoreMetrics, shutdown: Shutdown) -> Self {
+        let opened = metrics.connections_opened.with_label_values(&[&shared.name, &metrics.core.to_string()]);
+        SourceOnCore { shared, chain, metrics, shutdown, active: Rc::new(Cell::new(0)), seq: Cell::new(0), opened }
+    }
+
+    /// Serves a connection on this core, in a task of its own. Its slot of the source's
+    /// `connection_limit` was taken by the core that accepted it.
+    pub fn serve(&self, stream: TcpStream) {
+        let source = &self.shared;
+        self.opened.inc();
+        self.seq.set(self.seq.get() + 1);
+        self.active.set(self.active.get() + 1);
+        let slot = Slot { shared: source.clone(), active: self.active.clone() };
         let ctx = ConnectionContext {
-            id: format!("{}-{}", metrics.core, seq),
+            id: format!("{}-{}", self.metrics.core, self.seq.get()),
             source: source.clone(),
-            shutdown: shutdown.register(),
-            metrics: metrics.clone(),
+            shutdown: self.shutdown.register(),
+            metrics: self.metrics.clone(),
         };
-        let chain = chain.build();
+        let chain = self.chain.build();
         let (protocol, max_request) = (source.protocol, source.max_request_bytes);
         // Disabled by default (it is a DEBUG span); `shotover::connection_span=debug` in the
         // log filter attaches the connection id and peer to every event of the connection.
@@ -181,7 +153,67 @@ pub async fn accept_loop(
         )
         .detach();
     }
+}
+
+/// Accepts connections for source `index` on one core until the gate closes, and serves each
+/// where `placer` says (here or on a core with more room), then waits for the source's
+/// connections on this core (drained or closed through `shutdown`).
+pub async fn accept_loop(
+    listener: TcpListener,
+    index: usize,
+    on: Rc<SourceOnCore>,
+    placer: Rc<Placer>,
+    gate: AcceptGate,
+) {
+    let source = &on.shared;
+    loop {
+        if !source.hard_connection_limit {
+            // Leave new connections waiting in the backlog until a slot frees up.
+            while source.open.load(Ordering::Acquire) >= source.connection_limit && gate.state() != AcceptState::Closed
+            {
+                crate::rt::sleep(LIMIT_POLL).await;
+            }
+        }
+        if !may_accept(&gate).await {
+            break;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept_unbound().await) }, async {
+            gate.changed_from(AcceptState::Accepting).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => continue,
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                tracing::warn!(source = %source.name, "accept failed: {e}");
+                crate::rt::sleep(LIMIT_POLL).await;
+                continue;
+            }
+        };
+        if !source.try_reserve() {
+            if source.hard_connection_limit {
+                tracing::warn!(source = %source.name, limit = source.connection_limit, "connection limit reached: dropping a new connection");
+                drop(stream.bind());
+                continue;
+            }
+            // Another core took the last slot between our check and the accept: hold this
+            // connection until a slot frees up.
+            while !source.try_reserve() && gate.state() != AcceptState::Closed {
+                crate::rt::sleep(LIMIT_POLL).await;
+            }
+            if gate.state() == AcceptState::Closed {
+                drop(stream.bind());
+                break;
+            }
+        }
+        if let Some(stream) = placer.place(index, stream) {
+            on.serve(stream);
+        }
+    }
     drop(listener);
+    let shutdown = &on.shutdown;
+    let active = &on.active;
     // Whoever closed the gate (a stop signal, or a gradual shutdown after a hot reload) set
     // how long the connections may take.
     shutdown.set_deadline(std::time::Instant::now() + DRAIN_TIMEOUT);
