@@ -41,8 +41,9 @@ pub enum PlacementMode {
 }
 
 /// Connections one core may have waiting to be taken up by another; past it, a core serves
-/// what it accepted itself.
-const HANDOVER_QUEUE: usize = 1024;
+/// what it accepted itself. glommio writes every slot of a channel (24 bytes each) and there
+/// is a channel for each ordered pair of cores, so this stays small.
+const HANDOVER_QUEUE: usize = 64;
 
 /// A connection one core hands to another: the index of its source and its socket.
 pub struct Handover {
@@ -60,9 +61,11 @@ pub struct Handoff {
     from: Vec<SharedReceiver<Handover>>,
 }
 
-/// Every core's [`Handoff`], in core order: a channel from each core to each other.
+/// Every core's [`Handoff`], in core order: a channel from each core to each other (none with
+/// one core or [`PlacementMode::Kernel`], where no connection moves).
 pub fn handoffs(placement: &Arc<Placement>) -> Vec<Handoff> {
     let n = placement.cores.len();
+    let moves = placement.mode == PlacementMode::Adaptive && n > 1;
     let mut all: Vec<Handoff> = (0..n)
         .map(|core| Handoff {
             core,
@@ -71,7 +74,7 @@ pub fn handoffs(placement: &Arc<Placement>) -> Vec<Handoff> {
             from: Vec::new(),
         })
         .collect();
-    for from in 0..n {
+    for from in (0..n).filter(|_| moves) {
         for to in (0..n).filter(|to| *to != from) {
             let (sender, receiver) = shared_channel::new_bounded(HANDOVER_QUEUE);
             if let Some(slot) = all.get_mut(from).and_then(|h| h.to.get_mut(to)) {
@@ -89,7 +92,11 @@ impl Handoff {
     /// Connects this core's ends (on its own thread). `arrived` is called, on this core,
     /// with each connection another core hands over. A channel whose other core never
     /// connects (it failed to start) stays unused: connections for it are served here.
-    pub fn start(self, arrived: impl Fn(Handover) + 'static) -> Placer {
+    ///
+    /// At shutdown, drop the [`Placer`] once this core's accept loops have ended (that closes
+    /// its channels to the other cores), then await [`Arrivals::finish`]: it returns once every
+    /// other core has done the same, so no connection is left in a channel.
+    pub fn start(self, arrived: impl Fn(Handover) + 'static) -> (Placer, Arrivals) {
         self.placement.register_thread(self.core);
         let senders: Rc<RefCell<Vec<Option<ConnectedSender<Handover>>>>> =
             Rc::new(RefCell::new((0..self.to.len()).map(|_| None).collect()));
@@ -105,17 +112,31 @@ impl Handoff {
             .detach();
         }
         let arrived = Rc::new(arrived);
-        for receiver in self.from {
-            let arrived = arrived.clone();
-            glommio::spawn_local(async move {
-                let receiver = receiver.connect().await;
-                while let Some(handover) = receiver.recv().await {
-                    arrived(handover);
-                }
+        let tasks = (self.from.into_iter())
+            .map(|receiver| {
+                let arrived = arrived.clone();
+                glommio::spawn_local(async move {
+                    let receiver = receiver.connect().await;
+                    while let Some(handover) = receiver.recv().await {
+                        arrived(handover);
+                    }
+                })
             })
-            .detach();
+            .collect();
+        (Placer { core: self.core, placement: self.placement, senders }, Arrivals(tasks))
+    }
+}
+
+/// The tasks that take the connections other cores hand to this one.
+pub struct Arrivals(Vec<glommio::Task<()>>);
+
+impl Arrivals {
+    /// Returns once every other core has closed its channel to this one and every connection
+    /// in them was taken.
+    pub async fn finish(self) {
+        for task in self.0 {
+            task.await;
         }
-        Placer { core: self.core, placement: self.placement, senders }
     }
 }
 
@@ -142,7 +163,8 @@ impl Placer {
             Err(
                 GlommioError::WouldBlock(ResourceType::Channel(h)) | GlommioError::Closed(ResourceType::Channel(h)),
             ) => Some(h.stream.bind()),
-            // glommio 0.9's try_send fails only as above; anything else is a bug to hear of.
+            // glommio 0.9's try_send fails only as above. Any other error would hold no
+            // connection to give back (it would be lost): a bug to hear of.
             Err(e) => {
                 tracing::error!("a connection could not be handed to core {core}: {e}");
                 None
@@ -178,6 +200,10 @@ pub struct Placement {
     last: Mutex<Option<Sample>>,
     /// Turns over the open cores for connections accepted by a core that is not open.
     next: AtomicUsize,
+    /// Worker threads registered so far; the first measure is taken when all are.
+    registered: AtomicUsize,
+    /// While set, every connection stays where it was accepted (see [`Placement::hold`]).
+    held: AtomicBool,
     ticks_per_second: f64,
 }
 
@@ -193,20 +219,37 @@ impl Placement {
                 .collect(),
             last: Mutex::new(None),
             next: AtomicUsize::new(0),
+            registered: AtomicUsize::new(0),
+            held: AtomicBool::new(false),
             ticks_per_second: ticks.max(1) as f64,
         }
     }
 
-    /// Called on worker `core`'s own thread when it starts.
+    /// Called on worker `core`'s own thread when it starts. The last one takes the first
+    /// measure, so that the first connections are placed on a measure of their own.
     pub fn register_thread(&self, core: usize) {
         if let Some(c) = self.cores.get(core) {
             c.tid.store(nix::unistd::gettid().as_raw(), Ordering::Release);
         }
+        if self.registered.fetch_add(1, Ordering::AcqRel) + 1 == self.cores.len() && self.moves() {
+            self.refresh(Instant::now());
+        }
+    }
+
+    /// Keeps every connection on the core that accepted it while `held`: after a hot reload
+    /// the previous instance's workers run on the same CPUs until it exits, and would count
+    /// as the rest of the box.
+    pub fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::Release);
+    }
+
+    fn moves(&self) -> bool {
+        self.mode == PlacementMode::Adaptive && self.cores.len() > 1
     }
 
     /// The core that should serve a connection worker `me` just accepted.
     pub fn place(&self, me: usize) -> usize {
-        if self.mode == PlacementMode::Kernel || self.cores.len() < 2 {
+        if !self.moves() || self.held.load(Ordering::Acquire) {
             return me;
         }
         self.refresh(Instant::now());
@@ -218,11 +261,6 @@ impl Placement {
             0 => me,
             n => open[self.next.fetch_add(1, Ordering::Relaxed) % n],
         }
-    }
-
-    /// Whether new connections may run on `core` now.
-    pub fn is_open(&self, core: usize) -> bool {
-        self.cores.get(core).is_some_and(|c| c.open.load(Ordering::Acquire))
     }
 
     /// Measures the CPUs' room again if the last measure is [`SAMPLE_EVERY`] old, and opens
@@ -358,6 +396,21 @@ mod tests {
         assert_eq!(kernel.place(0), 0);
         let one = Placement::new(PlacementMode::Adaptive, &[Some(0)]);
         assert_eq!(one.place(0), 0);
+        // No channels where no connection moves.
+        assert!(handoffs(&Arc::new(kernel)).iter().all(|h| h.from.is_empty() && h.to.iter().all(Option::is_none)));
+        let two = handoffs(&Arc::new(Placement::new(PlacementMode::Adaptive, &[Some(0), Some(1)])));
+        assert!(two.iter().all(|h| h.from.len() == 1 && h.to.iter().filter(|s| s.is_some()).count() == 1));
+    }
+
+    #[test]
+    fn a_held_placement_keeps_connections_where_they_were_accepted() {
+        let p = Placement::new(PlacementMode::Adaptive, &[None, None]);
+        p.cores[0].open.store(false, Ordering::Release);
+        *p.last.lock().expect("lock") = Some(Sample { at: Instant::now(), busy: vec![], own: vec![] });
+        p.hold(true);
+        assert_eq!(p.place(0), 0);
+        p.hold(false);
+        assert_eq!(p.place(0), 1);
     }
 
     #[test]

@@ -107,6 +107,8 @@ struct Commands {
     accept: AtomicU8,
     /// Non-zero: close every connection over this many milliseconds.
     gradual_ms: AtomicU64,
+    /// Where new connections go.
+    placement: Option<Arc<crate::placement::Placement>>,
 }
 
 /// The running worker threads.
@@ -208,12 +210,12 @@ impl Workers {
     ) -> Result<Workers> {
         watch_worker_panics();
         crate::memory::return_large_frees_to_the_kernel();
-        let commands = Arc::new(Commands::default());
+        let spread = Arc::new(crate::placement::Placement::new(config.placement, &config.worker_cpus));
+        let commands = Arc::new(Commands { placement: Some(spread.clone()), ..Default::default() });
         let running = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicUsize::new(0));
         let failure = Arc::new(Mutex::new(None));
         let mut handles = Vec::new();
-        let spread = Arc::new(crate::placement::Placement::new(config.placement, &config.worker_cpus));
         let handoffs = crate::placement::handoffs(&spread);
         for (core, ((cpu, fds), handoff)) in config.worker_cpus.iter().copied().zip(listeners).zip(handoffs).enumerate()
         {
@@ -315,6 +317,14 @@ impl WorkerCommands {
     pub fn pause_accepting(&self) {
         let _ = self.0.accept.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
         self.0.changed();
+    }
+
+    /// Keeps every new connection on the core that accepted it while `held` (see
+    /// [`crate::placement::Placement::hold`]).
+    pub fn hold_placement(&self, held: bool) {
+        if let Some(p) = &self.0.placement {
+            p.hold(held);
+        }
     }
 
     /// Accepts again after [`WorkerCommands::pause_accepting`].

@@ -192,6 +192,7 @@ pub fn serve_after_exit(
     control.spawn(async move {
         previous.exited().await;
         tracing::info!("hot reload: the old instance has exited");
+        commands.hold_placement(false);
         start_server(&path, commands, handed_over, &handle);
     });
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, ConnectionPlacement, Topology};
 use crate::hot_reload::{self, HandedOver};
 use crate::logging::{self, LogFormat};
 use crate::observability::{http, CoreMetrics, MetricsHub};
-use crate::sources::{accept_loop, SourceOnCore, SourceShared};
+use crate::sources::{accept_loop, drain, SourceOnCore, SourceShared};
 use crate::systemd;
 use anyhow::{anyhow, Context, Result};
 use shotover_executor::fd_handoff::{self, ListenerMap};
@@ -237,6 +237,9 @@ fn serve_hot_reload(
     let (commands, slot) = (workers.commands(), handed_over.clone());
     match previous {
         Some(client) => {
+            // Until the old instance exits, its workers share our CPUs: placement would take
+            // them for the rest of the box (released in serve_after_exit).
+            commands.hold_placement(true);
             let seconds = options.hotreload_gradual_shutdown.as_secs();
             if let Err(e) = client.request_gradual_shutdown(seconds) {
                 tracing::warn!("hot reload: the old instance did not accept the shutdown request: {e:#}");
@@ -352,11 +355,13 @@ async fn run_worker(
         ctx.fail(format!("core {} was started without its handoff channels", ctx.core));
         return;
     };
-    let arrivals = on_core.clone();
-    let placer = Rc::new(handoff.start(move |handed| match arrivals.get(handed.source) {
+    let sources = on_core.clone();
+    let (placer, arrivals) = handoff.start(move |handed| match sources.get(handed.source) {
         Some(on) => on.serve(handed.stream.bind()),
+        // Every core has every source: not reached.
         None => drop(handed.stream.bind()),
-    }));
+    });
+    let placer = Rc::new(placer);
     for (index, listener) in std::mem::take(&mut ctx.listeners) {
         let Some(on) = on_core.get(index) else { continue };
         tasks.push(crate::rt::spawn_local(accept_loop(
@@ -371,4 +376,9 @@ async fn run_worker(
     for task in tasks {
         task.await;
     }
+    // This core accepts no more: close its channels to the other cores, serve what they
+    // still hand over until they have closed theirs, then drain every connection here.
+    drop(placer);
+    arrivals.finish().await;
+    drain(&on_core, &ctx.shutdown).await;
 }

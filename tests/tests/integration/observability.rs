@@ -144,8 +144,13 @@ fn new_connections_go_to_the_core_whose_cpu_the_box_leaves_room_on() {
     // The first connection (wait_for's) took the first measure; the room is measured over
     // at least 100 ms from it.
     std::thread::sleep(Duration::from_millis(400));
-    let ([on_0, on_1], _clients) = connections_per_core(&adaptive, adaptive_port, 20);
+    let ([on_0, on_1], clients) = connections_per_core(&adaptive, adaptive_port, 20);
     assert_eq!((on_0, on_1), (0.0, 20.0), "adaptive: connections on cores 0 and 1 with CPU 0 busy");
+    // A stop drains the connections core 0 handed to core 1 too, and the process exits.
+    let mut adaptive = adaptive;
+    let status = adaptive.terminate(Duration::from_secs(20)).expect("the proxy stops");
+    assert_eq!(status.code(), Some(0), "{}", adaptive.output());
+    drop(clients);
     let ([on_0, on_1], _clients) = connections_per_core(&kernel, kernel_port, 20);
     assert!(on_0 > 0.0 && on_1 > 0.0, "kernel: the hash spreads connections over both cores: {on_0} and {on_1}");
     assert_eq!(on_0 + on_1, 20.0);

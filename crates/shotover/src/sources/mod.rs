@@ -2,8 +2,9 @@
 //!
 //! [`accept_loop`] runs on every worker core for every source: it takes connections from
 //! that core's listener, enforces the source's `connection_limit` (counted over all cores)
-//! and spawns one task per connection, which runs [`connection::serve`] with the source's
-//! protocol codec: [`valkey::ValkeyCodec`], [`cassandra::CassandraCodec`] or
+//! and serves each connection on the core the placement picks (this one, or one whose CPU
+//! has more room) through [`SourceOnCore::serve`]: one task per connection, which runs
+//! [`connection::serve`] with the source's protocol codec: [`valkey::ValkeyCodec`], [`cassandra::CassandraCodec`] or
 //! [`kafka::KafkaCodec`].
 //!
 //! - [`connection`]: the connection loop every source shares, and [`connection::SourceCodec`],
@@ -156,8 +157,7 @@ impl SourceOnCore {
 }
 
 /// Accepts connections for source `index` on one core until the gate closes, and serves each
-/// where `placer` says (here or on a core with more room), then waits for the source's
-/// connections on this core (drained or closed through `shutdown`).
+/// where `placer` says (here or on a core with more room). [`drain`] waits for them after.
 pub async fn accept_loop(
     listener: TcpListener,
     index: usize,
@@ -199,10 +199,12 @@ pub async fn accept_loop(
             }
             // Another core took the last slot between our check and the accept: hold this
             // connection until a slot frees up.
-            while !source.try_reserve() && gate.state() != AcceptState::Closed {
+            let mut reserved = source.try_reserve();
+            while !reserved && gate.state() != AcceptState::Closed {
                 crate::rt::sleep(LIMIT_POLL).await;
+                reserved = source.try_reserve();
             }
-            if gate.state() == AcceptState::Closed {
+            if !reserved {
                 drop(stream.bind());
                 break;
             }
@@ -211,16 +213,18 @@ pub async fn accept_loop(
             on.serve(stream);
         }
     }
-    drop(listener);
-    let shutdown = &on.shutdown;
-    let active = &on.active;
-    // Whoever closed the gate (a stop signal, or a gradual shutdown after a hot reload) set
-    // how long the connections may take.
+}
+
+/// Waits for the connections of every source on this core to finish, once the core
+/// accepts no more: they drain, or are closed at the deadline whoever closed the gate set
+/// (a stop signal, or a gradual shutdown after a hot reload).
+pub async fn drain(sources: &[Rc<SourceOnCore>], shutdown: &Shutdown) {
+    let open = || sources.iter().map(|s| s.active.get()).sum::<usize>();
     shutdown.set_deadline(std::time::Instant::now() + DRAIN_TIMEOUT);
-    while active.get() > 0 && !shutdown.past_deadline() {
+    while open() > 0 && !shutdown.past_deadline() {
         crate::rt::sleep(Duration::from_millis(10)).await;
     }
-    if active.get() > 0 {
-        tracing::warn!(source = %source.name, "{} connections still open at the shutdown deadline: closing them", active.get());
+    for source in sources.iter().filter(|s| s.active.get() > 0) {
+        tracing::warn!(source = %source.shared.name, "{} connections still open at the shutdown deadline: closing them", source.active.get());
     }
 }
