@@ -537,7 +537,6 @@ pub fn valkey_topology(listen_port: u16, chain: &str) -> String {
     )
 }
 
-/// The chain item of a ValkeySinkSingle to `port`.
 /// A proxy on worker cores 0 and 1 whose source runs `chain`, with `connection_placement`
 /// set to `placement`; returns it and its port.
 pub fn two_core_valkey_proxy(chain: &str, placement: &str) -> (Shotover, u16) {
@@ -561,6 +560,7 @@ pub fn has_two_cpus() -> bool {
     two
 }
 
+/// The chain item of a ValkeySinkSingle to `port`.
 pub fn sink_single(port: u16) -> String {
     format!("        - ValkeySinkSingle:\n            remote_address: \"127.0.0.1:{port}\"\n            connect_timeout_ms: 1000\n")
 }

@@ -110,10 +110,10 @@ impl Drop for CpuHog {
 }
 
 /// Each open connection sends PING and is kept open; returns the new connections each
-/// worker core opened for them.
+/// worker core opened for them (both cores' series exist from the start: a missing one fails).
 fn connections_per_core(shotover: &Shotover, port: u16, count: usize) -> ([f64; 2], Vec<redis::Connection>) {
     let series = |core: usize| format!("connections_opened{{core=\"{core}\",source=\"valkey\"}}");
-    let opened = |m: &str| [0, 1].map(|core| metric(m, &series(core)).unwrap_or(0.0));
+    let opened = |m: &str| [0, 1].map(|core| metric_value(m, &series(core)));
     let before = opened(&shotover.metrics());
     let clients: Vec<redis::Connection> = (0..count)
         .map(|_| {
