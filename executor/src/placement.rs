@@ -30,14 +30,16 @@ use std::time::{Duration, Instant};
 /// in ticks of 10 ms, so a shorter window would be mostly rounding.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// How new connections are spread over the worker cores.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How new connections are spread over the worker cores (config.yaml's
+/// `connection_placement`: `adaptive` or `kernel`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PlacementMode {
-    /// Each connection runs on the core whose listener the kernel gave it to.
-    Kernel,
     /// Connections run on the cores whose CPUs the rest of the box leaves room on.
     #[default]
     Adaptive,
+    /// Each connection runs on the core whose listener the kernel gave it to.
+    Kernel,
 }
 
 /// Connections one core may have waiting to be taken up by another; past it, a core serves
@@ -256,10 +258,10 @@ impl Placement {
         if self.cores.get(me).is_some_and(|c| c.open.load(Ordering::Acquire)) {
             return me;
         }
-        let open: Vec<usize> = (0..self.cores.len()).filter(|i| self.cores[*i].open.load(Ordering::Acquire)).collect();
-        match open.len() {
+        let open = || (0..self.cores.len()).filter(|i| self.cores[*i].open.load(Ordering::Acquire));
+        match open().count() {
             0 => me,
-            n => open[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            n => open().nth(self.next.fetch_add(1, Ordering::Relaxed) % n).unwrap_or(me),
         }
     }
 

@@ -149,11 +149,6 @@ impl TcpListener {
         TcpListener(unsafe { glommio::net::TcpListener::from_raw_fd(raw) })
     }
 
-    /// The next connection.
-    pub async fn accept(&self) -> io::Result<TcpStream> {
-        self.0.accept().await.map(TcpStream::new).map_err(io::Error::from)
-    }
-
     /// The next connection, not yet tied to a core: it may be sent to another core and
     /// served there (see [`crate::placement`]).
     pub async fn accept_unbound(&self) -> io::Result<AcceptedStream> {

@@ -97,7 +97,6 @@ pub type WorkerFactory = Arc<dyn Fn(WorkerContext) -> Pin<Box<dyn Future<Output 
 
 /// What the main thread asks of every worker. Changing it bumps `generation` and wakes every
 /// worker's watcher (a glommio waker may be woken from any thread).
-#[derive(Default)]
 struct Commands {
     generation: AtomicU64,
     watchers: Mutex<Vec<std::task::Waker>>,
@@ -108,7 +107,7 @@ struct Commands {
     /// Non-zero: close every connection over this many milliseconds.
     gradual_ms: AtomicU64,
     /// Where new connections go.
-    placement: Option<Arc<crate::placement::Placement>>,
+    placement: Arc<crate::placement::Placement>,
 }
 
 /// The running worker threads.
@@ -211,7 +210,14 @@ impl Workers {
         watch_worker_panics();
         crate::memory::return_large_frees_to_the_kernel();
         let spread = Arc::new(crate::placement::Placement::new(config.placement, &config.worker_cpus));
-        let commands = Arc::new(Commands { placement: Some(spread.clone()), ..Default::default() });
+        let commands = Arc::new(Commands {
+            generation: AtomicU64::new(0),
+            watchers: Mutex::default(),
+            stop: AtomicBool::new(false),
+            accept: AtomicU8::new(0),
+            gradual_ms: AtomicU64::new(0),
+            placement: spread.clone(),
+        });
         let running = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicUsize::new(0));
         let failure = Arc::new(Mutex::new(None));
@@ -322,9 +328,7 @@ impl WorkerCommands {
     /// Keeps every new connection on the core that accepted it while `held` (see
     /// [`crate::placement::Placement::hold`]).
     pub fn hold_placement(&self, held: bool) {
-        if let Some(p) = &self.0.placement {
-            p.hold(held);
-        }
+        self.0.placement.hold(held);
     }
 
     /// Accepts again after [`WorkerCommands::pause_accepting`].

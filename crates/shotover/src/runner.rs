@@ -14,7 +14,7 @@
 
 use crate::chain::{BuildContext, ChainBuilder};
 use crate::config::topology::TransformRegistry;
-use crate::config::{Config, ConnectionPlacement, Topology};
+use crate::config::{Config, Topology};
 use crate::hot_reload::{self, HandedOver};
 use crate::logging::{self, LogFormat};
 use crate::observability::{http, CoreMetrics, MetricsHub};
@@ -98,11 +98,15 @@ fn start(options: Options, config: Config, topology: Topology, set_filter: http:
         let addr = addr.parse().map_err(|e| anyhow!("observability_interface {addr:?}: {e}"))?;
         http::start(addr, hub.clone(), set_filter, &control, previous.is_some())?;
     }
-    let placement = match config.connection_placement {
-        ConnectionPlacement::Adaptive => PlacementMode::Adaptive,
-        ConnectionPlacement::Kernel => PlacementMode::Kernel,
-    };
-    let workers = start_workers(&cpus, placement, listeners.per_core, Arc::new(topology), shared, hub, &control)?;
+    let workers = start_workers(
+        &cpus,
+        config.connection_placement,
+        listeners.per_core,
+        Arc::new(topology),
+        shared,
+        hub,
+        &control,
+    )?;
     tracing::info!("shotover started with {} worker cores on CPUs {cpus:?}", cpus.len());
     let handed_over = HandedOver::default();
     serve_hot_reload(&options, previous, listeners.handover, &workers, &handed_over, &control);

@@ -10,6 +10,7 @@ pub mod topology;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use shotover_executor::placement::PlacementMode;
 use std::fmt;
 use std::path::Path;
 
@@ -95,16 +96,7 @@ pub struct Config {
     /// the rest of the box leaves room on; `kernel`, the core whose listener the kernel's
     /// SO_REUSEPORT hash chose.
     #[serde(default)]
-    pub connection_placement: ConnectionPlacement,
-}
-
-/// See [`Config::connection_placement`].
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectionPlacement {
-    #[default]
-    Adaptive,
-    Kernel,
+    pub connection_placement: PlacementMode,
 }
 
 fn default_log_level() -> String {

@@ -100,10 +100,10 @@ async fn may_accept(gate: &AcceptGate) -> bool {
 /// One source on one core: what its connections there share. The core's accept loops of
 /// the source and the connections other cores hand over are served through it.
 pub struct SourceOnCore {
-    pub shared: Arc<SourceShared>,
-    pub chain: Rc<ChainBuilder>,
-    pub metrics: CoreMetrics,
-    pub shutdown: Shutdown,
+    shared: Arc<SourceShared>,
+    chain: Rc<ChainBuilder>,
+    metrics: CoreMetrics,
+    shutdown: Shutdown,
     /// Connections of the source open on this core, for the drain.
     active: Rc<Cell<usize>>,
     seq: Cell<u64>,
