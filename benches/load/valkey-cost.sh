@@ -7,6 +7,7 @@
 #
 #   benches/load/valkey-cost.sh           # -c 50 -n 100000, -P 1 and 16, GET
 #   REQUESTS=20000 PIPELINES=1 benches/load/valkey-cost.sh
+#   REPS=5 PIPELINES=1 benches/load/valkey-cost.sh   # the second table: medians of 5 alternated runs
 #
 # A second table gives what the other side pays per request through each target (and
 # directly): the CPU time of valkey-benchmark and of valkey-server, which share CPU 0 and so
@@ -22,6 +23,7 @@ CLIENTS=${CLIENTS:-50}
 REQUESTS=${REQUESTS:-100000}
 PIPELINES=${PIPELINES:-"1 16"}
 TEST=${TEST:-get}
+REPS=${REPS:-1}
 
 for tool in valkey-server valkey-benchmark haproxy nutcracker perf; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/install-deps (perf: linux-perf)" >&2; exit 1; }
@@ -93,27 +95,49 @@ for pipeline in $PIPELINES; do
 done
 
 # The other side: valkey-benchmark's CPU time and epoll_wait calls (perf stat on it), and
-# valkey-server's CPU time and commands per read (its /proc ticks and INFO stats).
+# valkey-server's CPU time and commands per read (its /proc ticks and INFO stats). In this
+# placement both run on CPU 0, so their sum per request bounds throughput at -P 1: a proxy can
+# only lower Valkey's part (by batching), the client's part is about what it pays directly.
+# REPS runs of every target, alternated; the table gives the median of each column.
 echo
-echo "| -P | target | client CPU µs / request | client epoll_wait / request | Valkey CPU µs / request | Valkey commands / read | requests/s |"
-echo "|---|---|---|---|---|---|---|"
+echo "| -P | target | client CPU µs / request | client epoll_wait / request | Valkey CPU µs / request | CPU 0 (client + Valkey) µs / request | Valkey commands / read | requests/s |"
+echo "|---|---|---|---|---|---|---|---|"
 VALKEY_PID=${PIDS[0]}
 HZ=$(getconf CLK_TCK)
 stats() { valkey-cli -p "$VALKEY" info stats | tr -d '\r' | awk -F: '/^total_commands_processed|^total_reads_processed/ {printf "%s ", $2}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+declare -A SIDE
 for pipeline in $PIPELINES; do
   n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
+  for rep in $(seq "$REPS"); do
+    for target in "direct:$VALKEY:" $TARGETS; do
+      IFS=: read -r name port pid <<<"$target"
+      taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n 10000 -P "$pipeline" -t "$TEST" -q >/dev/null 2>&1
+      read -r cmds0 reads0 <<<"$(stats)"
+      ticks0=$(awk '{print $14 + $15}' "/proc/$VALKEY_PID/stat")
+      rps=$(perf stat -x, -e syscalls:sys_enter_epoll_wait,task-clock -o "$WORK/client-$name" -- \
+        taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n "$n" -P "$pipeline" -t "$TEST" --csv -q 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f2)
+      ticks1=$(awk '{print $14 + $15}' "/proc/$VALKEY_PID/stat")
+      read -r cmds1 reads1 <<<"$(stats)"
+      per_read=; [ $((reads1 - reads0)) -gt 0 ] && per_read=$(awk -v c=$((cmds1 - cmds0)) -v r=$((reads1 - reads0)) 'BEGIN {printf "%.1f", c / r}')
+      valkey_us=$(awk -v t=$((ticks1 - ticks0)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.2f", t * 1000000 / hz / n}')
+      client_us=$(per_request "$WORK/client-$name" "$n" task-clock 1000)
+      cpu0=; [ "$client_us" != - ] && cpu0=$(awk -v c="$client_us" -v v="$valkey_us" 'BEGIN {printf "%.2f", c + v}')
+      [ "$client_us" = - ] && client_us=
+      key="$pipeline $name"
+      SIDE[$key client]+="$client_us "
+      SIDE[$key epoll]+="$(per_request "$WORK/client-$name" "$n" syscalls:sys_enter_epoll_wait | tr -d -) "
+      SIDE[$key valkey]+="$valkey_us "
+      SIDE[$key cpu0]+="$cpu0 "
+      SIDE[$key read]+="$per_read "
+      SIDE[$key rps]+="$rps "
+    done
+  done
   for target in "direct:$VALKEY:" $TARGETS; do
     IFS=: read -r name port pid <<<"$target"
-    taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n 10000 -P "$pipeline" -t "$TEST" -q >/dev/null 2>&1
-    read -r cmds0 reads0 <<<"$(stats)"
-    ticks0=$(awk '{print $14 + $15}' "/proc/$VALKEY_PID/stat")
-    rps=$(perf stat -x, -e syscalls:sys_enter_epoll_wait,task-clock -o "$WORK/client-$name" -- \
-      taskset -c 0 valkey-benchmark -p "$port" -c "$CLIENTS" -n "$n" -P "$pipeline" -t "$TEST" --csv -q 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f2)
-    ticks1=$(awk '{print $14 + $15}' "/proc/$VALKEY_PID/stat")
-    read -r cmds1 reads1 <<<"$(stats)"
-    per_read=-; [ $((reads1 - reads0)) -gt 0 ] && per_read=$(awk -v c=$((cmds1 - cmds0)) -v r=$((reads1 - reads0)) 'BEGIN {printf "%.1f", c / r}')
-    valkey_us=$(awk -v t=$((ticks1 - ticks0)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.2f", t * 1000000 / hz / n}')
-    echo "| $pipeline | $name | $(per_request "$WORK/client-$name" "$n" task-clock 1000) | $(per_request "$WORK/client-$name" "$n" syscalls:sys_enter_epoll_wait) | $valkey_us | $per_read | $(commas "$rps") |"
+    key="$pipeline $name"
+    m() { median <<<"${SIDE[$key $1]}"; }
+    echo "| $pipeline | $name | $(m client) | $(m epoll) | $(m valkey) | $(m cpu0) | $(m read) | $(commas "$(m rps)") |"
   done
 done
 
