@@ -3,7 +3,7 @@
 
 use super::{
     BUSY_WINDOW, CONTENDED_SHARE, CONTENTION_BACKOFF, CONTENTION_CHECK, SLOW_YIELD, SLOW_YIELDS_TO_PARK,
-    SLOW_YIELD_WINDOW, SPIN_FOR,
+    SLOW_YIELD_WINDOW,
 };
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -30,13 +30,6 @@ pub(super) fn may_spin() -> bool {
         c.set(state);
         mode != SpinMode::Park
     })
-}
-
-/// Whether a connection whose data last arrived at `last_data` may go on spinning past
-/// [`SPIN_READS`](super::SPIN_READS) empty reads: it did within [`SPIN_FOR`] and the core may
-/// still spin.
-pub(super) fn may_keep_spinning(last_data: Option<Instant>) -> bool {
-    last_data.is_some_and(|at| at.elapsed() < SPIN_FOR) && may_spin()
 }
 
 /// Gives the CPU to the threads waiting for it, when the core shares its CPU; parks the core

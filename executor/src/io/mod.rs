@@ -9,9 +9,8 @@
 //! which on virtual machines costs more than the request itself (measured: 64 µs of CPU per
 //! proxied request against HAProxy's 27 µs). So while the core is busy, a read that finds
 //! no data yields to the core's other tasks and tries again with a plain non-blocking
-//! `recv`, up to [`SPIN_READS`] times (more while its socket was busy lately, see
-//! [`keeps_spinning`]); only then, or when the core has gone quiet, does it arm a glommio
-//! readiness wait. An idle core therefore sleeps as before.
+//! `recv`, up to [`SPIN_READS`] times; only then, or when the core has gone quiet, does it
+//! arm a glommio readiness wait. An idle core therefore sleeps as before.
 //!
 //! Trying `recv` on every spinning socket costs a syscall each (measured: 7.5 empty reads
 //! per proxied request at `-c 50 -P 1`). So after its first empty try, a spinning socket
@@ -57,7 +56,7 @@ mod contention;
 mod poller;
 
 pub use contention::last_arrival;
-use contention::{data_arrived, may_keep_spinning, may_spin};
+use contention::{data_arrived, may_spin};
 use poller::{BusyPoller, POLLER};
 
 use crate::rt::TcpStream;
@@ -69,7 +68,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bytes read by one call: the size of the per-core scratch buffer.
 const READ_SIZE: usize = 64 * 1024;
@@ -78,9 +77,6 @@ const READ_SIZE: usize = 64 * 1024;
 pub const KEEP_CAPACITY: usize = 128 * 1024;
 /// Empty non-blocking reads a connection makes before it arms a readiness wait.
 pub const SPIN_READS: u32 = 256;
-/// How long after its own last data a connection may go on spinning past [`SPIN_READS`]
-/// empty reads, while its core is busy (see [`keeps_spinning`]).
-pub const SPIN_FOR: Duration = Duration::from_millis(2);
 /// A core counts as busy when any of its sockets received data this recently.
 pub const BUSY_WINDOW: Duration = Duration::from_micros(200);
 /// How old the busy poller's readiness list may be before it is asked again.
@@ -176,22 +172,6 @@ fn wake_on_arrival(fd: RawFd, registered: &mut bool, waker: &Waker) {
     });
 }
 
-/// Whether a read that found nothing `misses` times in a row tries again instead of arming a
-/// readiness wait: always below [`SPIN_READS`], then at each further multiple of
-/// [`SPIN_READS`] only if `still_busy` says so (its connection received data within
-/// [`SPIN_FOR`] and the core may still spin). Asking only at multiples keeps the clock out of
-/// the run of empty tries.
-///
-/// Why past [`SPIN_READS`]: the io_uring poll that a read arms when it stops costs whoever
-/// next sends to the socket. The kernel queues task work for this thread and interrupts its
-/// CPU inside the sender's system call: 6–7 % of valkey-benchmark's CPU at `-c 50 -P 1` with
-/// a dedicated worker, where 256 tries often ran out between a client's requests. Bounded in
-/// time, not in tries: a bound in tries lets more connections spin as each pass over them gets
-/// longer, until every connection that was ever busy spins.
-fn keeps_spinning(misses: u32, still_busy: impl FnOnce() -> bool) -> bool {
-    misses < SPIN_READS || !misses.is_multiple_of(SPIN_READS) || still_busy()
-}
-
 /// A socket that [`ReadBuffer`] reads from: any async reader, plus the fd that busy polling
 /// may `recv` from directly when the bytes need no decoding on the way (plain TCP; not TLS).
 pub trait SpinRead: AsyncRead + Unpin {
@@ -249,8 +229,6 @@ pub struct ReadBuffer {
     misses: u32,
     /// Whether the socket is in the core's busy poller.
     registered: bool,
-    /// When data last arrived on this socket (the core's clock reading of that moment).
-    last_data: Option<Instant>,
     /// The last read missed while spinning: the next one spins again without asking
     /// [`may_spin`], whose clock reading cost more than the rest of a miss (a run of misses
     /// is bounded by [`SPIN_READS`]).
@@ -274,7 +252,7 @@ impl ReadBuffer {
                 // The first try reads directly: data is often already there. Later tries
                 // read only when the busy poller saw data.
                 Some(fd) if self.misses == 0 || self.poller_says_ready(fd) => Some(fd),
-                Some(_) if keeps_spinning(self.misses, || may_keep_spinning(self.last_data)) => {
+                Some(_) if self.misses < SPIN_READS => {
                     self.misses += 1;
                     self.spinning = true;
                     cx.waker().wake_by_ref();
@@ -302,7 +280,6 @@ impl ReadBuffer {
             if let Poll::Ready(Ok(n)) = result {
                 self.misses = 0;
                 data_arrived();
-                self.last_data = last_arrival();
                 self.buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
             }
             result
@@ -354,17 +331,6 @@ impl ReadBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_read_spins_past_spin_reads_only_while_asked_at_each_multiple_says_it_may() {
-        let never = || panic!("asked below SPIN_READS or between multiples");
-        assert!(keeps_spinning(0, never));
-        assert!(keeps_spinning(SPIN_READS - 1, never));
-        assert!(keeps_spinning(SPIN_READS, || true));
-        assert!(!keeps_spinning(SPIN_READS, || false));
-        assert!(keeps_spinning(SPIN_READS + 1, never));
-        assert!(!keeps_spinning(SPIN_READS * 40, || false));
-    }
 
     #[test]
     fn an_empty_buffer_that_grew_large_is_let_go_and_a_small_or_busy_one_is_kept() {
