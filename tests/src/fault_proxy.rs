@@ -247,9 +247,9 @@ pub fn delays_stall_cuts_then_silence(
     faults[stalled].set(Fault::None);
     std::thread::sleep(Duration::from_secs(1));
     faults.iter().for_each(FaultProxy::cut_mid_answer);
-    let accepted_before = silent.and_then(|s| faults.get(s)).map(FaultProxy::accepted);
+    let silent = silent.map(|s| (&faults[s], faults[s].accepted()));
     std::thread::sleep(settle);
-    if let (Some(silent), Some(before)) = (silent.and_then(|s| faults.get(s)), accepted_before) {
+    if let Some((silent, before)) = silent {
         // Silence reaches only the connections open at that moment, and the cut closed them
         // all: wait (5 s at most) until the proxy in front has connected again, or a slow
         // client reconnecting late would find every connection fine and nothing would go silent.

@@ -848,10 +848,16 @@ pub fn read_cql_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
 
 /// The resident set size of process `pid`, in KiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A KiB figure of `/proc/<pid>/status`: `VmRSS`, `RssAnon` (heap and stacks), `RssFile`
+/// (mapped files: the binary's code).
+pub fn status_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
