@@ -109,6 +109,16 @@ impl Drop for CpuHog {
     }
 }
 
+/// Busy clock ticks of `cpu` so far (every field of its `/proc/stat` line but idle and
+/// iowait), for the failure message of a placement test.
+fn cpu_busy_ticks(cpu: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let prefix = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&prefix)).expect("a line for the CPU");
+    let ticks: Vec<u64> = line.split_ascii_whitespace().skip(1).take(8).map(|w| w.parse().unwrap_or(0)).collect();
+    ticks.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum()
+}
+
 /// Each open connection sends PING and is kept open; returns the new connections each
 /// worker core opened for them (both cores' series exist from the start: a missing one fails).
 fn connections_per_core(shotover: &Shotover, port: u16, count: usize) -> ([f64; 2], Vec<redis::Connection>) {
@@ -141,11 +151,29 @@ fn new_connections_go_to_the_core_whose_cpu_the_box_leaves_room_on() {
     );
     let (adaptive, adaptive_port) = two_core_valkey_proxy(&sink_single(valkey.port), "adaptive");
     let (kernel, kernel_port) = two_core_valkey_proxy(&sink_single(valkey.port), "kernel");
-    // The first connection (wait_for's) took the first measure; the room is measured over
-    // at least 100 ms from it.
-    std::thread::sleep(Duration::from_millis(400));
-    let ([on_0, on_1], clients) = connections_per_core(&adaptive, adaptive_port, 20);
-    assert_eq!((on_0, on_1), (0.0, 20.0), "adaptive: connections on cores 0 and 1 with CPU 0 busy");
+    // The shared Cassandra and Kafka clusters of a test run float over both CPUs and now and
+    // then keep CPU 1 busy too: both CPUs are then full and either core is right (most likely
+    // why a CI run of 2026-12-07 placed 9 and 11, taking 2.8 s where 0.6 s is usual). So up
+    // to five rounds, each
+    // after 400 ms of quiet (the room is measured over at least 100 ms from the last
+    // connection), and one of them must place all 20 on core 1. With the kernel's spread a
+    // round would do that once in a million.
+    let mut rounds = Vec::new();
+    let mut clients = Vec::new();
+    let mut all_on_1 = false;
+    for _ in 0..5 {
+        let cpu1_before = cpu_busy_ticks(1);
+        std::thread::sleep(Duration::from_millis(400));
+        let cpu1_busy = cpu_busy_ticks(1).saturating_sub(cpu1_before);
+        let ([on_0, on_1], round) = connections_per_core(&adaptive, adaptive_port, 20);
+        clients.extend(round);
+        rounds.push(format!("{on_0} and {on_1} (CPU 1 busy {cpu1_busy} clock ticks in the 400 ms before)"));
+        all_on_1 = (on_0, on_1) == (0.0, 20.0);
+        if all_on_1 {
+            break;
+        }
+    }
+    assert!(all_on_1, "adaptive: with CPU 0 busy, no round put every connection on core 1: {rounds:?}");
     // A stop drains the connections core 0 handed to core 1 too, and the process exits.
     let mut adaptive = adaptive;
     let status = adaptive.terminate(Duration::from_secs(20)).expect("the proxy stops");
