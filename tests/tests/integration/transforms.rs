@@ -89,6 +89,34 @@ fn null_sink_answers_nil() {
     assert_eq!(v, Value::Nil);
 }
 
+/// A reply nested deeper than the proxy parses (a Lua table 1000 levels deep, 4 KB) reaches
+/// the client byte for byte; DebugPrinter logs it as unparseable instead of recursing into it.
+#[test]
+fn a_reply_nested_1000_deep_passes_through_debug_printer_unchanged() {
+    let valkey = ValkeyServer::start();
+    let chain = format!("        - DebugPrinter\n{}", sink_single(valkey.port));
+    let (s, port) = proxy(&chain);
+    let script = "local t = {} local c = t for i = 1, 999 do local n = {} c[1] = n c = n end c[1] = 7 return t";
+    let request = format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n", script.len());
+    let expected = format!("{}:7\r\n", "*1\r\n".repeat(1000));
+    let exchange = |port: u16| {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while got.len() < expected.len() {
+            let n = c.read(&mut buf).expect("the whole reply within 5 s");
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        String::from_utf8(got).unwrap()
+    };
+    assert_eq!(exchange(valkey.port), expected, "Valkey's own reply");
+    assert_eq!(exchange(port), expected, "through the proxy");
+    assert!(s.wait_for_log("nested more than 64 deep", Duration::from_secs(5)), "{}", s.output());
+}
+
 #[test]
 fn debug_printer_logs_requests_and_responses() {
     let valkey = ValkeyServer::start();

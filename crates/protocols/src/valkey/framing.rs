@@ -291,6 +291,55 @@ fn inline_request(buf: &[u8]) -> Result<Option<Request>, ValkeyCodecError> {
     }
 }
 
+/// Whether the first message in `buf` nests aggregates (arrays, maps, sets, pushes,
+/// attributes) more than `max` deep. Parsing a message into a frame recurses once per level
+/// (in redis-protocol's decoders, and in every walk of the frame after), so a reply nested
+/// a hundred thousand deep (`*1\r\n` repeated: 400 KB, which a Lua script or a broken server
+/// can send) would overflow a worker's stack. Framing needs no such limit: it counts items
+/// without recursing. Each level takes at least 4 bytes (`*1\r\n`), so a message shorter
+/// than `4 * max` is not walked at all. A malformed message gives `false`: the parser then
+/// refuses it itself.
+pub fn nests_deeper_than(buf: &[u8], max: usize) -> bool {
+    if buf.len() < max.saturating_mul(4) {
+        return false;
+    }
+    // Items still to read at each open level; the message itself is the one item of level 0.
+    let mut open: Vec<u64> = vec![1];
+    let mut pos = 0;
+    while let Some(left) = open.last_mut() {
+        if *left == 0 {
+            open.pop();
+            continue;
+        }
+        *left -= 1;
+        let (Some(&kind), Ok(Some((line, next)))) = (buf.get(pos), read_line(buf, pos + 1)) else {
+            return false;
+        };
+        pos = next;
+        let len = match kind {
+            b'$' | b'!' | b'=' | b'*' | b'~' | b'>' | b'%' | b'|' => match parse_len(line) {
+                Ok(len) => len,
+                Err(_) => return false,
+            },
+            _ => 0,
+        };
+        match kind {
+            b'$' | b'!' | b'=' if len > 0 => pos = pos.saturating_add(len as usize).saturating_add(2),
+            b'*' | b'~' | b'>' | b'%' | b'|' if len > 0 => {
+                // A map's and an attribute's entries are pairs; an attribute's described
+                // value is counted as inside it, which can only overstate the depth by one.
+                let items = if kind == b'%' || kind == b'|' { len.saturating_mul(2) } else { len };
+                open.push(items as u64 + u64::from(kind == b'|'));
+                if open.len() > max.saturating_add(1) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The line starting at `start` (without its CRLF) and the offset after the CRLF.
 fn read_line(buf: &[u8], start: usize) -> Result<Option<(&[u8], usize)>, ValkeyCodecError> {
     let rest = buf.get(start..).unwrap_or_default();
