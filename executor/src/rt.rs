@@ -53,23 +53,29 @@ pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
 }
 
-/// Waits for `duration`.
+/// The longest wait a timer is set for; a longer one waits this long. glommio adds a wait to
+/// the clock's reading, and a sum past what an `Instant` holds panics and takes the core
+/// down: a configured `timeout` or `read_timeout` of `18446744073709551615` seconds would.
+/// A hundred years is as good as forever to a proxy.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Waits for `duration` (at most [`LONGEST_WAIT`]).
 pub async fn sleep(duration: Duration) {
-    glommio::timer::sleep(duration).await;
+    glommio::timer::sleep(duration.min(LONGEST_WAIT)).await;
 }
 
 /// A deadline that can be polled from a hand-written `poll` function and moved.
 pub struct Timer(glommio::timer::Timer);
 
 impl Timer {
-    /// Fires `after` from now.
+    /// Fires `after` from now (at most [`LONGEST_WAIT`]).
     pub fn new(after: Duration) -> Self {
-        Timer(glommio::timer::Timer::new(after))
+        Timer(glommio::timer::Timer::new(after.min(LONGEST_WAIT)))
     }
 
-    /// Fires `after` from now instead.
+    /// Fires `after` from now instead (at most [`LONGEST_WAIT`]).
     pub fn reset(&mut self, after: Duration) {
-        self.0.reset(after);
+        self.0.reset(after.min(LONGEST_WAIT));
     }
 }
 
@@ -88,9 +94,12 @@ impl TcpStream {
         TcpStream(inner, false)
     }
 
-    /// Connects to `addr`, giving up after `timeout`.
+    /// Connects to `addr`, giving up after `timeout` (at most [`LONGEST_WAIT`]).
     pub async fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-        glommio::net::TcpStream::connect_timeout(addr, timeout).await.map(TcpStream::new).map_err(io::Error::from)
+        glommio::net::TcpStream::connect_timeout(addr, timeout.min(LONGEST_WAIT))
+            .await
+            .map(TcpStream::new)
+            .map_err(io::Error::from)
     }
 
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
@@ -205,5 +214,29 @@ pub mod local_channel {
         pub async fn recv(&self) -> Option<T> {
             self.0.recv().await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_past_what_an_instant_holds_are_cut_to_the_longest_wait() {
+        let executor = glommio::LocalExecutorBuilder::default().make().expect("an executor");
+        executor.run(async {
+            // Unbounded, each of these would panic adding the wait to the clock's reading.
+            let mut timer = Timer::new(Duration::MAX);
+            timer.reset(Duration::from_secs(u64::MAX));
+            let forever = async {
+                sleep(Duration::MAX).await;
+                "the endless sleep"
+            };
+            let short = async {
+                sleep(Duration::from_millis(1)).await;
+                "the short sleep"
+            };
+            assert_eq!(futures_lite::future::or(forever, short).await, "the short sleep");
+        });
     }
 }

@@ -340,7 +340,8 @@ impl WorkerCommands {
     /// Drops the listeners and closes every connection in chunks spread over `over`.
     pub fn shutdown_gradually(&self, over: Duration) {
         self.0.accept.store(2, Ordering::Release);
-        self.0.gradual_ms.store((over.as_millis() as u64).max(1), Ordering::Release);
+        let ms = u64::try_from(over.min(crate::rt::LONGEST_WAIT).as_millis()).unwrap_or(u64::MAX);
+        self.0.gradual_ms.store(ms.max(1), Ordering::Release);
         self.0.changed();
     }
 }

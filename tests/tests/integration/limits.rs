@@ -99,6 +99,20 @@ fn idle_timeout_closes_idle_connections_only() {
     assert_eq!(busy.get::<_, String>("k").unwrap(), "v");
 }
 
+/// The largest timeout YAML can give is a wait past what the clock can hold: it means
+/// "never", and the core that arms it does not panic.
+#[test]
+fn the_largest_idle_timeout_serves_connections() {
+    let valkey = ValkeyServer::start();
+    let port = free_port();
+    let shotover = Shotover::start(&topology(port, valkey.port, "      timeout: 18446744073709551615\n"), port);
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(ping(&mut c, Duration::from_secs(5)), pong());
+    }
+    assert!(!shotover.output().contains("panicked"), "{}", shotover.output());
+}
+
 #[test]
 fn idle_timeout_counts_messages_pushed_to_a_subscriber() {
     let valkey = ValkeyServer::start();
