@@ -102,7 +102,16 @@ impl TransformConfig for ProtectConfig {
         };
         let mut columns = Columns::new();
         for (keyspace, tables) in &self.keyspace_table_columns {
+            if keyspace.is_empty() {
+                bail!("keyspace_table_columns: a keyspace name must not be empty");
+            }
             for (table, names) in tables {
+                if table.is_empty() {
+                    bail!("keyspace_table_columns.{keyspace}: a table name must not be empty");
+                }
+                if names.iter().any(String::is_empty) {
+                    bail!("keyspace_table_columns.{keyspace}.{table}: a column name must not be empty");
+                }
                 if names.is_empty() {
                     bail!("keyspace_table_columns.{keyspace}.{table}: name at least one column");
                 }
@@ -170,6 +179,20 @@ mod tests {
         let garbage = guide.replace("Ht8M1nDO/7fay+cft71M2Xy7j30EnLAsA84hSUMCm1k=", "not*base64");
         let err = format!("{:#}", load(&garbage).unwrap_err());
         assert!(err.starts_with("key_manager.Local.kek: not base64"), "{err}");
+    }
+
+    #[test]
+    fn empty_keyspace_table_and_column_names_are_refused() {
+        let guide = "key_manager:\n  Local:\n    kek: Ht8M1nDO/7fay+cft71M2Xy7j30EnLAsA84hSUMCm1k=\n    kek_id: \"\"\nkeyspace_table_columns:\n  ks:\n    t:\n      - c\n";
+        load(guide).unwrap();
+        for (from, to, expected) in [
+            ("  ks:", "  \"\":", "keyspace_table_columns: a keyspace name must not be empty"),
+            ("    t:", "    \"\":", "keyspace_table_columns.ks: a table name must not be empty"),
+            ("- c", "- \"\"", "keyspace_table_columns.ks.t: a column name must not be empty"),
+        ] {
+            let err = format!("{:#}", load(&guide.replace(from, to)).unwrap_err());
+            assert_eq!(err, expected);
+        }
     }
 
     #[test]
