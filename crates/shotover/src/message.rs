@@ -240,7 +240,10 @@ impl Message {
         Message::response_to(request, Frame::Valkey(valkey::frame::error(text)))
     }
 
-    /// An "empty" answer to `request` in its protocol: a Valkey null, or a CQL RESULT Void.
+    /// An "empty" answer to `request` in its protocol: a Valkey null, a CQL RESULT Void, or
+    /// a Kafka response of the request's own type with no error and every field at its
+    /// default. A Kafka request that gets no response (Produce with acks=0) must get none:
+    /// check [`Message::expects_response`].
     pub fn empty_response_to(request: &Message) -> Self {
         match (request.protocol, request.cql_header()) {
             (Protocol::Cassandra, Some(header)) => {
@@ -256,6 +259,11 @@ impl Message {
                 };
                 Message::response_to(request, Frame::Cassandra(Box::new(frame)))
             }
+            (Protocol::Kafka, _) => match request.raw().map(|raw| kafka::safe_error::empty_response(raw)) {
+                Some(Ok(Some(bytes))) => Message::kafka_answer_to(request, bytes),
+                Some(Ok(None)) | None => Message::kafka_answer_to(request, Bytes::new()),
+                Some(Err(e)) => Message::error_to(request, ProxyError::Refused, &format!("no empty response: {e}")),
+            },
             _ => Message::response_to(request, Frame::Valkey(ValkeyFrame::Null)),
         }
     }

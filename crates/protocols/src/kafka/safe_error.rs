@@ -56,6 +56,13 @@ pub fn safe_error_response(request: &[u8], code: i16) -> Result<Option<Bytes>, K
     safe_error_frame(request, code)?.map(|frame| frame.to_bytes()).transpose()
 }
 
+/// The response a sink that drops requests gives (NullSink): [`safe_error_response`] with
+/// no error, so every field is at its default except what names the request's own topics
+/// and partitions. `Ok(None)` when no response is due (Produce with `acks = 0`).
+pub fn empty_response(request: &[u8]) -> Result<Option<Bytes>, KafkaCodecError> {
+    safe_error_response(request, 0)
+}
+
 /// [`safe_error_response`] as a frame, for a caller that changes it before encoding (for
 /// example [`super::api::set_throttle_time_ms`] after a rate limit).
 pub fn safe_error_frame(request: &[u8], code: i16) -> Result<Option<KafkaFrame>, KafkaCodecError> {
@@ -114,6 +121,10 @@ pub fn header_only_error_body(api_key: ApiKey, api_version: i16, code: i16) -> R
         ));
     }
     let plain = default_response(api_key);
+    if code == 0 {
+        // No error to carry (a sink that drops requests answers so): the default response.
+        return Ok(plain);
+    }
     let mut body = plain.clone();
     if !set_top_level_error_code(&mut body, code) {
         return Err(KafkaCodecError::NoErrorField { api_key, version: api_version });

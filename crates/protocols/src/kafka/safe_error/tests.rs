@@ -115,15 +115,18 @@ fn captured_requests() -> Vec<(&'static str, &'static [u8])> {
     ]
 }
 
-/// Every captured client request gets a response `kafka-protocol` decodes (our own
-/// output, so decoding it is safe), to its correlation id, with the code wherever the
-/// client reads one; Produce with `acks = 0` gets none.
-#[test]
-fn captured_requests_1() {
+/// Runs `answer` on every captured client request and hands each response to `check`, with
+/// the request's name and version, once it is shown to decode (our own output, so decoding
+/// it with `kafka-protocol` is safe) and to be on the request's correlation id. Produce with
+/// `acks = 0` must get none.
+fn for_each_captured_answer(
+    answer: impl Fn(&[u8]) -> Result<Option<Bytes>, KafkaCodecError>,
+    check: impl Fn(&str, i16, &ResponseKind),
+) {
     for (name, msg) in captured_requests() {
         let ids = request_ids(msg).unwrap();
         let api_key = ids.known_api_key().unwrap();
-        let out = safe_error_response(msg, FILTERED).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = answer(msg).unwrap_or_else(|e| panic!("{name}: {e}"));
         if name.ends_with("ACKS_0") {
             assert_eq!(out, None, "{name}");
             continue;
@@ -131,16 +134,27 @@ fn captured_requests_1() {
         let out = out.unwrap_or_else(|| panic!("{name}: no response"));
         let (correlation_id, body) = parse(&out, api_key, ids.api_version);
         assert_eq!(correlation_id, ids.correlation_id, "{name}");
-        let codes = codes_read(&body, ids.api_version);
-        assert!(codes.iter().all(|&c| c == FILTERED), "{name}: {codes:?}");
-        if let ResponseKind::Metadata(r) = &body {
-            // No brokers: clients drop the response and ask again. A request for no
-            // topic, or all of them, has no topic to carry the code.
-            assert!(r.brokers.is_empty(), "{name}");
-        } else {
-            assert!(!codes.is_empty(), "{name}: no error code read");
-        }
+        check(name, ids.api_version, &body);
     }
+}
+
+/// Every captured client request gets an answer with the code wherever the client reads one.
+#[test]
+fn captured_requests_1() {
+    for_each_captured_answer(
+        |msg| safe_error_response(msg, FILTERED),
+        |name, version, body| {
+            let codes = codes_read(body, version);
+            assert!(codes.iter().all(|&c| c == FILTERED), "{name}: {codes:?}");
+            if let ResponseKind::Metadata(r) = body {
+                // No brokers: clients drop the response and ask again. A request for no
+                // topic, or all of them, has no topic to carry the code.
+                assert!(r.brokers.is_empty(), "{name}");
+            } else {
+                assert!(!codes.is_empty(), "{name}: no error code read");
+            }
+        },
+    );
 }
 
 /// Where `error_response_to` (which decodes the request with `kafka-protocol`, fine
@@ -168,6 +182,19 @@ fn produce_v9_1_names_topics_and_partitions() {
     let partitions: Vec<_> =
         r.responses.iter().flat_map(|t| t.partition_responses.iter().map(|p| (p.index, p.error_code))).collect();
     assert_eq!(partitions, vec![(0, FILTERED)]);
+}
+
+/// NullSink's answers: every captured request gets a response of its own type with no error
+/// anywhere the client reads one, and a Produce response names the request's topics.
+#[test]
+fn empty_responses_decode_and_carry_no_error() {
+    for_each_captured_answer(empty_response, |name, version, body| {
+        let codes = codes_read(body, version);
+        assert!(codes.iter().all(|&c| c == 0), "{name}: {codes:?}");
+        if let ResponseKind::Produce(r) = body {
+            assert!(!r.responses.is_empty(), "{name}: names no topic");
+        }
+    });
 }
 
 #[test]
