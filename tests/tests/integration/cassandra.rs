@@ -55,6 +55,8 @@ fn cql_v3_through_the_proxy_with_real_cassandra() {
     assert!(metric_value(&metrics, "query_count{name=\"cql\",query=\"SELECT\"}") > 0.0, "{metrics}");
     assert!(metric_value(&metrics, "query_count{name=\"cql\",query=\"EXECUTE\"}") >= 10000.0, "{metrics}");
     assert!(metric_value(&metrics, "query_count{name=\"cql\",query=\"BATCH\"}") >= 3.0, "{metrics}");
+    let sent = "shotover_source_to_sink_latency_seconds_count{sink=\"CassandraSinkSingle\"}";
+    assert!(metric_value(&metrics, sent) >= 1.0, "{metrics}");
 
     // cqlsh, the shell users reach for first.
     let cqlsh = backends_dir().join("venv/bin/cqlsh").display().to_string();

@@ -90,10 +90,10 @@ fn token_aware_routing_stays_in_the_local_data_centre_and_prefers_the_rack() {
     let out = drive("127.0.0.1", port, &ring.nodes[0], "4", "cl_two", "dc1:2,dc2:1");
     assert_eq!(lines_of(&out, "rack_preferred"), "40/40", "{out}");
     assert_eq!(lines_of(&out, "coordinators"), "127.0.0.1:40", "{out}");
-    assert_eq!(
-        metric_value(&shotover.metrics(), "failed_requests{chain=\"cql\",transform=\"CassandraSinkCluster\"}"),
-        0.0
-    );
+    let metrics = shotover.metrics();
+    assert_eq!(metric_value(&metrics, "failed_requests{chain=\"cql\",transform=\"CassandraSinkCluster\"}"), 0.0);
+    let sent = "shotover_source_to_sink_latency_seconds_count{sink=\"CassandraSinkCluster\"}";
+    assert!(metric_value(&metrics, sent) >= 1.0, "{metrics}");
 }
 
 #[test]

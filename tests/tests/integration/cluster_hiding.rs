@@ -92,7 +92,7 @@ fn text(v: &Result<Value, String>) -> String {
 fn the_cluster_behind_the_proxy_answers_like_one_node_that_owns_every_slot() {
     let cluster = ValkeyCluster::start_on_one_ip_with(free_cluster_port_range(), DEBUG);
     let reference = one_node_cluster();
-    let (_shotover, port) = hiding(&cluster);
+    let (shotover, port) = hiding(&cluster);
     let mut pair = Pair { proxy: connect(port), reference: reference.client() };
 
     // 1001 keys, spread over every master.
@@ -244,6 +244,8 @@ fn the_cluster_behind_the_proxy_answers_like_one_node_that_owns_every_slot() {
     };
     use redis::Commands;
     assert_eq!(scan_all(&mut pair.proxy), scan_all(&mut pair.reference));
+    let sent = "shotover_source_to_sink_latency_seconds_count{sink=\"ValkeySinkCluster\"}";
+    assert!(metric_value(&shotover.metrics(), sent) >= 10.0, "{}", shotover.metrics());
 }
 
 #[test]

@@ -89,7 +89,9 @@ fn delays_stalls_cuts_and_silence_lose_nothing_acknowledged() {
 fn kafka_clients_through_one_shotover_per_broker() {
     let kafka = shared_kafka();
     let port = free_port();
-    let counter = "        - QueryCounter:\n            name: \"kafka\"\n";
+    // The guide's Tee example: a copy of every batch goes to a sub-chain that ends in
+    // NullSink, whose answers Tee drops.
+    let counter = "        - QueryCounter:\n            name: \"kafka\"\n        - Tee:\n            behavior: Ignore\n            chain:\n              - QueryCounter:\n                  name: \"teed\"\n              - NullSink\n";
     let proxies = one_per_broker(&kafka, port, |b| b.plaintext, counter);
     let script =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/kafka_workload.py")).unwrap();
@@ -116,6 +118,11 @@ fn kafka_clients_through_one_shotover_per_broker() {
         // QueryCounter names Kafka requests by api key; every proxy leads a partition.
         assert!(metric_value(&metrics, "query_count{name=\"kafka\",query=\"Produce\"}") >= 1.0, "{metrics}");
         assert!(metric_value(&metrics, "query_count{name=\"kafka\",query=\"Fetch\"}") >= 1.0, "{metrics}");
+        // The sub-chain saw requests and NullSink answered them without failing.
+        assert!(metric_value(&metrics, "query_count{name=\"teed\",query=\"Produce\"}") >= 1.0, "{metrics}");
+        assert_eq!(metric_value(&metrics, "shotover_chain_failures_count{chain=\"tee_chain\"}"), 0.0, "{metrics}");
+        let sent = "shotover_source_to_sink_latency_seconds_count{sink=\"KafkaSinkSingle\"}";
+        assert!(metric_value(&metrics, sent) >= 1.0, "{metrics}");
     }
 
     // Bytes that are not Kafka framing (a negative length): the connection closes with a log

@@ -147,6 +147,8 @@ fn clients_produce_and_consume_through_one_shotover() {
     }
     assert!(has(&out, &format!("kafka_python_brokers=['{proxy}']")), "{out}");
     assert_eq!(failed_requests(&shotover), 0.0);
+    let sent = "shotover_source_to_sink_latency_seconds_count{sink=\"KafkaSinkCluster\"}";
+    assert!(metric_value(&shotover.metrics(), sent) >= 1.0, "{}", shotover.metrics());
 }
 
 /// Three Shotover nodes, one per rack: each partition's leader is shown as the Shotover

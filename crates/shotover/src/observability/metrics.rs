@@ -61,7 +61,35 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: prometh
     }
 }
 
+/// One sink's `shotover_source_to_sink_latency_seconds`.
+#[derive(Clone)]
+pub struct SourceToSink(prometheus::Histogram);
+
+impl SourceToSink {
+    /// A batch was written to the sink (or handed to a shared connection's outbox): observes
+    /// the time since its first request was read from the client. `None` (a request the
+    /// proxy made itself, or an empty batch) observes nothing.
+    pub fn written(&self, first_received_at: Option<std::time::Instant>) {
+        if let Some(at) = first_received_at {
+            self.0.observe(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+impl SourceToSink {
+    /// One that no registry shows, for unit tests of a sink.
+    pub fn unregistered() -> Self {
+        SourceToSink(prometheus::Histogram::with_opts(HistogramOpts::new("latency", "latency")).unwrap())
+    }
+}
+
 impl CoreMetrics {
+    /// The source-to-sink latency of the sink named `sink` (its transform name).
+    pub fn source_to_sink(&self, sink: &str) -> SourceToSink {
+        SourceToSink(self.source_to_sink_latency.with_label_values(&[sink]))
+    }
+
     /// Creates the metrics of worker `core` in its own registry.
     pub fn new(core: usize, registry: &Registry) -> Self {
         let r = registry;

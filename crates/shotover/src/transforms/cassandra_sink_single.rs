@@ -26,6 +26,7 @@ use crate::chain::{
     BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
 };
 use crate::message::{Message, MessageId, Protocol, ProxyError};
+use crate::observability::metrics::SourceToSink;
 use crate::rt::Timer;
 use crate::sinks::cassandra::CassandraConnection;
 use crate::sinks::Upstream;
@@ -80,7 +81,10 @@ impl TransformConfig for CassandraSinkSingleConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         let upstream = Rc::new(self.upstream.get()?.clone());
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
-        Ok(Box::new(move || CassandraSinkSingle::new(upstream.clone(), failed_requests.clone())))
+        let source_to_sink = ctx.metrics.source_to_sink(Self::NAME);
+        Ok(Box::new(move || {
+            CassandraSinkSingle::new(upstream.clone(), failed_requests.clone(), source_to_sink.clone())
+        }))
     }
 }
 
@@ -117,13 +121,14 @@ pub struct CassandraSinkSingle {
     /// Fires at the read timeout of the oldest request in flight.
     timer: Option<Timer>,
     failed_requests: IntCounter,
+    source_to_sink: SourceToSink,
 }
 
 /// The stream id the proxy uses for its own requests while replaying a session.
 const REPLAY_STREAM: i16 = i16::MAX;
 
 impl CassandraSinkSingle {
-    fn new(upstream: Rc<Upstream>, failed_requests: IntCounter) -> Self {
+    fn new(upstream: Rc<Upstream>, failed_requests: IntCounter, source_to_sink: SourceToSink) -> Self {
         CassandraSinkSingle {
             upstream,
             connection: None,
@@ -133,6 +138,7 @@ impl CassandraSinkSingle {
             frames: Vec::new(),
             timer: None,
             failed_requests,
+            source_to_sink,
         }
     }
 
@@ -299,6 +305,7 @@ impl Transform for CassandraSinkSingle {
                 Some(conn) => conn.send(&frames).await,
                 None => Err(std::io::Error::other("not connected")),
             };
+            self.source_to_sink.written(requests.first().and_then(Message::received_at));
             if let Err(e) = sent {
                 crate::warn_limited!("sending to the Cassandra node {} failed: {e}", self.upstream.address);
                 // Part of the batch may have been written: an upstream failure, retry-unsafe.
@@ -409,7 +416,11 @@ mod tests {
 
     fn sink(address: SocketAddr, read_timeout: Option<Duration>) -> CassandraSinkSingle {
         let upstream = Upstream { address, tls: None, connect_timeout: Duration::from_secs(1), read_timeout };
-        CassandraSinkSingle::new(Rc::new(upstream), IntCounter::new("failed", "failed").unwrap())
+        CassandraSinkSingle::new(
+            Rc::new(upstream),
+            IntCounter::new("failed", "failed").unwrap(),
+            SourceToSink::unregistered(),
+        )
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::chain::{
     BuildContext, ChainError, ChainResult, ChainState, Resolved, Retry, Transform, TransformBuilder, TransformConfig,
 };
 use crate::message::{Message, Protocol, ProxyError};
+use crate::observability::metrics::SourceToSink;
 use crate::rt::Timer;
 use crate::sinks::kafka::KafkaConnection;
 use crate::sinks::{ConnectSettings, Upstream};
@@ -91,7 +92,10 @@ impl TransformConfig for KafkaSinkSingleConfig {
         let upstream = Rc::new(self.settings.get()?.upstream(address, || Ok(ServerName::IpAddress(ip.into())))?);
         let proxy_port = i32::from(listen.port());
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
-        Ok(Box::new(move || KafkaSinkSingle::new(upstream.clone(), proxy_port, failed_requests.clone())))
+        let source_to_sink = ctx.metrics.source_to_sink(Self::NAME);
+        Ok(Box::new(move || {
+            KafkaSinkSingle::new(upstream.clone(), proxy_port, failed_requests.clone(), source_to_sink.clone())
+        }))
     }
 }
 
@@ -115,10 +119,11 @@ pub struct KafkaSinkSingle {
     /// Fires at the read timeout of the oldest request in flight.
     timer: Option<Timer>,
     failed_requests: IntCounter,
+    source_to_sink: SourceToSink,
 }
 
 impl KafkaSinkSingle {
-    fn new(upstream: Rc<Upstream>, proxy_port: i32, failed_requests: IntCounter) -> Self {
+    fn new(upstream: Rc<Upstream>, proxy_port: i32, failed_requests: IntCounter, source_to_sink: SourceToSink) -> Self {
         KafkaSinkSingle {
             upstream,
             proxy_port,
@@ -128,6 +133,7 @@ impl KafkaSinkSingle {
             ready: Vec::new(),
             timer: None,
             failed_requests,
+            source_to_sink,
         }
     }
 
@@ -301,6 +307,7 @@ impl Transform for KafkaSinkSingle {
                 }
             }
             let now = Instant::now();
+            let first_received_at = requests.first().and_then(Message::received_at);
             self.in_flight.extend(
                 requests
                     .into_iter()
@@ -311,6 +318,7 @@ impl Transform for KafkaSinkSingle {
                 Some(conn) => conn.write_all(&self.write_buf).await,
                 None => Err(std::io::Error::other("not connected")),
             };
+            self.source_to_sink.written(first_received_at);
             // A producer's backlog after a broker restart comes in 1 MB requests: kept, the
             // buffer would hold that much for the connection's life.
             shotover_executor::io::clear_and_release(&mut self.write_buf);
@@ -370,7 +378,12 @@ mod tests {
 
     fn sink(address: SocketAddr, read_timeout: Option<Duration>) -> KafkaSinkSingle {
         let upstream = Upstream { address, tls: None, connect_timeout: Duration::from_secs(1), read_timeout };
-        KafkaSinkSingle::new(Rc::new(upstream), 9192, IntCounter::new("failed", "failed").unwrap())
+        KafkaSinkSingle::new(
+            Rc::new(upstream),
+            9192,
+            IntCounter::new("failed", "failed").unwrap(),
+            SourceToSink::unregistered(),
+        )
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl TransformConfig for CassandraSinkClusterConfig {
             agreement_waiters: RefCell::new(Vec::new()),
             turn: Cell::new(0),
             failed_requests: ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]),
+            source_to_sink: ctx.metrics.source_to_sink(Self::NAME),
         });
         crate::rt::spawn_local(control::run(Rc::downgrade(&shared), control_rx)).detach();
         Ok(Box::new(move || CassandraSinkCluster::new(shared.clone())))

@@ -52,6 +52,7 @@ use crate::chain::{
     BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
 };
 use crate::message::{Message, MessageId, Protocol, ProxyError};
+use crate::observability::metrics::SourceToSink;
 use crate::rt::local_channel::{self, Sender};
 use crate::rt::Timer;
 use crate::sinks::cassandra::CassandraConnection;
@@ -438,10 +439,12 @@ impl Transform for CassandraSinkCluster {
         }
         let requests = std::mem::take(&mut state.requests);
         let ids: Vec<MessageId> = if state.complete { requests.iter().map(Message::id).collect() } else { Vec::new() };
+        let first_received_at = requests.first().and_then(Message::received_at);
         for request in requests {
             self.dispatch(request).await;
         }
         self.flush().await;
+        self.shared.source_to_sink.written(first_received_at);
         let nodes: Vec<SocketAddr> = self.conns.keys().copied().collect();
         for node in nodes {
             if let Some(Err(e)) = self.conns.get_mut(&node).map(NodeConn::take_frames) {

@@ -66,6 +66,7 @@ pub(super) struct Shared {
     /// Round robin position.
     pub(super) turn: Cell<usize>,
     pub(super) failed_requests: IntCounter,
+    pub(super) source_to_sink: SourceToSink,
 }
 
 impl Shared {

@@ -171,7 +171,7 @@ impl TransformConfig for KafkaSinkClusterConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         let settings = self.resolved.get()?;
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
-        let shared = Rc::new(Shared::new(settings, failed_requests));
+        let shared = Rc::new(Shared::new(settings, failed_requests, ctx.metrics.source_to_sink(Self::NAME)));
         if let Some(every) = settings.check_peers_every {
             crate::rt::spawn_local(super::shared::check_peers(Rc::downgrade(&shared), every)).detach();
         }

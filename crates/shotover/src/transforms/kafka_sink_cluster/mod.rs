@@ -512,10 +512,13 @@ impl Transform for KafkaSinkCluster {
             // (those that come are not answered, see `close_unanswered`).
             return Err(ChainError::client("the client's SCRAM login failed").close_connection());
         }
-        for request in std::mem::take(&mut state.requests) {
+        let requests = std::mem::take(&mut state.requests);
+        let first_received_at = requests.first().and_then(Message::received_at);
+        for request in requests {
             self.dispatch(request).await;
         }
         self.flush().await;
+        self.shared.source_to_sink.written(first_received_at);
         self.take_read();
         if state.complete {
             self.wait_for_all().await?;

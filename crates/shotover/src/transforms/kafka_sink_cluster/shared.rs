@@ -4,6 +4,7 @@
 use super::config::Settings;
 use super::metadata::Metadata;
 use super::scram::ScramOverMtls;
+use crate::observability::metrics::SourceToSink;
 use crate::sinks::UpstreamTls;
 use prometheus::IntCounter;
 use std::cell::{Cell, RefCell};
@@ -37,12 +38,13 @@ pub(super) struct Shared {
     /// Round robin position for requests any broker can take.
     turn: Cell<usize>,
     pub(super) failed_requests: IntCounter,
+    pub(super) source_to_sink: SourceToSink,
     /// `authorize_scram_over_mtls`, with this core's delegation tokens.
     pub(super) scram: Option<ScramOverMtls>,
 }
 
 impl Shared {
-    pub(super) fn new(settings: &Settings, failed_requests: IntCounter) -> Self {
+    pub(super) fn new(settings: &Settings, failed_requests: IntCounter, source_to_sink: SourceToSink) -> Self {
         Shared {
             contact: settings.contact.clone(),
             shotover: settings.shotover.clone(),
@@ -54,6 +56,7 @@ impl Shared {
             peers_up: settings.shotover.iter().map(|_| Cell::new(true)).collect(),
             turn: Cell::new(0),
             failed_requests,
+            source_to_sink,
             scram: settings.scram.as_ref().map(|s| ScramOverMtls::new(s.contact.clone(), s.tls.clone(), s.lifetime)),
         }
     }

@@ -63,6 +63,7 @@ use crate::chain::{
     BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
 };
 use crate::message::{Message, Protocol};
+use crate::observability::metrics::SourceToSink;
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_mux::Mux;
 use crate::sinks::valkey_slots::{node_tls, SlotMap};
@@ -163,6 +164,7 @@ impl TransformConfig for ValkeySinkClusterConfig {
             muxes: RefCell::new(HashMap::new()),
             next_mux: Cell::new(0),
             failed_requests: ctx.metrics.failed_requests.with_label_values(&["ValkeySinkCluster", &ctx.chain_name]),
+            source_to_sink: ctx.metrics.source_to_sink("ValkeySinkCluster"),
         });
         Ok(Box::new(move || ValkeySinkCluster {
             shared: shared.clone(),
@@ -174,6 +176,7 @@ impl TransformConfig for ValkeySinkClusterConfig {
             pubsub: PubSub::default(),
             tracking: false,
             scratch: Scratch::default(),
+            unsent_batch: None,
         }))
     }
 }
@@ -200,6 +203,7 @@ struct Shared {
     /// Spreads batches over a node's muxes.
     next_mux: Cell<usize>,
     failed_requests: IntCounter,
+    source_to_sink: SourceToSink,
 }
 
 impl Shared {
@@ -251,6 +255,9 @@ pub struct ValkeySinkCluster {
     tracking: bool,
     /// The lists of the last batch, emptied, for the next.
     scratch: Scratch,
+    /// When the first request of the batch in hand was read from the client, until
+    /// [`ValkeySinkCluster::run`] has written the batch (for the source-to-sink latency).
+    unsent_batch: Option<Instant>,
 }
 
 impl ValkeySinkCluster {
@@ -410,6 +417,7 @@ impl ValkeySinkCluster {
         if !self.dedicated && requests.iter().any(is_stateful) {
             self.dedicated = true;
         }
+        self.unsent_batch = requests.first().and_then(Message::received_at);
         let broken = self.run(&mut subs, &pending).await;
         let moved = self.follow_redirections(&mut subs).await;
         if broken {

@@ -191,6 +191,7 @@ impl ValkeySinkCluster {
                 }
             }
         }
+        self.shared.source_to_sink.written(self.unsent_batch.take());
         let mut pushes = Vec::new();
         for node in written {
             for &i in pending {
@@ -296,6 +297,7 @@ impl ValkeySinkCluster {
             });
             tickets.push((node, ticket));
         }
+        self.shared.source_to_sink.written(self.unsent_batch.take());
         let mut broken = false;
         for (node, ticket) in tickets {
             let (mut replies, error, sent) = match ticket.wait().await {
@@ -421,6 +423,7 @@ mod tests {
             muxes: RefCell::new(HashMap::new()),
             next_mux: Cell::new(0),
             failed_requests: IntCounter::new("failed", "failed").unwrap(),
+            source_to_sink: crate::observability::metrics::SourceToSink::unregistered(),
         };
         ValkeySinkCluster {
             shared: Rc::new(shared),
@@ -432,6 +435,7 @@ mod tests {
             pubsub: super::super::pubsub::PubSub::default(),
             tracking: false,
             scratch: Default::default(),
+            unsent_batch: None,
         }
     }
 

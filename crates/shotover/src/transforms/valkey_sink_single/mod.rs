@@ -39,6 +39,7 @@ use crate::chain::{
     BuildContext, ChainError, ChainResult, ChainState, Resolved, Transform, TransformBuilder, TransformConfig,
 };
 use crate::message::{Message, Protocol};
+use crate::observability::metrics::SourceToSink;
 use crate::sinks::valkey::ValkeyConnection;
 use crate::sinks::valkey_follow::{Class, Expect, Follower};
 use crate::sinks::valkey_mux::{keeps_state, Mux, MuxError};
@@ -48,7 +49,7 @@ use crate::tls::TlsConnectorConfig;
 use anyhow::Result;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use prometheus::{Histogram, IntCounter};
+use prometheus::IntCounter;
 use serde::Deserialize;
 use shotover_protocols::valkey::command::{request_args, RequestView, Special};
 use shotover_protocols::valkey::frame::is_error_reply as is_error;
@@ -93,7 +94,7 @@ impl TransformConfig for ValkeySinkSingleConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TransformBuilder>> {
         let upstream = Rc::new(self.upstream.get()?.clone());
         let failed_requests = ctx.metrics.failed_requests.with_label_values(&[Self::NAME, &ctx.chain_name]);
-        let source_to_sink = ctx.metrics.source_to_sink_latency.with_label_values(&[Self::NAME]);
+        let source_to_sink = ctx.metrics.source_to_sink(Self::NAME);
         // Built once per worker core: the core's clients share it.
         let shared = self.multiplex.then(|| {
             let tls = upstream.tls.clone();
@@ -146,7 +147,7 @@ pub struct ValkeySinkSingle {
     /// Set when the upstream connection was lost with state that cannot be restored.
     lost: Option<String>,
     failed_requests: IntCounter,
-    source_to_sink: Histogram,
+    source_to_sink: SourceToSink,
 }
 
 /// Whether the client wants replies (`CLIENT REPLY`).
@@ -184,7 +185,7 @@ fn client_reply(request: &Message, view: &RequestView<'_>) -> Option<ReplyMode> 
 }
 
 impl ValkeySinkSingle {
-    fn new(upstream: Rc<Upstream>, failed_requests: IntCounter, source_to_sink: Histogram) -> Self {
+    fn new(upstream: Rc<Upstream>, failed_requests: IntCounter, source_to_sink: SourceToSink) -> Self {
         ValkeySinkSingle {
             upstream,
             shared: None,
@@ -324,9 +325,7 @@ impl ValkeySinkSingle {
                 }
             }
         });
-        if let Some(at) = requests.first().and_then(|r| r.received_at()) {
-            self.source_to_sink.observe(at.elapsed().as_secs_f64());
-        }
+        self.source_to_sink.written(requests.first().and_then(Message::received_at));
         match ticket.wait().await {
             Ok(replies) if replies.len() == requests.len() => {
                 let now = Instant::now();
@@ -375,9 +374,7 @@ impl ValkeySinkSingle {
             };
             self.write_buf = write_buf;
             shotover_executor::io::clear_and_release(&mut self.write_buf);
-            if let Some(at) = requests.first().and_then(|r| r.received_at()) {
-                self.source_to_sink.observe(at.elapsed().as_secs_f64());
-            }
+            self.source_to_sink.written(requests.first().and_then(Message::received_at));
             if let Err(e) = written {
                 let reason = e.to_string();
                 self.connection_lost(&reason);

@@ -1,14 +1,13 @@
 use super::*;
 use crate::chain::{Retry, Side};
+use crate::observability::metrics::SourceToSink;
 use crate::sinks::testing::{closed_port, on_a_core};
-use prometheus::HistogramOpts;
 use std::time::Duration;
 
 fn sink(address: std::net::SocketAddr) -> ValkeySinkSingle {
     let upstream = Upstream { address, tls: None, connect_timeout: Duration::from_secs(1), read_timeout: None };
     let failed = IntCounter::new("failed", "failed").unwrap();
-    let latency = Histogram::with_opts(HistogramOpts::new("latency", "latency")).unwrap();
-    ValkeySinkSingle::new(Rc::new(upstream), failed, latency)
+    ValkeySinkSingle::new(Rc::new(upstream), failed, SourceToSink::unregistered())
 }
 
 fn get() -> Message {
