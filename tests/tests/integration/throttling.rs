@@ -131,6 +131,22 @@ fn below_the_minimum_is_a_config_error() {
     assert!(out.contains("at least 50"), "{out}");
 }
 
+/// The guide's RequestThrottling and DebugReturner examples, as printed (no colon after the
+/// name): the proxy starts, warns about each line, and serves with the fields applied.
+#[test]
+fn the_guides_items_without_a_colon_load_with_a_warning() {
+    let port = free_port();
+    let chain = "        - RequestThrottling\n            max_requests_per_second: 20000\n        - DebugReturner\n            # return a Valkey response\n            Valkey: \"42\"\n";
+    let shotover = Shotover::start(&valkey_topology(port, chain), port);
+    let mut c = connect(port);
+    assert_eq!(redis::cmd("GET").arg("k").query::<String>(&mut c).unwrap(), "42");
+    let out = shotover.output();
+    for line in [7, 9] {
+        let warning = format!("line {line}: a transform name followed by indented fields needs a colon");
+        assert!(out.contains(&warning), "{out}");
+    }
+}
+
 #[test]
 fn cql_requests_over_the_limit_get_overloaded() {
     use shotover_integration_tests::backends::{shared_ring, SHARED_RING_USER};

@@ -7,6 +7,7 @@
 //! - [`topology`] reads topology.yaml, with the transform registry that custom builds extend.
 
 pub mod topology;
+mod yaml;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -59,7 +60,8 @@ pub(crate) fn from_value<T: DeserializeOwned>(
     })
 }
 
-/// Reads a YAML file into a generic value; syntax errors carry the line and column.
+/// Reads a YAML file into a generic value (see [`yaml::parse`]); syntax errors carry the
+/// line and column.
 pub(crate) fn read_yaml(path: &Path) -> Result<serde_yaml_ng::Value, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -67,11 +69,7 @@ pub(crate) fn read_yaml(path: &Path) -> Result<serde_yaml_ng::Value, ConfigError
         path: String::new(),
         reason: format!("cannot read the file: {e}"),
     })?;
-    serde_yaml_ng::from_str(&text).map_err(|e| ConfigError {
-        file,
-        path: String::new(),
-        reason: format!("invalid YAML: {e}"),
-    })
+    yaml::parse(&file, &text)
 }
 
 /// config.yaml: settings of the whole process.

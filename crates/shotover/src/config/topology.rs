@@ -313,12 +313,7 @@ impl Topology {
 
     /// Parses a topology held in a string (`file` names it in errors).
     pub fn from_str(file: &str, text: &str, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
-        let value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
-            file: file.into(),
-            path: String::new(),
-            reason: format!("invalid YAML: {e}"),
-        })?;
-        Topology::from_value(file, value, registry)
+        Topology::from_value(file, super::yaml::parse(file, text)?, registry)
     }
 
     fn from_value(file: &str, value: Value, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
