@@ -98,10 +98,11 @@ mod error;
 pub use error::{ChainError, ChainResult, Retry, Side};
 
 use crate::message::{Message, Protocol};
+use crate::observability::distribution::Distribution;
 use crate::observability::CoreMetrics;
 use anyhow::Result;
 use async_trait::async_trait;
-use prometheus::{Histogram, IntCounter};
+use prometheus::IntCounter;
 use std::fmt::Debug;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -284,7 +285,7 @@ struct Slot {
     transform: Box<dyn Transform>,
     total: IntCounter,
     failures: IntCounter,
-    latency: Histogram,
+    latency: Distribution,
 }
 
 /// The batch in flight and the transforms still to run.
@@ -369,9 +370,9 @@ pub struct Chain {
     slots: Vec<Slot>,
     total: IntCounter,
     failures: IntCounter,
-    latency: Histogram,
-    request_batch: Histogram,
-    response_batch: Histogram,
+    latency: Distribution,
+    request_batch: Distribution,
+    response_batch: Distribution,
 }
 
 impl Chain {

@@ -52,7 +52,16 @@ fn metrics_after_known_traffic() {
     let opened = metric_sum(&m, "connections_opened", "source=\"valkey\"");
     // Two test connections plus the one that waited for the port.
     assert_eq!(opened, 3.0, "{m}");
-    assert!(m.contains("# TYPE shotover_chain_latency_seconds histogram"), "{m}");
+    // The guide's histograms hold the last minute: summaries with Shotover's quantiles.
+    assert!(m.contains("# TYPE shotover_chain_latency_seconds summary"), "{m}");
+    for q in ["0", "0.1", "0.5", "0.9", "0.95", "0.99", "0.999", "1"] {
+        let series = format!("shotover_chain_requests_batch_size{{chain=\"valkey\",quantile=\"{q}\"}}");
+        let size = metric_value(&m, &series);
+        // Batches of 1 to 10 requests, each size shown exactly.
+        assert!((1.0..=10.0).contains(&size) && size.fract() == 0.0, "{series} = {size}\n{m}");
+    }
+    let median = metric_value(&m, "shotover_chain_latency_seconds{chain=\"valkey\",quantile=\"0.5\"}");
+    assert!(median > 0.0 && median < 1.0, "{m}");
 }
 
 #[test]

@@ -1,18 +1,11 @@
 //! Per-core metric registries, summed on scrape.
 
+use super::distribution::{Distribution, DistributionVec, Windows};
 use prometheus::core::Collector;
 use prometheus::proto::{MetricFamily, MetricType};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-
-/// Latency buckets in seconds: 10 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 10.0,
-];
-/// Batch-size buckets, in messages.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
 /// The metrics of one worker core. Cloning shares the same metrics (on the same core).
 #[derive(Clone)]
@@ -20,15 +13,15 @@ pub struct CoreMetrics {
     pub core: usize,
     pub transform_total: IntCounterVec,
     pub transform_failures: IntCounterVec,
-    pub transform_latency: HistogramVec,
+    pub transform_latency: DistributionVec,
     pub chain_total: IntCounterVec,
     pub chain_failures: IntCounterVec,
-    pub chain_latency: HistogramVec,
-    pub chain_requests_batch: HistogramVec,
-    pub chain_responses_batch: HistogramVec,
+    pub chain_latency: DistributionVec,
+    pub chain_requests_batch: DistributionVec,
+    pub chain_responses_batch: DistributionVec,
     pub connections_opened: IntCounterVec,
-    pub source_to_sink_latency: HistogramVec,
-    pub sink_to_source_latency: HistogramVec,
+    pub source_to_sink_latency: DistributionVec,
+    pub sink_to_source_latency: DistributionVec,
     pub failed_requests: IntCounterVec,
     pub query_count: IntCounterVec,
     pub tee_dropped_messages: IntCounterVec,
@@ -43,8 +36,10 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    register(registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels))
+/// A latency or batch-size distribution, shown as a summary of the last minute (see
+/// [`super::distribution`]).
+fn distribution(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> DistributionVec {
+    register(registry, DistributionVec::new(name, help, labels))
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<C>) -> C {
@@ -63,7 +58,7 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: prometh
 
 /// One sink's `shotover_source_to_sink_latency_seconds`.
 #[derive(Clone)]
-pub struct SourceToSink(prometheus::Histogram);
+pub struct SourceToSink(Distribution);
 
 impl SourceToSink {
     /// A batch was written to the sink (or handed to a shared connection's outbox): observes
@@ -80,7 +75,7 @@ impl SourceToSink {
 impl SourceToSink {
     /// One that no registry shows, for unit tests of a sink.
     pub fn unregistered() -> Self {
-        SourceToSink(prometheus::Histogram::with_opts(HistogramOpts::new("latency", "latency")).unwrap())
+        SourceToSink(Distribution::unregistered())
     }
 }
 
@@ -107,35 +102,31 @@ impl CoreMetrics {
                 "Times the transform failed",
                 &["transform"],
             ),
-            transform_latency: histogram(
+            transform_latency: distribution(
                 r,
                 "shotover_transform_latency_seconds",
                 "Latency of a message batch through the transform",
                 &["transform"],
-                LATENCY_BUCKETS,
             ),
             chain_total: counter(r, "shotover_chain_total_count", "Times the chain was used", &["chain"]),
             chain_failures: counter(r, "shotover_chain_failures_count", "Times the chain failed", &["chain"]),
-            chain_latency: histogram(
+            chain_latency: distribution(
                 r,
                 "shotover_chain_latency_seconds",
                 "Latency of running the chain",
                 &["chain"],
-                LATENCY_BUCKETS,
             ),
-            chain_requests_batch: histogram(
+            chain_requests_batch: distribution(
                 r,
                 "shotover_chain_requests_batch_size",
                 "Requests in each batch passing through the chain",
                 &["chain"],
-                BATCH_BUCKETS,
             ),
-            chain_responses_batch: histogram(
+            chain_responses_batch: distribution(
                 r,
                 "shotover_chain_responses_batch_size",
                 "Responses in each batch passing through the chain",
                 &["chain"],
-                BATCH_BUCKETS,
             ),
             connections_opened: counter(
                 r,
@@ -143,19 +134,17 @@ impl CoreMetrics {
                 "Connections clients opened to the source",
                 &["source", "core"],
             ),
-            source_to_sink_latency: histogram(
+            source_to_sink_latency: distribution(
                 r,
                 "shotover_source_to_sink_latency_seconds",
                 "Time from reading a request from the client to writing it to the sink",
                 &["sink"],
-                LATENCY_BUCKETS,
             ),
-            sink_to_source_latency: histogram(
+            sink_to_source_latency: distribution(
                 r,
                 "shotover_sink_to_source_latency_seconds",
                 "Time from reading a response from the sink to writing it to the client",
                 &["source"],
-                LATENCY_BUCKETS,
             ),
             failed_requests: counter(
                 r,
@@ -215,6 +204,8 @@ struct ExternalGauge {
 pub struct MetricsHub {
     cores: Mutex<Vec<Registry>>,
     gauges: Mutex<Vec<ExternalGauge>>,
+    /// The last minute of every distribution, for its quantiles.
+    windows: Mutex<Windows>,
 }
 
 impl MetricsHub {
@@ -270,7 +261,13 @@ impl MetricsHub {
                 families.extend(vec.collect().into_iter().map(|f| (f.name().to_string(), f)));
             }
         }
-        let families: Vec<MetricFamily> = families.into_values().collect();
+        let mut families: Vec<MetricFamily> = families.into_values().collect();
+        if let Ok(mut windows) = self.windows.lock() {
+            let now = std::time::Instant::now();
+            for family in &mut families {
+                windows.summarize(family, now);
+            }
+        }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!("cannot encode metrics: {e}");

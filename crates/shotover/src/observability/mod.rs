@@ -4,6 +4,7 @@
 //!   two cores ever touch the same counter; a scrape sums them ([`MetricsHub::render`]).
 //! - [`http`]: the control core's HTTP server: `GET /metrics`, `PUT`/`POST /filter`.
 
+pub mod distribution;
 pub mod http;
 pub mod metrics;
 
