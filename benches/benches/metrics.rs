@@ -21,8 +21,8 @@ fn observe(c: &mut Criterion) {
         })
     });
     let buckets = vec![
-        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5, 10.0,
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5, 10.0,
     ];
     let histogram = Histogram::with_opts(HistogramOpts::new("latency", "help").buckets(buckets)).expect("valid");
     group.bench_function("prometheus histogram, 18 buckets", |b| {
