@@ -165,8 +165,14 @@ mod tests {
         }
         // A map's value nests too: `%1 :1 <value>` per level.
         assert!(parse(&nested(MAX_NESTING + 1, "%1\r\n:1\r\n")).is_err());
-        // What would overflow a worker's stack: refused at once.
+        // What would overflow a worker's stack: refused at once, also after empty strings
+        // and nulls beside it.
         assert!(parse(&nested(200_000, "*1\r\n")).is_err());
+        for before in ["$0\r\n\r\n", "!0\r\n\r\n", "$-1\r\n", "_\r\n", "+OK\r\n"] {
+            let deep = Bytes::from(format!("*2\r\n{before}{}:1\r\n", "*1\r\n".repeat(MAX_NESTING + 1)));
+            assert!(framing::nests_deeper_than(&deep, MAX_NESTING), "after {before:?}");
+            assert!(parse(&deep).is_err(), "after {before:?}");
+        }
         // Wide is not deep: a long flat array and bulk strings holding `*` bytes parse.
         let flat = Bytes::from(format!("*1000\r\n{}", "$4\r\n*1\r\n\r\n".repeat(1000)));
         assert!(parse(&flat).is_ok());

@@ -324,7 +324,8 @@ pub fn nests_deeper_than(buf: &[u8], max: usize) -> bool {
             _ => 0,
         };
         match kind {
-            b'$' | b'!' | b'=' if len > 0 => pos = pos.saturating_add(len as usize).saturating_add(2),
+            // `$-1` (a RESP2 null) has no data; `$0` has its CRLF.
+            b'$' | b'!' | b'=' if len >= 0 => pos = pos.saturating_add(len as usize).saturating_add(2),
             b'*' | b'~' | b'>' | b'%' | b'|' if len > 0 => {
                 // A map's and an attribute's entries are pairs; an attribute's described
                 // value is counted as inside it, which can only overstate the depth by one.
