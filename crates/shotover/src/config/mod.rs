@@ -62,14 +62,15 @@ pub(crate) fn from_value<T: DeserializeOwned>(
 
 /// Reads a YAML file into a generic value (see [`yaml::parse`]); syntax errors carry the
 /// line and column.
-pub(crate) fn read_yaml(path: &Path) -> Result<serde_yaml_ng::Value, ConfigError> {
+/// `is_transform` names the transforms the topology's repair applies to (see [`yaml`]).
+pub(crate) fn read_yaml(path: &Path, is_transform: &dyn Fn(&str) -> bool) -> Result<serde_yaml_ng::Value, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
         path: String::new(),
         reason: format!("cannot read the file: {e}"),
     })?;
-    yaml::parse(&file, &text)
+    yaml::parse(&file, &text, is_transform)
 }
 
 /// config.yaml: settings of the whole process.
@@ -105,7 +106,7 @@ impl Config {
     /// Reads and validates config.yaml.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let value = read_yaml(path)?;
+        let value = read_yaml(path, &|_| false)?;
         let value = match value {
             // An empty file means every default.
             serde_yaml_ng::Value::Null => serde_yaml_ng::Value::Mapping(Default::default()),

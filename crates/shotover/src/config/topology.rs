@@ -88,6 +88,10 @@ impl TransformRegistry {
         Self::default()
     }
 
+    fn knows(&self, name: &str) -> bool {
+        self.entries.iter().any(|(n, _)| *n == name)
+    }
+
     /// Adds transform `C` under its [`TransformConfig::NAME`]; its YAML body deserializes
     /// into `C`. A transform registered under the same name before is replaced.
     pub fn register<C: TransformConfig + DeserializeOwned>(&mut self) -> &mut Self {
@@ -308,12 +312,12 @@ impl Topology {
     /// Reads and validates topology.yaml.
     pub fn load(path: &Path, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
         let file = path.display().to_string();
-        Topology::from_value(&file, read_yaml(path)?, registry)
+        Topology::from_value(&file, read_yaml(path, &|name| registry.knows(name))?, registry)
     }
 
     /// Parses a topology held in a string (`file` names it in errors).
     pub fn from_str(file: &str, text: &str, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
-        Topology::from_value(file, super::yaml::parse(file, text)?, registry)
+        Topology::from_value(file, super::yaml::parse(file, text, &|name| registry.knows(name))?, registry)
     }
 
     fn from_value(file: &str, value: Value, registry: &TransformRegistry) -> Result<Topology, ConfigError> {
