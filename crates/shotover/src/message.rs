@@ -259,11 +259,21 @@ impl Message {
                 };
                 Message::response_to(request, Frame::Cassandra(Box::new(frame)))
             }
-            (Protocol::Kafka, _) => match request.raw().map(|raw| kafka::safe_error::empty_response(raw)) {
-                Some(Ok(Some(bytes))) => Message::kafka_answer_to(request, bytes),
-                Some(Ok(None)) | None => Message::kafka_answer_to(request, Bytes::new()),
-                Some(Err(e)) => Message::error_to(request, ProxyError::Refused, &format!("no empty response: {e}")),
-            },
+            // A request a transform changed has no raw bytes left: its encoding has the header.
+            (Protocol::Kafka, _) => {
+                let answer = (request.to_bytes().map_err(|e| e.to_string()))
+                    .and_then(|raw| kafka::safe_error::empty_response(&raw).map_err(|e| e.to_string()));
+                match answer {
+                    Ok(Some(bytes)) => Message::kafka_answer_to(request, bytes),
+                    Ok(None) => Message::kafka_answer_to(request, Bytes::new()),
+                    // An empty message: the source closes the connection, as after error_to's
+                    // answer to a request it cannot answer.
+                    Err(e) => {
+                        crate::warn_limited!("cannot answer a Kafka request with an empty response: {e}");
+                        Message::kafka_answer_to(request, Bytes::new())
+                    }
+                }
+            }
             _ => Message::response_to(request, Frame::Valkey(ValkeyFrame::Null)),
         }
     }

@@ -417,7 +417,8 @@ impl ValkeySinkCluster {
         if !self.dedicated && requests.iter().any(is_stateful) {
             self.dedicated = true;
         }
-        self.unsent_batch = requests.first().and_then(Message::received_at);
+        // Nothing to send (the proxy answers every request itself): nothing to observe.
+        self.unsent_batch = requests.first().and_then(Message::received_at).filter(|_| !pending.is_empty());
         let broken = self.run(&mut subs, &pending).await;
         let moved = self.follow_redirections(&mut subs).await;
         if broken {
