@@ -88,9 +88,10 @@ impl Distribution {
             b.fetch_add(1, Ordering::Relaxed);
         }
         s.count.fetch_add(1, Ordering::Relaxed);
-        // One core writes this series, so the update never retries.
-        let _ =
-            s.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |sum| Some((f64::from_bits(sum) + v).to_bits()));
+        // Only the core that made this series records into it (it is in that core's
+        // registry), so a load and a store cannot lose another core's update.
+        let sum = f64::from_bits(s.sum.load(Ordering::Relaxed)) + v;
+        s.sum.store(sum.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -188,8 +189,8 @@ pub struct Windows(HashMap<SeriesKey, VecDeque<Snapshot>>);
 
 impl Windows {
     /// Turns `family`, a histogram from [`DistributionVec`] summed over the cores, into a
-    /// summary of the last 40-60 seconds (everything since the series appeared, until it is
-    /// that old). A window with no value shows NaN quantiles.
+    /// summary of the last 40-60 seconds (in the minute after a series' first scrape, also
+    /// what it counted before that scrape). A window with no value shows NaN quantiles.
     pub fn summarize(&mut self, family: &mut MetricFamily, now: Instant) {
         if family.get_field_type() != MetricType::HISTOGRAM {
             return;
@@ -199,6 +200,8 @@ impl Windows {
             let h = metric.get_histogram().clone();
             let counts: Vec<u64> = h.get_bucket().iter().map(|b| b.cumulative_count()).collect();
             let labels = metric.get_label().iter().map(|l| (l.name().to_string(), l.value().to_string())).collect();
+            // A series first scraped gets a snapshot of zeros, as if taken then: what it
+            // counted before its first scrape stays in the window for that scrape's minute.
             let snapshots = self
                 .0
                 .entry((name.clone(), labels))
@@ -313,19 +316,23 @@ mod tests {
         assert!(near(q[2].1, 0.001) && near(q[5].1, 0.1) && near(q[0].1, 0.001) && near(q[7].1, 0.1), "{q:?}");
         assert!(near(q[3].1, 0.001) && near(q[4].1, 0.1), "{q:?}");
 
-        // 30 s later the window still holds them.
+        // 30 s later, the window still holds them, and what came after.
+        for _ in 0..100 {
+            d.observe(0.01);
+        }
         let mut f = family(&vec);
         windows.summarize(&mut f, t0 + Duration::from_secs(30));
         let s = f.get_metric()[0].get_summary();
-        assert_eq!(s.sample_count(), 100);
+        assert_eq!(s.sample_count(), 200);
         assert!(near(s.get_quantile()[0].value(), 0.001), "{:?}", s.get_quantile());
+        assert!(near(s.get_quantile()[4].value(), 0.01), "{:?}", s.get_quantile());
 
         // Slow values only from then on.
         for _ in 0..100 {
             d.observe(2.0);
         }
-        // 70 s after the start, the first values have left the window; 20 s later, with
-        // nothing new, the window is empty.
+        // 70 s after the start, the window starts at the scrape 40 s before; 25 s later,
+        // with nothing new, the window is empty.
         let mut f = family(&vec);
         windows.summarize(&mut f, t0 + Duration::from_secs(70));
         let s = f.get_metric()[0].get_summary();
@@ -334,6 +341,6 @@ mod tests {
         windows.summarize(&mut f, t0 + Duration::from_secs(95));
         let s = f.get_metric()[0].get_summary();
         assert!(s.get_quantile().iter().all(|q| q.value().is_nan()), "{:?}", s.get_quantile());
-        assert_eq!(s.sample_count(), 200);
+        assert_eq!(s.sample_count(), 300);
     }
 }
