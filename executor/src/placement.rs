@@ -330,7 +330,7 @@ fn open_cores(others: &[Option<f64>]) -> Vec<bool> {
 
 /// Busy ticks of each CPU in the text of `/proc/stat`: every field of its `cpuN` line but
 /// idle and iowait (user, nice, system, irq, softirq, steal; guest time is within user).
-fn busy_ticks(stat: &str) -> Vec<(usize, u64)> {
+pub fn busy_ticks(stat: &str) -> Vec<(usize, u64)> {
     stat.lines()
         .filter_map(|line| {
             let mut words = line.split_ascii_whitespace();

@@ -118,14 +118,12 @@ impl Drop for CpuHog {
     }
 }
 
-/// Busy clock ticks of `cpu` so far (every field of its `/proc/stat` line but idle and
-/// iowait), for the failure message of a placement test.
+/// Busy clock ticks of `cpu` so far, counted as the placement counts them, for the failure
+/// message of a placement test.
 fn cpu_busy_ticks(cpu: usize) -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let prefix = format!("cpu{cpu} ");
-    let line = stat.lines().find(|l| l.starts_with(&prefix)).expect("a line for the CPU");
-    let ticks: Vec<u64> = line.split_ascii_whitespace().skip(1).take(8).map(|w| w.parse().unwrap_or(0)).collect();
-    ticks.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum()
+    let ticks = shotover_executor::placement::busy_ticks(&stat);
+    ticks.iter().find(|(n, _)| *n == cpu).map(|(_, busy)| *busy).expect("a line for the CPU")
 }
 
 /// Each open connection sends PING and is kept open; returns the new connections each
@@ -163,10 +161,9 @@ fn new_connections_go_to_the_core_whose_cpu_the_box_leaves_room_on() {
     // The shared Cassandra and Kafka clusters of a test run float over both CPUs and now and
     // then keep CPU 1 busy too: both CPUs are then full and either core is right (most likely
     // why a CI run of 2026-12-07 placed 9 and 11, taking 2.8 s where 0.6 s is usual). So up
-    // to five rounds, each
-    // after 400 ms of quiet (the room is measured over at least 100 ms from the last
-    // connection), and one of them must place all 20 on core 1. With the kernel's spread a
-    // round would do that once in a million.
+    // to five rounds, each after 400 ms of quiet (the room is measured over at least 100 ms
+    // from the last connection), and one of them must place all 20 on core 1. With the
+    // kernel's spread a round would do that once in a million.
     let mut rounds = Vec::new();
     let mut clients = Vec::new();
     let mut all_on_1 = false;
