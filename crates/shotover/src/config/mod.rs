@@ -60,8 +60,7 @@ pub(crate) fn from_value<T: DeserializeOwned>(
     })
 }
 
-/// Reads a YAML file into a generic value (see [`yaml::parse`]); syntax errors carry the
-/// line and column.
+/// Reads a YAML file into a generic value; syntax errors carry the line and column.
 /// `is_transform` names the transforms the topology's repair applies to (see [`yaml`]).
 pub(crate) fn read_yaml(path: &Path, is_transform: &dyn Fn(&str) -> bool) -> Result<serde_yaml_ng::Value, ConfigError> {
     let file = path.display().to_string();

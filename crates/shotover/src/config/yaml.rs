@@ -10,8 +10,9 @@
 //! are one multi-line string, and `max_requests_per_second: ...` inside it is an error. A
 //! user who copies it from the guide means `- RequestThrottling:`. So when a topology file
 //! does not parse, such items (a list item that is a known transform's name, followed by
-//! lines indented past it) are read with the colon. If the file then parses, each repaired line is logged as a
-//! warning, so the user can fix the file; if it still does not, the original error stands.
+//! lines indented past it) are read with the colon. If the file then parses, each repaired
+//! line is logged as a warning, so the user can fix the file; if it still does not, the
+//! original error stands.
 
 use super::ConfigError;
 use serde_yaml_ng::Value;
@@ -43,20 +44,21 @@ pub(crate) fn parse(file: &str, text: &str, is_transform: &dyn Fn(&str) -> bool)
 fn add_missing_colons(text: &str, is_transform: &dyn Fn(&str) -> bool) -> Option<(String, Vec<usize>)> {
     let lines: Vec<&str> = text.lines().collect();
     let indent = |line: &str| line.len() - line.trim_start().len();
-    let is_content = |line: &&&str| {
-        let t = line.trim_start();
-        !t.is_empty() && !t.starts_with('#')
+    // The first line after line `i` that is neither blank nor a comment.
+    let next_content = |i: usize| {
+        lines.iter().skip(i + 1).find(|l| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with('#')
+        })
     };
     let mut changed = Vec::new();
     let mut out = String::with_capacity(text.len() + 8);
     for (i, line) in lines.iter().enumerate() {
         out.push_str(line);
         let name = line.trim_start().strip_prefix("- ").map(str::trim_end).unwrap_or_default();
-        let bare_name = !name.is_empty() && is_transform(name);
         // The name starts two columns after the dash; its fields must start past it.
-        let fields_below =
-            lines.iter().skip(i + 1).find(is_content).is_some_and(|next| indent(next) > indent(line) + 2);
-        if bare_name && fields_below {
+        if !name.is_empty() && is_transform(name) && next_content(i).is_some_and(|next| indent(next) > indent(line) + 2)
+        {
             out.push(':');
             changed.push(i + 1);
         }
