@@ -29,6 +29,8 @@ const MAX_EXP: i32 = 24;
 const SUB_BITS: u32 = 3;
 /// Bucket 0 holds zero and everything below 2^MIN_EXP; the last one everything from 2^MAX_EXP.
 pub const BUCKETS: usize = (((MAX_EXP - MIN_EXP) as usize) << SUB_BITS) + 2;
+/// 2^MIN_EXP, the lowest value of bucket 1.
+const MIN_VALUE: f64 = 1.0 / (1u64 << -MIN_EXP) as f64;
 
 /// The quantiles a scrape shows, as the original Shotover's.
 const QUANTILES: [f64; 8] = [0.0, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
@@ -39,7 +41,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// The bucket of `v`: from its exponent and the first [`SUB_BITS`] bits of its mantissa.
 fn bucket(v: f64) -> usize {
     // Also NaN and negative values.
-    if v.is_nan() || v < f64::powi(2.0, MIN_EXP) {
+    if v.is_nan() || v < MIN_VALUE {
         return 0;
     }
     let bits = v.to_bits();
